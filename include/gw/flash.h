@@ -1,0 +1,35 @@
+/* A flash job: one transport link and one protocol instance driven by the loop, installing
+ * one image on one node. Shared by gatewayd (many at once) and gwflash (one). */
+#pragma once
+
+#include <stdint.h>
+
+#include "gw/loop.h"
+#include "gw/options.h"
+#include "gw/plugin.h"
+
+struct gw_flash;
+
+struct gw_flash_callbacks {
+        /* Called whenever the protocol reports progress. May be NULL. */
+        void (*progress)(void *userdata, uint64_t done, uint64_t total);
+        /* Called once when the job ends: result 0 = the node took the image, else -errno with
+         * a human-readable reason. The job may be freed from inside this callback. */
+        void (*finished)(void *userdata, int result, const char *reason);
+};
+
+/* Opens the link and prepares the protocol. name labels log messages (the node's name).
+ * Fails with -EPROTO when the protocol needs a different link shape than the transport has. */
+int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transport_ops *t,
+                 const struct gw_options *topts, const struct gw_protocol_ops *p,
+                 const struct gw_options *popts, struct gw_flash **ret);
+/* Starts installing; the reader must stay valid until finished() ran. */
+int gw_flash_install(struct gw_flash *f, const struct gw_reader *reader,
+                     const struct gw_flash_callbacks *cb, void *userdata);
+/* Asks the protocol to stop; finished() follows with -ECANCELED. */
+void gw_flash_cancel(struct gw_flash *f);
+struct gw_flash *gw_flash_free(struct gw_flash *f);
+
+/* A gw_reader over a local file. gw_file_reader_close() accepts a zeroed reader. */
+int gw_file_reader_open(const char *path, const char *name, struct gw_reader *ret);
+void gw_file_reader_close(struct gw_reader *r);

@@ -1,0 +1,166 @@
+/* The plugin ABI: transports (links to nodes) and protocols (update protocols spoken over a
+ * link). Each ops struct starts with its own version; fields are only ever appended, and an
+ * op added in version N is called only after checking ops->version >= N. Built-ins are listed
+ * in one static table (gatewayd/plugin.c); out-of-tree plugins are shared modules exporting
+ * GW_PLUGIN_ENTRY_SYMBOL, refused when their ABI does not match.
+ *
+ * Threading: everything is called from the one thread that runs the loop. No op may sleep.
+ * Memory: the core allocates each plugin instance's private state (priv_size bytes, zeroed)
+ * and frees it after close()/done(); a plugin never frees priv. */
+#pragma once
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "gw/options.h"
+
+/* Bumped when anything below changes incompatibly. Appending an op bumps only the struct's
+ * own version, not this. */
+#define GW_PLUGIN_ABI_VERSION 1
+
+#define GW_TRANSPORT_OPS_VERSION 1
+#define GW_PROTOCOL_OPS_VERSION  1
+#define GW_SERVICES_VERSION      1
+#define GW_PROTO_HOST_VERSION    1
+
+enum gw_link_shape {
+        GW_LINK_STREAM = 1, /* a byte stream: UART, pty, TCP serial bridge */
+        GW_LINK_CONTROL,    /* USB control and bulk transfers */
+        GW_LINK_FRAMES,     /* CAN / CAN FD frames */
+};
+
+const char *gw_link_shape_to_string(enum gw_link_shape s);
+
+/* Services the core hands every plugin instance. */
+struct gw_plugin_services {
+        uint32_t version; /* GW_SERVICES_VERSION */
+        void *ctx;        /* passed back to every service */
+        /* Log a message about this instance (level: LOG_DEBUG ... LOG_ERR). Plugins log at
+         * debug level only; the core decides what to tell the user. */
+        void (*logv)(void *ctx, int level, const char *fmt, va_list ap);
+        /* Monotonic time in milliseconds (a virtual clock under test). */
+        uint64_t (*now_ms)(void *ctx);
+};
+
+/* One thing a transport found attached (for gwflash list and the inventory). */
+struct gw_link_info {
+        const char *transport; /* "uart" */
+        const char *path;      /* "/dev/ttyUSB0" */
+        const char *description;
+        const char *serial; /* may be NULL */
+        uint16_t vid, pid;  /* 0 when not USB */
+};
+typedef int (*gw_link_enum_cb)(const struct gw_link_info *info, void *userdata);
+
+struct gw_transport_ops {
+        uint32_t version; /* GW_TRANSPORT_OPS_VERSION */
+        const char *name; /* "uart": what gatewayd.yaml and gwflash --transport name */
+        enum gw_link_shape shape;
+        size_t priv_size;
+
+        /* Opens the link described by opts (for uart: "port", "baud", "parity", ...).
+         * May block briefly (opening a device node); never waits for the peer.
+         * Returns 0, or -ENOENT (no such port), -EACCES, -EINVAL (bad option; the reason is
+         * logged at debug level), -EIO. On failure the core calls nothing else but frees priv. */
+        int (*open)(void *priv, const struct gw_options *opts, const struct gw_plugin_services *svc);
+        /* Closes the link. Called once after a successful open. Never fails. */
+        void (*close)(void *priv);
+
+        /* Stream shape. */
+        /* The fd the core polls: POLLIN means read() has data, POLLOUT means write() can take
+         * more. Valid from open() to close(). */
+        int (*get_fd)(void *priv);
+        /* Non-blocking. Returns bytes read (> 0), -EAGAIN when nothing is there, -EPIPE when
+         * the peer hung up, or another -errno. The caller owns buf. */
+        ssize_t (*read)(void *priv, void *buf, size_t n);
+        /* Non-blocking; may take fewer than n bytes. Returns bytes taken, -EAGAIN, or -errno. */
+        ssize_t (*write)(void *priv, const void *buf, size_t n);
+
+        /* Calls cb for every link of this kind that is attached now; stops early and returns
+         * cb's value when it is non-zero. 0 or -errno. NULL = cannot enumerate. */
+        int (*enumerate)(const struct gw_plugin_services *svc, gw_link_enum_cb cb, void *userdata);
+};
+
+/* The image a protocol installs: read at any offset, so a protocol can resend a block.
+ * The core owns it and keeps it alive until the protocol's done() returns. */
+struct gw_reader {
+        uint64_t size;
+        const char *name; /* the image's name, e.g. the file name sent in YMODEM block 0 */
+        void *ctx;
+        /* Reads up to n bytes at off into buf. Returns bytes read (0 at the end) or -errno.
+         * Reads a local file: may block on disk I/O, never on the network. */
+        ssize_t (*pread)(void *ctx, void *buf, size_t n, uint64_t off);
+};
+
+/* What a protocol instance may ask of the core that drives it. */
+struct gw_proto_host {
+        uint32_t version; /* GW_PROTO_HOST_VERSION */
+        void *ctx;        /* passed back to every call */
+        void (*logv)(void *ctx, int level, const char *fmt, va_list ap);
+        uint64_t (*now_ms)(void *ctx);
+        /* Arms the instance's single timer: timeout() is called once now_ms() >= at_ms.
+         * A new call replaces the old deadline; at_ms == 0 disarms it. */
+        void (*set_deadline)(void *ctx, uint64_t at_ms);
+        /* Stream links: queues bytes for the link. The core copies them and writes them out as
+         * the link accepts them, in order. Returns 0, or -errno when the link is gone. */
+        int (*write)(void *ctx, const void *buf, size_t n);
+        /* Stream links: drops bytes received but not yet delivered, and those the link
+         * buffers. May be NULL. */
+        void (*flush_input)(void *ctx);
+        /* Reports progress of install(): bytes the node has acknowledged of total. */
+        void (*progress)(void *ctx, uint64_t done, uint64_t total);
+        /* Sets the human-readable reason for a failure about to be returned (copied). */
+        void (*set_error)(void *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+};
+
+/* Returned by install(), input() and timeout(): negative errno = failed (the core stops the
+ * instance and reports the error), otherwise one of these. */
+enum gw_proto_result {
+        GW_PROTO_CONTINUE = 0, /* keep feeding input and timeouts */
+        GW_PROTO_DONE = 1,     /* the operation finished and the node took the image */
+};
+
+struct gw_protocol_ops {
+        uint32_t version; /* GW_PROTOCOL_OPS_VERSION */
+        const char *name; /* "ymodem" */
+        enum gw_link_shape shape;
+        size_t priv_size;
+
+        /* Prepares an instance. opts holds the node's protocol settings merged with the
+         * image's options (image wins). Never touches the link. 0 or -EINVAL (bad option). */
+        int (*init)(void *priv, const struct gw_options *opts, const struct gw_proto_host *host);
+        /* Releases what init() and the operation allocated. Never fails. */
+        void (*done)(void *priv);
+
+        /* Starts installing reader's image. Returns GW_PROTO_CONTINUE (the core then feeds
+         * input and timeouts until one returns GW_PROTO_DONE or an error) or -errno. */
+        int (*install)(void *priv, const struct gw_reader *reader);
+        /* Bytes received from the node (stream shape). buf is the caller's, valid for the call. */
+        int (*input)(void *priv, const uint8_t *buf, size_t n);
+        /* The deadline armed with host->set_deadline has passed. */
+        int (*timeout)(void *priv);
+        /* Asks the instance to stop: it sends what the protocol uses to abort (YMODEM: CAN CAN)
+         * and returns -ECANCELED, or GW_PROTO_CONTINUE when it needs more time to wind down.
+         * NULL = the core just stops feeding it. */
+        int (*cancel)(void *priv);
+
+        /* Optional, NULL = not supported: what the node runs now, as key/value pairs
+         * ("version", "hardware", ...) added to ret. Same driving rules as install(). */
+        int (*identify)(void *priv, struct gw_options *ret);
+};
+
+/* Out-of-tree plugins: a shared module in the plugin directory exports
+ *     const struct gw_plugin_desc *gw_plugin_entry(void);
+ * returning a static descriptor. Either ops pointer may be NULL. */
+#define GW_PLUGIN_ENTRY_SYMBOL "gw_plugin_entry"
+
+struct gw_plugin_desc {
+        uint32_t abi_version; /* GW_PLUGIN_ABI_VERSION at build time */
+        const char *name;
+        const struct gw_transport_ops *transport;
+        const struct gw_protocol_ops *protocol;
+};
+
+typedef const struct gw_plugin_desc *(*gw_plugin_entry_fn)(void);
