@@ -1,0 +1,1235 @@
+/* The deployment engine. One deployment runs at a time, in phases: manifest (fetch, verify,
+ * map images to nodes), download (every image into the store, checked while it streams) and
+ * flash (nodes in parallel up to policy.parallel). Nothing reaches a node before every image
+ * of the deployment is in the store and verified. Every state change is journalled before it
+ * is reported. */
+#include <errno.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "deploy.h"
+#include "gw/flash.h"
+#include "gw/log.h"
+#include "gw/registry.h"
+#include "journal.h"
+#include "mqtt.h"
+#include "request.h"
+#include "status.h"
+
+/* Node status is republished at most this often while bytes move. */
+#define PROGRESS_INTERVAL_MS 250
+/* A journal record is a few hundred bytes per node. */
+#define JOURNAL_MAX (1024u * 1024u)
+
+enum phase {
+        PHASE_MANIFEST,
+        PHASE_DOWNLOAD,
+        PHASE_FLASH,
+        PHASE_DONE,
+};
+
+struct node_rt {
+        const struct gw_node_config *cfg;
+        enum gw_node_state state;
+        char *installed_version;
+        /* While in a deployment: */
+        struct deployment *dep;
+        size_t image; /* index into the manifest's images */
+        struct gw_flash *flash;
+        struct gw_reader reader;
+        uint64_t bytes, total;
+        uint64_t t0, last_publish;
+        int last_pct;
+        enum gw_error error;
+        char message[256];
+};
+
+struct download {
+        struct deployment *dep;
+        size_t image;
+        size_t url_index; /* 0 = url, then mirrors */
+        struct gw_fetch *fetch;
+        int fd;
+        char *tmp;
+        uint64_t bytes;
+        uint64_t last_publish;
+        bool done;
+};
+
+struct deployment {
+        struct gw_engine *engine;
+        char *id;
+        char *manifest_url;
+        uint8_t *buf;
+        size_t len;
+        char sha_hex[65];
+        struct gw_manifest *m;
+        struct gw_fetch *manifest_fetch;
+        enum phase phase;
+        struct node_rt **nodes; /* the nodes this deployment flashes */
+        size_t n_nodes;
+        struct download *downloads; /* one per image */
+        size_t n_downloads_left;
+        size_t next_flash, n_flashing, n_finished;
+        enum gw_error error;
+        char message[256];
+        bool cancelled;
+};
+
+struct gw_engine {
+        struct gw_engine_env env;
+        struct node_rt *nodes;
+        size_t n_nodes;
+        struct deployment *current;
+        struct gw_deploy_request pending; /* the latest desired state that arrived while busy */
+        bool has_pending;
+};
+
+static void engine_next(struct gw_engine *e);
+static void deployment_finish(struct deployment *d);
+
+/* ---- Publishing ---------------------------------------------------------------------- */
+
+static void publish(struct gw_engine *e, const char *suffix, char *payload, bool retain)
+{
+        if (!payload)
+                return;
+        if (e->env.publish)
+                e->env.publish(e->env.userdata, suffix, payload, retain);
+        free(payload);
+}
+
+static void publish_node(struct gw_engine *e, struct node_rt *n)
+{
+        struct gw_node_status s;
+        char topic[256], *json = NULL;
+        struct deployment *d = n->dep;
+
+        gw_node_status_init(&s, n->state);
+        if (d) {
+                const struct gw_manifest_image *img = d->m ? &d->m->images[n->image] : NULL;
+
+                s.deployment = d->id;
+                if (img) {
+                        s.image = img->name;
+                        s.version = img->version;
+                }
+                if (n->total > 0) {
+                        uint64_t el = gw_now_ms() - n->t0;
+
+                        s.bytes = (int64_t) n->bytes;
+                        s.total = (int64_t) n->total;
+                        s.progress = (int) (n->bytes * 100 / n->total);
+                        s.rate_bps = el > 0 ? (int64_t) (n->bytes * 1000 / el) : 0;
+                }
+        } else if (n->installed_version) {
+                s.version = n->installed_version;
+        }
+        if (n->state == GW_NODE_FAILED) {
+                s.error = n->error;
+                s.error_message = n->message;
+        }
+        if (gw_status_node_json(&s, time(NULL), &json) < 0)
+                return;
+        snprintf(topic, sizeof(topic), "nodes/%s/status", n->cfg->name);
+        n->last_publish = gw_now_ms();
+        publish(e, topic, json, true);
+}
+
+static void node_set_state(struct node_rt *n, enum gw_node_state state)
+{
+        if (n->state == state)
+                return;
+        gw_log_debug("%s: %s -> %s", n->cfg->name, gw_node_state_to_string(n->state),
+                     gw_node_state_to_string(state));
+        n->state = state;
+        if (n->dep)
+                publish_node(n->dep->engine, n);
+}
+
+static void publish_rejected(struct gw_engine *e, const char *id, enum gw_error code,
+                             const char *message)
+{
+        char topic[256], *json = NULL;
+
+        if (gw_status_deployment_rejected_json(id ? id : "", code, message, time(NULL), &json) < 0)
+                return;
+        /* Without a readable id there is no deployment topic to retain the verdict on. */
+        snprintf(topic, sizeof(topic), "deployments/%s", id ? id : "invalid");
+        publish(e, topic, json, id != NULL);
+}
+
+static void publish_deployment(struct deployment *d, bool final)
+{
+        struct gw_deployment_node *nodes = calloc(d->n_nodes ? d->n_nodes : 1, sizeof(*nodes));
+        char topic[256], *json = NULL;
+        bool success = !d->error;
+        int r;
+
+        if (!nodes)
+                return;
+        for (size_t i = 0; i < d->n_nodes; i++) {
+                struct node_rt *n = d->nodes[i];
+                const struct gw_manifest_image *img = &d->m->images[n->image];
+
+                nodes[i] = (struct gw_deployment_node){
+                        .name = n->cfg->name,
+                        .state = n->state,
+                        .progress = final ? -1
+                                          : (n->total ? (int) (n->bytes * 100 / n->total) : 0),
+                        .image = final ? img->name : NULL,
+                        .version = final ? img->version : NULL,
+                        .error = final && n->state == GW_NODE_FAILED ? n->error : GW_ERR_NONE,
+                        .error_message = n->message,
+                };
+        }
+        if (final)
+                r = gw_status_deployment_final_json(d->id, success, d->error, d->message, nodes,
+                                                    d->n_nodes, time(NULL), &json);
+        else
+                r = gw_status_deployment_progress_json(d->id, nodes, d->n_nodes, time(NULL),
+                                                       &json);
+        free(nodes);
+        if (r < 0)
+                return;
+        snprintf(topic, sizeof(topic), "deployments/%s", d->id);
+        publish(d->engine, topic, json, final);
+}
+
+static void publish_inventory(struct gw_engine *e)
+{
+        struct gw_inventory_node *inv = calloc(e->n_nodes ? e->n_nodes : 1, sizeof(*inv));
+        char *json = NULL;
+
+        if (!inv)
+                return;
+        for (size_t i = 0; i < e->n_nodes; i++) {
+                const struct gw_node_config *c = e->nodes[i].cfg;
+
+                inv[i] = (struct gw_inventory_node){
+                        .name = c->name,
+                        .transport = c->transport,
+                        .protocol = c->protocol,
+                        .class_name = c->class_name,
+                        .hardware = c->hardware,
+                        .version = e->nodes[i].installed_version,
+                };
+        }
+        if (gw_status_inventory_json(inv, e->n_nodes, time(NULL), &json) == 0)
+                publish(e, "inventory", json, true);
+        free(inv);
+}
+
+/* ---- Journal --------------------------------------------------------------------------- */
+
+static const char *state_dir(const struct gw_engine *e)
+{
+        return e->env.cfg->state_dir;
+}
+
+/* deployments/<id>.json: {"id","manifest_sha256","state","nodes":{name:state}} */
+static int journal_deployment(struct deployment *d, const char *state)
+{
+        json_t *o = json_pack("{s:s, s:s, s:s}", "id", d->id, "manifest_sha256", d->sha_hex,
+                              "state", state);
+        json_t *nodes = json_object();
+        char name[300], *s;
+        int r;
+
+        if (!o || !nodes) {
+                json_decref(o);
+                json_decref(nodes);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < d->n_nodes; i++)
+                json_object_set_new(nodes, d->nodes[i]->cfg->name,
+                                    json_string(gw_node_state_to_string(d->nodes[i]->state)));
+        json_object_set_new(o, "nodes", nodes);
+        if (d->error)
+                json_object_set_new(o, "error", json_string(gw_error_to_string(d->error)));
+        s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(o);
+        if (!s)
+                return -ENOMEM;
+        snprintf(name, sizeof(name), "deployments/%s.json", d->id);
+        r = gw_journal_write(state_dir(d->engine), name, s, strlen(s));
+        free(s);
+        if (r < 0)
+                gw_log_warning_errno(r, "Deployment %s: cannot write the journal: %m", d->id);
+        return r;
+}
+
+/* True when the journal says this id with this manifest already ran to the end. */
+static bool journal_done(struct gw_engine *e, const char *id, const char *sha_hex)
+{
+        char name[300], *buf = NULL;
+        json_t *o;
+        bool done = false;
+
+        snprintf(name, sizeof(name), "deployments/%s.json", id);
+        if (gw_journal_read(state_dir(e), name, JOURNAL_MAX, &buf, NULL) < 0)
+                return false;
+        o = json_loads(buf, 0, NULL);
+        free(buf);
+        if (o) {
+                const char *sha = json_string_value(json_object_get(o, "manifest_sha256"));
+                const char *st = json_string_value(json_object_get(o, "state"));
+
+                done = sha && st && strcmp(sha, sha_hex) == 0 &&
+                       (strcmp(st, "success") == 0 || strcmp(st, "failed") == 0 ||
+                        strcmp(st, "rejected") == 0);
+                json_decref(o);
+        }
+        return done;
+}
+
+/* nodes/<name>.json: what the node runs now, and what it ran before (for rollback). */
+static void journal_node_installed(struct gw_engine *e, struct node_rt *n,
+                                   const struct gw_manifest_image *img)
+{
+        char name[300], hex[65], *s;
+        json_t *o;
+
+        gw_hex(img->sha256, 32, hex);
+        o = json_pack("{s:s, s:s, s:s, s:s?}", "image", img->name, "version", img->version,
+                      "sha256", hex, "previous_version", n->installed_version);
+        if (!o)
+                return;
+        s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(o);
+        if (!s)
+                return;
+        snprintf(name, sizeof(name), "nodes/%s.json", n->cfg->name);
+        if (gw_journal_write(state_dir(e), name, s, strlen(s)) < 0)
+                gw_log_warning("%s: cannot record the installed image, ignoring", n->cfg->name);
+        free(s);
+        free(n->installed_version);
+        n->installed_version = strdup(img->version);
+}
+
+static void journal_node_load(struct gw_engine *e, struct node_rt *n)
+{
+        char name[300], *buf = NULL;
+        json_t *o;
+
+        snprintf(name, sizeof(name), "nodes/%s.json", n->cfg->name);
+        if (gw_journal_read(state_dir(e), name, JOURNAL_MAX, &buf, NULL) < 0)
+                return;
+        o = json_loads(buf, 0, NULL);
+        free(buf);
+        if (!o)
+                return;
+        if (json_is_string(json_object_get(o, "version")))
+                n->installed_version = strdup(json_string_value(json_object_get(o, "version")));
+        json_decref(o);
+}
+
+/* ---- Deployment lifecycle ---------------------------------------------------------------- */
+
+static struct deployment *deployment_free(struct deployment *d)
+{
+        if (!d)
+                return NULL;
+        gw_fetch_cancel(d->manifest_fetch);
+        for (size_t i = 0; d->downloads && d->m && i < d->m->n_images; i++) {
+                gw_fetch_cancel(d->downloads[i].fetch);
+                if (d->downloads[i].tmp)
+                        gw_store_abort(d->downloads[i].fd, d->downloads[i].tmp);
+                free(d->downloads[i].tmp);
+        }
+        for (size_t i = 0; i < d->n_nodes; i++) {
+                struct node_rt *n = d->nodes[i];
+
+                n->flash = gw_flash_free(n->flash);
+                gw_file_reader_close(&n->reader);
+                n->dep = NULL;
+        }
+        free(d->downloads);
+        free(d->nodes);
+        gw_manifest_free(d->m);
+        free(d->buf);
+        free(d->manifest_url);
+        free(d->id);
+        free(d);
+        return NULL;
+}
+
+/* Fails the whole deployment: nodes not yet finished are marked failed with the same code. */
+static void deployment_fail(struct deployment *d, enum gw_error code, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+static void deployment_fail(struct deployment *d, enum gw_error code, const char *fmt, ...)
+{
+        va_list ap;
+
+        if (d->phase == PHASE_DONE)
+                return;
+        if (!d->error) {
+                d->error = code;
+                va_start(ap, fmt);
+                vsnprintf(d->message, sizeof(d->message), fmt, ap);
+                va_end(ap);
+        }
+        deployment_finish(d);
+}
+
+static void deployment_finish(struct deployment *d)
+{
+        struct gw_engine *e = d->engine;
+        bool ok = true;
+
+        if (d->phase == PHASE_DONE)
+                return;
+        d->phase = PHASE_DONE;
+        for (size_t i = 0; d->downloads && i < d->m->n_images; i++) {
+                gw_fetch_cancel(d->downloads[i].fetch);
+                d->downloads[i].fetch = NULL;
+        }
+        for (size_t i = 0; i < d->n_nodes; i++) {
+                struct node_rt *n = d->nodes[i];
+
+                if (n->flash) {
+                        /* Still running: stop it; its finished() sees PHASE_DONE. */
+                        gw_flash_cancel(n->flash);
+                }
+                if (n->state != GW_NODE_SUCCESS && n->state != GW_NODE_FAILED) {
+                        n->error = d->error ? d->error : GW_ERR_INTERNAL;
+                        snprintf(n->message, sizeof(n->message), "%s",
+                                 d->error ? d->message : "not flashed");
+                        node_set_state(n, GW_NODE_FAILED);
+                }
+                if (n->state != GW_NODE_SUCCESS)
+                        ok = false;
+        }
+        if (!ok && !d->error) {
+                d->error = GW_ERR_FLASH_FAILED;
+                snprintf(d->message, sizeof(d->message), "one or more nodes failed");
+        }
+        journal_deployment(d, d->error ? "failed" : "success");
+        publish_deployment(d, true);
+        if (d->error)
+                gw_log_error("Deployment %s failed: %s: %s", d->id, gw_error_to_string(d->error),
+                             d->message);
+        else
+                gw_log_info("Deployment %s succeeded on %zu node(s)", d->id, d->n_nodes);
+        publish_inventory(e);
+        e->current = deployment_free(d);
+        engine_next(e);
+}
+
+/* Rejected before any node was touched: the verdict goes on the deployment topic only. */
+static void deployment_reject(struct deployment *d, enum gw_error code, const char *message)
+{
+        struct gw_engine *e = d->engine;
+        char name[300];
+        char *s = NULL;
+
+        gw_log_error("Deployment %s rejected: %s: %s", d->id, gw_error_to_string(code), message);
+        if (d->sha_hex[0]) {
+                json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "id", d->id, "manifest_sha256",
+                                      d->sha_hex, "state", "rejected", "error",
+                                      gw_error_to_string(code));
+
+                s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+                json_decref(o);
+                snprintf(name, sizeof(name), "deployments/%s.json", d->id);
+                if (s)
+                        gw_journal_write(state_dir(e), name, s, strlen(s));
+                free(s);
+        }
+        publish_rejected(e, d->id, code, message);
+        d->phase = PHASE_DONE;
+        e->current = deployment_free(d);
+        engine_next(e);
+}
+
+/* ---- Flash phase ------------------------------------------------------------------------- */
+
+static void flash_start_more(struct deployment *d);
+
+static void on_flash_progress(void *userdata, uint64_t done, uint64_t total)
+{
+        struct node_rt *n = userdata;
+        uint64_t now = gw_now_ms();
+        int pct = total ? (int) (done * 100 / total) : 100;
+
+        n->bytes = done;
+        n->total = total;
+        if (pct != n->last_pct && (now - n->last_publish >= PROGRESS_INTERVAL_MS || done == total)) {
+                n->last_pct = pct;
+                publish_node(n->dep->engine, n);
+                publish_deployment(n->dep, false);
+        }
+}
+
+static void on_flash_finished(void *userdata, int result, const char *reason)
+{
+        struct node_rt *n = userdata;
+        struct deployment *d = n->dep;
+        const struct gw_manifest_image *img = &d->m->images[n->image];
+
+        d->n_flashing--;
+        d->n_finished++;
+        gw_file_reader_close(&n->reader);
+        if (result == 0) {
+                journal_node_installed(d->engine, n, img);
+                gw_log_info("%s: took %s %s (%llu bytes in %.1f s)", n->cfg->name, img->name,
+                            img->version, (unsigned long long) n->total,
+                            (double) (gw_now_ms() - n->t0) / 1000.0);
+                node_set_state(n, GW_NODE_SUCCESS);
+        } else {
+                /* A node that never acknowledged a byte is unreachable; one that stopped midway
+                 * failed to flash. */
+                n->error = (result == -ETIMEDOUT && n->bytes == 0) || result == -EPIPE ||
+                                           result == -ENOENT
+                                   ? GW_ERR_NODE_UNREACHABLE
+                                   : GW_ERR_FLASH_FAILED;
+                if (result == -ECANCELED && d->cancelled)
+                        n->error = GW_ERR_CANCELLED;
+                snprintf(n->message, sizeof(n->message), "%s", reason ? reason : strerror(-result));
+                gw_log_error("%s: flashing %s %s failed: %s", n->cfg->name, img->name,
+                             img->version, n->message);
+                node_set_state(n, GW_NODE_FAILED);
+        }
+        if (d->phase != PHASE_FLASH)
+                return;
+        publish_deployment(d, false);
+        if (d->n_finished == d->n_nodes)
+                deployment_finish(d);
+        else
+                flash_start_more(d);
+}
+
+static int flash_node(struct deployment *d, struct node_rt *n)
+{
+        static const struct gw_flash_callbacks cbs = {
+                .progress = on_flash_progress,
+                .finished = on_flash_finished,
+        };
+        const struct gw_manifest_image *img = &d->m->images[n->image];
+        const struct gw_transport_ops *t = gw_transport_find(n->cfg->transport);
+        const struct gw_protocol_ops *p = gw_protocol_find(n->cfg->protocol);
+        struct gw_options *popts = gw_options_new();
+        char *path = NULL, *fname = NULL;
+        int r;
+
+        if (!popts)
+                return -ENOMEM;
+        if (!t || !p) {
+                gw_options_free(popts);
+                snprintf(n->message, sizeof(n->message), "no plugin for %s/%s",
+                         n->cfg->transport, n->cfg->protocol);
+                return -ENOPROTOOPT;
+        }
+        r = gw_options_merge(popts, n->cfg->protocol_opts);
+        if (r >= 0)
+                r = gw_options_merge(popts, img->options);
+        if (r >= 0)
+                r = gw_store_path(d->engine->env.store, img->sha256, &path);
+        if (r < 0)
+                goto out;
+        /* The node sees the image under its name and version, e.g. app-1.2.0.bin. */
+        if (asprintf(&fname, "%s-%s.bin", img->name, img->version) < 0) {
+                r = -ENOMEM;
+                goto out;
+        }
+        r = gw_file_reader_open(path, fname, &n->reader);
+        if (r < 0) {
+                snprintf(n->message, sizeof(n->message), "image missing from the store");
+                goto out;
+        }
+        r = gw_flash_new(d->engine->env.loop, n->cfg->name, t, n->cfg->transport_opts, p, popts,
+                         &n->flash);
+        if (r < 0) {
+                snprintf(n->message, sizeof(n->message), "cannot open %s link: %s",
+                         n->cfg->transport, strerror(-r));
+                gw_file_reader_close(&n->reader);
+                goto out;
+        }
+        n->bytes = 0;
+        n->total = img->size;
+        n->t0 = gw_now_ms();
+        n->last_pct = -1;
+        d->n_flashing++;
+        node_set_state(n, GW_NODE_FLASHING);
+        r = gw_flash_install(n->flash, &n->reader, &cbs, n);
+        if (r < 0) {
+                d->n_flashing--;
+                snprintf(n->message, sizeof(n->message), "cannot start: %s", strerror(-r));
+                n->flash = gw_flash_free(n->flash);
+                gw_file_reader_close(&n->reader);
+        }
+out:
+        free(fname);
+        free(path);
+        gw_options_free(popts);
+        return r;
+}
+
+static void flash_start_more(struct deployment *d)
+{
+        unsigned parallel = d->m->policy.parallel ? d->m->policy.parallel : 1;
+
+        while (d->phase == PHASE_FLASH && d->next_flash < d->n_nodes && d->n_flashing < parallel) {
+                struct node_rt *n = d->nodes[d->next_flash++];
+                int r = flash_node(d, n);
+
+                if (r < 0) {
+                        d->n_finished++;
+                        n->error = GW_ERR_NODE_UNREACHABLE;
+                        gw_log_error("%s: %s", n->cfg->name, n->message);
+                        node_set_state(n, GW_NODE_FAILED);
+                }
+        }
+        if (d->phase == PHASE_FLASH && d->n_finished == d->n_nodes)
+                deployment_finish(d);
+}
+
+static void flash_phase(struct deployment *d)
+{
+        /* Gateways flash many nodes at once; the manifest may ask for fewer. A node is flashed
+         * by one job at a time, so nodes on independent links run in parallel. */
+        d->phase = PHASE_FLASH;
+        journal_deployment(d, "flashing");
+        gw_log_info("Deployment %s: all images verified, flashing %zu node(s)", d->id, d->n_nodes);
+        flash_start_more(d);
+}
+
+/* ---- Download phase ------------------------------------------------------------------------ */
+
+static int download_start(struct download *dl);
+
+static void nodes_of_image_set(struct deployment *d, size_t image, enum gw_node_state state,
+                               uint64_t bytes, uint64_t total)
+{
+        for (size_t i = 0; i < d->n_nodes; i++) {
+                struct node_rt *n = d->nodes[i];
+
+                if (n->image != image)
+                        continue;
+                n->bytes = bytes;
+                n->total = total;
+                if (n->state != state)
+                        node_set_state(n, state);
+                else
+                        publish_node(d->engine, n);
+        }
+}
+
+static void on_download_progress(void *userdata, uint64_t bytes)
+{
+        struct download *dl = userdata;
+        uint64_t now = gw_now_ms();
+
+        dl->bytes = bytes;
+        if (now - dl->last_publish < PROGRESS_INTERVAL_MS)
+                return;
+        dl->last_publish = now;
+        nodes_of_image_set(dl->dep, dl->image, GW_NODE_DOWNLOADING, bytes,
+                           dl->dep->m->images[dl->image].size);
+}
+
+static void on_download_finished(void *userdata, int result, enum gw_error code,
+                                 const char *message, const uint8_t sha256[32], uint64_t bytes,
+                                 uint8_t *mem)
+{
+        struct download *dl = userdata;
+        struct deployment *d = dl->dep;
+        const struct gw_manifest_image *img = &d->m->images[dl->image];
+        int r;
+
+        dl->fetch = NULL;
+        free(mem);
+        if (result == 0) {
+                nodes_of_image_set(d, dl->image, GW_NODE_VERIFYING, bytes, img->size);
+                r = gw_store_commit(d->engine->env.store, dl->fd, dl->tmp, img->sha256, img->size,
+                                    sha256, bytes);
+                free(dl->tmp);
+                dl->tmp = NULL;
+                dl->fd = -1;
+                if (r == -EFBIG) {
+                        code = GW_ERR_IMAGE_SIZE_MISMATCH;
+                        message = "size differs from the manifest";
+                } else if (r == -EBADMSG) {
+                        code = GW_ERR_IMAGE_HASH_MISMATCH;
+                        message = "SHA-256 differs from the manifest";
+                } else if (r < 0) {
+                        code = GW_ERR_DOWNLOAD_FAILED;
+                        message = "cannot store the image";
+                }
+                if (r == 0) {
+                        gw_log_info("Deployment %s: image %s verified (%llu bytes)", d->id,
+                                    img->name, (unsigned long long) bytes);
+                        dl->done = true;
+                        if (--d->n_downloads_left == 0)
+                                flash_phase(d);
+                        return;
+                }
+        } else {
+                gw_store_abort(dl->fd, dl->tmp);
+                free(dl->tmp);
+                dl->tmp = NULL;
+                dl->fd = -1;
+        }
+        /* A mirror may have what the first source did not. */
+        if (dl->url_index < img->n_mirrors) {
+                gw_log_warning("Deployment %s: image %s: %s: %s; trying the next mirror", d->id,
+                               img->name, gw_error_to_string(code), message);
+                dl->url_index++;
+                /* On failure download_start() has already failed the deployment. */
+                download_start(dl);
+                return;
+        }
+        deployment_fail(d, code, "image %s: %s", img->name, message);
+}
+
+static int download_start(struct download *dl)
+{
+        struct deployment *d = dl->dep;
+        const struct gw_config *cfg = d->engine->env.cfg;
+        const struct gw_manifest_image *img = &d->m->images[dl->image];
+        const char *ref = dl->url_index == 0 ? img->url : img->mirrors[dl->url_index - 1];
+        struct gw_fetch_params p;
+        char *url = NULL;
+        int r;
+
+        r = gw_url_resolve(d->manifest_url, ref, &url);
+        if (r < 0) {
+                deployment_fail(d, GW_ERR_DOWNLOAD_FAILED,
+                                "image %s: cannot resolve URL '%s'%s", img->name, ref,
+                                d->manifest_url ? "" : " (the manifest came inline: use an "
+                                                       "absolute URL)");
+                return r;
+        }
+        r = gw_store_begin(d->engine->env.store, img->sha256, &dl->fd, &dl->tmp);
+        if (r < 0) {
+                free(url);
+                deployment_fail(d, GW_ERR_DOWNLOAD_FAILED, "image %s: cannot store: %s",
+                                img->name, strerror(-r));
+                return r;
+        }
+        p = (struct gw_fetch_params){
+                .url = url,
+                .fd = dl->fd,
+                .max_bytes = img->size,
+                .min_rate = cfg->fetch_min_rate,
+                .rate_window_s = cfg->fetch_rate_window,
+                .deadline_ms = 0,
+                .connect_timeout_s = cfg->fetch_connect_timeout,
+                .progress = on_download_progress,
+                .finished = on_download_finished,
+                .userdata = dl,
+        };
+        if (cfg->fetch_deadline)
+                p.deadline_ms = gw_now_ms() + (uint64_t) cfg->fetch_deadline * 1000u;
+        gw_log_info("Deployment %s: fetching image %s from %s", d->id, img->name, url);
+        r = gw_fetch_start(d->engine->env.fetcher, &p, &dl->fetch);
+        free(url);
+        if (r < 0) {
+                gw_store_abort(dl->fd, dl->tmp);
+                free(dl->tmp);
+                dl->tmp = NULL;
+                dl->fd = -1;
+                deployment_fail(d, GW_ERR_DOWNLOAD_FAILED, "image %s: cannot fetch: %s",
+                                img->name, strerror(-r));
+        }
+        return r;
+}
+
+static void download_phase(struct deployment *d)
+{
+        d->phase = PHASE_DOWNLOAD;
+        d->downloads = calloc(d->m->n_images, sizeof(*d->downloads));
+        if (!d->downloads) {
+                deployment_fail(d, GW_ERR_INTERNAL, "out of memory");
+                return;
+        }
+        for (size_t i = 0; i < d->m->n_images; i++) {
+                d->downloads[i] = (struct download){.dep = d, .image = i, .fd = -1};
+        }
+        /* Count first: a download may finish (and the phase move on) while we start the next. */
+        for (size_t i = 0; i < d->m->n_images; i++) {
+                bool used = false;
+
+                for (size_t j = 0; j < d->n_nodes; j++)
+                        used = used || d->nodes[j]->image == i;
+                d->downloads[i].done = !used || gw_store_has(d->engine->env.store,
+                                                             d->m->images[i].sha256,
+                                                             d->m->images[i].size);
+                if (!d->downloads[i].done)
+                        d->n_downloads_left++;
+        }
+        if (d->n_downloads_left == 0) {
+                flash_phase(d);
+                return;
+        }
+        for (size_t i = 0; i < d->m->n_images && d->phase == PHASE_DOWNLOAD; i++) {
+                if (d->downloads[i].done)
+                        continue;
+                nodes_of_image_set(d, i, GW_NODE_DOWNLOADING, 0, d->m->images[i].size);
+                if (download_start(&d->downloads[i]) < 0)
+                        return;
+        }
+}
+
+/* ---- Manifest phase ------------------------------------------------------------------------ */
+
+/* Compares a manifest's hardware value with the node's: numbers by value (0x413 == 1043),
+ * anything else as text. */
+static bool hw_value_equal(const char *a, const char *b)
+{
+        uint64_t x, y;
+
+        if (gw_parse_u64(a, &x) == 0 && gw_parse_u64(b, &y) == 0)
+                return x == y;
+        return strcmp(a, b) == 0;
+}
+
+static int map_nodes(struct deployment *d)
+{
+        struct gw_engine *e = d->engine;
+        const struct gw_manifest *m = d->m;
+
+        d->nodes = calloc(e->n_nodes ? e->n_nodes : 1, sizeof(*d->nodes));
+        if (!d->nodes)
+                return -ENOMEM;
+        for (size_t i = 0; i < e->n_nodes; i++)
+                e->nodes[i].image = SIZE_MAX;
+
+        for (size_t i = 0; i < m->n_images; i++) {
+                const struct gw_manifest_image *img = &m->images[i];
+
+                if (img->size > e->env.cfg->image_size_max) {
+                        d->error = GW_ERR_IMAGE_SIZE_MISMATCH;
+                        snprintf(d->message, sizeof(d->message),
+                                 "image %s: %llu bytes is over this gateway's limit of %llu",
+                                 img->name, (unsigned long long) img->size,
+                                 (unsigned long long) e->env.cfg->image_size_max);
+                        return -EFBIG;
+                }
+                for (size_t t = 0; t < img->n_targets; t++) {
+                        bool found = false;
+
+                        for (size_t k = 0; k < e->n_nodes; k++) {
+                                struct node_rt *n = &e->nodes[k];
+                                const char *cls = n->cfg->class_name;
+                                bool match = img->target_kind == GW_TARGET_CLASS
+                                                     ? cls && strcmp(cls, img->targets[t]) == 0
+                                                     : strcmp(n->cfg->name, img->targets[t]) == 0;
+
+                                if (!match)
+                                        continue;
+                                found = true;
+                                if (n->image != SIZE_MAX && n->image != i) {
+                                        d->error = GW_ERR_SCHEMA_INVALID;
+                                        snprintf(d->message, sizeof(d->message),
+                                                 "node %s is targeted by images %s and %s",
+                                                 n->cfg->name, m->images[n->image].name,
+                                                 img->name);
+                                        return -EINVAL;
+                                }
+                                if (n->image == i)
+                                        continue;
+                                if (strcmp(n->cfg->protocol, img->protocol) != 0) {
+                                        d->error = GW_ERR_NODE_INCOMPATIBLE;
+                                        snprintf(d->message, sizeof(d->message),
+                                                 "image %s is for protocol %s, node %s speaks %s",
+                                                 img->name, img->protocol, n->cfg->name,
+                                                 n->cfg->protocol);
+                                        return -EINVAL;
+                                }
+                                for (size_t h = 0; h < img->n_hardware; h++) {
+                                        const char *have =
+                                                gw_options_get(n->cfg->hardware, img->hardware[h].key);
+
+                                        if (!have || !hw_value_equal(have, img->hardware[h].value)) {
+                                                d->error = GW_ERR_NODE_INCOMPATIBLE;
+                                                snprintf(d->message, sizeof(d->message),
+                                                         "image %s needs %s %s, node %s has %s",
+                                                         img->name, img->hardware[h].key,
+                                                         img->hardware[h].value, n->cfg->name,
+                                                         have ? have : "none");
+                                                return -EINVAL;
+                                        }
+                                }
+                                n->image = i;
+                                d->nodes[d->n_nodes++] = n;
+                        }
+                        if (!found && img->target_kind != GW_TARGET_CLASS) {
+                                d->error = GW_ERR_NODE_UNKNOWN;
+                                snprintf(d->message, sizeof(d->message),
+                                         "image %s targets node %s, which this gateway does not "
+                                         "have",
+                                         img->name, img->targets[t]);
+                                return -ENOENT;
+                        }
+                }
+        }
+        if (d->n_nodes == 0) {
+                d->error = GW_ERR_NODE_UNKNOWN;
+                snprintf(d->message, sizeof(d->message),
+                         "no node of this gateway is targeted by the manifest");
+                return -ENOENT;
+        }
+        return 0;
+}
+
+static void manifest_report(void *userdata, const char *check, enum gw_error code,
+                            const char *detail)
+{
+        struct deployment *d = userdata;
+
+        gw_log_debug("Deployment %s: check %s: %s%s%s", d->id, check,
+                     code ? gw_error_to_string(code) : "ok", detail ? ": " : "",
+                     detail ? detail : "");
+}
+
+static void manifest_ready(struct deployment *d)
+{
+        struct gw_engine *e = d->engine;
+        const struct gw_config *cfg = e->env.cfg;
+        struct gw_manifest_error err = {0};
+        struct gw_manifest_state st = {0};
+        struct gw_manifest_verify_params p;
+        uint8_t sha[32];
+        unsigned len = 0;
+        const char **names;
+        char *json = NULL;
+        int r;
+
+        if (EVP_Digest(d->buf, d->len, sha, &len, EVP_sha256(), NULL) != 1) {
+                deployment_reject(d, GW_ERR_INTERNAL, "cannot hash the manifest");
+                return;
+        }
+        gw_hex(sha, 32, d->sha_hex);
+        if (journal_done(e, d->id, d->sha_hex)) {
+                gw_log_info("Deployment %s with manifest %.12s was already done, ignoring", d->id,
+                            d->sha_hex);
+                d->phase = PHASE_DONE;
+                e->current = deployment_free(d);
+                engine_next(e);
+                return;
+        }
+        r = gw_manifest_state_load(cfg->state_dir, &st);
+        if (r < 0) {
+                gw_log_warning_errno(r, "Cannot read the manifest state in %s: %m",
+                                     cfg->state_dir);
+                deployment_reject(d, GW_ERR_INTERNAL, "cannot read the gateway's manifest state");
+                return;
+        }
+        p = (struct gw_manifest_verify_params){
+                .max_size = cfg->manifest_size_max,
+                .now = time(NULL),
+                .state = &st,
+                .gateway_hardware = cfg->gateway_hardware,
+                .report = manifest_report,
+                .userdata = d,
+        };
+        r = gw_manifest_verify(e->env.trust, &p, d->buf, d->len, &d->m, &err);
+        if (r < 0) {
+                deployment_reject(d, err.code ? err.code : GW_ERR_INTERNAL, err.message);
+                return;
+        }
+        r = map_nodes(d);
+        if (r < 0) {
+                for (size_t i = 0; i < d->n_nodes; i++)
+                        d->nodes[i]->image = SIZE_MAX;
+                d->n_nodes = 0;
+                deployment_reject(d, d->error ? d->error : GW_ERR_INTERNAL, d->message);
+                return;
+        }
+        /* Accepted: the sequence and trusted time move forward before anything else happens,
+         * so that a replay of an older manifest is refused even after a crash. */
+        gw_manifest_state_advance(&st, d->m, time(NULL));
+        r = gw_manifest_state_save(cfg->state_dir, &st);
+        if (r < 0) {
+                gw_log_error_errno(r, "Cannot persist the manifest state: %m");
+                for (size_t i = 0; i < d->n_nodes; i++)
+                        d->nodes[i]->image = SIZE_MAX;
+                d->n_nodes = 0;
+                deployment_reject(d, GW_ERR_INTERNAL, "cannot persist the manifest state");
+                return;
+        }
+        for (size_t i = 0; i < d->n_nodes; i++) {
+                d->nodes[i]->dep = d;
+                d->nodes[i]->error = GW_ERR_NONE;
+                d->nodes[i]->message[0] = '\0';
+                d->nodes[i]->bytes = d->nodes[i]->total = 0;
+                d->nodes[i]->state = GW_NODE_IDLE;
+        }
+        journal_deployment(d, "accepted");
+        names = calloc(d->n_nodes, sizeof(*names));
+        if (names) {
+                for (size_t i = 0; i < d->n_nodes; i++)
+                        names[i] = d->nodes[i]->cfg->name;
+                if (gw_status_deployment_accepted_json(d->id, d->sha_hex, names, d->n_nodes,
+                                                       time(NULL), &json) == 0) {
+                        char topic[256];
+
+                        snprintf(topic, sizeof(topic), "deployments/%s", d->id);
+                        publish(e, topic, json, false);
+                }
+                free(names);
+        }
+        gw_log_info("Deployment %s accepted: manifest %s sequence %llu, %zu image(s), %zu node(s)",
+                    d->id, d->m->id, (unsigned long long) d->m->sequence, d->m->n_images,
+                    d->n_nodes);
+        for (size_t i = 0; i < d->n_nodes; i++)
+                node_set_state(d->nodes[i], GW_NODE_QUEUED);
+        download_phase(d);
+}
+
+static void on_manifest_fetched(void *userdata, int result, enum gw_error code,
+                                const char *message, const uint8_t sha256[32], uint64_t bytes,
+                                uint8_t *mem)
+{
+        struct deployment *d = userdata;
+
+        d->manifest_fetch = NULL;
+        if (result < 0) {
+                free(mem);
+                /* Over the cap is the manifest's fault, not the image's. */
+                if (code == GW_ERR_IMAGE_SIZE_MISMATCH)
+                        code = GW_ERR_MANIFEST_TOO_LARGE;
+                deployment_reject(d, code, message ? message : "cannot fetch the manifest");
+                return;
+        }
+        d->buf = mem;
+        d->len = (size_t) bytes;
+        if (!d->buf) {
+                /* An empty body: still "a manifest", and it fails the envelope check. */
+                d->buf = calloc(1, 1);
+                d->len = 0;
+        }
+        manifest_ready(d);
+}
+
+static void deployment_start(struct gw_engine *e, struct gw_deploy_request *req)
+{
+        struct deployment *d = calloc(1, sizeof(*d));
+        const struct gw_config *cfg = e->env.cfg;
+
+        if (!d) {
+                gw_log_error("Deployment %s: out of memory", req->id);
+                gw_deploy_request_done(req);
+                return;
+        }
+        d->engine = e;
+        d->id = req->id;
+        d->manifest_url = req->manifest_url;
+        d->buf = req->manifest;
+        d->len = req->manifest_size;
+        *req = (struct gw_deploy_request){0};
+        d->phase = PHASE_MANIFEST;
+        e->current = d;
+        gw_log_info("Deployment %s: received%s%s", d->id, d->manifest_url ? ", fetching " : "",
+                    d->manifest_url ? d->manifest_url : " with an inline manifest");
+
+        if (d->manifest_url) {
+                struct gw_fetch_params p = {
+                        .url = d->manifest_url,
+                        .fd = -1,
+                        .max_bytes = cfg->manifest_size_max,
+                        .min_rate = cfg->fetch_min_rate,
+                        .rate_window_s = cfg->fetch_rate_window,
+                        .connect_timeout_s = cfg->fetch_connect_timeout,
+                        .finished = on_manifest_fetched,
+                        .userdata = d,
+                };
+                int r;
+
+                if (cfg->fetch_deadline)
+                        p.deadline_ms = gw_now_ms() + (uint64_t) cfg->fetch_deadline * 1000u;
+                r = gw_fetch_start(e->env.fetcher, &p, &d->manifest_fetch);
+                if (r < 0)
+                        deployment_reject(d, GW_ERR_DOWNLOAD_FAILED, "cannot fetch the manifest");
+                return;
+        }
+        manifest_ready(d);
+}
+
+static void engine_next(struct gw_engine *e)
+{
+        struct gw_deploy_request req;
+
+        if (e->current || !e->has_pending) {
+                if (!e->current && e->env.idle)
+                        e->env.idle(e->env.userdata);
+                return;
+        }
+        req = e->pending;
+        e->pending = (struct gw_deploy_request){0};
+        e->has_pending = false;
+        deployment_start(e, &req);
+}
+
+/* ---- Messages ------------------------------------------------------------------------------ */
+
+static void on_deploy(struct gw_engine *e, const void *payload, size_t len, bool oversize)
+{
+        const struct gw_config *cfg = e->env.cfg;
+        struct gw_request_error err = {0};
+        struct gw_deploy_request req = {0};
+        int r;
+
+        if (oversize) {
+                char msg[128];
+
+                snprintf(msg, sizeof(msg), "payload of %zu bytes is over the cap of %zu", len,
+                         cfg->mqtt.max_payload);
+                gw_log_warning("Deploy message rejected: %s", msg);
+                publish_rejected(e, NULL, GW_ERR_PAYLOAD_TOO_LARGE, msg);
+                return;
+        }
+        r = gw_deploy_request_parse(payload, len, cfg->mqtt.max_payload, cfg->manifest_size_max,
+                                    &req, &err);
+        if (r == GW_REQUEST_CLEARED) {
+                gw_log_debug("Desired state cleared, nothing to do");
+                return;
+        }
+        if (r < 0) {
+                gw_log_warning("Deploy message rejected: %s: %s",
+                               gw_error_to_string(err.code),
+                               err.message ? err.message : "invalid");
+                publish_rejected(e, err.id, err.code ? err.code : GW_ERR_PAYLOAD_INVALID,
+                                 err.message ? err.message : "invalid payload");
+                gw_request_error_done(&err);
+                return;
+        }
+        if (e->current && strcmp(e->current->id, req.id) == 0) {
+                /* The retained desired state comes again after a reconnect. */
+                gw_log_debug("Deployment %s is already running, ignoring", req.id);
+                gw_deploy_request_done(&req);
+                return;
+        }
+        if (e->current) {
+                gw_log_info("Deployment %s queued behind %s", req.id, e->current->id);
+                gw_deploy_request_done(&e->pending);
+                e->pending = req;
+                e->has_pending = true;
+                return;
+        }
+        deployment_start(e, &req);
+}
+
+static void on_cancel(struct gw_engine *e, const void *payload, size_t len, bool oversize)
+{
+        struct gw_request_error err = {0};
+        struct gw_cancel_request req = {0};
+        int r;
+
+        if (oversize) {
+                gw_log_warning("Cancel message over the payload cap, ignoring");
+                return;
+        }
+        r = gw_cancel_request_parse(payload, len, e->env.cfg->mqtt.max_payload, &req, &err);
+        if (r != 0) {
+                if (r < 0)
+                        gw_log_warning("Cancel message rejected: %s, ignoring",
+                                       err.message ? err.message : "invalid");
+                gw_request_error_done(&err);
+                return;
+        }
+        if (e->has_pending && strcmp(e->pending.id, req.id) == 0) {
+                gw_log_info("Deployment %s cancelled before it started", req.id);
+                publish_rejected(e, req.id, GW_ERR_CANCELLED, "cancelled before it started");
+                gw_deploy_request_done(&e->pending);
+                e->has_pending = false;
+        } else if (e->current && strcmp(e->current->id, req.id) == 0) {
+                gw_log_info("Deployment %s: cancel requested", req.id);
+                e->current->cancelled = true;
+                if (e->current->phase == PHASE_MANIFEST)
+                        deployment_reject(e->current, GW_ERR_CANCELLED, "cancelled");
+                else
+                        deployment_fail(e->current, GW_ERR_CANCELLED, "cancelled");
+        } else {
+                gw_log_info("Cancel for deployment %s, which is not running, ignoring", req.id);
+        }
+        gw_cancel_request_done(&req);
+}
+
+void gw_engine_message(struct gw_engine *e, const char *suffix, const void *payload, size_t len,
+                       bool oversize)
+{
+        if (strcmp(suffix, GW_MQTT_TOPIC_DEPLOY) == 0)
+                on_deploy(e, payload, len, oversize);
+        else if (strcmp(suffix, GW_MQTT_TOPIC_CANCEL) == 0)
+                on_cancel(e, payload, len, oversize);
+}
+
+void gw_engine_connected(struct gw_engine *e)
+{
+        publish_inventory(e);
+        for (size_t i = 0; i < e->n_nodes; i++)
+                publish_node(e, &e->nodes[i]);
+}
+
+void gw_engine_cancel_all(struct gw_engine *e, const char *why)
+{
+        if (e->has_pending) {
+                gw_deploy_request_done(&e->pending);
+                e->has_pending = false;
+        }
+        if (!e->current)
+                return;
+        e->current->cancelled = true;
+        if (e->current->phase == PHASE_MANIFEST)
+                deployment_reject(e->current, GW_ERR_CANCELLED, why);
+        else
+                deployment_fail(e->current, GW_ERR_CANCELLED, "%s", why);
+}
+
+bool gw_engine_busy(const struct gw_engine *e)
+{
+        return e->current != NULL || e->has_pending;
+}
+
+int gw_engine_new(const struct gw_engine_env *env, struct gw_engine **ret)
+{
+        struct gw_engine *e = calloc(1, sizeof(*e));
+        int r;
+
+        if (!e)
+                return -ENOMEM;
+        e->env = *env;
+        e->n_nodes = env->cfg->n_nodes;
+        e->nodes = calloc(e->n_nodes ? e->n_nodes : 1, sizeof(*e->nodes));
+        if (!e->nodes) {
+                free(e);
+                return -ENOMEM;
+        }
+        r = gw_journal_mkdir(env->cfg->state_dir, "deployments");
+        if (r >= 0)
+                r = gw_journal_mkdir(env->cfg->state_dir, "nodes");
+        if (r < 0) {
+                free(e->nodes);
+                free(e);
+                return r;
+        }
+        for (size_t i = 0; i < e->n_nodes; i++) {
+                e->nodes[i].cfg = &env->cfg->nodes[i];
+                e->nodes[i].state = GW_NODE_IDLE;
+                e->nodes[i].image = SIZE_MAX;
+                journal_node_load(e, &e->nodes[i]);
+        }
+        *ret = e;
+        return 0;
+}
+
+struct gw_engine *gw_engine_free(struct gw_engine *e)
+{
+        if (!e)
+                return NULL;
+        deployment_free(e->current);
+        gw_deploy_request_done(&e->pending);
+        for (size_t i = 0; i < e->n_nodes; i++)
+                free(e->nodes[i].installed_version);
+        free(e->nodes);
+        free(e);
+        return NULL;
+}

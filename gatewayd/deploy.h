@@ -1,0 +1,41 @@
+/* The deployment engine: from a desired-state message to flashed nodes. It fetches and
+ * verifies the manifest, maps images to nodes, downloads every image into the store
+ * (verified while it streams), and only then flashes the nodes, reporting each step. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+#include "fetch.h"
+#include "gw/loop.h"
+#include "gw/manifest.h"
+#include "store.h"
+
+struct gw_engine;
+
+struct gw_engine_env {
+        struct gw_loop *loop;
+        const struct gw_config *cfg;
+        const struct gw_trust *trust;
+        struct gw_store *store;
+        struct gw_fetcher *fetcher;
+        /* Publishes payload on <prefix>/<suffix> at QoS 1. Failures (offline) are fine: the
+         * engine republishes its retained state on connected(). */
+        int (*publish)(void *userdata, const char *suffix, const char *payload, bool retain);
+        void *userdata;
+        /* Called when the engine has nothing left to do after gw_engine_drain(). May be NULL. */
+        void (*idle)(void *userdata);
+};
+
+int gw_engine_new(const struct gw_engine_env *env, struct gw_engine **ret);
+struct gw_engine *gw_engine_free(struct gw_engine *e);
+
+/* The MQTT session is up: republish the inventory and every node's status. */
+void gw_engine_connected(struct gw_engine *e);
+/* A message on <prefix>/<suffix>; see struct gw_mqtt_callbacks. */
+void gw_engine_message(struct gw_engine *e, const char *suffix, const void *payload, size_t len,
+                       bool oversize);
+/* Cancels the running deployment (nodes mid-flash get the protocol's abort) and reports it. */
+void gw_engine_cancel_all(struct gw_engine *e, const char *why);
+bool gw_engine_busy(const struct gw_engine *e);

@@ -1,0 +1,417 @@
+/* A flash job: drives one protocol instance over one transport link from the loop. It owns
+ * the plugins' private state, the link's output queue and the protocol's single timer. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "gw/flash.h"
+#include "gw/log.h"
+
+/* A protocol queues a block or two at a time; more than this is a protocol bug. */
+#define OUT_QUEUE_MAX (256u * 1024u)
+#define READ_CHUNK    4096u
+
+struct gw_flash {
+        struct gw_loop *loop;
+        char *name;
+
+        const struct gw_transport_ops *t;
+        void *tpriv;
+        bool link_open;
+        const struct gw_protocol_ops *p;
+        void *ppriv;
+        bool proto_init;
+
+        struct gw_plugin_services svc;
+        struct gw_proto_host host;
+        struct gw_source *io;
+        struct gw_source *timer;
+
+        uint8_t *out;
+        size_t out_off, out_len, out_allocated;
+
+        const struct gw_flash_callbacks *cb;
+        void *userdata;
+        bool running;
+        char reason[256];
+};
+
+static void flash_logv(void *ctx, int level, const char *fmt, va_list ap)
+{
+        struct gw_flash *f = ctx;
+        char msg[1024];
+
+        if (level > gw_log_get_max_level())
+                return;
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        gw_log_full_errno(level, 0, "%s: %s", f->name, msg);
+}
+
+static uint64_t flash_now(void *ctx)
+{
+        return gw_now_ms();
+}
+
+static void flash_set_deadline(void *ctx, uint64_t at_ms)
+{
+        struct gw_flash *f = ctx;
+
+        gw_source_set_time(f->timer, at_ms);
+}
+
+static void update_events(struct gw_flash *f)
+{
+        short ev = 0;
+
+        if (f->running)
+                ev |= POLLIN;
+        if (f->out_len > f->out_off)
+                ev |= POLLOUT;
+        gw_source_set_io_events(f->io, ev);
+}
+
+/* Writes what the link takes now; 0 or -errno when the link failed. */
+static int flush_out(struct gw_flash *f)
+{
+        while (f->out_off < f->out_len) {
+                ssize_t n = f->t->write(f->tpriv, f->out + f->out_off, f->out_len - f->out_off);
+
+                if (n == -EAGAIN || n == 0)
+                        break;
+                if (n < 0)
+                        return (int) n;
+                f->out_off += (size_t) n;
+        }
+        if (f->out_off == f->out_len)
+                f->out_off = f->out_len = 0;
+        update_events(f);
+        return 0;
+}
+
+static int flash_write(void *ctx, const void *buf, size_t n)
+{
+        struct gw_flash *f = ctx;
+        size_t pending = f->out_len - f->out_off;
+
+        if (!f->link_open)
+                return -EPIPE;
+        if (pending + n > OUT_QUEUE_MAX)
+                return -ENOBUFS;
+        if (f->out_off > 0) {
+                memmove(f->out, f->out + f->out_off, pending);
+                f->out_off = 0;
+                f->out_len = pending;
+        }
+        if (f->out_len + n > f->out_allocated) {
+                size_t na = f->out_len + n < 4096 ? 4096 : (f->out_len + n) * 2;
+                uint8_t *p = realloc(f->out, na);
+
+                if (!p)
+                        return -ENOMEM;
+                f->out = p;
+                f->out_allocated = na;
+        }
+        memcpy(f->out + f->out_len, buf, n);
+        f->out_len += n;
+        return 0;
+}
+
+static void flash_flush_input(void *ctx)
+{
+        struct gw_flash *f = ctx;
+        uint8_t buf[READ_CHUNK];
+
+        /* Drain what the link already holds; bounded so a chattering peer cannot hold us. */
+        for (int i = 0; i < 64; i++)
+                if (f->t->read(f->tpriv, buf, sizeof(buf)) <= 0)
+                        break;
+}
+
+static void flash_progress(void *ctx, uint64_t done, uint64_t total)
+{
+        struct gw_flash *f = ctx;
+
+        if (f->cb && f->cb->progress)
+                f->cb->progress(f->userdata, done, total);
+}
+
+static void flash_set_error(void *ctx, const char *fmt, ...)
+{
+        struct gw_flash *f = ctx;
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(f->reason, sizeof(f->reason), fmt, ap);
+        va_end(ap);
+}
+
+static void finish(struct gw_flash *f, int r)
+{
+        const struct gw_flash_callbacks *cb = f->cb;
+
+        if (!f->running)
+                return;
+        f->running = false;
+        gw_source_set_time(f->timer, 0);
+        /* Best effort: a cancel sequence queued last should reach the node. */
+        (void) flush_out(f);
+        if (r < 0 && !f->reason[0])
+                snprintf(f->reason, sizeof(f->reason), "%s", strerror(-r));
+        update_events(f);
+        if (cb && cb->finished)
+                cb->finished(f->userdata, r, r < 0 ? f->reason : NULL);
+}
+
+/* Handles what a protocol op returned. Returns true when the job ended. */
+static bool handle_result(struct gw_flash *f, int r)
+{
+        if (r < 0) {
+                finish(f, r);
+                return true;
+        }
+        if (r == GW_PROTO_DONE) {
+                finish(f, 0);
+                return true;
+        }
+        r = flush_out(f);
+        if (r < 0) {
+                flash_set_error(f, "write to link failed: %s", strerror(-r));
+                finish(f, r);
+                return true;
+        }
+        return false;
+}
+
+static int on_io(struct gw_source *s, int fd, short revents, void *userdata)
+{
+        struct gw_flash *f = userdata;
+        uint8_t buf[READ_CHUNK];
+
+        if (!f->running)
+                return 0;
+        if (revents & POLLOUT) {
+                int r = flush_out(f);
+
+                if (r < 0) {
+                        flash_set_error(f, "write to link failed: %s", strerror(-r));
+                        finish(f, r);
+                        return 0;
+                }
+        }
+        if (!(revents & (POLLIN | POLLHUP | POLLERR)))
+                return 0;
+        for (int i = 0; i < 16; i++) {
+                ssize_t n = f->t->read(f->tpriv, buf, sizeof(buf));
+
+                if (n == -EAGAIN || n == 0)
+                        break;
+                if (n < 0) {
+                        flash_set_error(f, "link lost: %s", strerror((int) -n));
+                        finish(f, (int) n);
+                        return 0;
+                }
+                if (handle_result(f, f->p->input(f->ppriv, buf, (size_t) n)))
+                        return 0;
+        }
+        return 0;
+}
+
+static int on_timer(struct gw_source *s, uint64_t now, void *userdata)
+{
+        struct gw_flash *f = userdata;
+
+        if (f->running)
+                handle_result(f, f->p->timeout(f->ppriv));
+        return 0;
+}
+
+int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transport_ops *t,
+                 const struct gw_options *topts, const struct gw_protocol_ops *p,
+                 const struct gw_options *popts, struct gw_flash **ret)
+{
+        struct gw_flash *f;
+        int r;
+
+        if (!loop || !t || !p || !ret)
+                return -EINVAL;
+        if (p->shape != t->shape)
+                return gw_log_debug_errno(
+                    -EPROTO, "%s: protocol %s needs a %s link, transport %s is %s", name, p->name,
+                    gw_link_shape_to_string(p->shape), t->name, gw_link_shape_to_string(t->shape));
+        if (t->shape != GW_LINK_STREAM)
+                return -EOPNOTSUPP;
+
+        f = calloc(1, sizeof(*f));
+        if (!f)
+                return -ENOMEM;
+        f->loop = loop;
+        f->name = strdup(name ? name : "node");
+        f->t = t;
+        f->p = p;
+        f->tpriv = calloc(1, t->priv_size ? t->priv_size : 1);
+        f->ppriv = calloc(1, p->priv_size ? p->priv_size : 1);
+        if (!f->name || !f->tpriv || !f->ppriv) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        f->svc = (struct gw_plugin_services){
+            .version = GW_SERVICES_VERSION,
+            .ctx = f,
+            .logv = flash_logv,
+            .now_ms = flash_now,
+        };
+        f->host = (struct gw_proto_host){
+            .version = GW_PROTO_HOST_VERSION,
+            .ctx = f,
+            .logv = flash_logv,
+            .now_ms = flash_now,
+            .set_deadline = flash_set_deadline,
+            .write = flash_write,
+            .flush_input = flash_flush_input,
+            .progress = flash_progress,
+            .set_error = flash_set_error,
+        };
+
+        r = t->open(f->tpriv, topts, &f->svc);
+        if (r < 0)
+                goto fail;
+        f->link_open = true;
+
+        r = p->init(f->ppriv, popts, &f->host);
+        if (r < 0)
+                goto fail;
+        f->proto_init = true;
+
+        r = gw_loop_add_timer(loop, 0, on_timer, f, &f->timer);
+        if (r < 0)
+                goto fail;
+        r = gw_loop_add_io(loop, t->get_fd(f->tpriv), 0, on_io, f, &f->io);
+        if (r < 0)
+                goto fail;
+        *ret = f;
+        return 0;
+fail:
+        gw_flash_free(f);
+        return r;
+}
+
+int gw_flash_install(struct gw_flash *f, const struct gw_reader *reader,
+                     const struct gw_flash_callbacks *cb, void *userdata)
+{
+        int r;
+
+        if (!f || !reader || f->running)
+                return -EINVAL;
+        f->cb = cb;
+        f->userdata = userdata;
+        f->reason[0] = '\0';
+        f->running = true;
+        r = f->p->install(f->ppriv, reader);
+        if (r < 0) {
+                f->running = false;
+                return r;
+        }
+        if (r == GW_PROTO_DONE) {
+                /* Nothing to send (the protocol decided so): report from the loop's view. */
+                finish(f, 0);
+                return 0;
+        }
+        r = flush_out(f);
+        if (r < 0)
+                f->running = false;
+        return r;
+}
+
+void gw_flash_cancel(struct gw_flash *f)
+{
+        int r = -ECANCELED;
+
+        if (!f || !f->running)
+                return;
+        if (f->p->cancel) {
+                r = f->p->cancel(f->ppriv);
+                if (r >= 0) {
+                        (void) flush_out(f);
+                        return;
+                }
+        }
+        flash_set_error(f, "cancelled");
+        finish(f, r);
+}
+
+struct gw_flash *gw_flash_free(struct gw_flash *f)
+{
+        if (!f)
+                return NULL;
+        gw_source_free(f->io);
+        gw_source_free(f->timer);
+        if (f->proto_init)
+                f->p->done(f->ppriv);
+        if (f->link_open)
+                f->t->close(f->tpriv);
+        free(f->tpriv);
+        free(f->ppriv);
+        free(f->out);
+        free(f->name);
+        free(f);
+        return NULL;
+}
+
+static ssize_t file_pread(void *ctx, void *buf, size_t n, uint64_t off)
+{
+        int fd = (int) (intptr_t) ctx;
+        ssize_t r = pread(fd, buf, n, (off_t) off);
+
+        return r < 0 ? -errno : r;
+}
+
+int gw_file_reader_open(const char *path, const char *name, struct gw_reader *ret)
+{
+        struct stat st;
+        int fd;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0) {
+                int r = -errno;
+
+                close(fd);
+                return r;
+        }
+        if (!S_ISREG(st.st_mode)) {
+                close(fd);
+                return -EISDIR;
+        }
+        if (!name) {
+                name = strrchr(path, '/');
+                name = name ? name + 1 : path;
+        }
+        *ret = (struct gw_reader){
+            .size = (uint64_t) st.st_size,
+            .name = strdup(name),
+            .ctx = (void *) (intptr_t) fd,
+            .pread = file_pread,
+        };
+        if (!ret->name) {
+                close(fd);
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+void gw_file_reader_close(struct gw_reader *r)
+{
+        if (!r || !r->pread)
+                return;
+        close((int) (intptr_t) r->ctx);
+        free((char *) r->name);
+        *r = (struct gw_reader){0};
+}

@@ -1,0 +1,113 @@
+/* gatewayd: the command line. Everything else lives in daemon.c and what it wires up. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "gw-config.h"
+#include "gw/log.h"
+
+#define DEFAULT_CONFIG "/etc/gatewayd/gatewayd.yaml"
+
+static void usage(FILE *out)
+{
+        fprintf(out,
+                "Usage: gatewayd [OPTIONS]\n"
+                "       gatewayd --check-config FILE\n"
+                "\n"
+                "Gateway daemon: takes signed deployments over MQTT and flashes the nodes\n"
+                "behind this gateway (UART, USB, CAN).\n"
+                "\n"
+                "  -c, --config FILE        configuration (default " DEFAULT_CONFIG ")\n"
+                "      --check-config FILE  check FILE (syntax, plugins, trust keys) and exit\n"
+                "  -l, --log TARGET         stderr, syslog or both (default stderr)\n"
+                "  -v, --verbose            debug logging (overrides log-level)\n"
+                "  -h, --help               this text\n"
+                "  -V, --version            print the version\n"
+                "\n"
+                "Exit status: 0 after a clean shutdown (SIGTERM, SIGINT) or a valid\n"
+                "configuration, 1 on errors, 2 on usage errors.\n");
+}
+
+int main(int argc, char **argv)
+{
+        static const struct option longopts[] = {
+                {"config", required_argument, NULL, 'c'},
+                {"check-config", required_argument, NULL, 'C'},
+                {"log", required_argument, NULL, 'l'},
+                {"verbose", no_argument, NULL, 'v'},
+                {"help", no_argument, NULL, 'h'},
+                {"version", no_argument, NULL, 'V'},
+                {},
+        };
+        const char *path = DEFAULT_CONFIG;
+        unsigned targets = GW_LOG_STDERR;
+        struct gw_config *cfg = NULL;
+        char *error = NULL;
+        bool check = false, verbose = false;
+        int c, r;
+
+        while ((c = getopt_long(argc, argv, "c:l:vhV", longopts, NULL)) != -1) {
+                switch (c) {
+                case 'c':
+                        path = optarg;
+                        break;
+                case 'C':
+                        path = optarg;
+                        check = true;
+                        break;
+                case 'l':
+                        if (strcmp(optarg, "stderr") == 0)
+                                targets = GW_LOG_STDERR;
+                        else if (strcmp(optarg, "syslog") == 0)
+                                targets = GW_LOG_SYSLOG;
+                        else if (strcmp(optarg, "both") == 0)
+                                targets = GW_LOG_STDERR | GW_LOG_SYSLOG;
+                        else {
+                                fprintf(stderr, "gatewayd: --log takes stderr, syslog or both\n");
+                                return 2;
+                        }
+                        break;
+                case 'v':
+                        verbose = true;
+                        break;
+                case 'h':
+                        usage(stdout);
+                        return 0;
+                case 'V':
+                        printf("gatewayd %s\n", GW_VERSION);
+                        return 0;
+                default:
+                        fprintf(stderr, "Try 'gatewayd --help'.\n");
+                        return 2;
+                }
+        }
+        if (optind != argc) {
+                fprintf(stderr, "gatewayd: unexpected argument '%s'\nTry 'gatewayd --help'.\n",
+                        argv[optind]);
+                return 2;
+        }
+        gw_log_open("gatewayd", targets);
+
+        r = gw_config_load(path, &cfg, &error);
+        if (r < 0) {
+                fprintf(stderr, "%s\n", error ? error : strerror(-r));
+                free(error);
+                return 1;
+        }
+        gw_log_set_max_level(verbose ? LOG_DEBUG : cfg->log_level);
+        if (check) {
+                r = gw_daemon_check(cfg);
+                if (r >= 0)
+                        printf("%s: OK: gateway %s, %zu node(s), broker %s:%u\n", path,
+                               cfg->gateway_id, cfg->n_nodes, cfg->mqtt.host, cfg->mqtt.port);
+        } else {
+                r = gw_daemon_run(cfg);
+        }
+        gw_config_free(cfg);
+        gw_log_close();
+        return r < 0 ? 1 : 0;
+}
