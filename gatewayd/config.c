@@ -196,7 +196,7 @@ static int build_children(struct parser *p, yaml_parser_t *y, struct cnode *n, u
                         if (r < 0)
                                 return r;
                         if (key->kind != CN_SCALAR) {
-                                r = fail(p, key, "keys must be plain strings");
+                                r = fail(p, key, "keys must be strings");
                                 cnode_free(key);
                                 return r;
                         }

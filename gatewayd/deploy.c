@@ -614,6 +614,8 @@ static void nodes_of_image_set(struct deployment *d, size_t image, enum gw_node_
                         continue;
                 n->bytes = bytes;
                 n->total = total;
+                if (state == GW_NODE_DOWNLOADING && n->state != state)
+                        n->t0 = gw_now_ms();
                 if (n->state != state)
                         node_set_state(n, state);
                 else

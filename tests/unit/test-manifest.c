@@ -19,6 +19,18 @@
 #include "gw/manifest.h"
 #include "gw/options.h"
 
+static void *xmalloc(size_t n) __attribute__((returns_nonnull, malloc));
+
+/* Test allocations never fail quietly. */
+static void *xmalloc(size_t n)
+{
+        void *p = malloc(n);
+
+        if (!p)
+                abort();
+        return p;
+}
+
 /* 2030-01-01T00:00:00Z: "now" for every check unless a case says otherwise. */
 #define NOW ((time_t) 1893456000)
 
@@ -150,7 +162,7 @@ static char *replace(const char *s, const char *find, const char *repl)
                 fail_msg("'%s' not found", find);
         pre = (size_t) (at - s);
         n = strlen(s) - strlen(find) + strlen(repl);
-        out = malloc(n + 1);
+        out = xmalloc(n + 1);
         assert_non_null(out);
         memcpy(out, s, pre);
         strcpy(out + pre, repl);
@@ -317,7 +329,7 @@ static char *mutate(char *buf, size_t *len, enum mutation mut)
                 char *entry = strstr(buf, "  - keyid:");
                 char *copy = strdup(entry);
 
-                out = malloc(strlen(buf) + strlen(copy) + 1);
+                out = xmalloc(strlen(buf) + strlen(copy) + 1);
                 strcpy(out, buf);
                 strcat(out, copy);
                 free(copy);
@@ -460,10 +472,10 @@ static void test_body(void **state)
                         assert_int_equal(gw_signer_sign(keys[0].signer, GW_MANIFEST_PAYLOAD_TYPE,
                                                         body, strlen(body), &sig, &sig_len),
                                          0);
-                        b64 = malloc(sig_len * 2 + 4);
+                        b64 = xmalloc(sig_len * 2 + 4);
                         assert_non_null(b64);
                         EVP_EncodeBlock((unsigned char *) b64, sig, (int) sig_len);
-                        buf = malloc(strlen(body) + 300);
+                        buf = xmalloc(strlen(body) + 300);
                         assert_non_null(buf);
                         sprintf(buf, "%s---\nsignatures:\n  - keyid: %s\n    sig: %s\n", body,
                                 gw_signer_keyid(keys[0].signer), b64);
@@ -488,14 +500,14 @@ static void test_limits(void **state)
 {
         struct gw_manifest_error err = {0};
         struct gw_manifest *m = NULL;
-        char *long_id = malloc(GW_MANIFEST_YAML_MAX_SCALAR + 2);
+        char *long_id = xmalloc(GW_MANIFEST_YAML_MAX_SCALAR + 2);
         char *body, *repl;
         size_t n;
 
         /* A scalar over the cap is body-malformed, before any schema check. */
         memset(long_id, 'x', GW_MANIFEST_YAML_MAX_SCALAR + 1);
         long_id[GW_MANIFEST_YAML_MAX_SCALAR + 1] = '\0';
-        repl = malloc(strlen(long_id) + 8);
+        repl = xmalloc(strlen(long_id) + 8);
         sprintf(repl, "id: %s", long_id);
         body = replace(good_body, "id: spring-release-r3", repl);
         assert_true(gw_manifest_parse_body(body, strlen(body), &m, &err) < 0);
@@ -506,7 +518,7 @@ static void test_limits(void **state)
 
         /* An id within the scalar cap but over the id limit is schema-invalid. */
         long_id[GW_MANIFEST_ID_MAX + 1] = '\0';
-        repl = malloc(strlen(long_id) + 8);
+        repl = xmalloc(strlen(long_id) + 8);
         sprintf(repl, "id: %s", long_id);
         body = replace(good_body, "id: spring-release-r3", repl);
         assert_true(gw_manifest_parse_body(body, strlen(body), &m, &err) < 0);
@@ -517,7 +529,7 @@ static void test_limits(void **state)
 
         /* 257 images. */
         n = strlen(good_body) + 300 * (GW_MANIFEST_MAX_IMAGES + 1);
-        body = malloc(n);
+        body = xmalloc(n);
         strcpy(body, good_body);
         strstr(body, "  - name: motor-ctrl")[0] = '\0';
         for (int i = 0; i <= GW_MANIFEST_MAX_IMAGES; i++)
@@ -650,7 +662,7 @@ static void test_sign(void **state)
 
 static char *keys_doc(uint64_t version, unsigned threshold, unsigned mask)
 {
-        char *doc = malloc(8192), *p;
+        char *doc = xmalloc(8192), *p;
 
         assert_non_null(doc);
         p = doc + sprintf(doc,
@@ -707,7 +719,7 @@ static void test_keys(void **state)
 
         /* The provisioned root: "signatures: []" is enough. */
         doc = keys_doc(1, 2, 3);
-        buf = malloc(strlen(doc) + 32);
+        buf = xmalloc(strlen(doc) + 32);
         sprintf(buf, "%s---\nsignatures: []\n", doc);
         assert_int_equal(gw_trust_load_buffer(buf, strlen(buf), 0, &root, &err), 0);
         assert_int_equal(gw_trust_threshold(root), 2);
@@ -720,7 +732,7 @@ static void test_keys(void **state)
 
         /* ... a root whose threshold exceeds its keys is refused. */
         doc = keys_doc(1, 3, 3);
-        buf = malloc(strlen(doc) + 32);
+        buf = xmalloc(strlen(doc) + 32);
         sprintf(buf, "%s---\nsignatures: []\n", doc);
         assert_true(gw_trust_load_buffer(buf, strlen(buf), 0, &t, &err) < 0);
         assert_int_equal(err.code, GW_ERR_SCHEMA_INVALID);
@@ -764,9 +776,9 @@ static void test_keys(void **state)
                 assert_int_equal(gw_signer_sign(keys[0].signer, GW_KEYS_PAYLOAD_TYPE, good_body,
                                                 strlen(good_body), &sig, &sig_len),
                                  0);
-                b64 = malloc(sig_len * 2 + 4);
+                b64 = xmalloc(sig_len * 2 + 4);
                 EVP_EncodeBlock((unsigned char *) b64, sig, (int) sig_len);
-                m = malloc(strlen(good_body) + 300);
+                m = xmalloc(strlen(good_body) + 300);
                 sprintf(m, "%s---\nsignatures:\n  - keyid: %s\n    sig: %s\n", good_body,
                         gw_signer_keyid(keys[0].signer), b64);
                 assert_int_equal(verify(ta, m, strlen(m), NULL, NULL, NULL),
