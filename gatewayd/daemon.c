@@ -60,9 +60,10 @@ static int load_trust(const struct gw_config *cfg, struct gw_trust **ret)
                                                   cfg->trust.threshold, cfg->trust.n_public_keys);
                 }
         } else {
-                return gw_log_error_errno(-EINVAL, "%s: no trust keys configured: gatewayd "
-                                                   "refuses to run without a way to verify "
-                                                   "manifests",
+                return gw_log_error_errno(-EINVAL,
+                                          "%s: no trust keys configured: gatewayd "
+                                          "refuses to run without a way to verify "
+                                          "manifests",
                                           cfg->path);
         }
         *ret = t;
@@ -95,13 +96,12 @@ int gw_daemon_check(const struct gw_config *cfg)
                                                  "and no plugin provides it",
                                                  cfg->path, n->name, n->protocol);
                 if (t_ops && p_ops && t_ops->shape != p_ops->shape)
-                        ret = gw_log_error_errno(-EPROTO,
-                                                 "%s: node %s: protocol %s needs a %s link but "
-                                                 "transport %s gives a %s link",
-                                                 cfg->path, n->name, n->protocol,
-                                                 gw_link_shape_to_string(p_ops->shape),
-                                                 n->transport,
-                                                 gw_link_shape_to_string(t_ops->shape));
+                        ret = gw_log_error_errno(
+                            -EPROTO,
+                            "%s: node %s: protocol %s needs a %s link but "
+                            "transport %s gives a %s link",
+                            cfg->path, n->name, n->protocol, gw_link_shape_to_string(p_ops->shape),
+                            n->transport, gw_link_shape_to_string(t_ops->shape));
         }
         r = load_trust(cfg, &t);
         if (r < 0)
@@ -152,8 +152,8 @@ static void mqtt_message(void *userdata, const char *suffix, const void *payload
 int gw_daemon_run(const struct gw_config *cfg)
 {
         static const struct gw_mqtt_callbacks mcb = {
-                .connected = mqtt_connected,
-                .message = mqtt_message,
+            .connected = mqtt_connected,
+            .message = mqtt_message,
         };
         struct daemon d = {.cfg = cfg};
         struct gw_engine_env env;
@@ -188,13 +188,13 @@ int gw_daemon_run(const struct gw_config *cfg)
         if (r < 0)
                 goto out;
         env = (struct gw_engine_env){
-                .loop = d.loop,
-                .cfg = cfg,
-                .trust = d.trust,
-                .store = d.store,
-                .fetcher = d.fetcher,
-                .publish = publish_cb,
-                .userdata = &d,
+            .loop = d.loop,
+            .cfg = cfg,
+            .trust = d.trust,
+            .store = d.store,
+            .fetcher = d.fetcher,
+            .publish = publish_cb,
+            .userdata = &d,
         };
         r = gw_engine_new(&env, &d.engine);
         if (r < 0) {

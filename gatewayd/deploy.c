@@ -178,22 +178,20 @@ static void publish_deployment(struct deployment *d, bool final)
                 const struct gw_manifest_image *img = &d->m->images[n->image];
 
                 nodes[i] = (struct gw_deployment_node){
-                        .name = n->cfg->name,
-                        .state = n->state,
-                        .progress = final ? -1
-                                          : (n->total ? (int) (n->bytes * 100 / n->total) : 0),
-                        .image = final ? img->name : NULL,
-                        .version = final ? img->version : NULL,
-                        .error = final && n->state == GW_NODE_FAILED ? n->error : GW_ERR_NONE,
-                        .error_message = n->message,
+                    .name = n->cfg->name,
+                    .state = n->state,
+                    .progress = final ? -1 : (n->total ? (int) (n->bytes * 100 / n->total) : 0),
+                    .image = final ? img->name : NULL,
+                    .version = final ? img->version : NULL,
+                    .error = final && n->state == GW_NODE_FAILED ? n->error : GW_ERR_NONE,
+                    .error_message = n->message,
                 };
         }
         if (final)
                 r = gw_status_deployment_final_json(d->id, success, d->error, d->message, nodes,
                                                     d->n_nodes, time(NULL), &json);
         else
-                r = gw_status_deployment_progress_json(d->id, nodes, d->n_nodes, time(NULL),
-                                                       &json);
+                r = gw_status_deployment_progress_json(d->id, nodes, d->n_nodes, time(NULL), &json);
         free(nodes);
         if (r < 0)
                 return;
@@ -212,12 +210,12 @@ static void publish_inventory(struct gw_engine *e)
                 const struct gw_node_config *c = e->nodes[i].cfg;
 
                 inv[i] = (struct gw_inventory_node){
-                        .name = c->name,
-                        .transport = c->transport,
-                        .protocol = c->protocol,
-                        .class_name = c->class_name,
-                        .hardware = c->hardware,
-                        .version = e->nodes[i].installed_version,
+                    .name = c->name,
+                    .transport = c->transport,
+                    .protocol = c->protocol,
+                    .class_name = c->class_name,
+                    .hardware = c->hardware,
+                    .version = e->nodes[i].installed_version,
                 };
         }
         if (gw_status_inventory_json(inv, e->n_nodes, time(NULL), &json) == 0)
@@ -361,7 +359,7 @@ static struct deployment *deployment_free(struct deployment *d)
 
 /* Fails the whole deployment: nodes not yet finished are marked failed with the same code. */
 static void deployment_fail(struct deployment *d, enum gw_error code, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static void deployment_fail(struct deployment *d, enum gw_error code, const char *fmt, ...)
 {
@@ -431,9 +429,9 @@ static void deployment_reject(struct deployment *d, enum gw_error code, const ch
 
         gw_log_error("Deployment %s rejected: %s: %s", d->id, gw_error_to_string(code), message);
         if (d->sha_hex[0]) {
-                json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "id", d->id, "manifest_sha256",
-                                      d->sha_hex, "state", "rejected", "error",
-                                      gw_error_to_string(code));
+                json_t *o =
+                    json_pack("{s:s, s:s, s:s, s:s}", "id", d->id, "manifest_sha256", d->sha_hex,
+                              "state", "rejected", "error", gw_error_to_string(code));
 
                 s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
                 json_decref(o);
@@ -460,7 +458,8 @@ static void on_flash_progress(void *userdata, uint64_t done, uint64_t total)
 
         n->bytes = done;
         n->total = total;
-        if (pct != n->last_pct && (now - n->last_publish >= PROGRESS_INTERVAL_MS || done == total)) {
+        if (pct != n->last_pct &&
+            (now - n->last_publish >= PROGRESS_INTERVAL_MS || done == total)) {
                 n->last_pct = pct;
                 publish_node(n->dep->engine, n);
                 publish_deployment(n->dep, false);
@@ -485,15 +484,15 @@ static void on_flash_finished(void *userdata, int result, const char *reason)
         } else {
                 /* A node that never acknowledged a byte is unreachable; one that stopped midway
                  * failed to flash. */
-                n->error = (result == -ETIMEDOUT && n->bytes == 0) || result == -EPIPE ||
-                                           result == -ENOENT
-                                   ? GW_ERR_NODE_UNREACHABLE
-                                   : GW_ERR_FLASH_FAILED;
+                n->error =
+                    (result == -ETIMEDOUT && n->bytes == 0) || result == -EPIPE || result == -ENOENT
+                        ? GW_ERR_NODE_UNREACHABLE
+                        : GW_ERR_FLASH_FAILED;
                 if (result == -ECANCELED && d->cancelled)
                         n->error = GW_ERR_CANCELLED;
                 snprintf(n->message, sizeof(n->message), "%s", reason ? reason : strerror(-result));
-                gw_log_error("%s: flashing %s %s failed: %s", n->cfg->name, img->name,
-                             img->version, n->message);
+                gw_log_error("%s: flashing %s %s failed: %s", n->cfg->name, img->name, img->version,
+                             n->message);
                 node_set_state(n, GW_NODE_FAILED);
         }
         if (d->phase != PHASE_FLASH)
@@ -508,8 +507,8 @@ static void on_flash_finished(void *userdata, int result, const char *reason)
 static int flash_node(struct deployment *d, struct node_rt *n)
 {
         static const struct gw_flash_callbacks cbs = {
-                .progress = on_flash_progress,
-                .finished = on_flash_finished,
+            .progress = on_flash_progress,
+            .finished = on_flash_finished,
         };
         const struct gw_manifest_image *img = &d->m->images[n->image];
         const struct gw_transport_ops *t = gw_transport_find(n->cfg->transport);
@@ -522,8 +521,8 @@ static int flash_node(struct deployment *d, struct node_rt *n)
                 return -ENOMEM;
         if (!t || !p) {
                 gw_options_free(popts);
-                snprintf(n->message, sizeof(n->message), "no plugin for %s/%s",
-                         n->cfg->transport, n->cfg->protocol);
+                snprintf(n->message, sizeof(n->message), "no plugin for %s/%s", n->cfg->transport,
+                         n->cfg->protocol);
                 return -ENOPROTOOPT;
         }
         r = gw_options_merge(popts, n->cfg->protocol_opts);
@@ -702,30 +701,31 @@ static int download_start(struct download *dl)
 
         r = gw_url_resolve(d->manifest_url, ref, &url);
         if (r < 0) {
-                deployment_fail(d, GW_ERR_DOWNLOAD_FAILED,
-                                "image %s: cannot resolve URL '%s'%s", img->name, ref,
-                                d->manifest_url ? "" : " (the manifest came inline: use an "
-                                                       "absolute URL)");
+                deployment_fail(d, GW_ERR_DOWNLOAD_FAILED, "image %s: cannot resolve URL '%s'%s",
+                                img->name, ref,
+                                d->manifest_url ? ""
+                                                : " (the manifest came inline: use an "
+                                                  "absolute URL)");
                 return r;
         }
         r = gw_store_begin(d->engine->env.store, img->sha256, &dl->fd, &dl->tmp);
         if (r < 0) {
                 free(url);
-                deployment_fail(d, GW_ERR_DOWNLOAD_FAILED, "image %s: cannot store: %s",
-                                img->name, strerror(-r));
+                deployment_fail(d, GW_ERR_DOWNLOAD_FAILED, "image %s: cannot store: %s", img->name,
+                                strerror(-r));
                 return r;
         }
         p = (struct gw_fetch_params){
-                .url = url,
-                .fd = dl->fd,
-                .max_bytes = img->size,
-                .min_rate = cfg->fetch_min_rate,
-                .rate_window_s = cfg->fetch_rate_window,
-                .deadline_ms = 0,
-                .connect_timeout_s = cfg->fetch_connect_timeout,
-                .progress = on_download_progress,
-                .finished = on_download_finished,
-                .userdata = dl,
+            .url = url,
+            .fd = dl->fd,
+            .max_bytes = img->size,
+            .min_rate = cfg->fetch_min_rate,
+            .rate_window_s = cfg->fetch_rate_window,
+            .deadline_ms = 0,
+            .connect_timeout_s = cfg->fetch_connect_timeout,
+            .progress = on_download_progress,
+            .finished = on_download_finished,
+            .userdata = dl,
         };
         if (cfg->fetch_deadline)
                 p.deadline_ms = gw_now_ms() + (uint64_t) cfg->fetch_deadline * 1000u;
@@ -737,8 +737,8 @@ static int download_start(struct download *dl)
                 free(dl->tmp);
                 dl->tmp = NULL;
                 dl->fd = -1;
-                deployment_fail(d, GW_ERR_DOWNLOAD_FAILED, "image %s: cannot fetch: %s",
-                                img->name, strerror(-r));
+                deployment_fail(d, GW_ERR_DOWNLOAD_FAILED, "image %s: cannot fetch: %s", img->name,
+                                strerror(-r));
         }
         return r;
 }
@@ -760,9 +760,9 @@ static void download_phase(struct deployment *d)
 
                 for (size_t j = 0; j < d->n_nodes; j++)
                         used = used || d->nodes[j]->image == i;
-                d->downloads[i].done = !used || gw_store_has(d->engine->env.store,
-                                                             d->m->images[i].sha256,
-                                                             d->m->images[i].size);
+                d->downloads[i].done =
+                    !used || gw_store_has(d->engine->env.store, d->m->images[i].sha256,
+                                          d->m->images[i].size);
                 if (!d->downloads[i].done)
                         d->n_downloads_left++;
         }
@@ -821,8 +821,8 @@ static int map_nodes(struct deployment *d)
                                 struct node_rt *n = &e->nodes[k];
                                 const char *cls = n->cfg->class_name;
                                 bool match = img->target_kind == GW_TARGET_CLASS
-                                                     ? cls && strcmp(cls, img->targets[t]) == 0
-                                                     : strcmp(n->cfg->name, img->targets[t]) == 0;
+                                                 ? cls && strcmp(cls, img->targets[t]) == 0
+                                                 : strcmp(n->cfg->name, img->targets[t]) == 0;
 
                                 if (!match)
                                         continue;
@@ -831,8 +831,7 @@ static int map_nodes(struct deployment *d)
                                         d->error = GW_ERR_SCHEMA_INVALID;
                                         snprintf(d->message, sizeof(d->message),
                                                  "node %s is targeted by images %s and %s",
-                                                 n->cfg->name, m->images[n->image].name,
-                                                 img->name);
+                                                 n->cfg->name, m->images[n->image].name, img->name);
                                         return -EINVAL;
                                 }
                                 if (n->image == i)
@@ -847,9 +846,10 @@ static int map_nodes(struct deployment *d)
                                 }
                                 for (size_t h = 0; h < img->n_hardware; h++) {
                                         const char *have =
-                                                gw_options_get(n->cfg->hardware, img->hardware[h].key);
+                                            gw_options_get(n->cfg->hardware, img->hardware[h].key);
 
-                                        if (!have || !hw_value_equal(have, img->hardware[h].value)) {
+                                        if (!have ||
+                                            !hw_value_equal(have, img->hardware[h].value)) {
                                                 d->error = GW_ERR_NODE_INCOMPATIBLE;
                                                 snprintf(d->message, sizeof(d->message),
                                                          "image %s needs %s %s, node %s has %s",
@@ -919,18 +919,17 @@ static void manifest_ready(struct deployment *d)
         }
         r = gw_manifest_state_load(cfg->state_dir, &st);
         if (r < 0) {
-                gw_log_warning_errno(r, "Cannot read the manifest state in %s: %m",
-                                     cfg->state_dir);
+                gw_log_warning_errno(r, "Cannot read the manifest state in %s: %m", cfg->state_dir);
                 deployment_reject(d, GW_ERR_INTERNAL, "cannot read the gateway's manifest state");
                 return;
         }
         p = (struct gw_manifest_verify_params){
-                .max_size = cfg->manifest_size_max,
-                .now = time(NULL),
-                .state = &st,
-                .gateway_hardware = cfg->gateway_hardware,
-                .report = manifest_report,
-                .userdata = d,
+            .max_size = cfg->manifest_size_max,
+            .now = time(NULL),
+            .state = &st,
+            .gateway_hardware = cfg->gateway_hardware,
+            .report = manifest_report,
+            .userdata = d,
         };
         r = gw_manifest_verify(e->env.trust, &p, d->buf, d->len, &d->m, &err);
         if (r < 0) {
@@ -986,9 +985,8 @@ static void manifest_ready(struct deployment *d)
         download_phase(d);
 }
 
-static void on_manifest_fetched(void *userdata, int result, enum gw_error code,
-                                const char *message, const uint8_t sha256[32], uint64_t bytes,
-                                uint8_t *mem)
+static void on_manifest_fetched(void *userdata, int result, enum gw_error code, const char *message,
+                                const uint8_t sha256[32], uint64_t bytes, uint8_t *mem)
 {
         struct deployment *d = userdata;
 
@@ -1034,14 +1032,14 @@ static void deployment_start(struct gw_engine *e, struct gw_deploy_request *req)
 
         if (d->manifest_url) {
                 struct gw_fetch_params p = {
-                        .url = d->manifest_url,
-                        .fd = -1,
-                        .max_bytes = cfg->manifest_size_max,
-                        .min_rate = cfg->fetch_min_rate,
-                        .rate_window_s = cfg->fetch_rate_window,
-                        .connect_timeout_s = cfg->fetch_connect_timeout,
-                        .finished = on_manifest_fetched,
-                        .userdata = d,
+                    .url = d->manifest_url,
+                    .fd = -1,
+                    .max_bytes = cfg->manifest_size_max,
+                    .min_rate = cfg->fetch_min_rate,
+                    .rate_window_s = cfg->fetch_rate_window,
+                    .connect_timeout_s = cfg->fetch_connect_timeout,
+                    .finished = on_manifest_fetched,
+                    .userdata = d,
                 };
                 int r;
 
@@ -1095,8 +1093,7 @@ static void on_deploy(struct gw_engine *e, const void *payload, size_t len, bool
                 return;
         }
         if (r < 0) {
-                gw_log_warning("Deploy message rejected: %s: %s",
-                               gw_error_to_string(err.code),
+                gw_log_warning("Deploy message rejected: %s: %s", gw_error_to_string(err.code),
                                err.message ? err.message : "invalid");
                 publish_rejected(e, err.id, err.code ? err.code : GW_ERR_PAYLOAD_INVALID,
                                  err.message ? err.message : "invalid payload");

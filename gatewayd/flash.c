@@ -43,8 +43,8 @@ struct gw_flash {
         char reason[256];
 };
 
-__attribute__((format(printf, 3, 0))) static void flash_logv(void *ctx, int level,
-                                                          const char *fmt, va_list ap)
+__attribute__((format(printf, 3, 0))) static void flash_logv(void *ctx, int level, const char *fmt,
+                                                             va_list ap)
 {
         struct gw_flash *f = ctx;
         char msg[1024];
@@ -143,8 +143,7 @@ static void flash_progress(void *ctx, uint64_t done, uint64_t total)
                 f->cb->progress(f->userdata, done, total);
 }
 
-__attribute__((format(printf, 2, 3))) static void flash_set_error(void *ctx, const char *fmt,
-                                                                ...)
+__attribute__((format(printf, 2, 3))) static void flash_set_error(void *ctx, const char *fmt, ...)
 {
         struct gw_flash *f = ctx;
         va_list ap;

@@ -35,13 +35,13 @@ static void usage(FILE *out)
 int main(int argc, char **argv)
 {
         static const struct option longopts[] = {
-                {"config", required_argument, NULL, 'c'},
-                {"check-config", required_argument, NULL, 'C'},
-                {"log", required_argument, NULL, 'l'},
-                {"verbose", no_argument, NULL, 'v'},
-                {"help", no_argument, NULL, 'h'},
-                {"version", no_argument, NULL, 'V'},
-                {},
+            {"config", required_argument, NULL, 'c'},
+            {"check-config", required_argument, NULL, 'C'},
+            {"log", required_argument, NULL, 'l'},
+            {"verbose", no_argument, NULL, 'v'},
+            {"help", no_argument, NULL, 'h'},
+            {"version", no_argument, NULL, 'V'},
+            {},
         };
         const char *path = DEFAULT_CONFIG;
         unsigned targets = GW_LOG_STDERR;

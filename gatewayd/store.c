@@ -103,8 +103,7 @@ bool gw_store_has(const struct gw_store *s, const uint8_t sha256[32], uint64_t s
         return r == 0 && got_size == size && memcmp(got, sha256, 32) == 0;
 }
 
-int gw_store_begin(const struct gw_store *s, const uint8_t sha256[32], int *ret_fd,
-                   char **ret_path)
+int gw_store_begin(const struct gw_store *s, const uint8_t sha256[32], int *ret_fd, char **ret_path)
 {
         char hex[65], *path;
         int fd;

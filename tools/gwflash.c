@@ -102,9 +102,8 @@ static void on_progress(void *userdata, uint64_t done, uint64_t total)
 
                         snprintf(eta, sizeof(eta), "%u:%02u", s / 60, s % 60);
                 }
-                fprintf(stderr, "\r[%.*s%*s] %3d%% %s / %s  %s/s  left %s\033[K",
-                        fill, "##############################", width - fill, "", pct, d, t, r,
-                        eta);
+                fprintf(stderr, "\r[%.*s%*s] %3d%% %s / %s  %s/s  left %s\033[K", fill,
+                        "##############################", width - fill, "", pct, d, t, r, eta);
         } else {
                 int decile = pct / 10;
 
@@ -152,9 +151,9 @@ static int list_one(const struct gw_link_info *info, void *userdata)
 
         c->n++;
         if (c->json) {
-                json_t *o = json_pack("{s:s, s:s, s:s?, s:s?}", "transport", info->transport,
-                                      "path", info->path, "description", info->description,
-                                      "serial", info->serial);
+                json_t *o =
+                    json_pack("{s:s, s:s, s:s?, s:s?}", "transport", info->transport, "path",
+                              info->path, "description", info->description, "serial", info->serial);
 
                 if (o && (info->vid || info->pid)) {
                         char id[16];
@@ -233,18 +232,18 @@ static int add_kv(struct gw_options *o, const char *kv)
 int main(int argc, char **argv)
 {
         static const struct option longopts[] = {
-                {"transport", required_argument, NULL, 't'},
-                {"port", required_argument, NULL, 'p'},
-                {"baud", required_argument, NULL, 'b'},
-                {"protocol", required_argument, NULL, 'P'},
-                {"option", required_argument, NULL, 'o'},
-                {"name", required_argument, NULL, 'n'},
-                {"json", no_argument, NULL, 'j'},
-                {"quiet", no_argument, NULL, 'q'},
-                {"verbose", no_argument, NULL, 'v'},
-                {"help", no_argument, NULL, 'h'},
-                {"version", no_argument, NULL, 'V'},
-                {},
+            {"transport", required_argument, NULL, 't'},
+            {"port", required_argument, NULL, 'p'},
+            {"baud", required_argument, NULL, 'b'},
+            {"protocol", required_argument, NULL, 'P'},
+            {"option", required_argument, NULL, 'o'},
+            {"name", required_argument, NULL, 'n'},
+            {"json", no_argument, NULL, 'j'},
+            {"quiet", no_argument, NULL, 'q'},
+            {"verbose", no_argument, NULL, 'v'},
+            {"help", no_argument, NULL, 'h'},
+            {"version", no_argument, NULL, 'V'},
+            {},
         };
         const char *transport = NULL, *protocol = NULL, *name = NULL;
         const struct gw_transport_ops *t;
@@ -342,9 +341,9 @@ int main(int argc, char **argv)
         gw_loop_add_signal(run.loop, SIGINT, on_signal, &run, NULL);
         gw_loop_add_signal(run.loop, SIGTERM, on_signal, &run, NULL);
 
-        r = gw_flash_new(run.loop, gw_options_get(opts, "port") ? gw_options_get(opts, "port")
-                                                               : transport,
-                         t, opts, p, opts, &run.flash);
+        r = gw_flash_new(run.loop,
+                         gw_options_get(opts, "port") ? gw_options_get(opts, "port") : transport, t,
+                         opts, p, opts, &run.flash);
         if (r == -EPROTO) {
                 gw_log_error("Protocol %s cannot run over transport %s", protocol, transport);
                 goto out;
@@ -376,11 +375,10 @@ int main(int argc, char **argv)
                 if (run.tty && !run.json && !run.quiet && run.total)
                         fputc('\n', stderr);
                 if (run.json) {
-                        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:f}", "event", "result",
-                                              "result", run.result == 0 ? "ok" : "failed",
-                                              "bytes", (json_int_t) run.done, "total",
-                                              (json_int_t) reader.size, "seconds",
-                                              (double) el / 1000.0);
+                        json_t *o = json_pack(
+                            "{s:s, s:s, s:I, s:I, s:f}", "event", "result", "result",
+                            run.result == 0 ? "ok" : "failed", "bytes", (json_int_t) run.done,
+                            "total", (json_int_t) reader.size, "seconds", (double) el / 1000.0);
 
                         if (o && run.result < 0)
                                 json_object_set_new(o, "error", json_string(run.reason));

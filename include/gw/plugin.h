@@ -64,7 +64,8 @@ struct gw_transport_ops {
          * May block briefly (opening a device node); never waits for the peer.
          * Returns 0, or -ENOENT (no such port), -EACCES, -EINVAL (bad option; the reason is
          * logged at debug level), -EIO. On failure the core calls nothing else but frees priv. */
-        int (*open)(void *priv, const struct gw_options *opts, const struct gw_plugin_services *svc);
+        int (*open)(void *priv, const struct gw_options *opts,
+                    const struct gw_plugin_services *svc);
         /* Closes the link. Called once after a successful open. Never fails. */
         void (*close)(void *priv);
 

@@ -36,6 +36,7 @@
 #define MAX_RETRIES      10
 #define HUP_RECHECK_NS   (20 * NSEC_PER_MSEC)
 #define CTL_RECHECK_NS   (100 * NSEC_PER_MSEC)
+#define LINGER_NS        (2000 * NSEC_PER_MSEC)
 #define CTL_LINE_MAX     256
 #define NAME_MAX_LEN     255
 #define RX_QUEUE         (64 * 1024)
@@ -120,7 +121,9 @@ struct sim {
 
         unsigned sessions;
         bool failed;
-        bool stop;
+        /* --once: the session is over; exit once the host has closed the port (or after a
+         * grace period), so that the last ACK is not lost to a hangup. */
+        uint64_t linger_until_ns;
 };
 
 static void vlog(const struct sim *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -342,9 +345,9 @@ static void end_session(struct sim *s, const char *result, const char *reason)
         else if (strcmp(result, "ok") != 0 && !s->file_done)
                 report_no_file(s, result, reason);
         s->sessions++;
-        if (s->once)
-                s->stop = true;
         reset_session(s);
+        if (s->once && s->linger_until_ns == 0)
+                s->linger_until_ns = gw_pace_now_ns() + LINGER_NS;
 }
 
 static void abort_session(struct sim *s, const char *reason)
@@ -591,7 +594,7 @@ static void timers(struct sim *s, uint64_t now)
                 return;
         }
         if (s->state == ST_HEADER && s->pkt_len == 0 && s->connected && !s->faults.silent &&
-            now >= s->next_c_ns) {
+            s->linger_until_ns == 0 && now >= s->next_c_ns) {
                 reply(s, 'C');
                 s->next_c_ns = now + s->c_interval_ms * NSEC_PER_MSEC;
         }
@@ -612,8 +615,10 @@ static uint64_t next_timer(const struct sim *s)
                 t = s->last_rx_ns + byte_ns;
         if (s->in_batch && s->last_rx_ns + s->idle_timeout_ms * NSEC_PER_MSEC < t)
                 t = s->last_rx_ns + s->idle_timeout_ms * NSEC_PER_MSEC;
-        if (s->state == ST_HEADER && s->connected && s->next_c_ns < t)
+        if (s->state == ST_HEADER && s->connected && s->linger_until_ns == 0 && s->next_c_ns < t)
                 t = s->next_c_ns;
+        if (s->linger_until_ns > 0 && s->linger_until_ns < t)
+                t = s->linger_until_ns;
         if (s->state == ST_DATA && s->pkt_len == 0) {
                 uint64_t at = s->last_rx_ns + 3 * byte_ns * (s->idle_naks + 1);
 
@@ -847,11 +852,11 @@ static int run(struct sim *s)
 
                 now = gw_pace_now_ns();
                 check_connected(s, now);
+                /* Once a --once session is over, input is no longer heard. */
                 while ((n = gw_pace_take(s->pace, now, buf, sizeof(buf))) > 0)
-                        for (size_t i = 0; i < n && !s->stop; i++)
+                        for (size_t i = 0; i < n && s->linger_until_ns == 0; i++)
                                 rx_byte(s, buf[i], now);
-                if (!s->stop)
-                        timers(s, now);
+                timers(s, now);
                 flush_tx(s);
                 /* A host that hung up mid-session ends it once what it sent has been heard. */
                 if (!s->connected && gw_pace_queued(s->pace) == 0 && s->in_batch) {
@@ -860,7 +865,8 @@ static int run(struct sim *s)
                         else
                                 end_session(s, "hangup", "the host closed the port");
                 }
-                if (s->stop)
+                if (s->linger_until_ns > 0 && s->tx_len == 0 &&
+                    (!s->connected || now >= s->linger_until_ns))
                         return 0;
 
                 at = next_timer(s);
