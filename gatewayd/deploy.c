@@ -88,6 +88,10 @@ struct gw_engine {
         struct deployment *current;
         struct gw_deploy_request pending; /* the latest desired state that arrived while busy */
         bool has_pending;
+        /* The last final verdict, republished on every (re)connect: it is retained upstream
+         * and must not be lost to a broker that was away when it was decided. */
+        char *final_topic;
+        char *final_json;
 };
 
 static void engine_next(struct gw_engine *e);
@@ -196,6 +200,14 @@ static void publish_deployment(struct deployment *d, bool final)
         if (r < 0)
                 return;
         snprintf(topic, sizeof(topic), "deployments/%s", d->id);
+        if (final) {
+                struct gw_engine *e = d->engine;
+
+                free(e->final_topic);
+                free(e->final_json);
+                e->final_topic = strdup(topic);
+                e->final_json = strdup(json);
+        }
         publish(d->engine, topic, json, final);
 }
 
@@ -1166,6 +1178,8 @@ void gw_engine_connected(struct gw_engine *e)
         publish_inventory(e);
         for (size_t i = 0; i < e->n_nodes; i++)
                 publish_node(e, &e->nodes[i]);
+        if (e->final_topic && e->final_json && e->env.publish)
+                e->env.publish(e->env.userdata, e->final_topic, e->final_json, true);
 }
 
 void gw_engine_cancel_all(struct gw_engine *e, const char *why)
@@ -1229,6 +1243,8 @@ struct gw_engine *gw_engine_free(struct gw_engine *e)
         for (size_t i = 0; i < e->n_nodes; i++)
                 free(e->nodes[i].installed_version);
         free(e->nodes);
+        free(e->final_topic);
+        free(e->final_json);
         free(e);
         return NULL;
 }
