@@ -403,7 +403,7 @@ int gw_manifest_from_tree(const struct ynode *root, struct gw_manifest **ret,
         m = calloc(1, sizeof(*m));
         if (!m)
                 return gw_manifest_fail(err, GW_ERR_INTERNAL, "out of memory");
-        m->policy = (struct gw_manifest_policy){.parallel = 1};
+        m->policy = (struct gw_manifest_policy){.parallel = GW_MANIFEST_PARALLEL_DEFAULT};
 
         r = gw_schema_u64(gw_ynode_get(root, "format"), "format", 1, 1, &format, err);
         if (r < 0)

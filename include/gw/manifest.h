@@ -25,6 +25,8 @@ struct gw_options;
 #define GW_MANIFEST_MAX_KEYS     64
 #define GW_MANIFEST_MAX_SIGS     64
 #define GW_MANIFEST_ID_MAX       128
+/* Nodes flashed at once when the policy does not say. */
+#define GW_MANIFEST_PARALLEL_DEFAULT 8
 /* YAML bounds (a body over any of them is body-malformed). */
 #define GW_MANIFEST_YAML_MAX_DEPTH  16
 #define GW_MANIFEST_YAML_MAX_SCALAR 4096
@@ -119,7 +121,7 @@ struct gw_manifest_image {
 
 struct gw_manifest_policy {
         bool atomic;          /* default false */
-        unsigned parallel;    /* 1..1024, default 1 */
+        unsigned parallel;    /* 1..1024, default GW_MANIFEST_PARALLEL_DEFAULT */
         unsigned canary;      /* 0..1024, default 0 */
         bool allow_downgrade; /* default false */
 };
