@@ -42,12 +42,12 @@ gw_build() {
 }
 
 GW_PIDS=()
+# Stops what was started, newest first: gatewayd says goodbye before its broker goes.
 gw_cleanup() {
-        local p
-        for p in "${GW_PIDS[@]}"; do
-                kill "$p" 2>/dev/null
-        done
-        for p in "${GW_PIDS[@]}"; do
+        local i p
+        for ((i = ${#GW_PIDS[@]} - 1; i >= 0; i--)); do
+                p=${GW_PIDS[i]}
+                kill "$p" 2>/dev/null || continue
                 timeout 5 tail --pid="$p" -f /dev/null 2>/dev/null || kill -9 "$p" 2>/dev/null
         done
         GW_PIDS=()

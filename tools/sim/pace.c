@@ -10,6 +10,10 @@
 
 #define NSEC_PER_SEC 1000000000ULL
 #define WRITE_CHUNK  16
+/* A line counts as idle only once it has been quiet this long: waking up from a sleep and the
+ * write itself take a little time, and restarting the anchor for that would add it to every
+ * chunk (the drift that relative sleeps have). */
+#define IDLE_SLACK_NS 2000000ULL
 
 /* One direction of the line: an anchor time and the bits sent since then. The anchor restarts
  * when the line has been idle, so a pause is not paid back with a burst. */
@@ -48,7 +52,7 @@ static uint64_t line_end(const struct gw_pace *p, const struct line *l)
 static uint64_t line_advance(const struct gw_pace *p, struct line *l, uint64_t now_ns,
                              size_t nbytes)
 {
-        if (line_end(p, l) < now_ns) {
+        if (line_end(p, l) + IDLE_SLACK_NS < now_ns) {
                 l->t0_ns = now_ns;
                 l->bits = 0;
         }
