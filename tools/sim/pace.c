@@ -110,12 +110,18 @@ ssize_t gw_pace_write(struct gw_pace *p, int fd, const void *buf, size_t n)
         const uint8_t *b = buf;
         size_t off = 0, taken = 0;
 
+        /* One call is one burst, back to back like a UART's FIFO: the anchor may restart only
+         * here, never between its chunks, so a late wake-up is made up by the next chunk. */
+        if (p->baud > 0)
+                line_advance(p, &p->tx, gw_pace_now_ns(), 0);
         while (off < n) {
                 size_t k = n - off < WRITE_CHUNK ? n - off : WRITE_CHUNK;
                 ssize_t w;
 
-                if (p->baud > 0)
-                        sleep_until(line_advance(p, &p->tx, gw_pace_now_ns(), k));
+                if (p->baud > 0) {
+                        p->tx.bits += (uint64_t) k * p->bits_per_byte;
+                        sleep_until(line_end(p, &p->tx));
+                }
                 w = write(fd, b + off, k);
                 if (w < 0) {
                         if (errno == EINTR)

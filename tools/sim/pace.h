@@ -20,8 +20,9 @@ uint64_t gw_pace_now_ns(void);
 int gw_pace_new(uint32_t baud, unsigned bits_per_byte, size_t rx_capacity, struct gw_pace **ret);
 struct gw_pace *gw_pace_free(struct gw_pace *p);
 
-/* Writes n bytes to fd as the line would deliver them: each chunk of at most 16 bytes is written
- * once its last bit has left, measured from an anchor that restarts only when the line was idle.
+/* Writes n bytes to fd as the line would deliver them: back to back, each chunk of at most 16
+ * bytes written once its last bit has left, measured from an anchor that restarts only when the
+ * line was idle before the call (so a late wake-up inside the burst does not accumulate).
  * Blocks (clock_nanosleep) for the line time of n bytes; callers keep n small when they must
  * stay responsive. fd may be non-blocking: bytes the fd does not take (nobody reads the other
  * side) are dropped like bits on a line nobody listens to, and still take their line time.
