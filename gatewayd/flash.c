@@ -213,6 +213,14 @@ static int on_io(struct gw_source *s, int fd, short revents, void *userdata)
 
                 if (n == -EAGAIN || n == 0)
                         break;
+                if (n == -EPIPE && f->p->hangup) {
+                        handle_result(f, f->p->hangup(f->ppriv));
+                        if (f->running) {
+                                flash_set_error(f, "link lost");
+                                finish(f, -EPIPE);
+                        }
+                        return 0;
+                }
                 if (n < 0) {
                         flash_set_error(f, "link lost: %s", strerror((int) -n));
                         finish(f, (int) n);

@@ -150,6 +150,12 @@ struct gw_protocol_ops {
         /* Optional, NULL = not supported: what the node runs now, as key/value pairs
          * ("version", "hardware", ...) added to ret. Same driving rules as install(). */
         int (*identify)(void *priv, struct gw_options *ret);
+
+        /* The link went away (the peer closed it, a USB device vanished). Returns
+         * GW_PROTO_DONE when the node already has everything it needs and only a last
+         * acknowledgement was lost with the link (a bootloader that resets right after the
+         * transfer), else -EPIPE. NULL = the core fails the operation with -EPIPE. */
+        int (*hangup)(void *priv);
 };
 
 /* Out-of-tree plugins: a shared module in the plugin directory exports

@@ -600,6 +600,24 @@ static int ymodem_cancel(void *priv)
         return fail(y, -ECANCELED, "cancelled");
 }
 
+/* Once EOT is acknowledged the receiver holds the whole file: a node that resets (and drops
+ * the link) before its last ACK leaves has still taken the image. */
+static int ymodem_hangup(void *priv)
+{
+        struct ymodem *y = priv;
+
+        if (y->state == YMODEM_DONE)
+                return GW_PROTO_DONE;
+        if (y->state == YMODEM_WAIT_END_START || y->state == YMODEM_WAIT_END_ACK) {
+                debug(y, "ymodem: link closed after the receiver acknowledged EOT: done");
+                return succeed(y);
+        }
+        if (y->state == YMODEM_FAILED)
+                return y->error;
+        return fail(y, -EPIPE, "link lost after %" PRIu64 " of %" PRIu64 " bytes", y->offset,
+                    y->reader ? y->reader->size : 0);
+}
+
 const struct gw_protocol_ops gw_protocol_ymodem_ops = {
     .version = GW_PROTOCOL_OPS_VERSION,
     .name = "ymodem",
@@ -612,4 +630,5 @@ const struct gw_protocol_ops gw_protocol_ymodem_ops = {
     .timeout = ymodem_timeout,
     .cancel = ymodem_cancel,
     .identify = NULL,
+    .hangup = ymodem_hangup,
 };

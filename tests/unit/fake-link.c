@@ -175,6 +175,11 @@ int fake_link_cancel(struct fake_link *f)
         return record(f, f->ops->cancel(f->priv));
 }
 
+int fake_link_hangup(struct fake_link *f)
+{
+        return record(f, f->ops->hangup ? f->ops->hangup(f->priv) : -EPIPE);
+}
+
 size_t fake_link_pending(const struct fake_link *f)
 {
         return f->out_len - f->out_pos;
@@ -261,6 +266,10 @@ void fake_link_run(struct fake_link *f, const struct fake_step *steps, size_t n)
                 case FAKE_STEP_CANCEL:
                         driving_allowed(f, i);
                         fake_link_cancel(f);
+                        break;
+                case FAKE_STEP_HANGUP:
+                        driving_allowed(f, i);
+                        fake_link_hangup(f);
                         break;
                 }
         }

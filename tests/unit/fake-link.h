@@ -50,6 +50,7 @@ int fake_link_expire(struct fake_link *f);
  * result, or f->last when no op was called. */
 int fake_link_advance(struct fake_link *f, uint64_t ms);
 int fake_link_cancel(struct fake_link *f);
+int fake_link_hangup(struct fake_link *f);
 
 /* Written bytes not yet taken. */
 size_t fake_link_pending(const struct fake_link *f);
@@ -68,6 +69,7 @@ enum fake_step_type {
         FAKE_STEP_ADVANCE, /* the clock moves by ms */
         FAKE_STEP_RESULT,  /* the last op returned result */
         FAKE_STEP_CANCEL,  /* cancel() */
+        FAKE_STEP_HANGUP,  /* hangup(): the link went away */
 };
 
 struct fake_step {
@@ -108,6 +110,10 @@ struct fake_step {
 #define FAKE_CANCEL()                                                                              \
         {                                                                                          \
                 .type = FAKE_STEP_CANCEL                                                           \
+        }
+#define FAKE_HANGUP()                                                                              \
+        {                                                                                          \
+                .type = FAKE_STEP_HANGUP                                                           \
         }
 #define FAKE_CHECK(f, a0, a1, a2)                                                                  \
         {                                                                                          \

@@ -26,6 +26,8 @@ static const struct gw_transport_ops *ops = &gw_transport_uart_ops;
 static char logbuf[8192];
 
 static void test_logv(void *ctx, int level, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static void test_logv(void *ctx, int level, const char *fmt, va_list ap)
 {
         size_t used = strlen(logbuf);
 

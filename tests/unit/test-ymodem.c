@@ -465,6 +465,21 @@ static const struct fake_step s_final_ack_lost[] = {
     FAKE_RESULT(GW_PROTO_DONE),
     FAKE_SILENT(),
 };
+/* A node that resets right after the transfer closes the link before its last ACK. */
+static const struct fake_step s_hangup_after_eot[] = {
+    BEGIN,         FAKE_IN(ACK),      DATA(2, 128, 128),
+    FAKE_IN(ACK),  FAKE_WRITTEN(EOT), FAKE_IN(ACK C),
+    END(FINAL_MS), FAKE_HANGUP(),     FAKE_RESULT(GW_PROTO_DONE),
+    FAKE_SILENT(),
+};
+/* The same before the receiver acknowledged EOT: it may not have the whole file. */
+static const struct fake_step s_hangup_before_eot_ack[] = {
+    BEGIN,         FAKE_IN(ACK),        DATA(2, 128, 128), FAKE_IN(ACK), FAKE_WRITTEN(EOT),
+    FAKE_HANGUP(), FAKE_RESULT(-EPIPE), FAKE_SILENT(),
+};
+static const struct fake_step s_hangup_mid_transfer[] = {
+    BEGIN, FAKE_HANGUP(), FAKE_RESULT(-EPIPE), FAKE_IN(ACK), FAKE_RESULT(-EPIPE), FAKE_SILENT(),
+};
 static const struct fake_step s_final_nak[] = {
     BEGIN,
     FAKE_IN(ACK),
@@ -615,6 +630,9 @@ static struct script scripts[] = {
     SCRIPT(NULL, s_single_can),
     SCRIPT(NULL, s_eot_timeout),
     SCRIPT(NULL, s_final_ack_lost),
+    SCRIPT(NULL, s_hangup_after_eot),
+    SCRIPT(NULL, s_hangup_before_eot_ack),
+    SCRIPT(NULL, s_hangup_mid_transfer),
     SCRIPT(NULL, s_final_nak),
     SCRIPT(NULL, s_end_c_lost),
     SCRIPT(NULL, s_data_start_timeout),
