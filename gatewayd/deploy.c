@@ -1069,11 +1069,8 @@ static void engine_next(struct gw_engine *e)
 {
         struct gw_deploy_request req;
 
-        if (e->current || !e->has_pending) {
-                if (!e->current && e->env.idle)
-                        e->env.idle(e->env.userdata);
+        if (e->current || !e->has_pending)
                 return;
-        }
         req = e->pending;
         e->pending = (struct gw_deploy_request){0};
         e->has_pending = false;

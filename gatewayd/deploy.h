@@ -24,8 +24,6 @@ struct gw_engine_env {
          * engine republishes its retained state on connected(). */
         int (*publish)(void *userdata, const char *suffix, const char *payload, bool retain);
         void *userdata;
-        /* Called when the engine has nothing left to do after gw_engine_drain(). May be NULL. */
-        void (*idle)(void *userdata);
 };
 
 int gw_engine_new(const struct gw_engine_env *env, struct gw_engine **ret);
