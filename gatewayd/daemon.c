@@ -120,7 +120,7 @@ static int on_stop_signal(struct gw_source *s, int signo, void *userdata)
         gw_log_info("Received %s, shutting down", strsignal(signo));
         /* Nodes mid-flash get the protocol's abort and a failed status; the desired state is
          * still retained on the broker, so the deployment runs again after the restart. */
-        gw_engine_cancel_all(d->engine, "gateway shutting down");
+        gw_engine_shutdown(d->engine);
         gw_loop_exit(d->loop, 0);
         return 0;
 }

@@ -46,7 +46,7 @@ struct node_rt {
         uint64_t t0, last_publish;
         int last_pct;
         enum gw_error error;
-        char message[256];
+        char message[320];
 };
 
 struct download {
@@ -77,8 +77,11 @@ struct deployment {
         size_t n_downloads_left;
         size_t next_flash, n_flashing, n_finished;
         enum gw_error error;
-        char message[256];
+        char message[400]; /* room for "<node>: <its message>" */
         bool cancelled;
+        /* Stopped by a shutdown, not decided: journalled as interrupted, so that the retained
+         * desired state runs it again after the restart. */
+        bool interrupted;
 };
 
 struct gw_engine {
@@ -409,24 +412,35 @@ static void deployment_finish(struct deployment *d)
                 }
                 if (n->state != GW_NODE_SUCCESS && n->state != GW_NODE_FAILED) {
                         n->error = d->error ? d->error : GW_ERR_INTERNAL;
-                        snprintf(n->message, sizeof(n->message), "%s",
+                        snprintf(n->message, sizeof(n->message), "%.319s",
                                  d->error ? d->message : "not flashed");
                         node_set_state(n, GW_NODE_FAILED);
                 }
                 if (n->state != GW_NODE_SUCCESS)
                         ok = false;
         }
-        if (!ok && !d->error) {
-                d->error = GW_ERR_FLASH_FAILED;
-                snprintf(d->message, sizeof(d->message), "one or more nodes failed");
+        /* The deployment failed for the first node that did: its code says why. */
+        for (size_t i = 0; !ok && !d->error && i < d->n_nodes; i++) {
+                struct node_rt *n = d->nodes[i];
+
+                if (n->state != GW_NODE_FAILED)
+                        continue;
+                d->error = n->error ? n->error : GW_ERR_FLASH_FAILED;
+                snprintf(d->message, sizeof(d->message), "%.64s: %.319s", n->cfg->name, n->message);
         }
-        journal_deployment(d, d->error ? "failed" : "success");
-        publish_deployment(d, true);
-        if (d->error)
+        if (d->interrupted) {
+                journal_deployment(d, "interrupted");
+                gw_log_warning("Deployment %s interrupted; it runs again after the restart", d->id);
+        } else if (d->error) {
+                journal_deployment(d, "failed");
+                publish_deployment(d, true);
                 gw_log_error("Deployment %s failed: %s: %s", d->id, gw_error_to_string(d->error),
                              d->message);
-        else
+        } else {
+                journal_deployment(d, "success");
+                publish_deployment(d, true);
                 gw_log_info("Deployment %s succeeded on %zu node(s)", d->id, d->n_nodes);
+        }
         publish_inventory(e);
         e->current = deployment_free(d);
         engine_next(e);
@@ -1079,6 +1093,17 @@ static void engine_next(struct gw_engine *e)
 
 /* ---- Messages ------------------------------------------------------------------------------ */
 
+/* The same id and the same manifest source: a redelivery, not a new desired state. */
+static bool same_request(const struct deployment *d, const struct gw_deploy_request *req)
+{
+        if (strcmp(d->id, req->id) != 0)
+                return false;
+        if (d->manifest_url || req->manifest_url)
+                return d->manifest_url && req->manifest_url &&
+                       strcmp(d->manifest_url, req->manifest_url) == 0;
+        return d->buf && d->len == req->manifest_size && memcmp(d->buf, req->manifest, d->len) == 0;
+}
+
 static void on_deploy(struct gw_engine *e, const void *payload, size_t len, bool oversize)
 {
         const struct gw_config *cfg = e->env.cfg;
@@ -1109,7 +1134,7 @@ static void on_deploy(struct gw_engine *e, const void *payload, size_t len, bool
                 gw_request_error_done(&err);
                 return;
         }
-        if (e->current && strcmp(e->current->id, req.id) == 0) {
+        if (e->current && same_request(e->current, &req)) {
                 /* The retained desired state comes again after a reconnect. */
                 gw_log_debug("Deployment %s is already running, ignoring", req.id);
                 gw_deploy_request_done(&req);
@@ -1179,19 +1204,25 @@ void gw_engine_connected(struct gw_engine *e)
                 e->env.publish(e->env.userdata, e->final_topic, e->final_json, true);
 }
 
-void gw_engine_cancel_all(struct gw_engine *e, const char *why)
+void gw_engine_shutdown(struct gw_engine *e)
 {
+        struct deployment *d = e->current;
+
         if (e->has_pending) {
                 gw_deploy_request_done(&e->pending);
                 e->has_pending = false;
         }
-        if (!e->current)
+        if (!d)
                 return;
-        e->current->cancelled = true;
-        if (e->current->phase == PHASE_MANIFEST)
-                deployment_reject(e->current, GW_ERR_CANCELLED, why);
-        else
-                deployment_fail(e->current, GW_ERR_CANCELLED, "%s", why);
+        if (d->phase == PHASE_MANIFEST) {
+                /* Nothing decided yet, nothing journalled: it simply starts over. */
+                d->phase = PHASE_DONE;
+                e->current = deployment_free(d);
+                return;
+        }
+        d->cancelled = true;
+        d->interrupted = true;
+        deployment_fail(d, GW_ERR_CANCELLED, "gateway shutting down");
 }
 
 bool gw_engine_busy(const struct gw_engine *e)

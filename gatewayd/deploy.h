@@ -34,6 +34,8 @@ void gw_engine_connected(struct gw_engine *e);
 /* A message on <prefix>/<suffix>; see struct gw_mqtt_callbacks. */
 void gw_engine_message(struct gw_engine *e, const char *suffix, const void *payload, size_t len,
                        bool oversize);
-/* Cancels the running deployment (nodes mid-flash get the protocol's abort) and reports it. */
-void gw_engine_cancel_all(struct gw_engine *e, const char *why);
+/* Stops for a shutdown: nodes mid-flash get the protocol's abort and a failed status, and
+ * the deployment is journalled as interrupted (no final verdict), so that the retained
+ * desired state runs it again after the restart. */
+void gw_engine_shutdown(struct gw_engine *e);
 bool gw_engine_busy(const struct gw_engine *e);

@@ -2,7 +2,8 @@
 # End to end over MQTT: a real broker, an HTTP server, three simulated YMODEM nodes and gatewayd.
 # A signed deployment by manifest_url must reach every node byte for byte with the documented
 # status sequence; the gateway state must be online/offline; a finished deployment must not run
-# again after a restart; inline base64 manifests and file:// manifest URLs must work too.
+# again after a restart; inline base64 manifests and file:// manifest URLs must work too; and a
+# deployment interrupted by SIGTERM mid-flash must run again after the restart.
 set -u
 
 : "${GW_SRC:?GW_SRC must name the source directory}"
@@ -106,7 +107,7 @@ PY
 q() { python3 "$work/q.py" "$@"; }
 
 # ---- The parts --------------------------------------------------------------------------------
-gw=gw-e2e-mqtt
+gw="gw-e2e-mqtt"
 prefix=gatewayd/$gw
 baud=921600
 mkdir -p "$work/www" "$work/state"
@@ -150,13 +151,13 @@ gwpid=
 start_gw() {
         "$GWD" -c "$work/gatewayd.yaml" 2>>"$work/gatewayd.log" &
         gwpid=$!
-        GW_PIDS+=($gwpid)
+        GW_PIDS+=("$gwpid")
 }
 # stop_gw: SIGTERM, then the exit status (124 when it did not exit within 10 s).
 stop_gw() {
-        local i
+        local _
         kill -TERM "$gwpid" 2>/dev/null
-        for i in $(seq 1 100); do
+        for _ in $(seq 1 100); do
                 kill -0 "$gwpid" 2>/dev/null || break
                 sleep 0.1
         done
@@ -303,9 +304,40 @@ check "file:// manifest_url: the final report of d3 says success" \
         test "$(q get "$final" state)" = success
 check "file:// manifest_url: every node holds its image byte for byte" nodes_hold d3
 
+# ---- 6. SIGTERM in the middle of flashing: after the restart the deployment runs again ------------
+# daemon.c on SIGTERM: "the desired state is still retained on the broker, so the deployment
+# runs again after the restart". node-1's image takes about 2 s on the line.
+images d4
+head -c 196608 /dev/urandom >"$work/www/d4-node-1.bin"
+manifest "$work/www/d4.yaml" d4 ""
+deploy "{\"id\":\"d4\",\"manifest_url\":\"http://127.0.0.1:$GW_HTTP_PORT/d4.yaml\"}"
+midflash() {
+        grep -q "^[01] $prefix/nodes/node-1/status {\"state\":\"flashing\",\"deployment\":\"d4\".*\"progress\":[1-9]" \
+                "$work/sub.log"
+}
+if gw_wait_for 20 midflash; then
+        stop_gw
+        rc=$?
+        check "SIGTERM while flashing: gatewayd exits with status 0 (got $rc)" test $rc -eq 0
+        log_lines=$(wc -l <"$work/gatewayd.log")
+        start_gw
+        # Done waiting when d4 succeeded, or when the restarted gatewayd said it will not run it.
+        d4over() {
+                [ "$(q get "$(q final "$work/sub.log" "$prefix/deployments/d4")" state)" = success ] ||
+                        tail -n +$((log_lines + 1)) "$work/gatewayd.log" | grep -q 'd4 .*already done'
+        }
+        gw_wait_for 20 d4over
+        final=$(q final "$work/sub.log" "$prefix/deployments/d4")
+        check "SIGTERM while flashing: after the restart d4 runs again and succeeds (last final: $(q get "$final" state) $(q get "$final" error.code))" \
+                test "$(q get "$final" state)" = success
+        check "SIGTERM while flashing: after the restart every node holds its d4 image" nodes_hold d4
+else
+        fail "SIGTERM while flashing: d4 never reached node-1's flashing state"
+fi
+
 stop_gw
 rc=$?
-check "SIGTERM after three deployments: gatewayd exits with status 0 (got $rc)" test $rc -eq 0
+check "SIGTERM after the deployments: gatewayd exits with status 0 (got $rc)" test $rc -eq 0
 
 if [ "$failures" -ne 0 ]; then
         echo "--- gatewayd log (last 30 lines) ---"

@@ -1138,7 +1138,13 @@ int main(int argc, char **argv)
              s.baud);
         if (!s.link)
                 fprintf(stderr, "ymodem-sim: %s\n", s.slave);
-        reset_session(&s);
+        {
+                /* --silent holds from the start: the first session must not clear it. */
+                bool silent = s.faults.silent;
+
+                reset_session(&s);
+                s.faults.silent = silent;
+        }
         s.last_rx_ns = gw_pace_now_ns();
         r = run(&s);
         if (r < 0)

@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# Bad input on <prefix>/deploy (and <prefix>/cancel) never stops gatewayd, and every refused
+# request ends as a clear rejection upstream: on <prefix>/deployments/<id> (retained) when its id
+# could be read, on <prefix>/deployments/invalid when not. A clearing (empty) retained message is
+# no error. A good deployment works afterwards.
+set -u
+
+: "${GW_SRC:?GW_SRC must name the source directory}"
+: "${GW_BUILD:?GW_BUILD must name the build directory}"
+# shellcheck source=../../tools/lib/common.sh
+. "$GW_SRC/tools/lib/common.sh"
+
+for prog in mosquitto mosquitto_pub mosquitto_sub python3 cmp; do
+        if ! command -v "$prog" >/dev/null; then
+                echo "SKIP: $prog is not installed (mosquitto, mosquitto-clients, python3 needed)"
+                exit 77
+        fi
+done
+GWD=$GW_BUILD/gatewayd/gatewayd
+GWM=$GW_BUILD/tools/gwmanifest
+for b in "$GWD" "$GWM" "$GW_BUILD/tools/sim/ymodem-sim"; do
+        [ -x "$b" ] || { echo "FAIL: $b was not built"; exit 1; }
+done
+
+work=$(mktemp -d /tmp/gw-bad-input.XXXXXX)
+failures=0
+finish() {
+        gw_cleanup
+        if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "Work directory kept: $work"; fi
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+pass() { echo "PASS: $*"; }
+fail() {
+        echo "FAIL: $*"
+        failures=$((failures + 1))
+}
+# check NAME COMMAND...: one case.
+check() {
+        local name=$1
+        shift
+        if "$@"; then pass "$name"; else fail "$name"; fi
+}
+
+# ---- JSON helpers on the subscription log (lines: "<retain> <topic> <payload>") ----------
+cat >"$work/q.py" <<'PY'
+import json, sys
+
+FINAL = ("success", "failed", "rejected")
+
+def messages(log, topic):
+    out = []
+    with open(log, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.rstrip("\n").split(" ", 2)
+            if len(parts) == 3 and parts[1] == topic:
+                try:
+                    out.append((parts[0], json.loads(parts[2])))
+                except ValueError:
+                    out.append((parts[0], None))
+    return out
+
+def get(obj, path):
+    for k in path.split("."):
+        if not isinstance(obj, dict) or k not in obj:
+            return None
+        obj = obj[k]
+    return obj
+
+cmd = sys.argv[1]
+if cmd == "final":  # LOG TOPIC: the last final report on TOPIC, exit 1 when none yet
+    m = [p for _, p in messages(sys.argv[2], sys.argv[3])
+         if isinstance(p, dict) and p.get("state") in FINAL]
+    if not m:
+        sys.exit(1)
+    print(json.dumps(m[-1]))
+elif cmd == "count":  # LOG TOPIC STATE: how many reports on TOPIC have that state
+    print(sum(1 for _, p in messages(sys.argv[2], sys.argv[3])
+              if isinstance(p, dict) and p.get("state") == sys.argv[4]))
+elif cmd == "n":  # LOG TOPIC: how many messages arrived on TOPIC
+    print(len(messages(sys.argv[2], sys.argv[3])))
+elif cmd == "last":  # LOG TOPIC: the last message on TOPIC, exit 1 when none
+    m = messages(sys.argv[2], sys.argv[3])
+    if not m or m[-1][1] is None:
+        sys.exit(1)
+    print(json.dumps(m[-1][1]))
+elif cmd == "get":  # JSON PATH: one member, dotted path; empty when absent
+    try:
+        v = get(json.loads(sys.argv[2]), sys.argv[3])
+    except ValueError:
+        v = None
+    print("" if v is None else (json.dumps(v) if isinstance(v, (dict, list)) else v))
+elif cmd == "states":  # LOG TOPIC DEPLOYMENT: the node's states in that deployment, in order
+    seq, last_state, last_pct, ok = [], None, -1, True
+    for _, p in messages(sys.argv[2], sys.argv[3]):
+        if not isinstance(p, dict) or p.get("deployment") != sys.argv[4]:
+            continue
+        st = p.get("state")
+        if st != last_state:
+            seq.append(st)
+            last_state, last_pct = st, -1
+        pct = p.get("progress")
+        if pct is not None:
+            if not isinstance(pct, int) or pct < last_pct or pct > 100:
+                print("progress went %r -> %r in state %s" % (last_pct, pct, st),
+                      file=sys.stderr)
+                ok = False
+            last_pct = pct
+    print(" ".join(str(s) for s in seq))
+    sys.exit(0 if ok else 1)
+PY
+q() { python3 "$work/q.py" "$@"; }
+
+# ---- The parts --------------------------------------------------------------------------------
+gw="gw-e2e-bad"
+prefix=gatewayd/$gw
+baud=921600
+max_payload=4096
+mkdir -p "$work/www" "$work/state"
+gw_start_broker "$work"
+gw_start_http "$work/www"
+gw_start_sim node-1 "$work" "$baud"
+"$GWM" keygen --type ed25519 --out "$work/release" >/dev/null ||
+        { echo "FAIL: gwmanifest keygen"; exit 1; }
+
+cat >"$work/gatewayd.yaml" <<CONF
+gateway:
+  id: $gw
+state-dir: state
+log-level: info
+mqtt:
+  host: 127.0.0.1
+  port: $GW_BROKER_PORT
+  max-payload: $max_payload
+trust:
+  public-keys: [release.pub]
+nodes:
+  - name: node-1
+    transport: { type: uart, port: $work/node-1.tty, baud: $baud }
+    protocol: { type: ymodem }
+CONF
+"$GWD" --check-config "$work/gatewayd.yaml" >/dev/null 2>"$work/check-config.log" ||
+        { echo "FAIL: the test configuration is refused:"; cat "$work/check-config.log"; exit 1; }
+
+mosquitto_sub -h 127.0.0.1 -p "$GW_BROKER_PORT" -q 1 -F '%r %t %p' -t "$prefix/#" \
+        >"$work/sub.log" 2>"$work/sub.err" &
+GW_PIDS+=($!)
+
+"$GWD" -c "$work/gatewayd.yaml" 2>"$work/gatewayd.log" &
+gwpid=$!
+GW_PIDS+=("$gwpid")
+
+retained() {
+        mosquitto_sub -h 127.0.0.1 -p "$GW_BROKER_PORT" -C 1 -W 3 -F '%r %p' -t "$1" 2>/dev/null
+}
+online() { retained "$prefix/state" | grep -q '"online"'; }
+gw_wait_for 10 online || { echo "FAIL: gatewayd did not come online"; exit 1; }
+
+pub() { mosquitto_pub -h 127.0.0.1 -p "$GW_BROKER_PORT" -q 1 "$@"; }
+url="http://127.0.0.1:$GW_HTTP_PORT/good.yaml"
+# all_reports: how many messages arrived on any deployments/ topic so far.
+all_reports() { grep -c "^[01] $prefix/deployments/" "$work/sub.log"; }
+more_than() { [ "$(q n "$work/sub.log" "$1")" -gt "$2" ]; }
+
+# rejected NAME WHERE CODE PAYLOAD: publishes PAYLOAD on deploy (retained, as a server does) and
+# expects a new rejection with CODE on deployments/WHERE (WHERE = the id, or "invalid").
+rejected() {
+        local name=$1 where=$2 code=$3 topic=$prefix/deployments/$2 n0 last r
+        n0=$(q n "$work/sub.log" "$topic")
+        printf '%s' "$4" >"$work/payload"
+        pub -r -t "$prefix/deploy" -f "$work/payload"
+        if ! gw_wait_for 10 more_than "$topic" "$n0"; then
+                fail "$name: no report on deployments/$where"
+                check "$name: gatewayd is still running" kill -0 "$gwpid"
+                return
+        fi
+        last=$(q last "$work/sub.log" "$topic")
+        check "$name: deployments/$where says rejected" test "$(q get "$last" state)" = rejected
+        check "$name: the error code is $code (got '$(q get "$last" error.code)')" \
+                test "$(q get "$last" error.code)" = "$code"
+        check "$name: the rejection has a message" test -n "$(q get "$last" error.message)"
+        if [ "$where" != invalid ]; then
+                r=$(retained "$topic")
+                check "$name: the rejection of $where is retained" \
+                        test "${r%% *}" = 1 -a "$(q get "${r#* }" state 2>/dev/null)" = rejected
+        fi
+        check "$name: gatewayd is still running" kill -0 "$gwpid"
+}
+
+long_id=$(printf 'x%.0s' $(seq 1 129))
+rejected "malformed JSON" invalid payload-invalid '{"id":"b-json","manifest_url":'
+rejected "JSON that is not an object" invalid payload-invalid '["b-array"]'
+rejected "duplicate member names" invalid payload-invalid \
+        "{\"id\":\"b-dup\",\"id\":\"b-dup2\",\"manifest_url\":\"$url\"}"
+rejected "nested deeper than 4 levels" invalid payload-invalid \
+        "{\"id\":\"b-deep\",\"manifest_url\":\"$url\",\"x\":{\"a\":{\"b\":{\"c\":1}}}}"
+rejected "id with a slash" invalid payload-invalid "{\"id\":\"b/slash\",\"manifest_url\":\"$url\"}"
+rejected "id of 129 characters" invalid payload-invalid "{\"id\":\"$long_id\",\"manifest_url\":\"$url\"}"
+rejected "id that is a number" invalid payload-invalid "{\"id\":42,\"manifest_url\":\"$url\"}"
+rejected "missing id" invalid payload-invalid "{\"manifest_url\":\"$url\"}"
+rejected "both manifest and manifest_url" b-both payload-invalid \
+        "{\"id\":\"b-both\",\"manifest_url\":\"$url\",\"manifest\":\"$(printf 'kind: x\n' | base64 -w0)\"}"
+rejected "neither manifest nor manifest_url" b-neither payload-invalid '{"id":"b-neither"}'
+rejected "relative manifest_url" b-relurl payload-invalid '{"id":"b-relurl","manifest_url":"good.yaml"}'
+rejected "manifest_url null" b-null payload-invalid '{"id":"b-null","manifest_url":null}'
+rejected "manifest that is not base64" b-b64 payload-invalid '{"id":"b-b64","manifest":"not base64!"}'
+
+# Over mqtt.max-payload but under the maximum packet size gatewayd gives the broker (max-payload
+# plus its allowance for the packet header): the broker delivers it, gatewayd refuses it unread.
+pad=$(head -c 4500 /dev/zero | tr '\0' 'a')
+rejected "payload of 4.5 KB over max-payload 4096" invalid payload-too-large \
+        "{\"id\":\"b-big\",\"manifest_url\":\"$url\",\"pad\":\"$pad\"}"
+
+# 10 KB: over the maximum packet size gatewayd announced, so the broker must not deliver it at
+# all (mqtt.md: "a conforming broker does not even deliver it"). Whatever the broker does,
+# gatewayd must neither crash nor run it, and must stay connected.
+n0=$(all_reports)
+pad=$(head -c 10240 /dev/zero | tr '\0' 'a')
+printf '{"id":"b-huge","manifest_url":"%s","pad":"%s"}' "$url" "$pad" >"$work/payload"
+pub -r -t "$prefix/deploy" -f "$work/payload"
+sleep 1.5
+last=$(q last "$work/sub.log" "$prefix/deployments/invalid")
+if [ "$(all_reports)" -gt "$n0" ]; then
+        check "payload of 10 KB: the only report is payload-too-large on deployments/invalid" \
+                test "$(all_reports)" -eq $((n0 + 1)) -a "$(q get "$last" error.code)" = payload-too-large
+else
+        echo "NOTE: payload of 10 KB: the broker did not deliver it (over the announced maximum packet size)"
+fi
+check "payload of 10 KB: no deployment b-huge was started" \
+        test "$(q n "$work/sub.log" "$prefix/deployments/b-huge")" -eq 0
+check "payload of 10 KB: gatewayd is still running" kill -0 "$gwpid"
+check "payload of 10 KB: gatewayd is still online" online
+
+# An empty retained message clears the desired state: no report, no error, nothing flashed.
+n0=$(all_reports)
+errs0=$(grep -c -i 'error\|warning' "$work/gatewayd.log")
+pub -r -t "$prefix/deploy" -n
+sleep 1.5
+check "empty retained deploy message: no report at all" test "$(all_reports)" -eq "$n0"
+check "empty retained deploy message: nothing logged as a warning or error" \
+        test "$(grep -c -i 'error\|warning' "$work/gatewayd.log")" -eq "$errs0"
+check "empty retained deploy message: the broker no longer holds a desired state" \
+        test -z "$(retained "$prefix/deploy")"
+check "empty retained deploy message: gatewayd is still running" kill -0 "$gwpid"
+
+# Garbage on the cancel topic is ignored.
+n0=$(all_reports)
+pub -t "$prefix/cancel" -m '{"id":'
+pub -t "$prefix/cancel" -m '{"id":"no-such-deployment"}'
+pub -t "$prefix/cancel" -n
+sleep 1
+check "bad cancel messages: no report" test "$(all_reports)" -eq "$n0"
+check "bad cancel messages: gatewayd is still running" kill -0 "$gwpid"
+
+check "nothing reached the node during all that" test ! -s "$work/node-1.report"
+
+# ---- A good deployment afterwards (with a member the gateway does not know: ignored) -----------
+# The image is large enough (64 KiB, about 0.7 s on the line) to publish bad input while it runs.
+head -c 65536 /dev/urandom >"$work/www/app.bin"
+{
+        echo "kind: gatewayd/manifest"
+        echo "format: 1"
+        echo "id: good"
+        echo "sequence: $(date +%s)"
+        echo "expires: $(date -u -d '+1 day' +%Y-%m-%dT%H:%M:%SZ)"
+        echo "images:"
+        echo "  - name: app"
+        echo "    version: 1.0.0"
+        echo "    targets: { node: node-1 }"
+        echo "    protocol: ymodem"
+        echo "    size: 65536"
+        echo "    sha256: $(sha256sum "$work/www/app.bin" | cut -d' ' -f1)"
+        echo "    url: app.bin"
+} >"$work/www/good.yaml"
+"$GWM" sign --key "$work/release" "$work/www/good.yaml" >/dev/null
+pub -r -t "$prefix/deploy" -m "{\"id\":\"good\",\"manifest_url\":\"$url\",\"x-future\":{\"a\":1}}"
+flashing() { grep -q "^[01] $prefix/nodes/node-1/status {\"state\":\"flashing\"" "$work/sub.log"; }
+if gw_wait_for 20 flashing; then
+        # Neither bad input nor a cleared desired state may disturb a running deployment.
+        n0=$(q n "$work/sub.log" "$prefix/deployments/invalid")
+        pub -r -t "$prefix/deploy" -m '{"id":"b-during",'
+        pub -r -t "$prefix/deploy" -n
+        gw_wait_for 10 more_than "$prefix/deployments/invalid" "$n0"
+        check "bad input during a deployment: rejected as payload-invalid" \
+                test "$(q get "$(q last "$work/sub.log" "$prefix/deployments/invalid")" error.code)" = payload-invalid
+else
+        fail "the good deployment never started flashing"
+fi
+gw_wait_for 30 q final "$work/sub.log" "$prefix/deployments/good" >/dev/null
+final=$(q final "$work/sub.log" "$prefix/deployments/good")
+check "after the bad input: a good deployment succeeds (got '$(q get "$final" state)')" \
+        test "$(q get "$final" state)" = success
+check "after the bad input: the deployment was not disturbed by bad input or a cleared state" \
+        test "$(q get "$final" nodes.node-1.state)" = success
+check "after the bad input: the node holds the image" \
+        cmp -s "$work/www/app.bin" "$work/node-1.out/app-1.0.0.bin"
+
+if [ "$failures" -ne 0 ]; then
+        echo "--- gatewayd log (last 40 lines) ---"
+        tail -n 40 "$work/gatewayd.log"
+        exit 1
+fi
+exit 0
