@@ -8,104 +8,9 @@
 set -u
 
 : "${GW_SRC:?GW_SRC must name the source directory}"
-: "${GW_BUILD:?GW_BUILD must name the build directory}"
-# shellcheck source=../../tools/lib/common.sh
-. "$GW_SRC/tools/lib/common.sh"
-
-for prog in mosquitto mosquitto_pub mosquitto_sub python3 cmp; do
-        if ! command -v "$prog" >/dev/null; then
-                echo "SKIP: $prog is not installed (mosquitto, mosquitto-clients, python3 needed)"
-                exit 77
-        fi
-done
-GWD=$GW_BUILD/gatewayd/gatewayd
-GWM=$GW_BUILD/tools/gwmanifest
-for b in "$GWD" "$GWM" "$GW_BUILD/tools/sim/ymodem-sim"; do
-        [ -x "$b" ] || { echo "FAIL: $b was not built"; exit 1; }
-done
-
-work=$(mktemp -d /tmp/gw-deploy-failures.XXXXXX)
-failures=0
-finish() {
-        gw_cleanup
-        if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "Work directory kept: $work"; fi
-}
-trap finish EXIT
-trap 'exit 130' INT TERM
-
-pass() { echo "PASS: $*"; }
-fail() {
-        echo "FAIL: $*"
-        failures=$((failures + 1))
-}
-# check NAME COMMAND...: one case.
-check() {
-        local name=$1
-        shift
-        if "$@"; then pass "$name"; else fail "$name"; fi
-}
-
-# ---- JSON helpers on the subscription log (lines: "<retain> <topic> <payload>") ----------
-cat >"$work/q.py" <<'PY'
-import json, sys
-
-FINAL = ("success", "failed", "rejected")
-
-def messages(log, topic):
-    out = []
-    with open(log, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            parts = line.rstrip("\n").split(" ", 2)
-            if len(parts) == 3 and parts[1] == topic:
-                try:
-                    out.append((parts[0], json.loads(parts[2])))
-                except ValueError:
-                    out.append((parts[0], None))
-    return out
-
-def get(obj, path):
-    for k in path.split("."):
-        if not isinstance(obj, dict) or k not in obj:
-            return None
-        obj = obj[k]
-    return obj
-
-cmd = sys.argv[1]
-if cmd == "final":  # LOG TOPIC: the last final report on TOPIC, exit 1 when none yet
-    m = [p for _, p in messages(sys.argv[2], sys.argv[3])
-         if isinstance(p, dict) and p.get("state") in FINAL]
-    if not m:
-        sys.exit(1)
-    print(json.dumps(m[-1]))
-elif cmd == "count":  # LOG TOPIC STATE: how many reports on TOPIC have that state
-    print(sum(1 for _, p in messages(sys.argv[2], sys.argv[3])
-              if isinstance(p, dict) and p.get("state") == sys.argv[4]))
-elif cmd == "get":  # JSON PATH: one member, dotted path; empty when absent
-    try:
-        v = get(json.loads(sys.argv[2]), sys.argv[3])
-    except ValueError:
-        v = None
-    print("" if v is None else (json.dumps(v) if isinstance(v, (dict, list)) else v))
-elif cmd == "states":  # LOG TOPIC DEPLOYMENT: the node's states in that deployment, in order
-    seq, last_state, last_pct, ok = [], None, -1, True
-    for _, p in messages(sys.argv[2], sys.argv[3]):
-        if not isinstance(p, dict) or p.get("deployment") != sys.argv[4]:
-            continue
-        st = p.get("state")
-        if st != last_state:
-            seq.append(st)
-            last_state, last_pct = st, -1
-        pct = p.get("progress")
-        if pct is not None:
-            if not isinstance(pct, int) or pct < last_pct or pct > 100:
-                print("progress went %r -> %r in state %s" % (last_pct, pct, st),
-                      file=sys.stderr)
-                ok = False
-            last_pct = pct
-    print(" ".join(str(s) for s in seq))
-    sys.exit(0 if ok else 1)
-PY
-q() { python3 "$work/q.py" "$@"; }
+E2E_NAME=deploy-failures
+# shellcheck source=lib.sh
+. "$GW_SRC/tests/integration/lib.sh"
 
 # ---- The parts --------------------------------------------------------------------------------
 gw="gw-e2e-fail"
@@ -116,8 +21,8 @@ gw_start_broker "$work"
 gw_start_http "$work/www"
 gw_start_sim node-1 "$work" "$baud"
 gw_start_sim node-2 "$work" "$baud"
-# node-3 never answers: no 'C', nothing. --silent on the command line alone does not hold (see
-# the simulator check below), so the same fault is also armed through the control FIFO.
+# node-3 never answers: no 'C', nothing. The fault is armed both ways the simulator offers
+# (command line and control FIFO).
 gw_start_sim node-3 "$work" "$baud" --silent --control "$work/node-3.ctl"
 timeout 5 sh -c "printf 'silent\\n' >'$work/node-3.ctl'" ||
         { echo "FAIL: cannot arm the silent fault of node-3"; exit 1; }
