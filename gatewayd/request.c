@@ -4,13 +4,13 @@
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
-#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "gw/codec.h"
 #include "request.h"
 
 void gw_request_error_done(struct gw_request_error *err)
@@ -141,66 +141,29 @@ static const char *url_problem(const char *s, size_t len)
         return NULL;
 }
 
-static int b64_value(char c)
-{
-        if (c >= 'A' && c <= 'Z')
-                return c - 'A';
-        if (c >= 'a' && c <= 'z')
-                return c - 'a' + 26;
-        if (c >= '0' && c <= '9')
-                return c - '0' + 52;
-        if (c == '+')
-                return 62;
-        if (c == '/')
-                return 63;
-        return -1;
-}
-
-/* Strict standard base64 (RFC 4648 section 4): no whitespace, padding to a multiple of four,
- * '=' only at the end, unused bits zero. The decoded size is checked against max before
- * anything is allocated. */
+/* The "manifest" member: strict base64, its decoded size checked against max before anything
+ * is allocated. */
 static int decode_manifest(const char *s, size_t len, size_t max, const char *id, uint8_t **ret,
                            size_t *ret_size, struct gw_request_error *err)
 {
-        size_t pad = 0, size;
-        uint8_t *buf;
-        int n;
+        size_t size;
+        int r;
 
         if (len == 0)
                 return invalid(err, id, "\"manifest\" is empty");
-        if (len % 4 != 0 || len > INT_MAX)
-                return invalid(err, id,
-                               "\"manifest\" is not base64: length %zu is not a "
-                               "multiple of 4",
-                               len);
-        if (s[len - 1] == '=')
-                pad++;
-        if (s[len - 2] == '=')
-                pad++;
-        size = len / 4 * 3 - pad;
+        if (len % 4 != 0)
+                return invalid(
+                    err, id, "\"manifest\" is not base64: length %zu is not a multiple of 4", len);
+        size = gw_base64_decoded_size(s, len);
         if (size > max)
                 return fail(err, -EMSGSIZE, GW_ERR_MANIFEST_TOO_LARGE, id,
                             "manifest of %zu bytes is larger than the limit of %zu bytes", size,
                             max);
-        for (size_t i = 0; i < len - pad; i++)
-                if (b64_value(s[i]) < 0)
-                        return invalid(
-                            err, id, "\"manifest\" is not base64: bad character at offset %zu", i);
-        /* "QR==" would decode like "QQ==": accept only the canonical form. */
-        if ((pad == 1 && (b64_value(s[len - 2]) & 0x03) != 0) ||
-            (pad == 2 && (b64_value(s[len - 3]) & 0x0f) != 0))
-                return invalid(err, id, "\"manifest\" is not base64: non-zero padding bits");
-
-        buf = malloc(len / 4 * 3 + 1);
-        if (!buf)
-                return -ENOMEM;
-        n = EVP_DecodeBlock(buf, (const unsigned char *) s, (int) len);
-        if (n < 0 || (size_t) n != len / 4 * 3) {
-                free(buf);
-                return invalid(err, id, "\"manifest\" is not base64");
-        }
-        *ret = buf;
-        *ret_size = size;
+        r = gw_base64_decode(s, len, ret, ret_size);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0)
+                return invalid(err, id, "\"manifest\" is not valid base64");
         return 0;
 }
 

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gw/codec.h"
+
 struct gw_store;
 
 int gw_store_open(const char *state_dir, struct gw_store **ret);
@@ -28,6 +30,3 @@ int gw_store_commit(const struct gw_store *s, int fd, const char *tmp_path,
                     uint64_t got_size);
 /* Drops a temporary file and closes fd. */
 void gw_store_abort(int fd, const char *tmp_path);
-
-/* Lowercase hex of n bytes into out (2n + 1 bytes); shared with manifests/. */
-void gw_hex(const uint8_t *data, size_t len, char *ret);

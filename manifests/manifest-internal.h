@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gw/codec.h"
 #include "gw/manifest.h"
 
 /* ---- errors (envelope.c) ---- */
@@ -22,13 +23,6 @@ int gw_manifest_errno(enum gw_error code);
  * when larger, -errno otherwise. */
 int gw_read_file(const char *path, size_t max, char **ret, size_t *ret_len);
 
-/* ---- base64 (envelope.c) ---- */
-
-/* Strict standard base64 (RFC 4648 section 4, padded, no whitespace). -EBADMSG otherwise. */
-int gw_base64_decode(const char *s, size_t len, uint8_t **ret, size_t *ret_len);
-int gw_base64_encode(const uint8_t *data, size_t len, char **ret);
-
-void gw_hex(const uint8_t *data, size_t len, char *ret);
 /* SHA-256 of data, 0 or -EIO. */
 int gw_sha256(const void *data, size_t len, uint8_t ret[static 32]);
 
