@@ -1,5 +1,5 @@
 /* gatewayd's MQTT v5 session: libmosquitto without its thread, its socket watched by our
- * loop. libmosquitto's return codes are converted to -errno in mosq_to_errno(), nowhere
+ * loop. libmosquitto's return codes are converted to -errno in gw_mosq_to_errno(), nowhere
  * else. */
 #include <errno.h>
 #include <mosquitto.h>
@@ -37,7 +37,7 @@ struct gw_mqtt {
         char *will_payload;
 };
 
-static int mosq_to_errno(int rc)
+int gw_mosq_to_errno(int rc)
 {
         switch (rc) {
         case MOSQ_ERR_SUCCESS:
@@ -132,14 +132,14 @@ static int on_io(struct gw_source *s, int fd, short revents, void *userdata)
         if (revents & (POLLIN | POLLHUP | POLLERR)) {
                 rc = mosquitto_loop_read(m->mosq, 16);
                 if (rc != MOSQ_ERR_SUCCESS) {
-                        connection_lost(m, mosq_to_errno(rc));
+                        connection_lost(m, gw_mosq_to_errno(rc));
                         return 0;
                 }
         }
         if (m->io && (revents & POLLOUT) && mosquitto_want_write(m->mosq)) {
                 rc = mosquitto_loop_write(m->mosq, 16);
                 if (rc != MOSQ_ERR_SUCCESS) {
-                        connection_lost(m, mosq_to_errno(rc));
+                        connection_lost(m, gw_mosq_to_errno(rc));
                         return 0;
                 }
         }
@@ -161,7 +161,7 @@ static int attempt_connect(struct gw_mqtt *m)
                                        NULL, props);
         mosquitto_property_free_all(&props);
         if (rc != MOSQ_ERR_SUCCESS) {
-                int r = mosq_to_errno(rc);
+                int r = gw_mosq_to_errno(rc);
 
                 gw_log_warning_errno(r, "MQTT: cannot connect to %s:%u: %s", m->cfg->host,
                                      m->cfg->port,
@@ -190,7 +190,7 @@ static int on_timer(struct gw_source *s, uint64_t now, void *userdata)
                 int rc = mosquitto_loop_misc(m->mosq);
 
                 if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN) {
-                        connection_lost(m, mosq_to_errno(rc));
+                        connection_lost(m, gw_mosq_to_errno(rc));
                         return 0;
                 }
                 update_events(m);
@@ -309,13 +309,13 @@ int gw_mqtt_new(struct gw_loop *loop, const struct gw_mqtt_config *cfg, const ch
         rc = mosquitto_will_set_v5(m->mosq, topic, (int) strlen(m->will_payload), m->will_payload,
                                    1, true, NULL);
         if (rc != MOSQ_ERR_SUCCESS) {
-                r = mosq_to_errno(rc);
+                r = gw_mosq_to_errno(rc);
                 goto fail;
         }
         if (cfg->username) {
                 rc = mosquitto_username_pw_set(m->mosq, cfg->username, cfg->password);
                 if (rc != MOSQ_ERR_SUCCESS) {
-                        r = mosq_to_errno(rc);
+                        r = gw_mosq_to_errno(rc);
                         goto fail;
                 }
         }
@@ -325,7 +325,7 @@ int gw_mqtt_new(struct gw_loop *loop, const struct gw_mqtt_config *cfg, const ch
                 if (rc == MOSQ_ERR_SUCCESS && cfg->tls_insecure)
                         rc = mosquitto_tls_insecure_set(m->mosq, true);
                 if (rc != MOSQ_ERR_SUCCESS) {
-                        r = gw_log_error_errno(mosq_to_errno(rc), "MQTT: bad TLS settings: %s",
+                        r = gw_log_error_errno(gw_mosq_to_errno(rc), "MQTT: bad TLS settings: %s",
                                                mosquitto_strerror(rc));
                         goto fail;
                 }
@@ -365,13 +365,13 @@ int gw_mqtt_publish(struct gw_mqtt *m, const char *suffix, const char *payload, 
         rc = mosquitto_publish_v5(m->mosq, NULL, topic, (int) strlen(payload), payload, qos, retain,
                                   NULL);
         if (rc != MOSQ_ERR_SUCCESS)
-                return gw_log_debug_errno(mosq_to_errno(rc), "MQTT: publish to %s failed: %s",
+                return gw_log_debug_errno(gw_mosq_to_errno(rc), "MQTT: publish to %s failed: %s",
                                           topic, mosquitto_strerror(rc));
         /* Write now rather than on the next poll: progress should not lag. */
         if (mosquitto_want_write(m->mosq)) {
                 rc = mosquitto_loop_write(m->mosq, 16);
                 if (rc != MOSQ_ERR_SUCCESS) {
-                        connection_lost(m, mosq_to_errno(rc));
+                        connection_lost(m, gw_mosq_to_errno(rc));
                         return -ECONNRESET;
                 }
         }

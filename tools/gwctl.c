@@ -23,6 +23,8 @@
 #include <unistd.h>
 
 #include "gw/log.h"
+#include "gw/loop.h"
+#include "mqtt.h"
 
 #ifndef GWCTL_VERSION
 #define GWCTL_VERSION "unknown"
@@ -177,54 +179,6 @@ static void on_sigint(int signo)
 static void on_sigalrm(int signo)
 {
         /* Only interrupts a blocking connect(). */
-}
-
-static uint64_t now_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
-}
-
-/* libmosquitto's codes as -errno, here and nowhere else. */
-static int mosq_to_errno(int rc)
-{
-        switch (rc) {
-        case MOSQ_ERR_SUCCESS:
-                return 0;
-        case MOSQ_ERR_NOMEM:
-                return -ENOMEM;
-        case MOSQ_ERR_INVAL:
-        case MOSQ_ERR_MALFORMED_UTF8:
-        case MOSQ_ERR_QOS_NOT_SUPPORTED:
-                return -EINVAL;
-        case MOSQ_ERR_NO_CONN:
-                return -ENOTCONN;
-        case MOSQ_ERR_CONN_REFUSED:
-                return -ECONNREFUSED;
-        case MOSQ_ERR_CONN_LOST:
-                return -ECONNRESET;
-        case MOSQ_ERR_TLS:
-                return -EPROTO;
-        case MOSQ_ERR_PAYLOAD_SIZE:
-        case MOSQ_ERR_OVERSIZE_PACKET:
-                return -EMSGSIZE;
-        case MOSQ_ERR_NOT_SUPPORTED:
-                return -EOPNOTSUPP;
-        case MOSQ_ERR_AUTH:
-                return -EACCES;
-        case MOSQ_ERR_ACL_DENIED:
-                return -EPERM;
-        case MOSQ_ERR_ERRNO:
-                return errno > 0 ? -errno : -EIO;
-        case MOSQ_ERR_EAI:
-                return -EHOSTUNREACH;
-        case MOSQ_ERR_KEEPALIVE:
-                return -ETIMEDOUT;
-        default:
-                return -EIO;
-        }
 }
 
 /* ---- Strings from the outside -------------------------------------------------------------- */
@@ -552,7 +506,7 @@ static void table_draw(struct ctl *c)
         fflush(stdout);
         free(buf);
         c->dirty = false;
-        c->last_draw = now_ms();
+        c->last_draw = gw_now_ms();
 }
 
 /* One line of news for humans; on a terminal it goes above the live table. */
@@ -649,7 +603,7 @@ static int subscribe(struct ctl *c, const char *suffix)
                 return -ENOMEM;
         rc = mosquitto_subscribe_v5(c->mosq, NULL, t, 1, 0, NULL);
         if (rc != MOSQ_ERR_SUCCESS) {
-                int r = mosq_to_errno(rc);
+                int r = gw_mosq_to_errno(rc);
 
                 gw_log_error_errno(r, "Cannot subscribe to %s: %s", t, mosquitto_strerror(rc));
                 free(t);
@@ -668,7 +622,7 @@ static int publish(struct ctl *c)
         rc = mosquitto_publish_v5(c->mosq, &c->pub_mid, c->pub_topic, (int) c->pub_len,
                                   c->pub_len ? c->pub_payload : NULL, 1, c->pub_retain, NULL);
         if (rc != MOSQ_ERR_SUCCESS) {
-                int r = mosq_to_errno(rc);
+                int r = gw_mosq_to_errno(rc);
 
                 gw_log_error("Cannot publish to %s: %s", c->pub_topic,
                              rc == MOSQ_ERR_ERRNO ? strerror(-r) : mosquitto_strerror(rc));
@@ -1171,7 +1125,7 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 /* Once every subscription is acknowledged, retained messages are on their way. */
 static void subscriptions_ready(struct ctl *c)
 {
-        uint64_t now = now_ms();
+        uint64_t now = gw_now_ms();
 
         c->subscribed = true;
         gw_log_debug("Subscriptions acknowledged");
@@ -1371,7 +1325,7 @@ static int session_open(struct ctl *c)
         /* A random client id and a clean start: gwctl never resumes a session. */
         if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t) sizeof(rnd)) {
                 rnd[0] = (uint32_t) getpid();
-                rnd[1] = (uint32_t) now_ms();
+                rnd[1] = (uint32_t) gw_now_ms();
         }
         snprintf(client_id, sizeof(client_id), "gwctl-%08x%08x", rnd[0], rnd[1]);
         c->mosq = mosquitto_new(client_id, true, c);
@@ -1387,14 +1341,15 @@ static int session_open(struct ctl *c)
         if (o->username) {
                 rc = mosquitto_username_pw_set(c->mosq, o->username, o->password);
                 if (rc != MOSQ_ERR_SUCCESS)
-                        return gw_log_error_errno(mosq_to_errno(rc), "Bad username or password: %s",
+                        return gw_log_error_errno(gw_mosq_to_errno(rc),
+                                                  "Bad username or password: %s",
                                                   mosquitto_strerror(rc));
         }
         if (o->tls_ca || o->tls_cert) {
                 rc = mosquitto_tls_set(c->mosq, o->tls_ca, o->tls_ca ? NULL : "/etc/ssl/certs",
                                        o->tls_cert, o->tls_key, NULL);
                 if (rc != MOSQ_ERR_SUCCESS)
-                        return gw_log_error_errno(mosq_to_errno(rc), "Bad TLS settings: %s",
+                        return gw_log_error_errno(gw_mosq_to_errno(rc), "Bad TLS settings: %s",
                                                   mosquitto_strerror(rc));
         }
         /* The broker then drops what is too large for us instead of delivering it. */
@@ -1405,7 +1360,7 @@ static int session_open(struct ctl *c)
         sigaction(SIGALRM, &sa, NULL);
         bound_s = CONNECT_BOUND_S;
         if (c->deadline) {
-                uint64_t left = c->deadline > now_ms() ? c->deadline - now_ms() : 0;
+                uint64_t left = c->deadline > gw_now_ms() ? c->deadline - gw_now_ms() : 0;
 
                 bound_s = (unsigned) ((left + 999) / 1000);
                 if (bound_s == 0)
@@ -1413,7 +1368,7 @@ static int session_open(struct ctl *c)
         }
         alarm(bound_s);
         rc = mosquitto_connect_bind_v5(c->mosq, o->host, o->port, KEEPALIVE_S, NULL, props);
-        r = mosq_to_errno(rc);
+        r = gw_mosq_to_errno(rc);
         alarm(0);
         mosquitto_property_free_all(&props);
         if (rc != MOSQ_ERR_SUCCESS) {
@@ -1433,7 +1388,7 @@ static int session_open(struct ctl *c)
 static void session_run(struct ctl *c)
 {
         while (!c->done) {
-                uint64_t now = now_ms(), wait = 100;
+                uint64_t now = gw_now_ms(), wait = 100;
                 int rc;
 
                 if (interrupted) {
@@ -1461,7 +1416,7 @@ static void session_run(struct ctl *c)
                         wait = c->collect_until - now;
                 rc = mosquitto_loop(c->mosq, (int) wait, 1);
                 if (rc != MOSQ_ERR_SUCCESS && !c->done && !interrupted) {
-                        int r = mosq_to_errno(rc);
+                        int r = gw_mosq_to_errno(rc);
 
                         if (rc == MOSQ_ERR_ERRNO)
                                 gw_log_error_errno(r, "Connection to %s:%d failed: %m", c->o->host,
@@ -1472,7 +1427,7 @@ static void session_run(struct ctl *c)
                         finish(c, 1);
                 }
                 if (c->tty && c->dirty && !c->done && !c->o->json &&
-                    now_ms() - c->last_draw >= REDRAW_MS)
+                    gw_now_ms() - c->last_draw >= REDRAW_MS)
                         table_draw(c);
         }
         if (c->connected) {
@@ -2021,7 +1976,7 @@ int main(int argc, char **argv)
         if (o.verbose)
                 gw_log_set_max_level(LOG_DEBUG);
 
-        c.t0 = now_ms();
+        c.t0 = gw_now_ms();
         if (o.timeout_ms)
                 c.deadline = c.t0 + o.timeout_ms;
         c.tty = isatty(STDOUT_FILENO) && !o.json;
