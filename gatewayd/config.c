@@ -401,6 +401,14 @@ static int check_keys(struct parser *p, const struct cnode *map, const char *con
         return 0;
 }
 
+/* A mapping with only the keys listed. */
+static int expect_map(struct parser *p, const struct cnode *n, const char *const *keys)
+{
+        int r = expect(p, n, CN_MAP);
+
+        return r < 0 ? r : check_keys(p, n, keys);
+}
+
 static bool is_null(const struct cnode *n)
 {
         return n->kind == CN_SCALAR && n->plain &&
@@ -717,10 +725,7 @@ static int parse_tls(struct parser *p, const struct cnode *tls, const char *base
         static const char *const keys[] = {"ca", "cert", "key", "insecure", NULL};
         int r;
 
-        r = expect(p, tls, CN_MAP);
-        if (r < 0)
-                return r;
-        r = check_keys(p, tls, keys);
+        r = expect_map(p, tls, keys);
         if (r < 0)
                 return r;
         m->tls = true;
@@ -748,10 +753,7 @@ static int parse_mqtt(struct parser *p, const struct cnode *mq, const char *base
         uint64_t u;
         int r;
 
-        r = expect(p, mq, CN_MAP);
-        if (r < 0)
-                return r;
-        r = check_keys(p, mq, keys);
+        r = expect_map(p, mq, keys);
         if (r < 0)
                 return r;
 
@@ -832,10 +834,7 @@ static int parse_trust(struct parser *p, const struct cnode *t, const char *base
         const struct cnode *keys_node, *pub, *thr;
         int r;
 
-        r = expect(p, t, CN_MAP);
-        if (r < 0)
-                return r;
-        r = check_keys(p, t, keys);
+        r = expect_map(p, t, keys);
         if (r < 0)
                 return r;
         keys_node = map_get(t, "keys");
@@ -893,20 +892,14 @@ static int parse_root(struct parser *p, const struct cnode *root, const char *ba
         const struct cnode *gw = NULL, *v = NULL;
         int r;
 
-        r = expect(p, root, CN_MAP);
-        if (r < 0)
-                return r;
-        r = check_keys(p, root, keys);
+        r = expect_map(p, root, keys);
         if (r < 0)
                 return r;
 
         r = required(p, root, "gateway", &gw);
         if (r < 0)
                 return r;
-        r = expect(p, gw, CN_MAP);
-        if (r < 0)
-                return r;
-        r = check_keys(p, gw, gw_keys);
+        r = expect_map(p, gw, gw_keys);
         if (r < 0)
                 return r;
         r = get_name(p, gw, "id", &c->gateway_id);
@@ -960,10 +953,7 @@ static int parse_root(struct parser *p, const struct cnode *root, const char *ba
 
         v = map_get(root, "limits");
         if (v) {
-                r = expect(p, v, CN_MAP);
-                if (r < 0)
-                        return r;
-                r = check_keys(p, v, limit_keys);
+                r = expect_map(p, v, limit_keys);
                 if (r < 0)
                         return r;
                 r = get_u64(p, v, "manifest-size", 1024, 64 * 1024 * 1024, &c->manifest_size_max);
@@ -976,10 +966,7 @@ static int parse_root(struct parser *p, const struct cnode *root, const char *ba
 
         v = map_get(root, "fetch");
         if (v) {
-                r = expect(p, v, CN_MAP);
-                if (r < 0)
-                        return r;
-                r = check_keys(p, v, fetch_keys);
+                r = expect_map(p, v, fetch_keys);
                 if (r < 0)
                         return r;
                 r = get_u64(p, v, "min-rate", 0, UINT32_MAX, &c->fetch_min_rate);
