@@ -220,8 +220,10 @@ static int build_header(struct ymodem *y, bool end_of_batch)
                                     NAME_MAX_LEN);
                 memcpy(y->frame + 3, name, name_len);
                 len = name_len + 1;
-                /* Fits: NAME_MAX_LEN + 1 + 20 digits + NUL < BLOCK_LARGE. */
-                n = snprintf((char *) y->frame + 3 + len, BLOCK_LARGE - len, "%" PRIu64,
+                /* Size, then a modification time of 0 ("unknown"): without one, lrzsz's rb
+                 * stamps the file with whatever its parser left in the field. Fits:
+                 * NAME_MAX_LEN + 1 + 20 digits + 2 + NUL < BLOCK_LARGE. */
+                n = snprintf((char *) y->frame + 3 + len, BLOCK_LARGE - len, "%" PRIu64 " 0",
                              y->reader->size);
                 if (n < 0)
                         return fail(y, -EINVAL, "cannot format the image size");

@@ -194,7 +194,7 @@ static bool check_header(struct fake_link *f, const struct fake_step *s)
                 fprintf(stderr, "block 0 name: %.*s\n", (int) name_len, b.data);
                 return false;
         }
-        snprintf(size, sizeof(size), "%zu", cur->size);
+        snprintf(size, sizeof(size), "%zu 0", cur->size);
         i = name_len + 1;
         if (memcmp(b.data + i, size, strlen(size) + 1) != 0) {
                 fprintf(stderr, "block 0 size: %.20s\n", b.data + i);
@@ -734,7 +734,7 @@ static void test_transfer(void **state)
         assert_true(take_block(&w.f, &b));
         assert_int_equal(b.seq, 0);
         assert_string_equal((char *) b.data, "image.bin");
-        snprintf(size, sizeof(size), "%zu", tc->size);
+        snprintf(size, sizeof(size), "%zu 0", tc->size);
         assert_string_equal((char *) b.data + strlen("image.bin") + 1, size);
         if (tc->together) {
                 assert_int_equal(fake_link_deliver(&w.f, ACK C, 2), GW_PROTO_CONTINUE);
@@ -851,15 +851,15 @@ static void test_header_size(void **state)
             {"dir/", NULL, "image", 5, 128},
             {NULL, NULL, "image", 5, 128},
             {"fw.bin", "filename=custom.img", "custom.img", 5, 128},
-            /* 124 + NUL + "1" + NUL = 127; 125 + 2 + 1 = 128; 126 + 2 + 1 = 129. */
+            /* 122 + NUL + "1 0" + NUL = 127; 123 + 5 = 128; 124 + 5 = 129. */
+            {"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+             NULL, NULL, 1, 128},
+            {"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+             NULL, NULL, 1, 128},
             {"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
              "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-             NULL, NULL, 1, 128},
-            {"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-             NULL, NULL, 1, 128},
-            {"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
              NULL, NULL, 1, 1024},
         };
 
