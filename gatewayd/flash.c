@@ -1,5 +1,6 @@
 /* A flash job: drives one protocol instance over one transport link from the loop. It owns
- * the plugins' private state, the link's output queue and the protocol's single timer. */
+ * the plugins' private state, the link's output queue (stream links), the fds a control
+ * transport hands the loop, and the protocol's single timer. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -17,6 +18,19 @@
 /* A protocol queues a block or two at a time; more than this is a protocol bug. */
 #define OUT_QUEUE_MAX (256u * 1024u)
 #define READ_CHUNK    4096u
+/* usbfs refuses bigger control transfers. */
+#define CONTROL_MAX 4096u
+/* How often a board that re-enumerates is looked for. */
+#define REOPEN_POLL_MS 50u
+
+/* An fd a transport asked the loop to watch. */
+struct watch {
+        struct gw_flash *f;
+        struct watch *next;
+        struct gw_source *source;
+        void (*cb)(void *userdata, int fd, short revents);
+        void *userdata;
+};
 
 struct gw_flash {
         struct gw_loop *loop;
@@ -33,6 +47,19 @@ struct gw_flash {
         struct gw_proto_host host;
         struct gw_source *io;
         struct gw_source *timer;
+        struct gw_options *topts; /* kept to open the link again (reopen) */
+
+        /* Control links: fds of the transport's library, a completed transfer waiting to be
+         * delivered from a clean stack (not from inside the library's event handler), and a
+         * board being looked for after it re-enumerates. */
+        struct watch *watches;
+        struct gw_source *deliver;
+        bool control_pending;
+        int control_status;
+        uint8_t control_data[CONTROL_MAX];
+        size_t control_len;
+        struct gw_source *reopen_timer;
+        uint64_t reopen_deadline;
 
         uint8_t *out;
         size_t out_off, out_len, out_allocated;
@@ -241,6 +268,166 @@ static int on_timer(struct gw_source *s, uint64_t now, void *userdata)
         return 0;
 }
 
+static int on_watch(struct gw_source *s, int fd, short revents, void *userdata)
+{
+        struct watch *w = userdata;
+
+        w->cb(w->userdata, fd, revents);
+        return 0;
+}
+
+static int flash_watch_fd(void *ctx, int fd, short events,
+                          void (*cb)(void *userdata, int fd, short revents), void *userdata,
+                          void **ret_handle)
+{
+        struct gw_flash *f = ctx;
+        struct watch *w = calloc(1, sizeof(*w));
+        int r;
+
+        if (!w)
+                return -ENOMEM;
+        w->f = f;
+        w->cb = cb;
+        w->userdata = userdata;
+        r = gw_loop_add_io(f->loop, fd, events, on_watch, w, &w->source);
+        if (r < 0) {
+                free(w);
+                return r;
+        }
+        w->next = f->watches;
+        f->watches = w;
+        *ret_handle = w;
+        return 0;
+}
+
+static void flash_unwatch_fd(void *ctx, void *handle)
+{
+        struct gw_flash *f = ctx;
+
+        for (struct watch **p = &f->watches; *p; p = &(*p)->next)
+                if (*p == handle) {
+                        struct watch *w = *p;
+
+                        *p = w->next;
+                        gw_source_free(w->source);
+                        free(w);
+                        return;
+                }
+}
+
+static const struct gw_usb_device_info *flash_usb_info(void *ctx)
+{
+        struct gw_flash *f = ctx;
+
+        return f->link_open && f->t->usb_info ? f->t->usb_info(f->tpriv) : NULL;
+}
+
+static int flash_select_alt(void *ctx, uint8_t interface, uint8_t alt)
+{
+        struct gw_flash *f = ctx;
+
+        if (!f->link_open)
+                return -ENODEV;
+        return f->t->select_alt ? f->t->select_alt(f->tpriv, interface, alt) : -EOPNOTSUPP;
+}
+
+/* Runs inside the transport library's event handling: only record, deliver from the loop. */
+static void on_control_done(void *userdata, int status, const uint8_t *data, size_t len)
+{
+        struct gw_flash *f = userdata;
+
+        if (len > sizeof(f->control_data))
+                len = sizeof(f->control_data);
+        if (data && len)
+                memcpy(f->control_data, data, len);
+        f->control_len = data ? len : 0;
+        f->control_status = status;
+        f->control_pending = true;
+        gw_source_set_time(f->deliver, gw_now_ms());
+}
+
+static int on_deliver(struct gw_source *s, uint64_t now, void *userdata)
+{
+        struct gw_flash *f = userdata;
+
+        if (!f->control_pending)
+                return 0;
+        f->control_pending = false;
+        if (f->running && f->p->control_done)
+                handle_result(f, f->p->control_done(f->ppriv, f->control_status, f->control_data,
+                                                    f->control_len));
+        return 0;
+}
+
+static int flash_control(void *ctx, const struct gw_control_setup *setup, const void *data,
+                         unsigned timeout_ms)
+{
+        struct gw_flash *f = ctx;
+
+        if (!f->link_open)
+                return -ENODEV;
+        if (!f->t->control)
+                return -EOPNOTSUPP;
+        if (setup->length > CONTROL_MAX)
+                return -EINVAL;
+        return f->t->control(f->tpriv, setup, data, timeout_ms, on_control_done, f);
+}
+
+static int flash_reset(void *ctx)
+{
+        struct gw_flash *f = ctx;
+
+        if (!f->link_open)
+                return -ENODEV;
+        return f->t->reset ? f->t->reset(f->tpriv) : -EOPNOTSUPP;
+}
+
+static void link_close(struct gw_flash *f)
+{
+        if (!f->link_open)
+                return;
+        f->t->close(f->tpriv);
+        f->link_open = false;
+        f->control_pending = false;
+        /* Whatever the transport left watched goes with the link. */
+        while (f->watches)
+                flash_unwatch_fd(f, f->watches);
+        memset(f->tpriv, 0, f->t->priv_size ? f->t->priv_size : 1);
+}
+
+static int on_reopen_timer(struct gw_source *s, uint64_t now, void *userdata)
+{
+        struct gw_flash *f = userdata;
+        int r;
+
+        r = f->t->open(f->tpriv, f->topts, &f->svc);
+        if (r >= 0) {
+                f->link_open = true;
+                gw_log_debug("%s: link open again", f->name);
+                if (f->running && f->p->reopened)
+                        handle_result(f, f->p->reopened(f->ppriv, 0));
+                return 0;
+        }
+        memset(f->tpriv, 0, f->t->priv_size ? f->t->priv_size : 1);
+        if (now >= f->reopen_deadline) {
+                if (f->running && f->p->reopened)
+                        handle_result(f, f->p->reopened(f->ppriv, -ETIMEDOUT));
+                return 0;
+        }
+        gw_source_set_time(f->reopen_timer, now + REOPEN_POLL_MS);
+        return 0;
+}
+
+static int flash_reopen(void *ctx, uint64_t timeout_ms)
+{
+        struct gw_flash *f = ctx;
+        uint64_t now = gw_now_ms();
+
+        link_close(f);
+        f->reopen_deadline = now + timeout_ms;
+        return gw_source_set_time(f->reopen_timer, now + REOPEN_POLL_MS);
+}
+
 int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transport_ops *t,
                  const struct gw_options *topts, const struct gw_protocol_ops *p,
                  const struct gw_options *popts, struct gw_flash **ret)
@@ -254,8 +441,12 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
                 return gw_log_debug_errno(
                     -EPROTO, "%s: protocol %s needs a %s link, transport %s is %s", name, p->name,
                     gw_link_shape_to_string(p->shape), t->name, gw_link_shape_to_string(t->shape));
-        if (t->shape != GW_LINK_STREAM)
+        if (t->shape != GW_LINK_STREAM && t->shape != GW_LINK_CONTROL)
                 return -EOPNOTSUPP;
+        if (t->shape == GW_LINK_CONTROL &&
+            (t->version < 2 || !t->control || !t->usb_info || p->version < 2 || !p->control_done))
+                return gw_log_debug_errno(-EPROTO, "%s: %s/%s lack the control link ops", name,
+                                          t->name, p->name);
 
         f = calloc(1, sizeof(*f));
         if (!f)
@@ -275,6 +466,8 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
             .ctx = f,
             .logv = flash_logv,
             .now_ms = flash_now,
+            .watch_fd = flash_watch_fd,
+            .unwatch_fd = flash_unwatch_fd,
         };
         f->host = (struct gw_proto_host){
             .version = GW_PROTO_HOST_VERSION,
@@ -287,6 +480,20 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
             .progress = flash_progress,
             .set_error = flash_set_error,
         };
+        if (t->shape == GW_LINK_CONTROL) {
+                f->host.write = NULL;
+                f->host.flush_input = NULL;
+                f->host.usb_info = flash_usb_info;
+                f->host.select_alt = flash_select_alt;
+                f->host.control = flash_control;
+                f->host.reset = flash_reset;
+                f->host.reopen = flash_reopen;
+        }
+        f->topts = gw_options_new();
+        if (!f->topts || gw_options_merge(f->topts, topts) < 0) {
+                r = -ENOMEM;
+                goto fail;
+        }
 
         r = t->open(f->tpriv, topts, &f->svc);
         if (r < 0)
@@ -301,7 +508,13 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
         r = gw_loop_add_timer(loop, 0, on_timer, f, &f->timer);
         if (r < 0)
                 goto fail;
-        r = gw_loop_add_io(loop, t->get_fd(f->tpriv), 0, on_io, f, &f->io);
+        if (t->shape == GW_LINK_STREAM)
+                r = gw_loop_add_io(loop, t->get_fd(f->tpriv), 0, on_io, f, &f->io);
+        else {
+                r = gw_loop_add_timer(loop, 0, on_deliver, f, &f->deliver);
+                if (r >= 0)
+                        r = gw_loop_add_timer(loop, 0, on_reopen_timer, f, &f->reopen_timer);
+        }
         if (r < 0)
                 goto fail;
         *ret = f;
@@ -361,10 +574,15 @@ struct gw_flash *gw_flash_free(struct gw_flash *f)
                 return NULL;
         gw_source_free(f->io);
         gw_source_free(f->timer);
+        gw_source_free(f->deliver);
+        gw_source_free(f->reopen_timer);
         if (f->proto_init)
                 f->p->done(f->ppriv);
         if (f->link_open)
-                f->t->close(f->tpriv);
+                link_close(f);
+        while (f->watches)
+                flash_unwatch_fd(f, f->watches);
+        gw_options_free(f->topts);
         free(f->tpriv);
         free(f->ppriv);
         free(f->out);

@@ -20,10 +20,11 @@
  * own version, not this. */
 #define GW_PLUGIN_ABI_VERSION 1
 
-#define GW_TRANSPORT_OPS_VERSION 1
-#define GW_PROTOCOL_OPS_VERSION  1
-#define GW_SERVICES_VERSION      1
-#define GW_PROTO_HOST_VERSION    1
+/* Version 2 of each added the control link shape (USB). */
+#define GW_TRANSPORT_OPS_VERSION 2
+#define GW_PROTOCOL_OPS_VERSION  2
+#define GW_SERVICES_VERSION      2
+#define GW_PROTO_HOST_VERSION    2
 
 enum gw_link_shape {
         GW_LINK_STREAM = 1, /* a byte stream: UART, pty, TCP serial bridge */
@@ -42,7 +43,50 @@ struct gw_plugin_services {
         void (*logv)(void *ctx, int level, const char *fmt, va_list ap);
         /* Monotonic time in milliseconds (a virtual clock under test). */
         uint64_t (*now_ms)(void *ctx);
+
+        /* Version 2. */
+        /* Watches fd from the core's loop: cb runs there when one of events (POLLIN, POLLOUT)
+         * occurs. *ret_handle identifies the watch for unwatch_fd(). 0 or -errno. Transports
+         * whose library brings its own fds (libusb) hand them to the loop this way. NULL
+         * where the caller has no loop (gwflash list): then no op that waits may be used. */
+        int (*watch_fd)(void *ctx, int fd, short events,
+                        void (*cb)(void *userdata, int fd, short revents), void *userdata,
+                        void **ret_handle);
+        void (*unwatch_fd)(void *ctx, void *handle);
 };
+
+/* A USB control transfer's setup packet (USB 2.0 section 9.3). */
+struct gw_control_setup {
+        uint8_t request_type; /* bmRequestType: bit 7 set = IN (device to host) */
+        uint8_t request;      /* bRequest */
+        uint16_t value;       /* wValue */
+        uint16_t index;       /* wIndex */
+        uint16_t length;      /* wLength: bytes sent (OUT) or at most received (IN) */
+};
+
+/* One alternate setting of one interface of a USB device. */
+struct gw_usb_alt {
+        uint8_t interface, alt;
+        uint8_t class_code, subclass, protocol;
+        const char *name;     /* the iInterface string (DfuSe: the memory layout), or NULL */
+        const uint8_t *extra; /* class-specific descriptors that follow it (DFU functional) */
+        size_t extra_len;
+};
+
+/* What a control transport knows of the device it opened. Owned by the transport, valid
+ * from open() to close(). */
+struct gw_usb_device_info {
+        uint16_t vid, pid, bcd_device;
+        const char *serial; /* iSerialNumber, or NULL */
+        const char *path;   /* bus and port chain, "1-2.3": stable for a port, not a board */
+        const struct gw_usb_alt *alts;
+        size_t n_alts;
+};
+
+/* Completion of a control transfer: status = bytes transferred (>= 0) or -errno (-EPIPE:
+ * the device stalled, -ETIMEDOUT, -ENODEV: it is gone). data/len: what an IN transfer
+ * received, valid for the call only. */
+typedef void (*gw_control_done_fn)(void *userdata, int status, const uint8_t *data, size_t len);
 
 /* One thing a transport found attached (for gwflash list and the inventory). */
 struct gw_link_info {
@@ -82,6 +126,22 @@ struct gw_transport_ops {
         /* Calls cb for every link of this kind that is attached now; stops early and returns
          * cb's value when it is non-zero. 0 or -errno. NULL = cannot enumerate. */
         int (*enumerate)(const struct gw_plugin_services *svc, gw_link_enum_cb cb, void *userdata);
+
+        /* Version 2: control shape (USB). NULL on other shapes. */
+        /* The device this link opened. Never NULL after a successful open(). */
+        const struct gw_usb_device_info *(*usb_info)(void *priv);
+        /* Claims the interface and selects the alternate setting. Quick ioctls, may block
+         * briefly. 0, -ENODEV, -EBUSY (another driver or program has it), -EINVAL. */
+        int (*select_alt)(void *priv, uint8_t interface, uint8_t alt);
+        /* Submits one control transfer and returns at once; done() runs later from the loop,
+         * never from inside this call. For OUT, data holds setup->length bytes (copied). At
+         * most one transfer is in flight per link. 0 or -errno (-ENODEV: the device is gone,
+         * -EINVAL: length over 4096, Linux usbfs's limit). */
+        int (*control)(void *priv, const struct gw_control_setup *setup, const void *data,
+                       unsigned timeout_ms, gw_control_done_fn done, void *userdata);
+        /* Resets the device's port. The device may re-enumerate, after which this link is
+         * dead (control() then fails with -ENODEV). 0 or -errno. */
+        int (*reset)(void *priv);
 };
 
 /* The image a protocol installs: read at any offset, so a protocol can resend a block.
@@ -114,6 +174,20 @@ struct gw_proto_host {
         void (*progress)(void *ctx, uint64_t done, uint64_t total);
         /* Sets the human-readable reason for a failure about to be returned (copied). */
         void (*set_error)(void *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+        /* Version 2: control links (USB). NULL on other shapes. */
+        /* As the transport's ops of the same names. */
+        const struct gw_usb_device_info *(*usb_info)(void *ctx);
+        int (*select_alt)(void *ctx, uint8_t interface, uint8_t alt);
+        /* Submits one control transfer; its completion arrives as ops->control_done(). */
+        int (*control)(void *ctx, const struct gw_control_setup *setup, const void *data,
+                       unsigned timeout_ms);
+        int (*reset)(void *ctx);
+        /* Closes the link and opens the same board again once it is back (after DFU_DETACH
+         * or a reset it re-enumerates, possibly with its DFU-mode ids): the transport matches
+         * it by serial number or port path. Tries for up to timeout_ms; the outcome arrives
+         * as ops->reopened(). 0 or -errno. */
+        int (*reopen)(void *ctx, uint64_t timeout_ms);
 };
 
 /* Returned by install(), input() and timeout(): negative errno = failed (the core stops the
@@ -156,6 +230,13 @@ struct gw_protocol_ops {
          * acknowledgement was lost with the link (a bootloader that resets right after the
          * transfer), else -EPIPE. NULL = the core fails the operation with -EPIPE. */
         int (*hangup)(void *priv);
+
+        /* Version 2: control links (USB). */
+        /* A transfer submitted with host->control() completed (see gw_control_done_fn). */
+        int (*control_done)(void *priv, int status, const uint8_t *data, size_t len);
+        /* host->reopen() finished: status 0 (the link is open again; usb_info() describes the
+         * device as it came back) or -ETIMEDOUT. */
+        int (*reopened)(void *priv, int status);
 };
 
 /* Out-of-tree plugins: a shared module in the plugin directory exports
