@@ -25,8 +25,10 @@ int gw_manifest_errno(enum gw_error code)
         case GW_ERR_EXPIRED:
                 return -EKEYEXPIRED;
         case GW_ERR_SEQUENCE_ROLLBACK:
+        case GW_ERR_DOWNGRADE:
                 return -ESTALE;
         case GW_ERR_GATEWAY_INCOMPATIBLE:
+        case GW_ERR_NODE_INCOMPATIBLE:
                 return -ENODEV;
         case GW_ERR_INTERNAL:
                 return -ENOMEM;

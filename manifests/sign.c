@@ -252,6 +252,35 @@ static int body_type(const char *body, size_t len, const char **ret, struct gw_m
         return r;
 }
 
+int gw_document_type(const void *buf, size_t len, const char **ret, struct gw_manifest_error *err)
+{
+        struct ynode *root = NULL;
+        size_t body_len = len, sigs_off;
+        const char *kind;
+        int r;
+
+        if (len > GW_MANIFEST_MAX_SIZE_DEFAULT)
+                return gw_manifest_fail(err, GW_ERR_MANIFEST_TOO_LARGE,
+                                        "%zu bytes, more than the %zu allowed", len,
+                                        GW_MANIFEST_MAX_SIZE_DEFAULT);
+        if (gw_envelope_split(buf, len, &body_len, &sigs_off) < 0 ||
+            !looks_like_sigs((const char *) buf + sigs_off, len - sigs_off))
+                body_len = len;
+        r = gw_ytree_load(buf, body_len, GW_ERR_BODY_MALFORMED, &root, err);
+        if (r < 0)
+                return r;
+        kind = gw_ytree_kind(root) ?: "";
+        if (strcmp(kind, "gatewayd/manifest") == 0)
+                *ret = GW_MANIFEST_PAYLOAD_TYPE;
+        else if (strcmp(kind, "gatewayd/keys") == 0)
+                *ret = GW_KEYS_PAYLOAD_TYPE;
+        else
+                r = gw_manifest_fail(err, GW_ERR_SCHEMA_INVALID,
+                                     "kind: expected gatewayd/manifest or gatewayd/keys");
+        gw_ytree_free(root);
+        return r;
+}
+
 struct outbuf {
         char *p;
         size_t len, alloc;

@@ -22,6 +22,13 @@ void gw_manifest_state_advance(struct gw_manifest_state *s, const struct gw_mani
                 s->latest_trusted_time = now;
 }
 
+void gw_manifest_state_rotated(struct gw_manifest_state *s)
+{
+        s->has_sequence = false;
+        s->sequence = 0;
+        memset(s->sha256, 0, sizeof(s->sha256));
+}
+
 static int parse_u64(const char *s, uint64_t *ret)
 {
         char *end;

@@ -202,11 +202,43 @@ int gw_manifest_verify(const struct gw_trust *trust, const struct gw_manifest_ve
  * latest trusted time moved forward only. */
 void gw_manifest_state_advance(struct gw_manifest_state *s, const struct gw_manifest *m,
                                time_t now);
+/* After a key rotation was accepted (gw_trust_rotate): forgets the last sequence and its hash,
+ * so that the new root starts a sequence of its own (fast-forward recovery: a huge sequence
+ * signed with compromised old keys no longer blocks manifests signed by the new ones), and
+ * keeps the latest trusted time, which never moves backwards. The caller saves s. */
+void gw_manifest_state_rotated(struct gw_manifest_state *s);
 /* Reads DIR/manifest-state. A missing file is an empty state (returns 0). -EBADMSG when it
  * does not parse, -errno otherwise. */
 int gw_manifest_state_load(const char *dir, struct gw_manifest_state *ret);
 /* Writes DIR/manifest-state atomically (temp file, fsync, rename, fsync of DIR). */
 int gw_manifest_state_save(const char *dir, const struct gw_manifest_state *s);
+
+/* ---- Per-node checks (after identify) ---------------------------------------------------- */
+
+/* Orders two version strings: < 0 when a is older than b, 0 when they are the same version,
+ * > 0 when a is newer. Semver-like (docs/manifest.md, "Version order"): an optional leading
+ * "v" before a digit is dropped; build metadata after '+' is ignored; the release part (before
+ * the first '-') is dot-separated components, a missing one counting as 0 (1.4 == 1.4.0);
+ * within a component, runs of digits compare numerically and other runs bytewise, digits
+ * before letters ("rc2" < "rc10"); a pre-release ("-rc1") sorts before its release, and
+ * pre-releases compare component by component, the shorter list first. NULL sorts first.
+ * A total order; pure function. */
+int gw_version_compare(const char *a, const char *b);
+
+/* Anti-downgrade for one node: -ESTALE with err code downgrade when img->version is older
+ * than installed_version (gw_version_compare) and !m->policy.allow_downgrade. 0 when it is
+ * the same or newer, when the policy allows downgrades, or when installed_version is NULL or
+ * empty (the node did not say what it runs). -EINVAL when m or img is NULL. */
+int gw_manifest_check_downgrade(const struct gw_manifest *m, const struct gw_manifest_image *img,
+                                const char *installed_version, struct gw_manifest_error *err);
+
+/* Per-node hardware: every key of img->hardware must be present in reported (what the
+ * protocol's identify() said; may be NULL = nothing reported) with an equal value. Values
+ * that both parse as unsigned integers (decimal or 0x hex) compare by value ("0x413" equals
+ * "1043"), others byte for byte. Keys reported but not in img->hardware are ignored.
+ * 0, or -ENODEV with err code node-incompatible naming the key; -EINVAL when img is NULL. */
+int gw_manifest_check_hardware(const struct gw_manifest_image *img,
+                               const struct gw_options *reported, struct gw_manifest_error *err);
 
 /* ---- Envelope and signing --------------------------------------------------------------- */
 
@@ -243,6 +275,12 @@ int gw_signer_public_pem(const struct gw_signer *s, char **ret);
 int gw_signer_sign(const struct gw_signer *s, const char *type, const void *body, size_t len,
                    uint8_t **ret, size_t *ret_len);
 
+/* What a document is, from its body's top-level "kind": *ret = GW_MANIFEST_PAYLOAD_TYPE or
+ * GW_KEYS_PAYLOAD_TYPE. buf is a bare body or a whole two-document file (at most
+ * GW_MANIFEST_MAX_SIZE_DEFAULT bytes); nothing else of the body is checked. For tools only:
+ * a verifier never lets the data choose the type it is verified as. Negative errno with err
+ * (manifest-too-large, body-malformed, schema-invalid). */
+int gw_document_type(const void *buf, size_t len, const char **ret, struct gw_manifest_error *err);
 /* Adds s's signature to a manifest or keys document (payload type from its "kind"), replacing
  * any earlier signature with the same keyid and keeping the others in order. buf is either
  * the two-document form, or a bare body (no "---" line, or a last "---" line not followed by

@@ -1,7 +1,8 @@
 /* Fuzz target for the manifest library (manifests/): the bytes are a manifest or a keys
- * document as a gateway receives it. They go through the envelope splitter, the body parser,
- * the full verifier against two fixed one-key trust roots (Ed25519, P-256; the seeds carry
- * valid signatures by both), the keys loader and a key rotation. Each result is checked
+ * document as a gateway receives it. They go through the envelope splitter, the body parser
+ * (and the per-node version and hardware checks on what it parsed), the full verifier against
+ * two fixed one-key trust roots (Ed25519, P-256; the seeds carry valid signatures by both),
+ * the keys loader and a key rotation. Each result is checked
  * against the contract in include/gw/manifest.h. */
 #include <errno.h>
 #include <stdbool.h>
@@ -13,6 +14,7 @@
 #include <openssl/sha.h>
 
 #include "gw/manifest.h"
+#include "gw/options.h"
 
 #include "fuzz-manifest-keys.h"
 #include "fuzz.h"
@@ -126,8 +128,28 @@ static void check_manifest(const struct gw_manifest *m)
                 fuzz_check(im->size >= 1);
                 fuzz_check(im->n_hardware <= GW_MANIFEST_MAX_HARDWARE);
                 fuzz_check(im->n_mirrors <= GW_MANIFEST_MAX_MIRRORS);
-                for (size_t j = 0; j < i; j++)
+                for (size_t j = 0; j < i; j++) {
+                        const char *a = im->version, *b = m->images[j].version;
+                        int ab = gw_version_compare(a, b), ba = gw_version_compare(b, a);
+
                         fuzz_check(strcmp(m->images[j].name, im->name) != 0);
+                        /* The version order is antisymmetric on whatever versions parse. */
+                        fuzz_check((ab > 0) == (ba < 0) && (ab == 0) == (ba == 0));
+                }
+                fuzz_check(gw_version_compare(im->version, im->version) == 0);
+                /* Per-node checks: the same version is never a downgrade, and a node that
+                 * reports exactly the image's hardware map is compatible. */
+                fuzz_check(gw_manifest_check_downgrade(m, im, im->version, NULL) == 0);
+                {
+                        struct gw_options *o = gw_options_new();
+
+                        fuzz_check(o != NULL);
+                        for (size_t k = 0; k < im->n_hardware; k++)
+                                fuzz_check(gw_options_set(o, im->hardware[k].key,
+                                                          im->hardware[k].value) == 0);
+                        fuzz_check(gw_manifest_check_hardware(im, o, NULL) == 0);
+                        gw_options_free(o);
+                }
         }
 }
 

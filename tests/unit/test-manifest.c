@@ -835,6 +835,52 @@ static void test_pae(void **state)
         free(pae);
 }
 
+/* Version order for anti-downgrade: a < b in every row, and each row is antisymmetric. */
+static void test_version_compare(void **state)
+{
+        static const struct {
+                const char *a, *b;
+                int expect;
+        } v[] = {
+            {"1.4.2", "1.4.10", -1}, /* numeric, not bytewise */
+            {"1.9", "1.10", -1},
+            {"2", "10", -1},
+            {"1.4", "1.4.0", 0}, /* missing components are 0 */
+            {"1.4.0.1", "1.4", 1},
+            {"007", "7", 0},
+            {"1.4.0-rc1", "1.4.0", -1}, /* a pre-release sorts before its release */
+            {"1.4.0-rc2", "1.4.0-rc10", -1},
+            {"1.4.0-rc", "1.4.0-rc1", -1},
+            {"1.0-alpha", "1.0-beta", -1},
+            {"1.0-rc", "1.0-rc.1", -1},
+            {"1.0-rc.2", "1.0-rc.10", -1},
+            {"1.0-1", "1.0-alpha", -1},
+            {"1.3.9", "1.4.0-rc1", -1},
+            {"v1.2", "1.2", 0},
+            {"V2.0", "v1.9", 1},
+            {"1.2+build5", "1.2+build4", 0},
+            {"1.2+b", "1.2-rc1", 1},
+            {"1.a", "1.b", -1},
+            {"1.2", "1.2a", -1},
+            {"r100", "r99", 1},
+            {"", "0", 0},
+            {"18446744073709551616", "18446744073709551615", 1},
+            {"99999999999999999999999999", "100000000000000000000000000", -1},
+        };
+
+        for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+                int ab = gw_version_compare(v[i].a, v[i].b);
+                int ba = gw_version_compare(v[i].b, v[i].a);
+
+                if ((ab > 0) - (ab < 0) != v[i].expect || (ba > 0) - (ba < 0) != -v[i].expect)
+                        fail_msg("%s vs %s: got %d / %d, expected %d", v[i].a, v[i].b, ab, ba,
+                                 v[i].expect);
+                assert_int_equal(gw_version_compare(v[i].a, v[i].a), 0);
+        }
+        assert_true(gw_version_compare(NULL, "1") < 0);
+        assert_int_equal(gw_version_compare(NULL, NULL), 0);
+}
+
 static void test_error_strings(void **state)
 {
         for (int e = 0; e < _GW_ERR_MAX; e++) {
@@ -854,11 +900,17 @@ static void test_error_strings(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_envelope_split), cmocka_unit_test(test_pae),
-            cmocka_unit_test(test_error_strings),  cmocka_unit_test(test_good),
-            cmocka_unit_test(test_signatures),     cmocka_unit_test(test_body),
-            cmocka_unit_test(test_limits),         cmocka_unit_test(test_context),
-            cmocka_unit_test(test_sign),           cmocka_unit_test(test_keys),
+            cmocka_unit_test(test_envelope_split),
+            cmocka_unit_test(test_pae),
+            cmocka_unit_test(test_error_strings),
+            cmocka_unit_test(test_good),
+            cmocka_unit_test(test_signatures),
+            cmocka_unit_test(test_body),
+            cmocka_unit_test(test_limits),
+            cmocka_unit_test(test_context),
+            cmocka_unit_test(test_sign),
+            cmocka_unit_test(test_keys),
+            cmocka_unit_test(test_version_compare),
         };
 
         return cmocka_run_group_tests(tests, setup_keys, teardown_keys);
