@@ -524,18 +524,19 @@ fail:
         return r;
 }
 
-int gw_flash_install(struct gw_flash *f, const struct gw_reader *reader,
-                     const struct gw_flash_callbacks *cb, void *userdata)
+/* Starts an operation (install, upload) and handles what its first step returned. */
+static int start(struct gw_flash *f, int (*op)(struct gw_flash *f, const void *arg),
+                 const void *arg, const struct gw_flash_callbacks *cb, void *userdata)
 {
         int r;
 
-        if (!f || !reader || f->running)
-                return -EINVAL;
+        if (f->running)
+                return -EBUSY;
         f->cb = cb;
         f->userdata = userdata;
         f->reason[0] = '\0';
         f->running = true;
-        r = f->p->install(f->ppriv, reader);
+        r = op(f, arg);
         if (r < 0) {
                 f->running = false;
                 return r;
@@ -549,6 +550,34 @@ int gw_flash_install(struct gw_flash *f, const struct gw_reader *reader,
         if (r < 0)
                 f->running = false;
         return r;
+}
+
+static int op_install(struct gw_flash *f, const void *arg)
+{
+        return f->p->install(f->ppriv, arg);
+}
+
+static int op_upload(struct gw_flash *f, const void *arg)
+{
+        return f->p->upload(f->ppriv, arg);
+}
+
+int gw_flash_install(struct gw_flash *f, const struct gw_reader *reader,
+                     const struct gw_flash_callbacks *cb, void *userdata)
+{
+        if (!f || !reader)
+                return -EINVAL;
+        return start(f, op_install, reader, cb, userdata);
+}
+
+int gw_flash_upload(struct gw_flash *f, const struct gw_writer *writer,
+                    const struct gw_flash_callbacks *cb, void *userdata)
+{
+        if (!f || !writer)
+                return -EINVAL;
+        if (f->p->version < 2 || !f->p->upload)
+                return -EOPNOTSUPP;
+        return start(f, op_upload, writer, cb, userdata);
 }
 
 void gw_flash_cancel(struct gw_flash *f)
@@ -641,4 +670,51 @@ void gw_file_reader_close(struct gw_reader *r)
         close((int) (intptr_t) r->ctx);
         free((char *) r->name);
         *r = (struct gw_reader){0};
+}
+
+static ssize_t file_pwrite(void *ctx, const void *buf, size_t n, uint64_t off)
+{
+        int fd = (int) (intptr_t) ctx;
+        size_t done = 0;
+
+        while (done < n) {
+                ssize_t r =
+                    pwrite(fd, (const uint8_t *) buf + done, n - done, (off_t) (off + done));
+
+                if (r < 0 && errno == EINTR)
+                        continue;
+                if (r <= 0)
+                        return r < 0 ? -errno : -EIO;
+                done += (size_t) r;
+        }
+        return (ssize_t) n;
+}
+
+int gw_file_writer_open(const char *path, uint64_t max, struct gw_writer *ret)
+{
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+        if (fd < 0)
+                return -errno;
+        *ret = (struct gw_writer){
+            .max = max,
+            .ctx = (void *) (intptr_t) fd,
+            .pwrite = file_pwrite,
+        };
+        return 0;
+}
+
+int gw_file_writer_close(struct gw_writer *w)
+{
+        int fd, r = 0;
+
+        if (!w || !w->pwrite)
+                return 0;
+        fd = (int) (intptr_t) w->ctx;
+        if (fsync(fd) < 0)
+                r = -errno;
+        if (close(fd) < 0 && r == 0)
+                r = -errno;
+        *w = (struct gw_writer){0};
+        return r;
 }

@@ -26,6 +26,10 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
 /* Starts installing; the reader must stay valid until finished() ran. */
 int gw_flash_install(struct gw_flash *f, const struct gw_reader *reader,
                      const struct gw_flash_callbacks *cb, void *userdata);
+/* Starts reading the node's image back into writer (protocols with an upload op); the
+ * writer must stay valid until finished() ran. -EOPNOTSUPP when the protocol cannot. */
+int gw_flash_upload(struct gw_flash *f, const struct gw_writer *writer,
+                    const struct gw_flash_callbacks *cb, void *userdata);
 /* Asks the protocol to stop; finished() follows with -ECANCELED. */
 void gw_flash_cancel(struct gw_flash *f);
 struct gw_flash *gw_flash_free(struct gw_flash *f);
@@ -33,3 +37,8 @@ struct gw_flash *gw_flash_free(struct gw_flash *f);
 /* A gw_reader over a local file. gw_file_reader_close() accepts a zeroed reader. */
 int gw_file_reader_open(const char *path, const char *name, struct gw_reader *ret);
 void gw_file_reader_close(struct gw_reader *r);
+/* A gw_writer into a new local file (created or truncated, mode 0644), taking at most max
+ * bytes. gw_file_writer_close() fsyncs it and returns 0 or -errno; it accepts a zeroed
+ * writer. */
+int gw_file_writer_open(const char *path, uint64_t max, struct gw_writer *ret);
+int gw_file_writer_close(struct gw_writer *w);

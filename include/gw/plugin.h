@@ -155,6 +155,16 @@ struct gw_reader {
         ssize_t (*pread)(void *ctx, void *buf, size_t n, uint64_t off);
 };
 
+/* Where a protocol puts what it reads back from a node (upload): written at any offset.
+ * The core owns it and keeps it alive until the operation ended. */
+struct gw_writer {
+        uint64_t max; /* the most the caller wants; the protocol stops there */
+        void *ctx;
+        /* Writes n bytes of buf at off. Returns n or -errno. A local file: may block on disk
+         * I/O, never on the network. */
+        ssize_t (*pwrite)(void *ctx, const void *buf, size_t n, uint64_t off);
+};
+
 /* What a protocol instance may ask of the core that drives it. */
 struct gw_proto_host {
         uint32_t version; /* GW_PROTO_HOST_VERSION */
@@ -237,6 +247,10 @@ struct gw_protocol_ops {
         /* host->reopen() finished: status 0 (the link is open again; usb_info() describes the
          * device as it came back) or -ETIMEDOUT. */
         int (*reopened)(void *priv, int status);
+        /* Reads the node's image back into w (DFU UPLOAD), driven like install(): progress
+         * counts bytes read, GW_PROTO_DONE when the node ended the upload (a short block) or
+         * w->max bytes arrived. NULL = the protocol cannot read back. */
+        int (*upload)(void *priv, const struct gw_writer *w);
 };
 
 /* Out-of-tree plugins: a shared module in the plugin directory exports
