@@ -17,6 +17,9 @@ extern const struct gw_transport_ops gw_transport_uart_ops;
 #ifdef GW_BUILTIN_PROTOCOL_YMODEM
 extern const struct gw_protocol_ops gw_protocol_ymodem_ops;
 #endif
+#ifdef GW_BUILTIN_PROTOCOL_DFU
+extern const struct gw_protocol_ops gw_protocol_dfu_ops;
+#endif
 
 static const struct gw_transport_ops *const builtin_transports[] = {
 #ifdef GW_BUILTIN_TRANSPORT_UART
@@ -28,6 +31,9 @@ static const struct gw_transport_ops *const builtin_transports[] = {
 static const struct gw_protocol_ops *const builtin_protocols[] = {
 #ifdef GW_BUILTIN_PROTOCOL_YMODEM
     &gw_protocol_ymodem_ops,
+#endif
+#ifdef GW_BUILTIN_PROTOCOL_DFU
+    &gw_protocol_dfu_ops,
 #endif
     NULL,
 };

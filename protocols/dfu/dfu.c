@@ -1,0 +1,1052 @@
+/* The dfu protocol plugin: USB DFU 1.1 and ST's DfuSe extension as a state machine fed by
+ * control transfer completions, re-enumeration outcomes and timer expiries. It never sleeps:
+ * while the device is busy it arms the timer for bwPollTimeout (capped), and when the device
+ * already reports idle it sends the next request at once. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <syslog.h>
+
+#include "gw/plugin.h"
+
+#include "dfu-desc.h"
+
+/* Class requests (DFU 1.1 section 3) and DfuSe commands (AN3156). */
+#define DFU_DETACH    0
+#define DFU_DNLOAD    1
+#define DFU_GETSTATUS 3
+#define DFU_CLRSTATUS 4
+#define DFU_ABORT     6
+
+#define REQ_OUT 0x21 /* class, interface, host to device */
+#define REQ_IN  0xa1
+
+#define DFUSE_SET_ADDRESS 0x21
+#define DFUSE_ERASE       0x41
+#define DFUSE_CMD_LEN     5
+/* Data blocks are numbered from 2; block n lands at the address set + (n - 2) * size. */
+#define DFUSE_BLOCK_FIRST 2u
+#define DFUSE_RUN_BLOCKS  (0xffffu - DFUSE_BLOCK_FIRST + 1u)
+
+#define CLASS_APP_SPECIFIC 0xfe
+#define SUBCLASS_DFU       0x01
+#define PROTOCOL_RUNTIME   0x01
+
+#define DEFAULT_POLL_MAX_MS         5000
+#define DEFAULT_TIMEOUT_MS          1800000
+#define DEFAULT_TRANSFER_TIMEOUT_MS 5000
+#define DEFAULT_REENUMERATE_TIMEOUT 10000
+#define DEFAULT_DETACH_MS           1000
+#define ALT_NAME_MAX                255
+/* CLRSTATUS, ABORT and resets at the start before the device counts as unrecoverable. */
+#define RECOVERIES_MAX 4
+
+enum dfu_state {
+        DFU_STATE_IDLE,        /* init() done, nothing started */
+        DFU_STATE_DETACHING,   /* DFU_DETACH sent to a run-time mode device */
+        DFU_STATE_REENUMERATE, /* waiting for the board to come back (reopened()) */
+        DFU_STATE_START,       /* GETSTATUS sent to learn the device's state */
+        DFU_STATE_START_WAIT,  /* the device is busy: waiting to ask again */
+        DFU_STATE_CLEARING,    /* CLRSTATUS sent (found in dfuERROR) */
+        DFU_STATE_ABORTING,    /* ABORT sent (found mid-transfer) */
+        DFU_STATE_COMMAND,     /* a DNLOAD (data, DfuSe command or the final empty one) sent */
+        DFU_STATE_POLL,        /* GETSTATUS sent after a DNLOAD */
+        DFU_STATE_POLL_WAIT,   /* the device is busy with it: waiting bwPollTimeout */
+        DFU_STATE_STALLED,     /* GETSTATUS sent after a stalled DNLOAD, to learn why */
+        DFU_STATE_MANIFEST,    /* GETSTATUS sent after the empty DNLOAD */
+        DFU_STATE_MANIFEST_WAIT,
+        DFU_STATE_CANCELLING, /* ABORT sent after cancel() */
+        DFU_STATE_DONE,
+        DFU_STATE_FAILED,
+        _DFU_STATE_MAX,
+};
+
+/* What the DNLOAD in flight carries. */
+enum dfu_command {
+        CMD_DATA,
+        CMD_ERASE,
+        CMD_SET_ADDRESS,
+        CMD_LEAVE_ADDRESS, /* DfuSe: the start address again, before leaving */
+        CMD_END,           /* the empty DNLOAD: end of the image, manifestation follows */
+};
+
+struct dfu {
+        const struct gw_proto_host *host;
+
+        /* Options. */
+        char alt_name[ALT_NAME_MAX + 1]; /* "alt" when not a number; empty = none */
+        bool alt_is_number;
+        uint64_t alt_number;
+        uint64_t poll_max_ms, timeout_ms, transfer_timeout_ms, reenumerate_timeout_ms;
+        uint64_t transfer_size_opt; /* 0 = the device's */
+        bool have_address;
+        uint64_t address_opt;
+        bool leave;
+
+        const struct gw_reader *reader;
+        enum dfu_state state;
+        int error;
+        uint64_t deadline;    /* the armed timer, 0 = none */
+        uint64_t op_deadline; /* when the whole operation gives up */
+        bool cancel_requested;
+        unsigned recoveries;
+
+        /* The device as last opened. */
+        uint8_t interface, alt;
+        bool runtime, dfuse;
+        struct gw_dfu_functional func;
+        uint16_t xfer; /* wTransferSize capped */
+        struct gw_dfuse_layout layout;
+
+        /* The download. */
+        enum dfu_command cmd;
+        uint16_t cmd_len;
+        uint64_t offset;  /* image bytes the device acknowledged */
+        uint16_t block;   /* DFU 1.1: the next block number */
+        uint32_t address; /* DfuSe: where the image starts */
+        uint64_t erase_cursor;
+        bool run_open;       /* DfuSe: SET_ADDRESS done for the current run */
+        uint32_t run_blocks; /* data blocks sent in the current run */
+        uint8_t buf[GW_DFU_TRANSFER_MAX];
+};
+
+static const char *const state_names[_DFU_STATE_MAX] = {
+    [DFU_STATE_IDLE] = "idle",
+    [DFU_STATE_DETACHING] = "detaching",
+    [DFU_STATE_REENUMERATE] = "reenumerate",
+    [DFU_STATE_START] = "start",
+    [DFU_STATE_START_WAIT] = "start-wait",
+    [DFU_STATE_CLEARING] = "clearing",
+    [DFU_STATE_ABORTING] = "aborting",
+    [DFU_STATE_COMMAND] = "command",
+    [DFU_STATE_POLL] = "poll",
+    [DFU_STATE_POLL_WAIT] = "poll-wait",
+    [DFU_STATE_STALLED] = "stalled",
+    [DFU_STATE_MANIFEST] = "manifest",
+    [DFU_STATE_MANIFEST_WAIT] = "manifest-wait",
+    [DFU_STATE_CANCELLING] = "cancelling",
+    [DFU_STATE_DONE] = "done",
+    [DFU_STATE_FAILED] = "failed",
+};
+
+static const char *dfu_state_to_string(enum dfu_state s)
+{
+        if ((unsigned) s >= _DFU_STATE_MAX)
+                return NULL;
+        return state_names[s];
+}
+
+static const char *command_name(enum dfu_command c)
+{
+        switch (c) {
+        case CMD_DATA:
+                return "DNLOAD";
+        case CMD_ERASE:
+                return "ERASE";
+        case CMD_SET_ADDRESS:
+        case CMD_LEAVE_ADDRESS:
+                return "SET_ADDRESS";
+        case CMD_END:
+                return "the final empty DNLOAD";
+        }
+        return "?";
+}
+
+static const char *dev_state_name(unsigned s)
+{
+        const char *n = gw_dfu_dev_state_to_string(s);
+
+        return n ? n : "unknown";
+}
+
+static void debug(struct dfu *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void debug(struct dfu *d, const char *fmt, ...)
+{
+        va_list ap;
+
+        if (!d->host->logv)
+                return;
+        va_start(ap, fmt);
+        d->host->logv(d->host->ctx, LOG_DEBUG, fmt, ap);
+        va_end(ap);
+}
+
+static void set_state(struct dfu *d, enum dfu_state s)
+{
+        if (d->state == s)
+                return;
+        debug(d, "dfu: %s -> %s", dfu_state_to_string(d->state), dfu_state_to_string(s));
+        d->state = s;
+}
+
+static void arm(struct dfu *d, uint64_t at)
+{
+        d->deadline = at;
+        d->host->set_deadline(d->host->ctx, at);
+}
+
+static void disarm(struct dfu *d)
+{
+        d->deadline = 0;
+        d->host->set_deadline(d->host->ctx, 0);
+}
+
+static uint64_t now(struct dfu *d)
+{
+        return d->host->now_ms(d->host->ctx);
+}
+
+/* Enters FAILED with err, whose reason the core reports; returns err. */
+static int fail(struct dfu *d, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(struct dfu *d, int err, const char *fmt, ...)
+{
+        char msg[256];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        debug(d, "dfu: %s", msg);
+        if (d->host->set_error)
+                d->host->set_error(d->host->ctx, "%s", msg);
+        d->error = err;
+        set_state(d, DFU_STATE_FAILED);
+        disarm(d);
+        return err;
+}
+
+/* The device reported an error status. */
+static int fail_status(struct dfu *d, const struct gw_dfu_status *st, const char *during)
+{
+        if (st->status == 0x0b) /* errVENDOR: the reason is string descriptor iString */
+                return fail(d, gw_dfu_status_to_errno(st->status),
+                            "device error %s during %s: %s (string descriptor %u)",
+                            gw_dfu_status_to_string(st->status), during,
+                            gw_dfu_status_to_message(st->status), st->istring);
+        return fail(d, gw_dfu_status_to_errno(st->status), "device error %s during %s: %s",
+                    gw_dfu_status_to_string(st->status), during,
+                    gw_dfu_status_to_message(st->status));
+}
+
+static int succeed(struct dfu *d)
+{
+        set_state(d, DFU_STATE_DONE);
+        disarm(d);
+        return GW_PROTO_DONE;
+}
+
+static int result(const struct dfu *d)
+{
+        if (d->state == DFU_STATE_DONE)
+                return GW_PROTO_DONE;
+        if (d->state == DFU_STATE_FAILED)
+                return d->error;
+        return GW_PROTO_CONTINUE;
+}
+
+/* Submits one class request to the DFU interface and enters s. */
+static int submit(struct dfu *d, enum dfu_state s, uint8_t type, uint8_t request, uint16_t value,
+                  const void *data, uint16_t length)
+{
+        struct gw_control_setup setup = {
+            .request_type = type,
+            .request = request,
+            .value = value,
+            .index = d->interface,
+            .length = length,
+        };
+        int r;
+
+        set_state(d, s);
+        r = d->host->control(d->host->ctx, &setup, data, (unsigned) d->transfer_timeout_ms);
+        if (r < 0)
+                return fail(d, r, "submitting a control transfer failed: %s", strerror(-r));
+        return GW_PROTO_CONTINUE;
+}
+
+static int get_status(struct dfu *d, enum dfu_state s)
+{
+        return submit(d, s, REQ_IN, DFU_GETSTATUS, 0, NULL, GW_DFU_STATUS_LEN);
+}
+
+/* The device is busy for ms: ask again after that, capped by poll-max-ms and by the
+ * operation's deadline, which, once passed, fails the operation. */
+static int wait_poll(struct dfu *d, enum dfu_state s, uint32_t ms, const char *what)
+{
+        uint64_t t = now(d), wait = ms, at;
+
+        if (t >= d->op_deadline)
+                return fail(d, -ETIMEDOUT, "gave up after %" PRIu64 " ms: the device is still %s",
+                            d->timeout_ms, what);
+        if (wait > d->poll_max_ms)
+                wait = d->poll_max_ms;
+        if (wait == 0)
+                wait = 1; /* a busy device asking for no wait must not spin the loop */
+        at = t + wait;
+        if (at > d->op_deadline)
+                at = d->op_deadline;
+        set_state(d, s);
+        arm(d, at);
+        return GW_PROTO_CONTINUE;
+}
+
+/* Picks the DFU alternate setting: in run-time mode the first run-time DFU interface; in DFU
+ * mode the one named by option "alt" (number, whole name, or DfuSe layout name), else the
+ * first. NULL when none fits. */
+static const struct gw_usb_alt *choose_alt(const struct dfu *d,
+                                           const struct gw_usb_device_info *info, bool *ret_runtime)
+{
+        const struct gw_usb_alt *first_dfu = NULL, *first_runtime = NULL;
+
+        for (size_t i = 0; i < info->n_alts; i++) {
+                const struct gw_usb_alt *a = &info->alts[i];
+
+                if (a->class_code != CLASS_APP_SPECIFIC || a->subclass != SUBCLASS_DFU)
+                        continue;
+                if (a->protocol == PROTOCOL_RUNTIME) {
+                        if (!first_runtime)
+                                first_runtime = a;
+                        continue;
+                }
+                if (!first_dfu)
+                        first_dfu = a;
+        }
+        if (!first_dfu) {
+                *ret_runtime = first_runtime != NULL;
+                return first_runtime;
+        }
+        *ret_runtime = false;
+        if (!d->alt_is_number && !d->alt_name[0])
+                return first_dfu;
+        for (size_t i = 0; i < info->n_alts; i++) {
+                const struct gw_usb_alt *a = &info->alts[i];
+                struct gw_dfuse_layout l;
+                const char *want = d->alt_name;
+
+                if (a->class_code != CLASS_APP_SPECIFIC || a->subclass != SUBCLASS_DFU ||
+                    a->protocol == PROTOCOL_RUNTIME)
+                        continue;
+                if (d->alt_is_number) {
+                        if (a->alt == d->alt_number)
+                                return a;
+                        continue;
+                }
+                if (!a->name)
+                        continue;
+                if (strcmp(a->name, want) == 0)
+                        return a;
+                if (want[0] == '@')
+                        want++;
+                if (gw_dfuse_parse_layout(a->name, &l) == 0 && strcmp(l.name, want) == 0)
+                        return a;
+        }
+        return NULL;
+}
+
+/* The functional descriptor follows the interface it belongs to, but hosts attach it to
+ * different alternate settings: look in the chosen one, then its interface's, then any. */
+static int find_functional(const struct gw_usb_device_info *info, const struct gw_usb_alt *alt,
+                           struct gw_dfu_functional *ret)
+{
+        int r = gw_dfu_parse_functional(alt->extra, alt->extra_len, ret);
+
+        if (r != -ENOENT)
+                return r;
+        for (int pass = 0; pass < 2; pass++)
+                for (size_t i = 0; i < info->n_alts; i++) {
+                        const struct gw_usb_alt *a = &info->alts[i];
+
+                        if (a == alt || (pass == 0 && a->interface != alt->interface))
+                                continue;
+                        r = gw_dfu_parse_functional(a->extra, a->extra_len, ret);
+                        if (r != -ENOENT)
+                                return r;
+                }
+        return -ENOENT;
+}
+
+/* Reads what the device offers into d. for_install: also claims the interface and checks the
+ * image against the memory layout. 0 or the failure (already reported). */
+static int setup_device(struct dfu *d, bool for_install)
+{
+        const struct gw_usb_device_info *info =
+            d->host->usb_info ? d->host->usb_info(d->host->ctx) : NULL;
+        const struct gw_usb_alt *alt;
+        int r;
+
+        if (!info)
+                return fail(d, -ENODEV, "no USB device on this link");
+        if (info->n_alts > 0 && !info->alts)
+                return fail(d, -EINVAL, "the transport lists alternate settings without data");
+        alt = choose_alt(d, info, &d->runtime);
+        if (!alt) {
+                if (d->alt_is_number)
+                        return fail(d, -ENOENT, "%04x:%04x has no DFU alternate setting %" PRIu64,
+                                    info->vid, info->pid, d->alt_number);
+                if (d->alt_name[0])
+                        return fail(d, -ENOENT, "%04x:%04x has no DFU alternate setting \"%s\"",
+                                    info->vid, info->pid, d->alt_name);
+                return fail(d, -ENOENT, "%04x:%04x has no DFU interface", info->vid, info->pid);
+        }
+        d->interface = alt->interface;
+        d->alt = alt->alt;
+        r = find_functional(info, alt, &d->func);
+        if (r == -ENOENT)
+                return fail(d, -EPROTO, "DFU interface %u has no DFU functional descriptor",
+                            alt->interface);
+        if (r < 0)
+                return fail(d, -EPROTO, "DFU interface %u has a malformed functional descriptor",
+                            alt->interface);
+        d->xfer = d->func.transfer_size;
+        if (d->xfer > GW_DFU_TRANSFER_MAX)
+                d->xfer = GW_DFU_TRANSFER_MAX;
+        if (d->transfer_size_opt && d->xfer > d->transfer_size_opt)
+                d->xfer = (uint16_t) d->transfer_size_opt;
+        d->dfuse = !d->runtime && d->func.bcd_dfu == GW_DFU_BCD_DFUSE;
+        debug(d,
+              "dfu: %04x:%04x interface %u alt %u (%s mode), DFU %x.%02x, attributes 0x%02x, "
+              "transfer size %u (declared %u), detach timeout %u ms",
+              info->vid, info->pid, d->interface, d->alt, d->runtime ? "run-time" : "DFU",
+              d->func.bcd_dfu >> 8, d->func.bcd_dfu & 0xff, d->func.attributes, d->xfer,
+              d->func.transfer_size, d->func.detach_timeout_ms);
+        if (d->dfuse) {
+                if (gw_dfuse_parse_layout(alt->name, &d->layout) < 0)
+                        return fail(d, -EPROTO,
+                                    "DfuSe alternate setting %u has no valid memory layout in its "
+                                    "name \"%.80s\"",
+                                    d->alt, alt->name ? alt->name : "");
+        }
+        if (!for_install)
+                return 0;
+
+        r = d->host->select_alt(d->host->ctx, d->interface, d->alt);
+        if (r < 0)
+                return fail(d, r, "selecting interface %u alternate setting %u failed: %s%s",
+                            d->interface, d->alt, strerror(-r),
+                            r == -EBUSY ? " (another driver or program holds it)" : "");
+        if (d->runtime)
+                return 0;
+        if (!(d->func.attributes & GW_DFU_ATTR_CAN_DNLOAD))
+                return fail(d, -EOPNOTSUPP,
+                            "the device does not accept downloads (bitCanDnload "
+                            "is clear)");
+        if (!d->dfuse) {
+                if (d->have_address)
+                        return fail(d, -EINVAL, "option address applies to DfuSe devices only");
+                return 0;
+        }
+        if (d->have_address)
+                d->address = (uint32_t) d->address_opt;
+        else if (gw_dfuse_first_writable(&d->layout, &d->address) < 0)
+                return fail(d, -ENOSPC, "the DfuSe layout \"%s\" has no writable memory",
+                            d->layout.name);
+        {
+                uint64_t bad = 0;
+
+                if (gw_dfuse_check_writable(&d->layout, d->address, d->reader->size, &bad) < 0)
+                        return fail(d, -ENOSPC,
+                                    "the image (%" PRIu64 " bytes at 0x%08" PRIx32 ") does not fit "
+                                    "in the writable memory of \"%s\": 0x%08" PRIx64
+                                    " is not writable",
+                                    d->reader->size, d->address, d->layout.name, bad);
+        }
+        return 0;
+}
+
+/* Reads len image bytes at off into d->buf. */
+static int read_image(struct dfu *d, uint64_t off, size_t len)
+{
+        size_t got = 0;
+
+        while (got < len) {
+                ssize_t n = d->reader->pread(d->reader->ctx, d->buf + got, len - got, off + got);
+
+                if (n < 0)
+                        return fail(d, (int) n, "reading the image at %" PRIu64 " failed: %s",
+                                    off + got, strerror((int) -n));
+                if (n == 0 || (size_t) n > len - got)
+                        return fail(d, -EIO,
+                                    "the image ended at %" PRIu64 ", before its size %" PRIu64,
+                                    off + got, d->reader->size);
+                got += (size_t) n;
+        }
+        return 0;
+}
+
+static int send_dnload(struct dfu *d, enum dfu_command cmd, uint16_t value, uint16_t len)
+{
+        d->cmd = cmd;
+        d->cmd_len = len;
+        return submit(d, DFU_STATE_COMMAND, REQ_OUT, DFU_DNLOAD, value, len ? d->buf : NULL, len);
+}
+
+static int send_dfuse_command(struct dfu *d, enum dfu_command cmd, uint32_t addr)
+{
+        d->buf[0] = cmd == CMD_ERASE ? DFUSE_ERASE : DFUSE_SET_ADDRESS;
+        d->buf[1] = (uint8_t) addr;
+        d->buf[2] = (uint8_t) (addr >> 8);
+        d->buf[3] = (uint8_t) (addr >> 16);
+        d->buf[4] = (uint8_t) (addr >> 24);
+        debug(d, "dfu: DfuSe %s 0x%08" PRIx32, command_name(cmd), addr);
+        return send_dnload(d, cmd, 0, DFUSE_CMD_LEN);
+}
+
+static int send_data(struct dfu *d, uint16_t value)
+{
+        uint64_t remaining = d->reader->size - d->offset;
+        size_t len = remaining < d->xfer ? (size_t) remaining : d->xfer;
+        int r = read_image(d, d->offset, len);
+
+        if (r < 0)
+                return r;
+        return send_dnload(d, CMD_DATA, value, (uint16_t) len);
+}
+
+static int send_end(struct dfu *d)
+{
+        return send_dnload(d, CMD_END, d->dfuse ? DFUSE_BLOCK_FIRST : d->block, 0);
+}
+
+/* Sends what comes next: DfuSe erases every page the image covers, sets the address once per
+ * run of blocks, writes, and leaves; DFU 1.1 writes numbered blocks. */
+static int next_step(struct dfu *d)
+{
+        uint64_t size = d->reader->size;
+
+        if (!d->dfuse) {
+                if (d->offset < size)
+                        return send_data(d, d->block);
+                return send_end(d);
+        }
+        while (d->erase_cursor < (uint64_t) d->address + size) {
+                uint64_t start = 0, end = 0;
+                const struct gw_dfuse_segment *g =
+                    gw_dfuse_find_page(&d->layout, (uint32_t) d->erase_cursor, &start, &end);
+
+                if (!g) /* checked before the download began */
+                        return fail(d, -ENOSPC, "0x%08" PRIx64 " is outside the memory layout",
+                                    d->erase_cursor);
+                d->erase_cursor = end;
+                if (g->type & GW_DFUSE_ERASABLE)
+                        return send_dfuse_command(d, CMD_ERASE, (uint32_t) start);
+        }
+        if (d->offset < size) {
+                if (!d->run_open || d->run_blocks >= DFUSE_RUN_BLOCKS)
+                        return send_dfuse_command(d, CMD_SET_ADDRESS,
+                                                  (uint32_t) (d->address + d->offset));
+                return send_data(d, (uint16_t) (DFUSE_BLOCK_FIRST + d->run_blocks));
+        }
+        if (d->leave)
+                return send_dfuse_command(d, CMD_LEAVE_ADDRESS, d->address);
+        debug(d, "dfu: image written, staying in DFU mode (leave=false)");
+        return succeed(d);
+}
+
+static void report_progress(struct dfu *d)
+{
+        if (d->host->progress)
+                d->host->progress(d->host->ctx, d->offset, d->reader->size);
+}
+
+/* The device finished the DNLOAD in flight (it reports dfuDNLOAD_IDLE). */
+static int command_done(struct dfu *d)
+{
+        switch (d->cmd) {
+        case CMD_DATA:
+                d->offset += d->cmd_len;
+                if (d->dfuse)
+                        d->run_blocks++;
+                else
+                        d->block++;
+                report_progress(d);
+                break;
+        case CMD_SET_ADDRESS:
+                d->run_open = true;
+                d->run_blocks = 0;
+                break;
+        case CMD_LEAVE_ADDRESS:
+                return send_end(d);
+        case CMD_ERASE:
+        case CMD_END:
+                break;
+        }
+        return next_step(d);
+}
+
+static int begin_download(struct dfu *d)
+{
+        d->offset = 0;
+        d->block = 0;
+        d->erase_cursor = d->address;
+        d->run_open = false;
+        d->run_blocks = 0;
+        debug(d, "dfu: downloading %" PRIu64 " bytes in blocks of %u%s", d->reader->size, d->xfer,
+              d->dfuse ? " (DfuSe)" : "");
+        report_progress(d);
+        return next_step(d);
+}
+
+/* A device that does not tolerate manifestation may reset and vanish once it has the whole
+ * image, and a DfuSe device leaves DFU mode on request: then a lost device is the end. */
+static bool vanishing_expected(const struct dfu *d)
+{
+        if (d->dfuse)
+                return d->leave;
+        return !(d->func.attributes & GW_DFU_ATTR_MANIFEST_TOLERANT);
+}
+
+static bool is_lost(int status)
+{
+        return status == -ENODEV || status == -EPIPE || status == -EIO;
+}
+
+/* Sends ABORT to a device found in a transfer (or CLRSTATUS when in dfuERROR), bounded. */
+static int recover(struct dfu *d, const struct gw_dfu_status *st)
+{
+        if (d->recoveries >= RECOVERIES_MAX)
+                return fail(d, -EPROTO,
+                            "the device does not return to dfuIDLE (still %s after %u "
+                            "attempts)",
+                            dev_state_name(st->state), d->recoveries);
+        d->recoveries++;
+        if (st->state == GW_DFU_ERROR) {
+                debug(d, "dfu: device in dfuERROR (%s), clearing",
+                      gw_dfu_status_to_string(st->status));
+                return submit(d, DFU_STATE_CLEARING, REQ_OUT, DFU_CLRSTATUS, 0, NULL, 0);
+        }
+        debug(d, "dfu: device in %s, aborting", dev_state_name(st->state));
+        return submit(d, DFU_STATE_ABORTING, REQ_OUT, DFU_ABORT, 0, NULL, 0);
+}
+
+static int reenumerate(struct dfu *d, const char *why)
+{
+        int r;
+
+        debug(d, "dfu: %s, waiting up to %" PRIu64 " ms for the board to come back", why,
+              d->reenumerate_timeout_ms);
+        set_state(d, DFU_STATE_REENUMERATE);
+        r = d->host->reopen(d->host->ctx, d->reenumerate_timeout_ms);
+        if (r < 0)
+                return fail(d, r, "waiting for the board to re-enumerate failed: %s", strerror(-r));
+        return GW_PROTO_CONTINUE;
+}
+
+static int reset_and_reenumerate(struct dfu *d, const char *why)
+{
+        int r = d->host->reset(d->host->ctx);
+
+        if (r < 0 && r != -ENODEV)
+                return fail(d, r, "resetting the device failed: %s", strerror(-r));
+        return reenumerate(d, why);
+}
+
+static int on_start_status(struct dfu *d, const struct gw_dfu_status *st)
+{
+        switch (st->state) {
+        case GW_DFU_IDLE:
+                return begin_download(d);
+        case GW_DFU_ERROR:
+        case GW_DFU_DNLOAD_IDLE:
+        case GW_DFU_UPLOAD_IDLE:
+        case GW_DFU_DNLOAD_SYNC:
+        case GW_DFU_MANIFEST_SYNC:
+                return recover(d, st);
+        case GW_DFU_DNBUSY:
+        case GW_DFU_MANIFEST:
+                return wait_poll(d, DFU_STATE_START_WAIT, st->poll_timeout_ms,
+                                 dev_state_name(st->state));
+        case GW_DFU_MANIFEST_WAIT_RESET:
+                if (d->recoveries >= RECOVERIES_MAX)
+                        return fail(d, -EPROTO, "the device keeps waiting for a reset");
+                d->recoveries++;
+                return reset_and_reenumerate(d, "device waits for a reset after manifestation");
+        default:
+                return fail(d, -EPROTO, "the device reports the run-time state %s in DFU mode",
+                            dev_state_name(st->state));
+        }
+}
+
+static int on_poll_status(struct dfu *d, const struct gw_dfu_status *st)
+{
+        if (st->status != GW_DFU_STATUS_OK)
+                return fail_status(d, st, command_name(d->cmd));
+        switch (st->state) {
+        case GW_DFU_DNLOAD_IDLE:
+                /* Done with it: the next request goes out now, without any wait. */
+                return command_done(d);
+        case GW_DFU_DNBUSY:
+        case GW_DFU_DNLOAD_SYNC:
+                return wait_poll(d, DFU_STATE_POLL_WAIT, st->poll_timeout_ms, "busy");
+        default:
+                return fail(d, -EPROTO, "the device left the download: %s after %s",
+                            dev_state_name(st->state), command_name(d->cmd));
+        }
+}
+
+static int on_manifest_status(struct dfu *d, const struct gw_dfu_status *st)
+{
+        if (st->status != GW_DFU_STATUS_OK)
+                return fail_status(d, st, "manifestation");
+        switch (st->state) {
+        case GW_DFU_IDLE:
+                debug(d, "dfu: manifestation complete");
+                return succeed(d);
+        case GW_DFU_MANIFEST_SYNC:
+        case GW_DFU_MANIFEST:
+        case GW_DFU_DNBUSY:
+                return wait_poll(d, DFU_STATE_MANIFEST_WAIT, st->poll_timeout_ms, "manifesting");
+        case GW_DFU_MANIFEST_WAIT_RESET: {
+                int r = d->host->reset(d->host->ctx);
+
+                if (r < 0 && r != -ENODEV)
+                        return fail(d, r, "resetting the device after manifestation failed: %s",
+                                    strerror(-r));
+                debug(d, "dfu: manifestation complete, device reset");
+                return succeed(d);
+        }
+        default:
+                return fail(d, -EPROTO, "unexpected state %s during manifestation",
+                            dev_state_name(st->state));
+        }
+}
+
+/* Handles a completed transfer whose state expected one. */
+static int handle_done(struct dfu *d, int status, const uint8_t *data, size_t len)
+{
+        struct gw_dfu_status st;
+        enum dfu_state s = d->state;
+        bool status_reply = s == DFU_STATE_START || s == DFU_STATE_POLL || s == DFU_STATE_STALLED ||
+                            s == DFU_STATE_MANIFEST;
+
+        if (status_reply && status >= 0) {
+                if (gw_dfu_parse_status(data, (size_t) status < len ? (size_t) status : len, &st) <
+                    0)
+                        return fail(d, -EBADMSG, "malformed DFU_GETSTATUS reply (%d bytes)",
+                                    status);
+                debug(d, "dfu: status %s, state %s, poll %" PRIu32 " ms",
+                      gw_dfu_status_to_string(st.status), dev_state_name(st.state),
+                      st.poll_timeout_ms);
+        }
+
+        switch (s) {
+        case DFU_STATE_DETACHING:
+                if (status == -EPIPE)
+                        return fail(d, -EPIPE, "the device refused DFU_DETACH");
+                if (status < 0 && status != -ENODEV &&
+                    !(status == -EIO && (d->func.attributes & GW_DFU_ATTR_WILL_DETACH)))
+                        return fail(d, status, "DFU_DETACH failed: %s", strerror(-status));
+                if (status == -ENODEV || (d->func.attributes & GW_DFU_ATTR_WILL_DETACH))
+                        return reenumerate(d, "detached");
+                return reset_and_reenumerate(d, "detach requested, device reset");
+
+        case DFU_STATE_START:
+                if (status < 0)
+                        return fail(d, status, "DFU_GETSTATUS failed: %s", strerror(-status));
+                return on_start_status(d, &st);
+
+        case DFU_STATE_CLEARING:
+                if (status < 0)
+                        return fail(d, status, "DFU_CLRSTATUS failed: %s", strerror(-status));
+                return get_status(d, DFU_STATE_START);
+
+        case DFU_STATE_ABORTING:
+                /* A device that stalls the ABORT is in dfuERROR now: the next GETSTATUS shows. */
+                if (status < 0 && status != -EPIPE)
+                        return fail(d, status, "DFU_ABORT failed: %s", strerror(-status));
+                return get_status(d, DFU_STATE_START);
+
+        case DFU_STATE_COMMAND:
+                if (status == -EPIPE)
+                        return get_status(d, DFU_STATE_STALLED);
+                if (status < 0 && d->cmd == CMD_END && status == -ENODEV && vanishing_expected(d)) {
+                        debug(d, "dfu: device gone after the final DNLOAD: done");
+                        return succeed(d);
+                }
+                if (status < 0)
+                        return fail(d, status, "%s failed: %s%s", command_name(d->cmd),
+                                    strerror(-status),
+                                    status == -ENODEV ? " (the device disconnected)" : "");
+                if (status != d->cmd_len)
+                        return fail(d, -EIO, "%s: the device took %d of %u bytes",
+                                    command_name(d->cmd), status, d->cmd_len);
+                return get_status(d, d->cmd == CMD_END ? DFU_STATE_MANIFEST : DFU_STATE_POLL);
+
+        case DFU_STATE_POLL:
+                if (status < 0)
+                        return fail(d, status, "DFU_GETSTATUS after %s failed: %s%s",
+                                    command_name(d->cmd), strerror(-status),
+                                    status == -ENODEV ? " (the device disconnected)" : "");
+                return on_poll_status(d, &st);
+
+        case DFU_STATE_STALLED:
+                if (status < 0)
+                        return fail(d, -EPIPE, "the device stalled %s", command_name(d->cmd));
+                if (st.status != GW_DFU_STATUS_OK)
+                        return fail_status(d, &st, command_name(d->cmd));
+                return fail(d, -EPIPE, "the device stalled %s (status OK, state %s)",
+                            command_name(d->cmd), dev_state_name(st.state));
+
+        case DFU_STATE_MANIFEST:
+                if (status < 0 && is_lost(status) && vanishing_expected(d)) {
+                        debug(d, "dfu: device gone during manifestation: done");
+                        return succeed(d);
+                }
+                if (status < 0)
+                        return fail(d, status, "DFU_GETSTATUS during manifestation failed: %s",
+                                    strerror(-status));
+                return on_manifest_status(d, &st);
+
+        case DFU_STATE_CANCELLING:
+                return fail(d, -ECANCELED, "cancelled");
+
+        default:
+                debug(d, "dfu: transfer completion in state %s, ignoring", dfu_state_to_string(s));
+                return result(d);
+        }
+}
+
+/* init() touches neither the link nor the timer: a bad option is only explained. */
+static int bad_option(struct dfu *d, const char *key, const char *expected)
+{
+        debug(d, "dfu: option %s: expected %s", key, expected);
+        if (d->host->set_error)
+                d->host->set_error(d->host->ctx, "option %s: expected %s", key, expected);
+        return -EINVAL;
+}
+
+static int dfu_init(void *priv, const struct gw_options *opts, const struct gw_proto_host *host)
+{
+        struct dfu *d = priv;
+        const char *alt;
+
+        d->host = host;
+        d->state = DFU_STATE_IDLE;
+        alt = gw_options_get(opts, "alt");
+        if (alt) {
+                size_t n = strlen(alt);
+
+                if (n == 0 || n > ALT_NAME_MAX)
+                        return bad_option(d, "alt", "a number or a name of 1 to 255 bytes");
+                if (gw_parse_u64(alt, &d->alt_number) == 0) {
+                        if (d->alt_number > 255)
+                                return bad_option(d, "alt", "a number from 0 to 255, or a name");
+                        d->alt_is_number = true;
+                } else
+                        memcpy(d->alt_name, alt, n + 1);
+        }
+        if (gw_options_get_u64(opts, "poll-max-ms", DEFAULT_POLL_MAX_MS, 1, 600000,
+                               &d->poll_max_ms) < 0)
+                return bad_option(d, "poll-max-ms", "1 to 600000");
+        if (gw_options_get_u64(opts, "timeout-ms", DEFAULT_TIMEOUT_MS, 1, 86400000,
+                               &d->timeout_ms) < 0)
+                return bad_option(d, "timeout-ms", "1 to 86400000");
+        if (gw_options_get_u64(opts, "transfer-timeout-ms", DEFAULT_TRANSFER_TIMEOUT_MS, 1, 600000,
+                               &d->transfer_timeout_ms) < 0)
+                return bad_option(d, "transfer-timeout-ms", "1 to 600000");
+        if (gw_options_get_u64(opts, "reenumerate-timeout-ms", DEFAULT_REENUMERATE_TIMEOUT, 1,
+                               600000, &d->reenumerate_timeout_ms) < 0)
+                return bad_option(d, "reenumerate-timeout-ms", "1 to 600000");
+        if (gw_options_get_u64(opts, "transfer-size", 0, 1, GW_DFU_TRANSFER_MAX,
+                               &d->transfer_size_opt) < 0)
+                return bad_option(d, "transfer-size", "1 to 4096");
+        if (gw_options_get(opts, "address")) {
+                if (gw_options_get_u64(opts, "address", 0, 0, UINT32_MAX, &d->address_opt) < 0)
+                        return bad_option(d, "address", "a 32-bit address");
+                d->have_address = true;
+        }
+        if (gw_options_get_bool(opts, "leave", true, &d->leave) < 0)
+                return bad_option(d, "leave", "true or false");
+        return 0;
+}
+
+static void dfu_done(void *priv)
+{
+        /* Nothing allocated: the block buffer lives in priv, the reader is the core's. */
+}
+
+static int dfu_install(void *priv, const struct gw_reader *reader)
+{
+        struct dfu *d = priv;
+        int r;
+
+        if (d->state != DFU_STATE_IDLE)
+                return -EBUSY;
+        if (!reader || !reader->pread)
+                return -EINVAL;
+        if (!d->host->control || !d->host->usb_info || !d->host->select_alt || !d->host->reset ||
+            !d->host->reopen)
+                return fail(d, -EPROTO, "the dfu protocol needs a USB control link");
+        d->reader = reader;
+        d->recoveries = 0;
+        d->cancel_requested = false;
+        d->op_deadline = now(d) + d->timeout_ms;
+        if (reader->size == 0)
+                return fail(d, -EINVAL, "the image is empty");
+        r = setup_device(d, true);
+        if (r < 0)
+                return r;
+        if (d->runtime) {
+                uint16_t t =
+                    d->func.detach_timeout_ms ? d->func.detach_timeout_ms : DEFAULT_DETACH_MS;
+
+                return submit(d, DFU_STATE_DETACHING, REQ_OUT, DFU_DETACH, t, NULL, 0);
+        }
+        return get_status(d, DFU_STATE_START);
+}
+
+static int dfu_control_done(void *priv, int status, const uint8_t *data, size_t len)
+{
+        struct dfu *d = priv;
+
+        if (d->state == DFU_STATE_DONE || d->state == DFU_STATE_FAILED)
+                return result(d);
+        if (d->cancel_requested && d->state != DFU_STATE_CANCELLING) {
+                if (d->state != DFU_STATE_COMMAND && d->state != DFU_STATE_POLL)
+                        return fail(d, -ECANCELED, "cancelled");
+                /* Mid-download: leave the device in dfuIDLE rather than dfuDNLOAD_IDLE. */
+                return submit(d, DFU_STATE_CANCELLING, REQ_OUT, DFU_ABORT, 0, NULL, 0) < 0
+                           ? fail(d, -ECANCELED, "cancelled")
+                           : GW_PROTO_CONTINUE;
+        }
+        return handle_done(d, status, data, len);
+}
+
+static int dfu_reopened(void *priv, int status)
+{
+        struct dfu *d = priv;
+        int r;
+
+        if (d->state != DFU_STATE_REENUMERATE)
+                return result(d);
+        if (status < 0)
+                return fail(d, status == -ETIMEDOUT ? -ETIMEDOUT : status,
+                            "the board did not come back in DFU mode within %" PRIu64 " ms",
+                            d->reenumerate_timeout_ms);
+        if (d->cancel_requested)
+                return fail(d, -ECANCELED, "cancelled");
+        r = setup_device(d, true);
+        if (r < 0)
+                return r;
+        if (d->runtime)
+                return fail(d, -EPROTO,
+                            "the board came back still in run-time mode after "
+                            "DFU_DETACH");
+        return get_status(d, DFU_STATE_START);
+}
+
+static int dfu_timeout(void *priv)
+{
+        struct dfu *d = priv;
+
+        if (d->deadline == 0 || now(d) < d->deadline)
+                return result(d); /* stale or early: the armed deadline stands */
+        disarm(d);
+        switch (d->state) {
+        case DFU_STATE_START_WAIT:
+                return get_status(d, DFU_STATE_START);
+        case DFU_STATE_POLL_WAIT:
+                return get_status(d, DFU_STATE_POLL);
+        case DFU_STATE_MANIFEST_WAIT:
+                return get_status(d, DFU_STATE_MANIFEST);
+        default:
+                return result(d);
+        }
+}
+
+static int dfu_cancel(void *priv)
+{
+        struct dfu *d = priv;
+
+        switch (d->state) {
+        case DFU_STATE_IDLE:
+        case DFU_STATE_DONE:
+        case DFU_STATE_FAILED:
+                disarm(d);
+                return -ECANCELED;
+        case DFU_STATE_REENUMERATE:
+        case DFU_STATE_START_WAIT:
+        case DFU_STATE_MANIFEST_WAIT:
+                return fail(d, -ECANCELED, "cancelled");
+        case DFU_STATE_POLL_WAIT:
+                /* Nothing in flight: abort the download now. */
+                d->cancel_requested = true;
+                disarm(d);
+                if (submit(d, DFU_STATE_CANCELLING, REQ_OUT, DFU_ABORT, 0, NULL, 0) < 0)
+                        return fail(d, -ECANCELED, "cancelled");
+                return GW_PROTO_CONTINUE;
+        default:
+                /* A transfer is in flight: act on its completion. */
+                d->cancel_requested = true;
+                return GW_PROTO_CONTINUE;
+        }
+}
+
+static int add_option(struct gw_options *ret, const char *key, const char *value)
+{
+        return gw_options_set(ret, key, value) < 0 ? -ENOMEM : 0;
+}
+
+/* What the device tells without a transfer: its ids, mode, DFU version and transfer size,
+ * and for DfuSe the layout. Never touches the link. */
+static int dfu_identify(void *priv, struct gw_options *ret)
+{
+        struct dfu *d = priv;
+        const struct gw_usb_device_info *info;
+        char buf[64];
+        int r;
+
+        if (d->state != DFU_STATE_IDLE)
+                return -EBUSY;
+        if (!ret)
+                return -EINVAL;
+        r = setup_device(d, false);
+        if (r < 0)
+                return r;
+        info = d->host->usb_info(d->host->ctx);
+        snprintf(buf, sizeof(buf), "%04x:%04x", info->vid, info->pid);
+        r = add_option(ret, "usb-id", buf);
+        if (r >= 0 && info->serial)
+                r = add_option(ret, "serial", info->serial);
+        if (r >= 0)
+                r = add_option(ret, "mode", d->runtime ? "runtime" : "dfu");
+        snprintf(buf, sizeof(buf), "%x.%02x", d->func.bcd_dfu >> 8, d->func.bcd_dfu & 0xff);
+        if (r >= 0)
+                r = add_option(ret, "dfu-version", buf);
+        snprintf(buf, sizeof(buf), "%u", d->xfer);
+        if (r >= 0)
+                r = add_option(ret, "transfer-size", buf);
+        snprintf(buf, sizeof(buf), "%u", d->alt);
+        if (r >= 0)
+                r = add_option(ret, "alt", buf);
+        if (r >= 0 && d->dfuse) {
+                for (size_t i = 0; i < info->n_alts; i++)
+                        if (info->alts[i].interface == d->interface &&
+                            info->alts[i].alt == d->alt && info->alts[i].name) {
+                                r = add_option(ret, "layout", info->alts[i].name);
+                                break;
+                        }
+        }
+        if (r < 0)
+                return fail(d, r, "out of memory");
+        return succeed(d);
+}
+
+const struct gw_protocol_ops gw_protocol_dfu_ops = {
+    .version = GW_PROTOCOL_OPS_VERSION,
+    .name = "dfu",
+    .shape = GW_LINK_CONTROL,
+    .priv_size = sizeof(struct dfu),
+    .init = dfu_init,
+    .done = dfu_done,
+    .install = dfu_install,
+    .input = NULL,
+    .timeout = dfu_timeout,
+    .cancel = dfu_cancel,
+    .identify = dfu_identify,
+    .hangup = NULL,
+    .control_done = dfu_control_done,
+    .reopened = dfu_reopened,
+};

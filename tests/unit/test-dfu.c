@@ -1,0 +1,1489 @@
+/* Tests for the dfu protocol plugin: its decoders (functional descriptor, GETSTATUS, DfuSe
+ * layout), scripted exchanges on the fake control link (fake-usb.h), and a model device that
+ * answers every request and counts what the host made it do. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "gw/options.h"
+#include "gw/plugin.h"
+
+#include "../../protocols/dfu/dfu-desc.h"
+#include "fake-usb.h"
+
+extern const struct gw_protocol_ops gw_protocol_dfu_ops;
+
+/* Device states. */
+#define S_APP_IDLE 0
+#define S_IDLE     2
+#define S_DNSYNC   3
+#define S_DNBUSY   4
+#define S_DNIDLE   5
+#define S_MSYNC    6
+#define S_MANIFEST 7
+#define S_MWRESET  8
+#define S_UPIDLE   9
+#define S_ERROR    10
+
+/* Expected requests to interface 0. */
+#define GETSTATUS       FU_EXPECT(0xa1, 3, 0, 0, 6)
+#define DNLOAD(b, l)    FU_EXPECT(0x21, 1, (b), 0, (l))
+#define DFUSE_CMD(s)    FU_EXPECT_OUT(0x21, 1, 0, 0, s)
+#define CLRSTATUS       FU_EXPECT(0x21, 4, 0, 0, 0)
+#define ABORT           FU_EXPECT(0x21, 6, 0, 0, 0)
+#define DETACH(t)       FU_EXPECT(0x21, 0, (t), 0, 0)
+#define ST(s, p, state) FU_STATUS((s), (p), (state))
+#define NO_DEADLINE     FU_DEADLINE(0)
+
+/* ---- fixtures ------------------------------------------------------------------------- */
+
+/* A DFU functional descriptor: attributes, detach timeout, transfer size, bcdDFU. */
+#define FUNC(attr, detach, xfer, bcd)                                                              \
+        {                                                                                          \
+                9, 0x21, (attr), (detach) &0xff, (detach) >> 8, (xfer) &0xff, (xfer) >> 8,         \
+                    (bcd) &0xff, (bcd) >> 8                                                        \
+        }
+
+static const uint8_t func_dfu11[] = FUNC(0x07, 1000, 64, 0x0110); /* tolerant */
+static const uint8_t func_nontol[] = FUNC(0x03, 1000, 64, 0x0110);
+static const uint8_t func_big[] = FUNC(0x07, 1000, 8192, 0x0110);
+static const uint8_t func_runtime[] = FUNC(0x03, 500, 64, 0x0110);
+static const uint8_t func_runtime_wd[] = FUNC(0x0b, 500, 64, 0x0110);
+/* ST's ROM bootloader: can download and upload, will detach, not manifestation tolerant. */
+static const uint8_t func_dfuse[] = FUNC(0x0b, 255, 1024, 0x011a);
+
+#define ALT(i, a, proto, nm, ex)                                                                   \
+        {                                                                                          \
+                .interface = (i), .alt = (a), .class_code = 0xfe, .subclass = 1,                   \
+                .protocol = (proto), .name = (nm), .extra = (ex), .extra_len = sizeof(ex)          \
+        }
+#define ALT_NOEX(i, a, proto, nm)                                                                  \
+        {                                                                                          \
+                .interface = (i), .alt = (a), .class_code = 0xfe, .subclass = 1,                   \
+                .protocol = (proto), .name = (nm)                                                  \
+        }
+
+static const struct gw_usb_alt alts_dfu11[] = {ALT(0, 0, 2, "Flash", func_dfu11)};
+static const struct gw_usb_device_info dev_dfu11 = {.vid = 0x1209,
+                                                    .pid = 0x2002,
+                                                    .serial = "ABC123",
+                                                    .path = "1-2",
+                                                    .alts = alts_dfu11,
+                                                    .n_alts = 1};
+static const struct gw_usb_alt alts_nontol[] = {ALT(0, 0, 2, "Flash", func_nontol)};
+static const struct gw_usb_device_info dev_nontol = {
+    .vid = 0x1209, .pid = 0x2002, .serial = "ABC123", .alts = alts_nontol, .n_alts = 1};
+static const struct gw_usb_alt alts_big[] = {ALT(0, 0, 2, "Flash", func_big)};
+static const struct gw_usb_device_info dev_big = {
+    .vid = 0x1209, .pid = 0x2002, .alts = alts_big, .n_alts = 1};
+
+/* A run-time device: a vendor interface, then the DFU run-time interface 1. */
+static const struct gw_usb_alt alts_runtime[] = {
+    {.interface = 0, .alt = 0, .class_code = 0xff},
+    ALT(1, 0, 1, "DFU", func_runtime),
+};
+static const struct gw_usb_device_info dev_runtime = {
+    .vid = 0x1209, .pid = 0x2001, .serial = "ABC123", .alts = alts_runtime, .n_alts = 2};
+static const struct gw_usb_alt alts_runtime_wd[] = {ALT(0, 0, 1, "DFU", func_runtime_wd)};
+static const struct gw_usb_device_info dev_runtime_wd = {
+    .vid = 0x1209, .pid = 0x2001, .serial = "ABC123", .alts = alts_runtime_wd, .n_alts = 1};
+
+/* DfuSe: 8 KiB read-only, 8 KiB of 1 KiB pages, 4 pages of 2 KiB; RAM (writable, not
+ * erasable); option bytes. The functional descriptor sits after the last alternate setting,
+ * where libusb attaches it. */
+#define LAYOUT_FLASH "@Internal Flash  /0x08000000/8*1Ka,8*1Kg,4*2Kg"
+#define LAYOUT_RAM   "@SRAM /0x20000000/16*1Ke"
+#define LAYOUT_OPT   "@Option Bytes  /0x1FFFC000/01*016 e"
+static const struct gw_usb_alt alts_dfuse[] = {
+    ALT_NOEX(0, 0, 2, LAYOUT_FLASH),
+    ALT_NOEX(0, 1, 2, LAYOUT_RAM),
+    ALT(0, 2, 2, LAYOUT_OPT, func_dfuse),
+};
+static const struct gw_usb_device_info dev_dfuse = {
+    .vid = 0x0483, .pid = 0xdf11, .serial = "3267358B3133", .alts = alts_dfuse, .n_alts = 3};
+
+/* ---- the world of one test ------------------------------------------------------------ */
+
+struct world {
+        struct fake_usb f;
+        struct gw_options *opts;
+        uint8_t *data;
+        size_t size;
+        struct gw_reader reader;
+};
+
+static struct world *cur;
+
+static ssize_t mem_pread(void *ctx, void *buf, size_t n, uint64_t off)
+{
+        struct world *w = ctx;
+
+        if (off >= w->size)
+                return 0;
+        if (n > w->size - off)
+                n = w->size - off;
+        memcpy(buf, w->data + off, n);
+        return (ssize_t) n;
+}
+
+static struct gw_options *parse_opts(const char *spec)
+{
+        struct gw_options *o = gw_options_new();
+        char buf[512], *save = NULL;
+
+        assert_non_null(o);
+        if (!spec)
+                return o;
+        assert_true(strlen(spec) < sizeof(buf));
+        strcpy(buf, spec);
+        for (char *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+                char *eq = strchr(kv, '=');
+
+                assert_non_null(eq);
+                *eq = '\0';
+                assert_int_equal(gw_options_set(o, kv, eq + 1), 0);
+        }
+        return o;
+}
+
+/* Opens an instance on dev with opts, for an image of size bytes; does not install. */
+static void world_open(struct world *w, const struct gw_usb_device_info *dev, size_t size,
+                       const char *opts)
+{
+        memset(w, 0, sizeof(*w));
+        cur = w;
+        fake_usb_init(&w->f, &gw_protocol_dfu_ops, dev);
+        w->opts = parse_opts(opts);
+        assert_int_equal(fake_usb_open(&w->f, w->opts), 0);
+        w->size = size;
+        w->data = malloc(size ? size : 1);
+        assert_non_null(w->data);
+        for (size_t i = 0; i < size; i++)
+                w->data[i] = (uint8_t) (i * 131 + (i >> 7) + 7);
+        w->reader =
+            (struct gw_reader){.size = size, .name = "fw.bin", .ctx = w, .pread = mem_pread};
+}
+
+static void world_start(struct world *w, const struct gw_usb_device_info *dev, size_t size,
+                        const char *opts)
+{
+        world_open(w, dev, size, opts);
+        fake_usb_install(&w->f, &w->reader);
+}
+
+static void world_end(struct world *w)
+{
+        fake_usb_done(&w->f);
+        gw_options_free(w->opts);
+        free(w->data);
+        cur = NULL;
+}
+
+/* The DNLOAD in flight carries the image from offset arg[0]. */
+static bool check_data(struct fake_usb *f, const struct fake_usb_step *s)
+{
+        size_t off = (size_t) s->arg[0];
+
+        return off + f->setup.length <= cur->size &&
+               memcmp(f->out, cur->data + off, f->setup.length) == 0;
+}
+#define DATA(off) FU_CHECK(check_data, (off), 0, 0)
+
+/* ---- decoders ------------------------------------------------------------------------- */
+
+static void test_functional(void **state)
+{
+        static const struct {
+                const char *what;
+                uint8_t bytes[24];
+                size_t len;
+                int r;
+                uint16_t xfer, bcd;
+        } v[] = {
+            {"plain", {9, 0x21, 7, 0xe8, 3, 0x40, 0, 0x10, 1}, 9, 0, 64, 0x0110},
+            {"dfu 1.0, 7 bytes", {7, 0x21, 7, 0, 0, 0, 1}, 7, 0, 256, 0x0100},
+            {"after another descriptor",
+             {3, 0x24, 0, 9, 0x21, 7, 0, 0, 0, 4, 0x1a, 1},
+             12,
+             0,
+             1024,
+             0x011a},
+            {"empty", {0}, 0, -ENOENT, 0, 0},
+            {"no functional", {3, 0x24, 0}, 3, -ENOENT, 0, 0},
+            {"bLength 0", {0, 0x21, 7, 0, 0, 0x40, 0, 0x10, 1}, 9, -EBADMSG, 0, 0},
+            {"bLength past the end", {12, 0x21, 7, 0, 0, 0x40, 0, 0x10, 1}, 9, -EBADMSG, 0, 0},
+            {"one byte left", {3, 0x24, 0, 9}, 4, -EBADMSG, 0, 0},
+            {"too short", {5, 0x21, 7, 0, 0}, 5, -EBADMSG, 0, 0},
+            {"transfer size 0", {9, 0x21, 7, 0, 0, 0, 0, 0x10, 1}, 9, -EBADMSG, 0, 0},
+        };
+
+        for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+                struct gw_dfu_functional fd = {.transfer_size = 0xbeef};
+                int r = gw_dfu_parse_functional(v[i].bytes, v[i].len, &fd);
+
+                if (r != v[i].r)
+                        fail_msg("%s: %d, expected %d", v[i].what, r, v[i].r);
+                if (r == 0) {
+                        assert_int_equal(fd.transfer_size, v[i].xfer);
+                        assert_int_equal(fd.bcd_dfu, v[i].bcd);
+                } else
+                        assert_int_equal(fd.transfer_size, 0xbeef);
+        }
+}
+
+static void test_status_decode(void **state)
+{
+        static const uint8_t ok[] = {0, 0x10, 0x27, 0x01, 4, 9};
+        static const uint8_t bad_state[] = {0, 0, 0, 0, 11, 0};
+        static const uint8_t bad_status[] = {0x10, 0, 0, 0, 2, 0};
+        struct gw_dfu_status st = {0};
+
+        assert_int_equal(gw_dfu_parse_status(ok, sizeof(ok), &st), 0);
+        assert_int_equal(st.poll_timeout_ms, 0x012710);
+        assert_int_equal(st.state, 4);
+        assert_int_equal(st.istring, 9);
+        assert_int_equal(gw_dfu_parse_status(ok, 5, &st), -EBADMSG);
+        assert_int_equal(gw_dfu_parse_status(bad_state, 6, &st), -EBADMSG);
+        assert_int_equal(gw_dfu_parse_status(bad_status, 6, &st), -EBADMSG);
+        assert_int_equal(gw_dfu_parse_status(NULL, 6, &st), -EBADMSG);
+        for (unsigned s = 0; s < 11; s++)
+                assert_non_null(gw_dfu_dev_state_to_string(s));
+        assert_null(gw_dfu_dev_state_to_string(11));
+        for (unsigned s = 1; s <= 15; s++) {
+                assert_non_null(gw_dfu_status_to_string(s));
+                assert_non_null(gw_dfu_status_to_message(s));
+                assert_true(gw_dfu_status_to_errno(s) < 0);
+        }
+        assert_null(gw_dfu_status_to_string(16));
+        assert_int_equal(gw_dfu_status_to_errno(16), -EPROTO);
+}
+
+static void test_layout(void **state)
+{
+        struct gw_dfuse_layout l;
+        uint64_t ps = 0, pe = 0, bad = 0;
+        uint32_t first = 0;
+        char many[1024];
+        size_t n;
+
+        assert_int_equal(
+            gw_dfuse_parse_layout("@Internal Flash  /0x08000000/04*016Kg,01*064Kg,07*128Kg", &l),
+            0);
+        assert_string_equal(l.name, "Internal Flash");
+        assert_int_equal(l.n, 3);
+        assert_int_equal(l.seg[0].start, 0x08000000);
+        assert_int_equal(l.seg[0].page_size, 16 * 1024);
+        assert_int_equal(l.seg[0].pages, 4);
+        assert_int_equal(l.seg[0].type, 7);
+        assert_int_equal(l.seg[1].start, 0x08010000);
+        assert_int_equal(l.seg[2].start, 0x08020000);
+        assert_int_equal(l.seg[2].page_size, 128 * 1024);
+        assert_non_null(gw_dfuse_find_page(&l, 0x08030001, &ps, &pe));
+        assert_int_equal(ps, 0x08020000);
+        assert_int_equal(pe, 0x08040000);
+        assert_null(gw_dfuse_find_page(&l, 0x08100000, NULL, NULL));
+        assert_int_equal(gw_dfuse_check_writable(&l, 0x08000000, 1024 * 1024, &bad), 0);
+        assert_int_equal(gw_dfuse_check_writable(&l, 0x08000000, 1024 * 1024 + 1, &bad), -ENOSPC);
+        assert_int_equal(bad, 0x08100000);
+
+        /* Two regions, byte units, types a..g. */
+        assert_int_equal(
+            gw_dfuse_parse_layout("@X/0x1FFF7800/01*512 e,01*016 a/0x20000000/2*1Md", &l), 0);
+        assert_int_equal(l.n, 3);
+        assert_int_equal(l.seg[0].page_size, 512);
+        assert_int_equal(l.seg[0].type, GW_DFUSE_READABLE | GW_DFUSE_WRITABLE);
+        assert_int_equal(l.seg[1].start, 0x1FFF7A00);
+        assert_int_equal(l.seg[1].type, GW_DFUSE_READABLE);
+        assert_int_equal(l.seg[2].start, 0x20000000);
+        assert_int_equal(l.seg[2].page_size, 1024 * 1024);
+        assert_int_equal(l.seg[2].type, GW_DFUSE_WRITABLE);
+        assert_int_equal(gw_dfuse_first_writable(&l, &first), 0);
+        assert_int_equal(first, 0x1FFF7800);
+        /* The read-only group between them is not writable. */
+        assert_int_equal(gw_dfuse_check_writable(&l, 0x1FFF7800, 600, &bad), -ENOSPC);
+        assert_int_equal(bad, 0x1FFF7A00);
+        /* Reaching exactly 4 GiB is fine; a trailing '/' too. */
+        assert_int_equal(gw_dfuse_parse_layout("@Top/0xFFFFF000/4*1Kg/", &l), 0);
+        assert_int_equal(gw_dfuse_parse_layout("@Nothing/0x0/1*1Ka", &l), 0);
+        assert_int_equal(gw_dfuse_first_writable(&l, &first), -ENOENT);
+
+        /* 32 groups fit, 33 do not. */
+        n = (size_t) snprintf(many, sizeof(many), "@M/0x08000000/");
+        for (int i = 0; i < 32; i++)
+                n += (size_t) snprintf(many + n, sizeof(many) - n, "%s1*1Kg", i ? "," : "");
+        assert_int_equal(gw_dfuse_parse_layout(many, &l), 0);
+        assert_int_equal(l.n, 32);
+        snprintf(many + n, sizeof(many) - n, ",1*1Kg");
+        assert_int_equal(gw_dfuse_parse_layout(many, &l), -EBADMSG);
+
+        static const char *const bad_layouts[] = {
+            "",
+            "Internal Flash /0x08000000/1*1Kg",
+            "@Internal Flash",
+            "@X/",
+            "@X/0x08000000",
+            "@X/0x08000000/",
+            "@X/08000000/1*1Kg",
+            "@X/0x/1*1Kg",
+            "@X/0x123456789/1*1Kg",
+            "@X/0x08000000/1*1Kz",
+            "@X/0x08000000/1*1Qg",
+            "@X/0x08000000/0*1Kg",
+            "@X/0x08000000/1*0Kg",
+            "@X/0x08000000/1*1K",
+            "@X/0x08000000/1*1",
+            "@X/0x08000000/*1Kg",
+            "@X/0x08000000/1Kg",
+            "@X/0x08000000/1*1Kg,",
+            "@X/0x08000000/1*1Kg junk",
+            "@X/0x08000000/1*1Kg/0x1",
+            "@X/0xFFFFF000/5*1Kg",
+            "@X/0x00000000/2*4095Mg",
+            "@X/0x08000000/1234567890*1Kg",
+        };
+        for (size_t i = 0; i < sizeof(bad_layouts) / sizeof(bad_layouts[0]); i++) {
+                memset(&l, 0x5a, sizeof(l));
+                if (gw_dfuse_parse_layout(bad_layouts[i], &l) != -EBADMSG)
+                        fail_msg("layout \"%s\" accepted", bad_layouts[i]);
+                assert_int_equal(l.n, 0x5a5a5a5a5a5a5a5aull);
+        }
+        assert_int_equal(gw_dfuse_parse_layout(NULL, &l), -EBADMSG);
+}
+
+/* ---- DFU 1.1 scripts ------------------------------------------------------------------ */
+
+/* 150 bytes in blocks of 64: 0 (64), 1 (64), 2 (22), then the empty block 3. The device is
+ * busy 10 ms after block 0, idle at once after the others. */
+static const struct fake_usb_step s_dfu11[] = {
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    FU_PROGRESS(0, 150),
+    DNLOAD(0, 64),
+    DATA(0),
+    FU_COMPLETE(64),
+    GETSTATUS,
+    NO_DEADLINE,
+    ST(0, 10, S_DNBUSY),
+    FU_NOTHING(),
+    FU_DEADLINE(10),
+    FU_EXPIRE(),
+    GETSTATUS,
+    ST(0, 10, S_DNIDLE),
+    /* Idle: block 1 goes out at once, no timer armed. */
+    NO_DEADLINE,
+    FU_PROGRESS(64, 150),
+    DNLOAD(1, 64),
+    DATA(64),
+    FU_COMPLETE(64),
+    GETSTATUS,
+    ST(0, 25, S_DNIDLE),
+    NO_DEADLINE,
+    DNLOAD(2, 22),
+    DATA(128),
+    FU_COMPLETE(22),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    FU_PROGRESS(150, 150),
+    DNLOAD(3, 0),
+    FU_COMPLETE(0),
+    GETSTATUS,
+    ST(0, 5, S_MSYNC),
+    FU_DEADLINE(5),
+    FU_EXPIRE(),
+    GETSTATUS,
+    ST(0, 20, S_MANIFEST),
+    FU_DEADLINE(20),
+    FU_EXPIRE(),
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    FU_RESULT(GW_PROTO_DONE),
+    NO_DEADLINE,
+    FU_RESETS(0),
+};
+
+static void test_dfu11_download(void **state)
+{
+        struct world w;
+
+        world_start(&w, &dev_dfu11, 150, NULL);
+        assert_int_equal(w.f.selects, 1);
+        assert_int_equal(w.f.sel_interface, 0);
+        assert_int_equal(w.f.sel_alt, 0);
+        fake_usb_run(&w.f, s_dfu11, sizeof(s_dfu11) / sizeof(s_dfu11[0]));
+        assert_int_equal(w.f.transfers, 12);
+        world_end(&w);
+}
+
+/* A bwPollTimeout of hours waits poll-max-ms at most. */
+static const struct fake_usb_step s_huge_poll[] = {
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    DNLOAD(0, 64),
+    FU_COMPLETE(64),
+    GETSTATUS,
+    ST(0, 0xffffff, S_DNBUSY),
+    FU_DEADLINE(5000),
+    FU_EXPIRE(),
+    GETSTATUS,
+    ST(0, 0, S_DNBUSY),
+    FU_DEADLINE(1), /* 0 while busy: 1 ms */
+    FU_EXPIRE(),
+    GETSTATUS,
+    ST(0, 0xffffff, S_DNIDLE),
+    NO_DEADLINE,
+    DNLOAD(1, 36),
+    FU_CANCEL(),
+    FU_RESULT(GW_PROTO_CONTINUE),
+    FU_COMPLETE(36),
+    ABORT,
+    FU_COMPLETE(0),
+    FU_RESULT(-ECANCELED),
+    FU_ERROR("cancelled"),
+};
+
+static void test_huge_poll_capped(void **state)
+{
+        struct world w;
+
+        world_start(&w, &dev_dfu11, 100, NULL);
+        fake_usb_run(&w.f, s_huge_poll, sizeof(s_huge_poll) / sizeof(s_huge_poll[0]));
+        world_end(&w);
+
+        world_start(&w, &dev_dfu11, 100, "poll-max-ms=200");
+        {
+                static const struct fake_usb_step s[] = {
+                    GETSTATUS,
+                    ST(0, 0, S_IDLE),
+                    DNLOAD(0, 64),
+                    FU_COMPLETE(64),
+                    GETSTATUS,
+                    ST(0, 0xffffff, S_DNBUSY),
+                    FU_DEADLINE(200),
+                    FU_ADVANCE(199),
+                    FU_NOTHING(),
+                    FU_ADVANCE(1),
+                    GETSTATUS,
+                    FU_CANCEL(),
+                    FU_RESULT(GW_PROTO_CONTINUE),
+                    ST(0, 0, S_DNIDLE),
+                    ABORT,
+                    FU_COMPLETE(-EPIPE),
+                    FU_RESULT(-ECANCELED),
+                };
+                fake_usb_run(&w.f, s, sizeof(s) / sizeof(s[0]));
+        }
+        world_end(&w);
+}
+
+/* A device stuck busy fails with -ETIMEDOUT once timeout-ms has passed, each wait capped. */
+static void test_stuck_busy(void **state)
+{
+        struct world w;
+        unsigned polls = 0;
+        uint64_t start;
+
+        world_start(&w, &dev_dfu11, 100, "timeout-ms=1000,poll-max-ms=300");
+        start = w.f.now;
+        fake_usb_status(&w.f, 0, 0, S_IDLE);
+        fake_usb_complete(&w.f, 64, NULL, 0);
+        while (w.f.last == GW_PROTO_CONTINUE) {
+                assert_true(w.f.in_flight);
+                fake_usb_status(&w.f, 0, 0xffffff, S_DNBUSY);
+                if (w.f.last != GW_PROTO_CONTINUE)
+                        break;
+                assert_false(w.f.in_flight);
+                assert_true(w.f.deadline > w.f.now && w.f.deadline - w.f.now <= 300);
+                assert_true(w.f.deadline <= start + 1000);
+                fake_usb_expire(&w.f);
+                assert_true(++polls < 10);
+        }
+        assert_int_equal(w.f.last, -ETIMEDOUT);
+        assert_int_equal(w.f.now, start + 1000);
+        assert_int_equal(polls, 4); /* 300 + 300 + 300 + 100 */
+        assert_non_null(strstr(w.f.error, "busy"));
+        assert_int_equal(w.f.deadline, 0);
+        world_end(&w);
+}
+
+/* Start-up recovery: the state GETSTATUS finds, and the request that must follow. */
+static void test_recovery(void **state)
+{
+        static const struct {
+                uint8_t status, state;
+                uint8_t request; /* 4 CLRSTATUS, 6 ABORT, 3 GETSTATUS after a wait */
+        } v[] = {
+            {0x03, S_ERROR, 4}, {0x0e, S_ERROR, 4}, {0, S_DNIDLE, 6}, {0, S_UPIDLE, 6},
+            {0, S_MSYNC, 6},    {0, S_DNSYNC, 6},   {0, S_DNBUSY, 3}, {0, S_MANIFEST, 3},
+        };
+
+        for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+                struct world w;
+
+                world_start(&w, &dev_dfu11, 64, NULL);
+                fake_usb_status(&w.f, v[i].status, 7, v[i].state);
+                assert_int_equal(w.f.last, GW_PROTO_CONTINUE);
+                if (v[i].request == 3) {
+                        assert_false(w.f.in_flight);
+                        assert_int_equal(w.f.deadline, w.f.now + 7);
+                        fake_usb_expire(&w.f);
+                } else
+                        fake_usb_complete(&w.f, 0, NULL, 0);
+                assert_true(w.f.in_flight);
+                if (v[i].request != 3) {
+                        /* ... the request went out, and now the state is asked again. */
+                        assert_int_equal(w.f.setup.request, 3);
+                }
+                fake_usb_status(&w.f, 0, 0, S_IDLE);
+                assert_true(w.f.in_flight);
+                assert_int_equal(w.f.setup.request, 1);
+                assert_int_equal(w.f.setup.value, 0);
+                assert_int_equal(w.f.setup.length, 64);
+                world_end(&w);
+        }
+}
+
+static const struct fake_usb_step s_recover_error[] = {
+    GETSTATUS,
+    ST(0x0a, 0, S_ERROR),
+    CLRSTATUS,
+    FU_COMPLETE(0),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    ABORT,
+    FU_COMPLETE(-EPIPE),
+    GETSTATUS,
+    ST(0x0f, 0, S_ERROR),
+    CLRSTATUS,
+    FU_COMPLETE(0),
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    DNLOAD(0, 64),
+    DATA(0),
+    FU_COMPLETE(64),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    DNLOAD(1, 0),
+    FU_COMPLETE(0),
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    FU_RESULT(GW_PROTO_DONE),
+};
+
+static const struct fake_usb_step s_recover_exhausted[] = {
+    GETSTATUS,    ST(0x0a, 0, S_ERROR), CLRSTATUS,          FU_COMPLETE(0),
+    GETSTATUS,    ST(0x0a, 0, S_ERROR), CLRSTATUS,          FU_COMPLETE(0),
+    GETSTATUS,    ST(0x0a, 0, S_ERROR), CLRSTATUS,          FU_COMPLETE(0),
+    GETSTATUS,    ST(0x0a, 0, S_ERROR), CLRSTATUS,          FU_COMPLETE(0),
+    GETSTATUS,    ST(0x0a, 0, S_ERROR), FU_RESULT(-EPROTO), FU_ERROR("dfuIDLE"),
+    FU_NOTHING(),
+};
+
+static const struct fake_usb_step s_clrstatus_stalls[] = {
+    GETSTATUS,           ST(0x0a, 0, S_ERROR), CLRSTATUS,
+    FU_COMPLETE(-EPIPE), FU_RESULT(-EPIPE),    FU_ERROR("CLRSTATUS"),
+};
+
+/* Found waiting for a reset after an earlier manifestation: reset, re-enumerate, go on. */
+static const struct fake_usb_step s_start_wait_reset[] = {
+    GETSTATUS,
+    ST(0, 0, S_MWRESET),
+    FU_RESETS(1),
+    FU_REOPEN(10000),
+    FU_NOTHING(),
+    FU_REOPENED(0),
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    DNLOAD(0, 10),
+    FU_CANCEL(),
+    FU_COMPLETE(-ENODEV),
+    ABORT,
+    FU_COMPLETE(-ENODEV),
+    FU_RESULT(-ECANCELED),
+};
+
+static const struct fake_usb_step s_start_runtime_state[] = {
+    GETSTATUS,
+    ST(0, 0, S_APP_IDLE),
+    FU_RESULT(-EPROTO),
+    FU_ERROR("appIDLE"),
+};
+
+static void run_script(const struct gw_usb_device_info *dev, size_t size, const char *opts,
+                       const struct fake_usb_step *s, size_t n)
+{
+        struct world w;
+
+        world_start(&w, dev, size, opts);
+        fake_usb_run(&w.f, s, n);
+        world_end(&w);
+}
+#define RUN(dev, size, opts, s) run_script((dev), (size), (opts), (s), sizeof(s) / sizeof((s)[0]))
+
+static void test_recovery_scripts(void **state)
+{
+        RUN(&dev_dfu11, 64, NULL, s_recover_error);
+        RUN(&dev_dfu11, 64, NULL, s_recover_exhausted);
+        RUN(&dev_dfu11, 64, NULL, s_clrstatus_stalls);
+        RUN(&dev_dfu11, 10, NULL, s_start_wait_reset);
+        RUN(&dev_dfu11, 10, NULL, s_start_runtime_state);
+}
+
+/* Every error status, after a data block and during manifestation, fails with its errno and
+ * a message naming it; vendor errors name their string index. */
+static void test_error_statuses(void **state)
+{
+        static const int errnos[16] = {
+            0,       -ENOEXEC, -EBADMSG, -EIO,       -EIO,        -EIO,        -EIO,       -EIO,
+            -EFAULT, -ENODATA, -ENOEXEC, -EREMOTEIO, -ECONNRESET, -ECONNRESET, -EREMOTEIO, -EPROTO,
+        };
+
+        for (unsigned code = 1; code <= 15; code++)
+                for (int phase = 0; phase < 2; phase++) {
+                        struct world w;
+
+                        world_start(&w, &dev_dfu11, 10, NULL);
+                        fake_usb_status(&w.f, 0, 0, S_IDLE);
+                        fake_usb_complete(&w.f, 10, NULL, 0);
+                        if (phase == 1) {
+                                fake_usb_status(&w.f, 0, 0, S_DNIDLE);
+                                assert_int_equal(w.f.setup.length, 0);
+                                fake_usb_complete(&w.f, 0, NULL, 0);
+                        }
+                        {
+                                uint8_t b[6] = {(uint8_t) code, 0, 0, 0, S_ERROR, 4};
+
+                                fake_usb_complete(&w.f, 6, b, 6);
+                        }
+                        if (w.f.last != errnos[code])
+                                fail_msg("status %u: %d, expected %d", code, w.f.last,
+                                         errnos[code]);
+                        assert_non_null(strstr(w.f.error, gw_dfu_status_to_string(code)));
+                        assert_non_null(strstr(w.f.error, gw_dfu_status_to_message(code)));
+                        assert_non_null(strstr(w.f.error, phase ? "manifestation" : "DNLOAD"));
+                        if (code == 0x0b)
+                                assert_non_null(strstr(w.f.error, "string descriptor 4"));
+                        assert_false(w.f.in_flight);
+                        assert_int_equal(w.f.deadline, 0);
+                        world_end(&w);
+                }
+}
+
+/* A stalled DNLOAD: GETSTATUS tells why. */
+static const struct fake_usb_step s_stall_notdone[] = {
+    GETSTATUS, ST(0, 0, S_IDLE),     DNLOAD(0, 10),       FU_COMPLETE(10),
+    GETSTATUS, ST(0, 0, S_DNIDLE),   DNLOAD(1, 0),        FU_COMPLETE(-EPIPE),
+    GETSTATUS, ST(0x09, 0, S_ERROR), FU_RESULT(-ENODATA), FU_ERROR("errNOTDONE"),
+};
+static const struct fake_usb_step s_stall_ok[] = {
+    GETSTATUS, ST(0, 0, S_IDLE),   DNLOAD(0, 10),     FU_COMPLETE(-EPIPE),
+    GETSTATUS, ST(0, 0, S_DNIDLE), FU_RESULT(-EPIPE), FU_ERROR("stalled DNLOAD"),
+};
+static const struct fake_usb_step s_stall_status_stalls[] = {
+    GETSTATUS, ST(0, 0, S_IDLE),    DNLOAD(0, 10),     FU_COMPLETE(-EPIPE),
+    GETSTATUS, FU_COMPLETE(-EPIPE), FU_RESULT(-EPIPE), FU_ERROR("stalled DNLOAD"),
+};
+static const struct fake_usb_step s_short_write[] = {
+    GETSTATUS,      ST(0, 0, S_IDLE), DNLOAD(0, 10),
+    FU_COMPLETE(4), FU_RESULT(-EIO),  FU_ERROR("4 of 10"),
+};
+static const struct fake_usb_step s_gone[] = {
+    GETSTATUS, ST(0, 0, S_IDLE),     DNLOAD(0, 10),      FU_COMPLETE(10),
+    GETSTATUS, FU_COMPLETE(-ENODEV), FU_RESULT(-ENODEV), FU_ERROR("disconnected"),
+};
+static const struct fake_usb_step s_timeout[] = {
+    GETSTATUS, ST(0, 0, S_IDLE), DNLOAD(0, 10), FU_COMPLETE(-ETIMEDOUT), FU_RESULT(-ETIMEDOUT),
+};
+static const struct fake_usb_step s_left_download[] = {
+    GETSTATUS, ST(0, 0, S_IDLE), DNLOAD(0, 10),      FU_COMPLETE(10),
+    GETSTATUS, ST(0, 0, S_IDLE), FU_RESULT(-EPROTO), FU_ERROR("left the download: dfuIDLE"),
+};
+static const struct fake_usb_step s_error_status_ok[] = {
+    GETSTATUS, ST(0, 0, S_IDLE),  DNLOAD(0, 10),      FU_COMPLETE(10),
+    GETSTATUS, ST(0, 0, S_ERROR), FU_RESULT(-EPROTO),
+};
+static const struct fake_usb_step s_malformed_status[] = {
+    GETSTATUS,
+    FU_REPLY("\x00\x00\x00"),
+    FU_RESULT(-EBADMSG),
+    FU_ERROR("malformed"),
+};
+static const struct fake_usb_step s_bad_state[] = {
+    GETSTATUS,
+    FU_REPLY("\x00\x00\x00\x00\x0b\x00"),
+    FU_RESULT(-EBADMSG),
+};
+static const struct fake_usb_step s_submit_fails[] = {
+    GETSTATUS,          FU_SUBMIT_FAIL(-ENODEV), ST(0, 0, S_IDLE),
+    FU_RESULT(-ENODEV), FU_ERROR("submitting"),
+};
+static const struct fake_usb_step s_getstatus_stalls[] = {
+    GETSTATUS,
+    FU_COMPLETE(-EPIPE),
+    FU_RESULT(-EPIPE),
+    FU_ERROR("GETSTATUS"),
+};
+
+static void test_transfer_failures(void **state)
+{
+        RUN(&dev_dfu11, 10, NULL, s_stall_notdone);
+        RUN(&dev_dfu11, 10, NULL, s_stall_ok);
+        RUN(&dev_dfu11, 10, NULL, s_stall_status_stalls);
+        RUN(&dev_dfu11, 10, NULL, s_short_write);
+        RUN(&dev_dfu11, 10, NULL, s_gone);
+        RUN(&dev_dfu11, 10, NULL, s_timeout);
+        RUN(&dev_dfu11, 10, NULL, s_left_download);
+        RUN(&dev_dfu11, 10, NULL, s_error_status_ok);
+        RUN(&dev_dfu11, 10, NULL, s_malformed_status);
+        RUN(&dev_dfu11, 10, NULL, s_bad_state);
+        RUN(&dev_dfu11, 10, NULL, s_submit_fails);
+        RUN(&dev_dfu11, 10, NULL, s_getstatus_stalls);
+}
+
+/* Manifestation: a device that is not tolerant waits for a reset, or vanishes. */
+#define TO_END                                                                                     \
+        GETSTATUS, ST(0, 0, S_IDLE), DNLOAD(0, 10), FU_COMPLETE(10), GETSTATUS,                    \
+            ST(0, 0, S_DNIDLE), DNLOAD(1, 0)
+static const struct fake_usb_step s_manifest_wait_reset[] = {
+    TO_END,       FU_COMPLETE(0), GETSTATUS,           ST(0, 3, S_MANIFEST),     FU_DEADLINE(3),
+    FU_EXPIRE(),  GETSTATUS,      ST(0, 0, S_MWRESET), FU_RESULT(GW_PROTO_DONE), FU_RESETS(1),
+    FU_NOTHING(),
+};
+static const struct fake_usb_step s_manifest_vanishes[] = {
+    TO_END, FU_COMPLETE(0), GETSTATUS, FU_COMPLETE(-ENODEV), FU_RESULT(GW_PROTO_DONE),
+};
+static const struct fake_usb_step s_manifest_vanishes_at_end[] = {
+    TO_END,
+    FU_COMPLETE(-ENODEV),
+    FU_RESULT(GW_PROTO_DONE),
+};
+static const struct fake_usb_step s_tolerant_vanishes[] = {
+    TO_END,
+    FU_COMPLETE(0),
+    GETSTATUS,
+    FU_COMPLETE(-ENODEV),
+    FU_RESULT(-ENODEV),
+    FU_ERROR("manifestation"),
+};
+static const struct fake_usb_step s_manifest_unexpected[] = {
+    TO_END, FU_COMPLETE(0), GETSTATUS, ST(0, 0, S_DNIDLE), FU_RESULT(-EPROTO),
+};
+
+static void test_manifestation(void **state)
+{
+        RUN(&dev_nontol, 10, NULL, s_manifest_wait_reset);
+        RUN(&dev_nontol, 10, NULL, s_manifest_vanishes);
+        RUN(&dev_nontol, 10, NULL, s_manifest_vanishes_at_end);
+        RUN(&dev_dfu11, 10, NULL, s_tolerant_vanishes);
+        RUN(&dev_dfu11, 10, NULL, s_manifest_unexpected);
+}
+
+/* ---- detach and re-enumeration -------------------------------------------------------- */
+
+static bool check_selected(struct fake_usb *f, const struct fake_usb_step *s)
+{
+        return f->selects == (unsigned) s->arg[0] && f->sel_interface == s->arg[1] &&
+               f->sel_alt == s->arg[2];
+}
+
+/* Run-time device without bitWillDetach: DETACH (wValue = wDetachTimeOut, wIndex = its
+ * interface 1), reset, re-enumerate, continue in DFU mode on interface 0. */
+static const struct fake_usb_step s_detach[] = {
+    FU_CHECK(check_selected, 1, 1, 0),
+    FU_EXPECT(0x21, 0, 500, 1, 0),
+    FU_COMPLETE(0),
+    FU_RESETS(1),
+    FU_REOPEN(10000),
+    FU_NOTHING(),
+    FU_REOPENED(0),
+    FU_CHECK(check_selected, 2, 0, 0),
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    DNLOAD(0, 64),
+    DATA(0),
+    FU_COMPLETE(64),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    DNLOAD(1, 0),
+    FU_COMPLETE(0),
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    FU_RESULT(GW_PROTO_DONE),
+};
+/* bitWillDetach: no reset; a device that drops off inside the DETACH is fine. */
+static const struct fake_usb_step s_detach_will[] = {
+    DETACH(500), FU_COMPLETE(-ENODEV), FU_RESETS(0),          FU_REOPEN(2000), FU_REOPENED(0),
+    GETSTATUS,   ST(0, 0, S_IDLE),     DNLOAD(0, 64),         FU_CANCEL(),     FU_COMPLETE(64),
+    ABORT,       FU_COMPLETE(0),       FU_RESULT(-ECANCELED),
+};
+static const struct fake_usb_step s_detach_timeout[] = {
+    FU_EXPECT(0x21, 0, 500, 1, 0), FU_COMPLETE(0),        FU_REOPEN(10000),
+    FU_REOPENED(-ETIMEDOUT),       FU_RESULT(-ETIMEDOUT), FU_ERROR("did not come back"),
+};
+static const struct fake_usb_step s_detach_refused[] = {
+    FU_EXPECT(0x21, 0, 500, 1, 0),
+    FU_COMPLETE(-EPIPE),
+    FU_RESULT(-EPIPE),
+    FU_ERROR("DETACH"),
+};
+static const struct fake_usb_step s_detach_cancel[] = {
+    FU_EXPECT(0x21, 0, 500, 1, 0), FU_COMPLETE(0), FU_REOPEN(10000), FU_CANCEL(),
+    FU_RESULT(-ECANCELED),
+};
+
+static void test_detach(void **state)
+{
+        struct world w;
+
+        world_start(&w, &dev_runtime, 64, NULL);
+        w.f.reopen_info = &dev_dfu11;
+        fake_usb_run(&w.f, s_detach, sizeof(s_detach) / sizeof(s_detach[0]));
+        world_end(&w);
+
+        world_start(&w, &dev_runtime_wd, 100, "reenumerate-timeout-ms=2000");
+        w.f.reopen_info = &dev_dfu11;
+        fake_usb_run(&w.f, s_detach_will, sizeof(s_detach_will) / sizeof(s_detach_will[0]));
+        world_end(&w);
+
+        RUN(&dev_runtime, 64, NULL, s_detach_timeout);
+        RUN(&dev_runtime, 64, NULL, s_detach_refused);
+        RUN(&dev_runtime, 64, NULL, s_detach_cancel);
+
+        /* Back, but still in run-time mode. */
+        world_start(&w, &dev_runtime, 64, NULL);
+        w.f.reopen_info = &dev_runtime;
+        fake_usb_complete(&w.f, 0, NULL, 0);
+        assert_true(w.f.reopening);
+        assert_int_equal(fake_usb_reopened(&w.f, 0), -EPROTO);
+        assert_non_null(strstr(w.f.error, "run-time"));
+        world_end(&w);
+}
+
+/* ---- set-up failures ------------------------------------------------------------------ */
+
+static void expect_install_fails(const struct gw_usb_device_info *dev, size_t size,
+                                 const char *opts, int err, const char *text)
+{
+        struct world w;
+
+        world_start(&w, dev, size, opts);
+        if (w.f.last != err)
+                fail_msg("%s: %d, expected %d (%s)", text, w.f.last, err, w.f.error);
+        if (!strstr(w.f.error, text))
+                fail_msg("error \"%s\", expected \"%s\"", w.f.error, text);
+        assert_false(w.f.in_flight);
+        assert_int_equal(w.f.deadline, 0);
+        world_end(&w);
+}
+
+static void test_setup_failures(void **state)
+{
+        static const uint8_t short_func[] = {5, 0x21, 7, 0, 0};
+        static const uint8_t overrun[] = {9, 0x21, 7, 0, 0, 0x40, 0};
+        static const uint8_t zero_len[] = {0, 0x21, 7};
+        static const uint8_t xfer0[] = FUNC(0x07, 0, 0, 0x0110);
+        static const uint8_t no_dnload[] = FUNC(0x02, 0, 64, 0x0110);
+        static const uint8_t other[] = {3, 0x24, 0};
+        static const struct gw_usb_alt a_short[] = {ALT(0, 0, 2, "x", short_func)};
+        static const struct gw_usb_alt a_overrun[] = {ALT(0, 0, 2, "x", overrun)};
+        static const struct gw_usb_alt a_zero[] = {ALT(0, 0, 2, "x", zero_len)};
+        static const struct gw_usb_alt a_xfer0[] = {ALT(0, 0, 2, "x", xfer0)};
+        static const struct gw_usb_alt a_nodn[] = {ALT(0, 0, 2, "x", no_dnload)};
+        static const struct gw_usb_alt a_none[] = {ALT(0, 0, 2, "x", other)};
+        static const struct gw_usb_alt a_vendor[] = {{.class_code = 0xff}};
+        static const struct gw_usb_alt a_dfuse_bad[] = {
+            ALT(0, 0, 2, "@Internal Flash  /0x08000000/8*1Kz", func_dfuse)};
+        static const struct gw_usb_alt a_dfuse_noname[] = {ALT(0, 0, 2, NULL, func_dfuse)};
+        static const struct gw_usb_alt a_dfuse_ro[] = {
+            ALT(0, 0, 2, "@Boot /0x1FFF0000/8*1Ka", func_dfuse)};
+#define DEV(a)                                                                                     \
+        {                                                                                          \
+                .vid = 0x1209, .pid = 0x2002, .alts = (a), .n_alts = sizeof(a) / sizeof((a)[0])    \
+        }
+        static const struct gw_usb_device_info d_short = DEV(a_short), d_overrun = DEV(a_overrun),
+                                               d_zero = DEV(a_zero), d_xfer0 = DEV(a_xfer0),
+                                               d_nodn = DEV(a_nodn), d_none = DEV(a_none),
+                                               d_vendor = DEV(a_vendor),
+                                               d_dfuse_bad = DEV(a_dfuse_bad),
+                                               d_dfuse_noname = DEV(a_dfuse_noname),
+                                               d_dfuse_ro = DEV(a_dfuse_ro);
+        static const struct gw_usb_device_info d_empty = {.vid = 1, .pid = 2};
+
+        expect_install_fails(&d_short, 10, NULL, -EPROTO, "malformed functional descriptor");
+        expect_install_fails(&d_overrun, 10, NULL, -EPROTO, "malformed functional descriptor");
+        expect_install_fails(&d_zero, 10, NULL, -EPROTO, "malformed functional descriptor");
+        expect_install_fails(&d_xfer0, 10, NULL, -EPROTO, "malformed functional descriptor");
+        expect_install_fails(&d_none, 10, NULL, -EPROTO, "no DFU functional descriptor");
+        expect_install_fails(&d_nodn, 10, NULL, -EOPNOTSUPP, "bitCanDnload");
+        expect_install_fails(&d_vendor, 10, NULL, -ENOENT, "no DFU interface");
+        expect_install_fails(&d_empty, 10, NULL, -ENOENT, "no DFU interface");
+        expect_install_fails(&d_dfuse_bad, 10, NULL, -EPROTO, "memory layout");
+        expect_install_fails(&d_dfuse_noname, 10, NULL, -EPROTO, "memory layout");
+        expect_install_fails(&d_dfuse_ro, 10, NULL, -ENOSPC, "no writable memory");
+        expect_install_fails(&dev_dfu11, 0, NULL, -EINVAL, "empty");
+        expect_install_fails(&dev_dfu11, 10, "alt=3", -ENOENT, "alternate setting 3");
+        expect_install_fails(&dev_dfu11, 10, "alt=Nope", -ENOENT, "\"Nope\"");
+        expect_install_fails(&dev_dfu11, 10, "address=0x08000000", -EINVAL, "DfuSe");
+        /* Read-only memory, past the end of flash, outside any segment. */
+        expect_install_fails(&dev_dfuse, 10, "address=0x08000000", -ENOSPC,
+                             "0x08000000 is not writable");
+        expect_install_fails(&dev_dfuse, 16 * 1024 + 1, NULL, -ENOSPC,
+                             "0x08006000 is not writable");
+        expect_install_fails(&dev_dfuse, 10, "address=0x30000000", -ENOSPC, "not writable");
+        expect_install_fails(&dev_dfuse, 10, "alt=2,address=0x1FFFC00c", -ENOSPC,
+                             "0x1fffc010 is not writable");
+
+        /* The interface is held by someone else. */
+        {
+                struct world w;
+
+                world_open(&w, &dev_dfu11, 10, NULL);
+                w.f.select_error = -EBUSY;
+                assert_int_equal(fake_usb_install(&w.f, &w.reader), -EBUSY);
+                assert_non_null(strstr(w.f.error, "another driver"));
+                world_end(&w);
+        }
+        /* No device on the link. */
+        {
+                struct world w;
+
+                world_open(&w, NULL, 10, NULL);
+                assert_int_equal(fake_usb_install(&w.f, &w.reader), -ENODEV);
+                world_end(&w);
+        }
+}
+
+static void test_bad_options(void **state)
+{
+        static const char *const bad[] = {
+            "alt=",
+            "alt=256",
+            "poll-max-ms=0",
+            "poll-max-ms=x",
+            "timeout-ms=0",
+            "transfer-size=0",
+            "transfer-size=4097",
+            "address=0x100000000",
+            "address=x",
+            "leave=maybe",
+            "reenumerate-timeout-ms=0",
+            "transfer-timeout-ms=0",
+        };
+
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                struct fake_usb f;
+                struct gw_options *o = parse_opts(bad[i]);
+
+                fake_usb_init(&f, &gw_protocol_dfu_ops, &dev_dfu11);
+                if (fake_usb_open(&f, o) != -EINVAL)
+                        fail_msg("option %s accepted", bad[i]);
+                assert_non_null(strstr(f.error, "option"));
+                fake_usb_done(&f);
+                gw_options_free(o);
+        }
+}
+
+/* ---- identify, transfer size, alternate settings -------------------------------------- */
+
+static void test_identify(void **state)
+{
+        struct world w;
+        struct gw_options *o = gw_options_new();
+
+        world_open(&w, &dev_dfuse, 1, NULL);
+        assert_int_equal(fake_usb_identify(&w.f, o), GW_PROTO_DONE);
+        assert_string_equal(gw_options_get(o, "usb-id"), "0483:df11");
+        assert_string_equal(gw_options_get(o, "serial"), "3267358B3133");
+        assert_string_equal(gw_options_get(o, "mode"), "dfu");
+        assert_string_equal(gw_options_get(o, "dfu-version"), "1.1a");
+        assert_string_equal(gw_options_get(o, "transfer-size"), "1024");
+        assert_string_equal(gw_options_get(o, "alt"), "0");
+        assert_string_equal(gw_options_get(o, "layout"), LAYOUT_FLASH);
+        assert_int_equal(w.f.transfers, 0);
+        assert_int_equal(w.f.selects, 0);
+        world_end(&w);
+        gw_options_free(o);
+
+        o = gw_options_new();
+        world_open(&w, &dev_runtime, 1, NULL);
+        assert_int_equal(fake_usb_identify(&w.f, o), GW_PROTO_DONE);
+        assert_string_equal(gw_options_get(o, "mode"), "runtime");
+        assert_string_equal(gw_options_get(o, "dfu-version"), "1.10");
+        assert_null(gw_options_get(o, "layout"));
+        world_end(&w);
+        gw_options_free(o);
+
+        /* wTransferSize 8192 is capped at 4096 (usbfs's limit), in identify and on the wire. */
+        o = gw_options_new();
+        world_open(&w, &dev_big, 5000, NULL);
+        assert_int_equal(fake_usb_identify(&w.f, o), GW_PROTO_DONE);
+        assert_string_equal(gw_options_get(o, "transfer-size"), "4096");
+        world_end(&w);
+        gw_options_free(o);
+
+        world_start(&w, &dev_big, 5000, NULL);
+        fake_usb_status(&w.f, 0, 0, S_IDLE);
+        assert_int_equal(w.f.setup.length, 4096);
+        fake_usb_complete(&w.f, 4096, NULL, 0);
+        fake_usb_status(&w.f, 0, 0, S_DNIDLE);
+        assert_int_equal(w.f.setup.length, 5000 - 4096);
+        world_end(&w);
+
+        /* A smaller transfer-size option wins. */
+        world_start(&w, &dev_big, 5000, "transfer-size=1000");
+        fake_usb_status(&w.f, 0, 0, S_IDLE);
+        assert_int_equal(w.f.setup.length, 1000);
+        world_end(&w);
+}
+
+static void test_alt_choice(void **state)
+{
+        static const struct {
+                const char *opts;
+                uint8_t alt;
+        } v[] = {
+            {NULL, 0},
+            {"alt=1", 1},
+            {"alt=0x2", 2},
+            {"alt=@SRAM", 1},
+            {"alt=SRAM", 1},
+            {"alt=Option Bytes", 2},
+            {"alt=" LAYOUT_OPT, 2},
+        };
+
+        for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+                struct world w;
+
+                world_start(&w, &dev_dfuse, 16, v[i].opts);
+                if (w.f.last != GW_PROTO_CONTINUE || w.f.sel_alt != v[i].alt)
+                        fail_msg("%s: result %d, alt %u (%s)", v[i].opts ? v[i].opts : "(none)",
+                                 w.f.last, w.f.sel_alt, w.f.error);
+                world_end(&w);
+        }
+}
+
+/* ---- a model device ------------------------------------------------------------------- */
+
+#define MODEL_MEM (128 * 1024)
+
+/* Answers every request like a device would: DFU 1.1 (block numbers in order) or DfuSe
+ * (commands, address pointer, blocks from 2), busy for busy_ms after each DNLOAD. Counts what
+ * the host made it do. */
+struct model {
+        bool dfuse;
+        uint32_t base; /* the address of mem[0] */
+        uint16_t xfer;
+        uint32_t busy_ms;
+        uint8_t mem[MODEL_MEM];
+        uint8_t state;
+        bool busy_pending;
+        uint16_t next_block;
+        size_t written;
+        uint32_t addr;
+        unsigned set_addresses, erases, dnloads, getstatus;
+        uint32_t erased[64];
+        uint64_t waited;
+        bool leaving;
+        bool manifested;
+};
+
+static void model_answer(struct fake_usb *f, struct model *m)
+{
+        const struct gw_control_setup *s = &f->setup;
+
+        if (s->request == 3) {
+                m->getstatus++;
+                if (m->leaving && m->state == S_MANIFEST) {
+                        fake_usb_complete(f, -ENODEV, NULL, 0);
+                        return;
+                }
+                if (m->busy_pending) {
+                        m->busy_pending = false;
+                        fake_usb_status(f, 0, m->busy_ms, S_DNBUSY);
+                        return;
+                }
+                if (m->state == S_DNSYNC)
+                        m->state = S_DNIDLE;
+                if (m->state == S_MSYNC) {
+                        m->manifested = true;
+                        m->state = m->leaving ? S_MANIFEST : S_IDLE;
+                }
+                fake_usb_status(f, 0, 0, m->state);
+                return;
+        }
+        assert_int_equal(s->request, 1);
+        m->dnloads++;
+        if (s->length == 0) {
+                m->state = S_MSYNC;
+                m->leaving = m->dfuse;
+                fake_usb_complete(f, 0, NULL, 0);
+                return;
+        }
+        if (m->dfuse && s->value == 0) {
+                uint32_t a = (uint32_t) f->out[1] | (uint32_t) f->out[2] << 8 |
+                             (uint32_t) f->out[3] << 16 | (uint32_t) f->out[4] << 24;
+
+                assert_int_equal(s->length, 5);
+                if (f->out[0] == 0x21) {
+                        m->set_addresses++;
+                        m->addr = a;
+                } else {
+                        assert_int_equal(f->out[0], 0x41);
+                        assert_true(m->erases < 64);
+                        m->erased[m->erases++] = a;
+                        /* Erased memory reads 0xff: mark it so writes can be checked. */
+                        if (a >= m->base && a - m->base < MODEL_MEM)
+                                memset(m->mem + (a - m->base), 0xff,
+                                       MODEL_MEM - (a - m->base) < 1024 ? MODEL_MEM - (a - m->base)
+                                                                        : 1024);
+                        m->addr = a; /* ST's bootloader moves its pointer on erase */
+                }
+        } else if (m->dfuse) {
+                uint64_t at = (uint64_t) m->addr + (uint64_t) (s->value - 2) * m->xfer;
+
+                assert_true(s->value >= 2);
+                assert_true(at >= m->base && at + s->length <= (uint64_t) m->base + MODEL_MEM);
+                memcpy(m->mem + (at - m->base), f->out, s->length);
+                if (at + s->length - m->base > m->written)
+                        m->written = (size_t) (at + s->length - m->base);
+        } else {
+                assert_int_equal(s->value, m->next_block);
+                m->next_block++;
+                assert_true(m->written + s->length <= MODEL_MEM);
+                memcpy(m->mem + m->written, f->out, s->length);
+                m->written += s->length;
+        }
+        m->state = S_DNSYNC;
+        m->busy_pending = m->busy_ms > 0;
+        fake_usb_complete(f, s->length, NULL, 0);
+}
+
+/* Runs the instance against the model until it ends; returns its result. */
+static int model_run(struct fake_usb *f, struct model *m)
+{
+        for (unsigned i = 0; f->last == GW_PROTO_CONTINUE; i++) {
+                assert_true(i < 1000000);
+                if (f->in_flight) {
+                        assert_int_equal(f->deadline, 0);
+                        model_answer(f, m);
+                } else {
+                        assert_true(f->deadline != 0);
+                        m->waited += f->deadline - f->now;
+                        fake_usb_expire(f);
+                }
+        }
+        return f->last;
+}
+
+static void test_model_dfu11(void **state)
+{
+        static const struct {
+                size_t size;
+                uint32_t busy_ms;
+        } v[] = {{1, 0}, {63, 0}, {64, 5}, {65, 5}, {1000, 25}, {4096, 0}};
+
+        for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+                struct world w;
+                struct model *m = calloc(1, sizeof(*m));
+                unsigned blocks = (unsigned) ((v[i].size + 63) / 64);
+
+                assert_non_null(m);
+                m->busy_ms = v[i].busy_ms;
+                m->state = S_IDLE;
+                world_start(&w, &dev_dfu11, v[i].size, NULL);
+                assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
+                assert_int_equal(m->written, v[i].size);
+                assert_memory_equal(m->mem, w.data, v[i].size);
+                assert_true(m->manifested);
+                /* One DNLOAD per block plus the empty one; one GETSTATUS each, one more per
+                 * busy report, plus the first: never more, and no wait beyond the busy ones. */
+                assert_int_equal(m->dnloads, blocks + 1);
+                assert_int_equal(m->getstatus, 1 + blocks * (v[i].busy_ms ? 2 : 1) + 1);
+                assert_int_equal(m->waited, (uint64_t) blocks * v[i].busy_ms);
+                assert_int_equal(w.f.progress_done, v[i].size);
+                world_end(&w);
+                free(m);
+        }
+}
+
+/* DfuSe: erase exactly the pages the image covers (1 KiB pages, then 2 KiB ones), one
+ * SET_ADDRESS for the run, blocks from 2, then the leave request. */
+static void test_model_dfuse(void **state)
+{
+        static const struct {
+                const char *opts;
+                size_t size;
+                uint32_t start; /* where the image goes */
+                unsigned erases;
+                uint32_t first_erase, last_erase;
+        } v[] = {
+            {NULL, 1, 0x08002000, 1, 0x08002000, 0x08002000},
+            {NULL, 2500, 0x08002000, 3, 0x08002000, 0x08002800},
+            {NULL, 8 * 1024, 0x08002000, 8, 0x08002000, 0x08003c00},
+            {NULL, 8 * 1024 + 1, 0x08002000, 9, 0x08002000, 0x08004000},
+            {NULL, 16 * 1024, 0x08002000, 12, 0x08002000, 0x08005800},
+            {"address=0x08002300", 0x500, 0x08002300, 2, 0x08002000, 0x08002400},
+            {"address=0x08003ff0", 0x20, 0x08003ff0, 2, 0x08003c00, 0x08004000},
+            {"address=0x08004800,transfer-size=100", 3000, 0x08004800, 2, 0x08004800, 0x08005000},
+        };
+
+        for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+                struct world w;
+                struct model *m = calloc(1, sizeof(*m));
+                uint32_t off;
+
+                assert_non_null(m);
+                m->dfuse = true;
+                m->base = 0x08000000;
+                m->xfer = v[i].opts && strstr(v[i].opts, "transfer-size=100") ? 100 : 1024;
+                m->busy_ms = 20;
+                m->state = S_IDLE;
+                world_start(&w, &dev_dfuse, v[i].size, v[i].opts);
+                assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
+                off = v[i].start - m->base;
+                assert_memory_equal(m->mem + off, w.data, v[i].size);
+                if (m->erases != v[i].erases || m->erased[0] != v[i].first_erase ||
+                    m->erased[m->erases - 1] != v[i].last_erase)
+                        fail_msg("case %zu: %u erases, 0x%08x..0x%08x", i, m->erases, m->erased[0],
+                                 m->erased[m->erases - 1]);
+                for (unsigned e = 1; e < m->erases; e++)
+                        assert_true(m->erased[e] > m->erased[e - 1]);
+                /* One for the run, one to leave; the pointer ends at the start. */
+                assert_int_equal(m->set_addresses, 2);
+                assert_int_equal(m->addr, v[i].start);
+                assert_true(m->leaving);
+                assert_int_equal(w.f.resets, 0);
+                world_end(&w);
+                free(m);
+        }
+
+        /* leave=false: written, still in DFU mode. */
+        {
+                struct world w;
+                struct model *m = calloc(1, sizeof(*m));
+
+                assert_non_null(m);
+                m->dfuse = true;
+                m->base = 0x08000000;
+                m->xfer = 1024;
+                m->state = S_IDLE;
+                world_start(&w, &dev_dfuse, 3000, "leave=false");
+                assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
+                assert_memory_equal(m->mem + 0x2000, w.data, 3000);
+                assert_int_equal(m->set_addresses, 1);
+                assert_false(m->leaving);
+                world_end(&w);
+                free(m);
+        }
+
+        /* RAM: writable, not erasable: no ERASE at all. */
+        {
+                struct world w;
+                struct model *m = calloc(1, sizeof(*m));
+
+                assert_non_null(m);
+                m->dfuse = true;
+                m->base = 0x20000000;
+                m->xfer = 1024;
+                m->state = S_IDLE;
+                world_start(&w, &dev_dfuse, 5000, "alt=1");
+                assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
+                assert_memory_equal(m->mem, w.data, 5000);
+                assert_int_equal(m->erases, 0);
+                assert_int_equal(m->set_addresses, 2);
+                world_end(&w);
+                free(m);
+        }
+}
+
+/* More blocks than wValue can number: a new SET_ADDRESS starts a second run. */
+static void test_dfuse_runs(void **state)
+{
+        static const uint8_t func_1[] = FUNC(0x0b, 255, 1, 0x011a);
+        static const struct gw_usb_alt a[] = {ALT(0, 0, 2, "@RAM /0x20000000/128*1Ke", func_1)};
+        static const struct gw_usb_device_info d = {
+            .vid = 0x0483, .pid = 0xdf11, .alts = a, .n_alts = 1};
+        struct world w;
+        struct model *m = calloc(1, sizeof(*m));
+        size_t size = 65533 + 10;
+
+        assert_non_null(m);
+        m->dfuse = true;
+        m->base = 0x20000000;
+        m->xfer = 1;
+        m->state = S_IDLE;
+        world_start(&w, &d, size, NULL);
+        assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
+        assert_memory_equal(m->mem, w.data, size);
+        assert_int_equal(m->set_addresses, 3); /* two runs, then leave */
+        world_end(&w);
+        free(m);
+}
+
+/* The exact DfuSe wire sequence for a 1500-byte image. */
+static const struct fake_usb_step s_dfuse[] = {
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    DFUSE_CMD("\x41\x00\x20\x00\x08"),
+    FU_COMPLETE(5),
+    GETSTATUS,
+    ST(0, 40, S_DNBUSY),
+    FU_DEADLINE(40),
+    FU_EXPIRE(),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    DFUSE_CMD("\x41\x00\x24\x00\x08"),
+    FU_COMPLETE(5),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    DFUSE_CMD("\x21\x00\x20\x00\x08"),
+    FU_COMPLETE(5),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    DNLOAD(2, 1024),
+    DATA(0),
+    FU_COMPLETE(1024),
+    GETSTATUS,
+    ST(0, 3, S_DNBUSY),
+    FU_EXPIRE(),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    FU_PROGRESS(1024, 1500),
+    DNLOAD(3, 476),
+    DATA(1024),
+    FU_COMPLETE(476),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    FU_PROGRESS(1500, 1500),
+    DFUSE_CMD("\x21\x00\x20\x00\x08"),
+    FU_COMPLETE(5),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    DNLOAD(2, 0),
+    FU_COMPLETE(0),
+    GETSTATUS,
+    ST(0, 0, S_MANIFEST),
+    FU_DEADLINE(1),
+    FU_EXPIRE(),
+    GETSTATUS,
+    FU_COMPLETE(-ENODEV),
+    FU_RESULT(GW_PROTO_DONE),
+};
+/* An erase the device rejects. */
+static const struct fake_usb_step s_dfuse_erase_fails[] = {
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    DFUSE_CMD("\x41\x00\x20\x00\x08"),
+    FU_COMPLETE(5),
+    GETSTATUS,
+    ST(0x04, 0, S_ERROR),
+    FU_RESULT(-EIO),
+    FU_ERROR("errERASE during ERASE"),
+};
+static const struct fake_usb_step s_dfuse_address_fails[] = {
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    DFUSE_CMD("\x41\x00\x20\x00\x08"),
+    FU_COMPLETE(5),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    DFUSE_CMD("\x21\x00\x20\x00\x08"),
+    FU_COMPLETE(-EPIPE),
+    GETSTATUS,
+    ST(0x08, 0, S_ERROR),
+    FU_RESULT(-EFAULT),
+    FU_ERROR("errADDRESS during SET_ADDRESS"),
+};
+
+static void test_dfuse_script(void **state)
+{
+        RUN(&dev_dfuse, 1500, NULL, s_dfuse);
+        RUN(&dev_dfuse, 10, NULL, s_dfuse_erase_fails);
+        RUN(&dev_dfuse, 10, NULL, s_dfuse_address_fails);
+}
+
+/* Cancelling in each kind of state ends with -ECANCELED, aborting a download in progress. */
+static void test_cancel(void **state)
+{
+        struct world w;
+
+        /* Before install: nothing to stop. */
+        world_open(&w, &dev_dfu11, 10, NULL);
+        assert_int_equal(fake_usb_cancel(&w.f), -ECANCELED);
+        world_end(&w);
+
+        /* Waiting for a busy device: ABORT goes out now. */
+        world_start(&w, &dev_dfu11, 100, NULL);
+        fake_usb_status(&w.f, 0, 0, S_IDLE);
+        fake_usb_complete(&w.f, 64, NULL, 0);
+        fake_usb_status(&w.f, 0, 50, S_DNBUSY);
+        assert_false(w.f.in_flight);
+        assert_int_equal(fake_usb_cancel(&w.f), GW_PROTO_CONTINUE);
+        assert_true(w.f.in_flight);
+        assert_int_equal(w.f.setup.request, 6);
+        assert_int_equal(w.f.deadline, 0);
+        assert_int_equal(fake_usb_complete(&w.f, 0, NULL, 0), -ECANCELED);
+        world_end(&w);
+
+        /* During the start-up GETSTATUS: no ABORT needed. */
+        world_start(&w, &dev_dfu11, 100, NULL);
+        assert_int_equal(fake_usb_cancel(&w.f), GW_PROTO_CONTINUE);
+        assert_int_equal(fake_usb_status(&w.f, 0, 0, S_IDLE), -ECANCELED);
+        assert_false(w.f.in_flight);
+        world_end(&w);
+
+        /* Waiting during manifestation. */
+        world_start(&w, &dev_dfu11, 10, NULL);
+        fake_usb_status(&w.f, 0, 0, S_IDLE);
+        fake_usb_complete(&w.f, 10, NULL, 0);
+        fake_usb_status(&w.f, 0, 0, S_DNIDLE);
+        fake_usb_complete(&w.f, 0, NULL, 0);
+        fake_usb_status(&w.f, 0, 100, S_MANIFEST);
+        assert_int_equal(fake_usb_cancel(&w.f), -ECANCELED);
+        assert_int_equal(w.f.deadline, 0);
+        world_end(&w);
+}
+
+/* Early and stale timer calls change nothing. */
+static void test_early_timeout(void **state)
+{
+        struct world w;
+
+        world_start(&w, &dev_dfu11, 100, NULL);
+        fake_usb_status(&w.f, 0, 0, S_IDLE);
+        fake_usb_complete(&w.f, 64, NULL, 0);
+        fake_usb_status(&w.f, 0, 50, S_DNBUSY);
+        assert_int_equal(w.f.ops->timeout(w.f.priv), GW_PROTO_CONTINUE);
+        assert_false(w.f.in_flight);
+        assert_int_equal(w.f.deadline, w.f.now + 50);
+        assert_int_equal(fake_usb_advance(&w.f, 50), GW_PROTO_CONTINUE);
+        assert_true(w.f.in_flight);
+        assert_int_equal(w.f.ops->timeout(w.f.priv), GW_PROTO_CONTINUE);
+        assert_true(w.f.in_flight);
+        world_end(&w);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_functional),       cmocka_unit_test(test_status_decode),
+            cmocka_unit_test(test_layout),           cmocka_unit_test(test_dfu11_download),
+            cmocka_unit_test(test_huge_poll_capped), cmocka_unit_test(test_stuck_busy),
+            cmocka_unit_test(test_recovery),         cmocka_unit_test(test_recovery_scripts),
+            cmocka_unit_test(test_error_statuses),   cmocka_unit_test(test_transfer_failures),
+            cmocka_unit_test(test_manifestation),    cmocka_unit_test(test_detach),
+            cmocka_unit_test(test_setup_failures),   cmocka_unit_test(test_bad_options),
+            cmocka_unit_test(test_identify),         cmocka_unit_test(test_alt_choice),
+            cmocka_unit_test(test_model_dfu11),      cmocka_unit_test(test_model_dfuse),
+            cmocka_unit_test(test_dfuse_runs),       cmocka_unit_test(test_dfuse_script),
+            cmocka_unit_test(test_cancel),           cmocka_unit_test(test_early_timeout),
+        };
+
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
