@@ -14,6 +14,9 @@
 #ifdef GW_BUILTIN_TRANSPORT_UART
 extern const struct gw_transport_ops gw_transport_uart_ops;
 #endif
+#ifdef GW_BUILTIN_TRANSPORT_USB
+extern const struct gw_transport_ops gw_transport_usb_ops;
+#endif
 #ifdef GW_BUILTIN_PROTOCOL_YMODEM
 extern const struct gw_protocol_ops gw_protocol_ymodem_ops;
 #endif
@@ -24,6 +27,9 @@ extern const struct gw_protocol_ops gw_protocol_dfu_ops;
 static const struct gw_transport_ops *const builtin_transports[] = {
 #ifdef GW_BUILTIN_TRANSPORT_UART
     &gw_transport_uart_ops,
+#endif
+#ifdef GW_BUILTIN_TRANSPORT_USB
+    &gw_transport_usb_ops,
 #endif
     NULL,
 };

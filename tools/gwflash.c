@@ -16,6 +16,12 @@
 #include "gw/log.h"
 #include "gw/loop.h"
 #include "gw/registry.h"
+#ifdef GW_BUILTIN_TRANSPORT_USB
+#include "../transports/usb/usb.h"
+#endif
+#ifdef GW_BUILTIN_PROTOCOL_DFU
+#include "../protocols/dfu/dfu-desc.h"
+#endif
 
 struct run {
         struct gw_loop *loop;
@@ -32,30 +38,42 @@ struct run {
 
 static void usage(FILE *out)
 {
-        fprintf(out,
-                "Usage: gwflash [OPTIONS] FILE\n"
-                "       gwflash list [--json]\n"
-                "\n"
-                "Flash FILE to one node through a transport and a protocol plugin.\n"
-                "\n"
-                "  -t, --transport NAME   link to the node (built in: uart)\n"
-                "  -p, --port PATH        serial port, e.g. /dev/ttyUSB0 or a pty from socat\n"
-                "  -b, --baud N           line rate for serial links (default 115200)\n"
-                "  -P, --protocol NAME    update protocol (built in: ymodem)\n"
-                "  -o, --option KEY=VAL   extra transport or protocol option (repeatable),\n"
-                "                         e.g. -o ack-timeout-ms=3000 -o parity=even\n"
-                "  -n, --name NAME        file name announced to the node (default: FILE's)\n"
-                "      --json             machine-readable progress and result on stdout\n"
-                "  -q, --quiet            no progress output\n"
-                "  -v, --verbose          debug logging (protocol state changes)\n"
-                "  -h, --help             this text\n"
-                "\n"
-                "Exit status: 0 when the node took the whole image, 1 when flashing failed,\n"
-                "2 on a usage error.\n"
-                "\n"
-                "Example:\n"
-                "  gwflash --transport uart --port /dev/ttyUSB0 --baud 115200 --protocol ymodem "
-                "fw.bin\n");
+        fprintf(
+            out,
+            "Usage: gwflash [OPTIONS] FILE\n"
+            "       gwflash --usb VID:PID[,serial=S][,path=P] --alt N|NAME [OPTIONS] FILE\n"
+            "       gwflash list [--json]\n"
+            "\n"
+            "Flash FILE to one node through a transport and a protocol plugin.\n"
+            "\n"
+            "  -t, --transport NAME   link to the node (built in: uart, usb)\n"
+            "  -p, --port PATH        serial port, e.g. /dev/ttyUSB0 or a pty from socat\n"
+            "  -b, --baud N           line rate for serial links (default 115200)\n"
+            "  -u, --usb SPEC         USB device: VID:PID in hex, optionally ,serial=S and\n"
+            "                         ,path=BUS-PORT[.PORT]... to tell identical boards apart;\n"
+            "                         implies --transport usb --protocol dfu\n"
+            "  -a, --alt N|NAME       DFU alternate setting: number, name or DfuSe layout name\n"
+            "      --address A        DfuSe: where the image starts (default: the first\n"
+            "                         writable segment of the layout)\n"
+            "      --dfu-usb VID:PID  the ids the board has in DFU mode, when it runs with\n"
+            "                         others and must be detached first\n"
+            "  -P, --protocol NAME    update protocol (built in: ymodem, dfu)\n"
+            "  -o, --option KEY=VAL   extra transport or protocol option (repeatable),\n"
+            "                         e.g. -o ack-timeout-ms=3000 -o parity=even\n"
+            "  -n, --name NAME        file name announced to the node (default: FILE's)\n"
+            "      --json             machine-readable progress and result on stdout\n"
+            "  -q, --quiet            no progress output\n"
+            "  -v, --verbose          debug logging (protocol state changes)\n"
+            "  -h, --help             this text\n"
+            "\n"
+            "Exit status: 0 when the node took the whole image, 1 when flashing failed,\n"
+            "2 on a usage error.\n"
+            "\n"
+            "Examples:\n"
+            "  gwflash --transport uart --port /dev/ttyUSB0 --baud 115200 --protocol ymodem "
+            "fw.bin\n"
+            "  gwflash --usb 0483:df11 --alt 0 --address 0x08000000 fw.bin\n"
+            "  gwflash list\n");
 }
 
 static void fmt_bytes(char *buf, size_t n, double v)
@@ -176,6 +194,112 @@ static int list_one(const struct gw_link_info *info, void *userdata)
         return 0;
 }
 
+#ifdef GW_BUILTIN_TRANSPORT_USB
+/* bcdDFUVersion as people write it: 0x0110 "1.1", 0x011a "1.1a" (DfuSe). */
+static void dfu_version(unsigned bcd, char *buf, size_t n)
+{
+        if (bcd & 0xf)
+                snprintf(buf, n, "%x.%x%x", (bcd >> 8) & 0xff, (bcd >> 4) & 0xf, bcd & 0xf);
+        else
+                snprintf(buf, n, "%x.%x", (bcd >> 8) & 0xff, (bcd >> 4) & 0xf);
+}
+
+/* "DFU 1.1a, 2048-byte transfers" from an alt setting's functional descriptor. */
+static void dfu_facts(const struct gw_usb_alt *a, char *buf, size_t n, unsigned *ret_bcd,
+                      unsigned *ret_transfer)
+{
+        buf[0] = '\0';
+        *ret_bcd = *ret_transfer = 0;
+#ifdef GW_BUILTIN_PROTOCOL_DFU
+        struct gw_dfu_functional fd;
+
+        if (a->extra && gw_dfu_parse_functional(a->extra, a->extra_len, &fd) == 0) {
+                *ret_bcd = fd.bcd_dfu;
+                *ret_transfer = fd.transfer_size;
+                char v[16];
+
+                dfu_version(fd.bcd_dfu, v, sizeof(v));
+                snprintf(buf, n, "DFU %s%s, %u-byte transfers", v,
+                         fd.bcd_dfu == GW_DFU_BCD_DFUSE ? " (DfuSe)" : "", fd.transfer_size);
+        }
+#endif
+}
+
+static bool is_dfu_alt(const struct gw_usb_alt *a)
+{
+        return a->class_code == 0xfe && a->subclass == 0x01;
+}
+
+static int list_usb_one(const struct gw_usb_found *f, void *userdata)
+{
+        struct list_ctx *c = userdata;
+        const struct gw_usb_device_info *d = f->dev;
+        const char *mode = "dfu";
+        char id[16];
+
+        c->n++;
+        snprintf(id, sizeof(id), "%04x:%04x", d->vid, d->pid);
+        /* bInterfaceProtocol 1: the application's runtime interface, 2: DFU mode. */
+        for (size_t i = 0; i < d->n_alts; i++)
+                if (is_dfu_alt(&d->alts[i]) && d->alts[i].protocol == 1)
+                        mode = "runtime";
+        if (c->json) {
+                json_t *o =
+                    json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:s, s:s, s:[]}", "transport", "usb",
+                              "path", d->path, "usb", id, "serial", d->serial, "description",
+                              f->product, "node", f->node, "mode", mode, "alts");
+                json_t *alts = o ? json_object_get(o, "alts") : NULL;
+
+                for (size_t i = 0; alts && i < d->n_alts; i++) {
+                        const struct gw_usb_alt *a = &d->alts[i];
+                        unsigned bcd, ts;
+                        char facts[64];
+                        json_t *ao;
+
+                        if (!is_dfu_alt(a))
+                                continue;
+                        dfu_facts(a, facts, sizeof(facts), &bcd, &ts);
+                        ao = json_pack("{s:i, s:i, s:s?}", "interface", a->interface, "alt", a->alt,
+                                       "name", a->name);
+                        if (ao && bcd) {
+                                char v[16];
+
+                                dfu_version(bcd, v, sizeof(v));
+                                json_object_set_new(ao, "dfu_version", json_string(v));
+                                json_object_set_new(ao, "transfer_size", json_integer(ts));
+                        }
+                        if (ao)
+                                json_array_append_new(alts, ao);
+                }
+                if (o && f->error < 0)
+                        json_object_set_new(o, "error", json_string(strerror(-f->error)));
+                if (o)
+                        json_array_append_new(c->arr, o);
+                return 0;
+        }
+        printf("%-6s %-24s %s", "usb", d->path, id);
+        if (d->serial)
+                printf(" serial=%s", d->serial);
+        printf("  %s (%s mode, %s)\n", f->product ? f->product : "USB device", mode, f->node);
+        if (f->error < 0)
+                printf("       cannot open %s: %s; names and serial unknown (run as root or "
+                       "add a udev rule)\n",
+                       f->node, strerror(-f->error));
+        for (size_t i = 0; i < d->n_alts; i++) {
+                const struct gw_usb_alt *a = &d->alts[i];
+                unsigned bcd, ts;
+                char facts[64];
+
+                if (!is_dfu_alt(a))
+                        continue;
+                dfu_facts(a, facts, sizeof(facts), &bcd, &ts);
+                printf("       alt %u (interface %u) \"%s\"%s%s\n", a->alt, a->interface,
+                       a->name ? a->name : "", facts[0] ? "  " : "", facts);
+        }
+        return 0;
+}
+#endif
+
 static int cmd_list(int argc, char **argv)
 {
         const struct gw_transport_ops *t;
@@ -186,7 +310,8 @@ static int cmd_list(int argc, char **argv)
                         c.json = true;
                 else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
                         printf("Usage: gwflash list [--json]\n\nLists the links every transport "
-                               "can see: serial ports (with USB ids and serial numbers).\n");
+                               "can see: serial ports (with USB ids and serial numbers) and USB\n"
+                               "DFU devices with their alternate settings.\n");
                         return 0;
                 } else {
                         fprintf(stderr, "gwflash list: unknown argument '%s'\n", argv[i]);
@@ -200,6 +325,14 @@ static int cmd_list(int argc, char **argv)
 
                 if (!t->enumerate)
                         continue;
+#ifdef GW_BUILTIN_TRANSPORT_USB
+                if (strcmp(t->name, "usb") == 0) {
+                        r = gw_usb_scan(NULL, list_usb_one, &c);
+                        if (r < 0)
+                                gw_log_warning_errno(r, "Failed to list USB devices: %m, ignoring");
+                        continue;
+                }
+#endif
                 r = t->enumerate(NULL, list_one, &c);
                 if (r < 0)
                         gw_log_warning_errno(r, "Failed to enumerate %s links: %m, ignoring",
@@ -216,6 +349,91 @@ static int cmd_list(int argc, char **argv)
         }
         return 0;
 }
+
+#ifdef GW_BUILTIN_TRANSPORT_USB
+/* "0483:df11 with serial S at path 1-2" for messages about what --usb asked for. */
+static void describe_match(const struct gw_usb_match *m, char *buf, size_t n)
+{
+        size_t used = (size_t) snprintf(buf, n, "%04x:%04x", m->vid, m->pid);
+
+        if (m->has_dfu_ids && used < n)
+                used += (size_t) snprintf(buf + used, n - used, " (or %04x:%04x in DFU mode)",
+                                          m->dfu_vid, m->dfu_pid);
+        if (m->serial[0] && used < n)
+                used += (size_t) snprintf(buf + used, n - used, " with serial %s", m->serial);
+        if (m->path[0] && used < n)
+                snprintf(buf + used, n - used, " at path %s", m->path);
+}
+
+struct usb_report {
+        bool print;
+        unsigned n;
+        char node[64];
+        uint16_t vid, pid;
+};
+
+static int report_one(const struct gw_usb_found *f, void *userdata)
+{
+        struct usb_report *u = userdata;
+
+        u->n++;
+        if (f->error == -EACCES && !u->node[0]) {
+                snprintf(u->node, sizeof(u->node), "%s", f->node);
+                u->vid = f->dev->vid;
+                u->pid = f->dev->pid;
+        }
+        if (u->print)
+                fprintf(stderr, "  %04x:%04x serial=%s path=%s  %s%s%s\n", f->dev->vid, f->dev->pid,
+                        f->dev->serial ? f->dev->serial : "(unknown)", f->dev->path, f->node,
+                        f->error < 0 ? ": " : "", f->error < 0 ? strerror(-f->error) : "");
+        return 0;
+}
+
+/* Tells the user what to do when the USB device could not be opened. */
+static void explain_usb_error(int r, const struct gw_usb_match *m)
+{
+        struct usb_report u = {0};
+        char what[192];
+
+        describe_match(m, what, sizeof(what));
+        switch (r) {
+        case -ENODEV:
+        case -ENOENT:
+                gw_log_error("No DFU device %s found; is it in DFU mode? `gwflash list` shows "
+                             "what is attached",
+                             what);
+                return;
+        case -EEXIST:
+                gw_log_error("Several devices match %s:", what);
+                u.print = true;
+                (void) gw_usb_scan(m, report_one, &u);
+                fprintf(stderr, "Add ,serial=S or ,path=P to --usb to choose one.\n");
+                return;
+        case -EACCES:
+                (void) gw_usb_scan(m, report_one, &u);
+                if (!u.node[0]) {
+                        gw_log_error("Permission denied opening USB device %s: run gwflash as "
+                                     "root or add a udev rule giving you access",
+                                     what);
+                        return;
+                }
+                gw_log_error("Permission denied on %s (USB device %04x:%04x): add a udev rule "
+                             "such as\n  SUBSYSTEM==\"usb\", ATTR{idVendor}==\"%04x\", "
+                             "ATTR{idProduct}==\"%04x\", MODE=\"0660\", GROUP=\"plugdev\"\nto "
+                             "a file in /etc/udev/rules.d/ (then replug the board), or run "
+                             "gwflash as root",
+                             u.node, u.vid, u.pid, u.vid, u.pid);
+                return;
+        case -EBUSY:
+                gw_log_error("USB device %s is busy: another program or a kernel driver holds "
+                             "it",
+                             what);
+                return;
+        default:
+                gw_log_error_errno(r, "Cannot open USB device %s: %m", what);
+        }
+}
+#endif
 
 static int add_kv(struct gw_options *o, const char *kv)
 {
@@ -235,6 +453,10 @@ int main(int argc, char **argv)
             {"transport", required_argument, NULL, 't'},
             {"port", required_argument, NULL, 'p'},
             {"baud", required_argument, NULL, 'b'},
+            {"usb", required_argument, NULL, 'u'},
+            {"alt", required_argument, NULL, 'a'},
+            {"address", required_argument, NULL, 'A'},
+            {"dfu-usb", required_argument, NULL, 'D'},
             {"protocol", required_argument, NULL, 'P'},
             {"option", required_argument, NULL, 'o'},
             {"name", required_argument, NULL, 'n'},
@@ -245,7 +467,11 @@ int main(int argc, char **argv)
             {"version", no_argument, NULL, 'V'},
             {},
         };
-        const char *transport = NULL, *protocol = NULL, *name = NULL;
+        const char *transport = NULL, *protocol = NULL, *name = NULL, *usb = NULL, *label;
+#ifdef GW_BUILTIN_TRANSPORT_USB
+        struct gw_usb_match usb_match = {0};
+        const char *why = NULL;
+#endif
         const struct gw_transport_ops *t;
         const struct gw_protocol_ops *p;
         struct gw_options *opts = gw_options_new();
@@ -261,7 +487,7 @@ int main(int argc, char **argv)
                 gw_options_free(opts);
                 return cmd_list(argc - 1, argv + 1);
         }
-        while ((c = getopt_long(argc, argv, "t:p:b:P:o:n:qvh", longopts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "t:p:b:u:a:P:o:n:qvh", longopts, NULL)) != -1) {
                 switch (c) {
                 case 't':
                         transport = optarg;
@@ -271,6 +497,19 @@ int main(int argc, char **argv)
                         break;
                 case 'b':
                         r = gw_options_set(opts, "baud", optarg);
+                        break;
+                case 'u':
+                        usb = optarg;
+                        r = gw_options_set(opts, "usb", optarg);
+                        break;
+                case 'a':
+                        r = gw_options_set(opts, "alt", optarg);
+                        break;
+                case 'A':
+                        r = gw_options_set(opts, "address", optarg);
+                        break;
+                case 'D':
+                        r = gw_options_set(opts, "dfu-usb", optarg);
                         break;
                 case 'P':
                         protocol = optarg;
@@ -311,11 +550,25 @@ int main(int argc, char **argv)
                 goto usage;
         }
         run.file = argv[optind];
+        /* --usb VID:PID means the usb transport and, unless told otherwise, DFU. */
+        if (usb) {
+                if (transport && strcmp(transport, "usb") != 0) {
+                        fprintf(stderr, "gwflash: --usb needs transport usb, not %s\n", transport);
+                        goto usage;
+                }
+                transport = "usb";
+                if (!protocol)
+                        protocol = "dfu";
+        }
         if (!transport || !protocol) {
                 fprintf(stderr, "gwflash: --transport and --protocol are required\n");
                 goto usage;
         }
         t = gw_transport_find(transport);
+        if (!t && strcmp(transport, "usb") == 0) {
+                fprintf(stderr, "gwflash: built without the usb transport (it needs libusb-1.0)\n");
+                goto usage;
+        }
         if (!t) {
                 fprintf(stderr, "gwflash: unknown transport '%s'\n", transport);
                 goto usage;
@@ -329,6 +582,15 @@ int main(int argc, char **argv)
                 fprintf(stderr, "gwflash: --port is required for transport %s\n", transport);
                 goto usage;
         }
+#ifdef GW_BUILTIN_TRANSPORT_USB
+        if (strcmp(t->name, "usb") == 0 && gw_usb_match_parse(opts, &usb_match, &why) < 0) {
+                fprintf(stderr, "gwflash: --usb VID:PID[,serial=S][,path=P]: %s\n", why);
+                goto usage;
+        }
+#endif
+        label = gw_options_get(opts, "port")  ? gw_options_get(opts, "port")
+                : gw_options_get(opts, "usb") ? gw_options_get(opts, "usb")
+                                              : transport;
 
         r = gw_file_reader_open(run.file, name, &reader);
         if (r < 0) {
@@ -341,17 +603,20 @@ int main(int argc, char **argv)
         gw_loop_add_signal(run.loop, SIGINT, on_signal, &run, NULL);
         gw_loop_add_signal(run.loop, SIGTERM, on_signal, &run, NULL);
 
-        r = gw_flash_new(run.loop,
-                         gw_options_get(opts, "port") ? gw_options_get(opts, "port") : transport, t,
-                         opts, p, opts, &run.flash);
+        r = gw_flash_new(run.loop, label, t, opts, p, opts, &run.flash);
         if (r == -EPROTO) {
                 gw_log_error("Protocol %s cannot run over transport %s", protocol, transport);
                 goto out;
         }
+#ifdef GW_BUILTIN_TRANSPORT_USB
+        if (r < 0 && strcmp(t->name, "usb") == 0 && r != -EINVAL) {
+                explain_usb_error(r, &usb_match);
+                goto out;
+        }
+#endif
         if (r < 0) {
-                gw_log_error_errno(r, "Cannot open %s link %s: %m", transport,
-                                   gw_options_get(opts, "port") ? gw_options_get(opts, "port")
-                                                                : "");
+                gw_log_error_errno(r, "Cannot open %s link %s: %m%s", transport, label,
+                                   r == -EINVAL ? " (a bad option? -v says which)" : "");
                 goto out;
         }
         run.tty = isatty(STDERR_FILENO);

@@ -248,6 +248,8 @@ static int result(const struct dfu *d)
 }
 
 /* Submits one class request to the DFU interface and enters s. */
+static int handle_done(struct dfu *d, int status, const uint8_t *data, size_t len);
+
 static int submit(struct dfu *d, enum dfu_state s, uint8_t type, uint8_t request, uint16_t value,
                   const void *data, uint16_t length)
 {
@@ -262,6 +264,11 @@ static int submit(struct dfu *d, enum dfu_state s, uint8_t type, uint8_t request
 
         set_state(d, s);
         r = d->host->control(d->host->ctx, &setup, data, (unsigned) d->transfer_timeout_ms);
+        /* A device that vanished (it reset after leave or manifestation) may be refused at
+         * submission rather than at completion: the state decides whether that is the end
+         * we expected. */
+        if (r == -ENODEV)
+                return handle_done(d, -ENODEV, NULL, 0);
         if (r < 0)
                 return fail(d, r, "submitting a control transfer failed: %s", strerror(-r));
         return GW_PROTO_CONTINUE;

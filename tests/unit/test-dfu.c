@@ -720,8 +720,13 @@ static const struct fake_usb_step s_bad_state[] = {
     FU_RESULT(-EBADMSG),
 };
 static const struct fake_usb_step s_submit_fails[] = {
+    GETSTATUS,       FU_SUBMIT_FAIL(-EIO), ST(0, 0, S_IDLE),
+    FU_RESULT(-EIO), FU_ERROR("submitting"),
+};
+/* Refused at submission because the device is gone: as if the transfer had said so. */
+static const struct fake_usb_step s_submit_gone[] = {
     GETSTATUS,          FU_SUBMIT_FAIL(-ENODEV), ST(0, 0, S_IDLE),
-    FU_RESULT(-ENODEV), FU_ERROR("submitting"),
+    FU_RESULT(-ENODEV), FU_ERROR("disconnected"),
 };
 static const struct fake_usb_step s_getstatus_stalls[] = {
     GETSTATUS,
@@ -743,6 +748,7 @@ static void test_transfer_failures(void **state)
         RUN(&dev_dfu11, 10, NULL, s_malformed_status);
         RUN(&dev_dfu11, 10, NULL, s_bad_state);
         RUN(&dev_dfu11, 10, NULL, s_submit_fails);
+        RUN(&dev_dfu11, 10, NULL, s_submit_gone);
         RUN(&dev_dfu11, 10, NULL, s_getstatus_stalls);
 }
 
@@ -757,6 +763,15 @@ static const struct fake_usb_step s_manifest_wait_reset[] = {
 };
 static const struct fake_usb_step s_manifest_vanishes[] = {
     TO_END, FU_COMPLETE(0), GETSTATUS, FU_COMPLETE(-ENODEV), FU_RESULT(GW_PROTO_DONE),
+};
+/* It reset so fast that the next GETSTATUS is refused at submission. */
+static const struct fake_usb_step s_manifest_vanishes_at_submit[] = {
+    TO_END,
+    FU_COMPLETE(0),
+    GETSTATUS,
+    FU_SUBMIT_FAIL(-ENODEV),
+    ST(0, 0, S_IDLE),
+    FU_RESULT(GW_PROTO_DONE),
 };
 static const struct fake_usb_step s_manifest_vanishes_at_end[] = {
     TO_END,
@@ -779,6 +794,7 @@ static void test_manifestation(void **state)
 {
         RUN(&dev_nontol, 10, NULL, s_manifest_wait_reset);
         RUN(&dev_nontol, 10, NULL, s_manifest_vanishes);
+        RUN(&dev_nontol, 10, NULL, s_manifest_vanishes_at_submit);
         RUN(&dev_nontol, 10, NULL, s_manifest_vanishes_at_end);
         RUN(&dev_dfu11, 10, NULL, s_tolerant_vanishes);
         RUN(&dev_dfu11, 10, NULL, s_manifest_unexpected);

@@ -1,0 +1,289 @@
+#!/bin/bash
+# gwflash over the usb transport against the umockdev DFU emulator (tools/sim/dfu-sim): DFU 1.1,
+# DfuSe and a board detached from runtime mode, each memory dump compared byte for byte;
+# choosing one of two boards by serial and by path; the failures a user meets (no device,
+# several devices, permission denied, a DFU error status) exit 1 with a message saying what to
+# do; usage errors exit 2; `gwflash list` in text and JSON; and the loop does not spin while
+# the device is busy.
+set -u
+
+: "${GW_BUILD:?GW_BUILD must name the build directory}"
+SIM=$GW_BUILD/tools/sim/dfu-sim
+GWFLASH=$GW_BUILD/tools/gwflash
+
+if [ ! -x "$GWFLASH" ]; then
+        echo "FAIL: $GWFLASH was not built"
+        exit 1
+fi
+if "$GWFLASH" --usb 1:1 /dev/null 2>&1 | grep -q "built without the usb transport"; then
+        echo "SKIP: gwflash was built without the usb transport (libusb-1.0 missing)"
+        exit 77
+fi
+if [ ! -x "$SIM" ]; then
+        echo "SKIP: tools/sim/dfu-sim was not built (umockdev development files missing)"
+        exit 77
+fi
+if ! ldconfig -p 2>/dev/null | grep -q libumockdev-preload.so.0; then
+        echo "SKIP: libumockdev-preload.so.0 is not installed (package umockdev)"
+        exit 77
+fi
+for prog in timeout cmp python3; do
+        if ! command -v "$prog" >/dev/null; then
+                echo "SKIP: $prog is not installed"
+                exit 77
+        fi
+done
+
+work=$(mktemp -d /tmp/gw-gwflash-usb.XXXXXX)
+failures=0
+sim_pid=
+
+cleanup() {
+        if [ -n "$sim_pid" ]; then
+                kill "$sim_pid" 2>/dev/null
+                wait "$sim_pid" 2>/dev/null
+        fi
+        if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "Work directory kept: $work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+pass() { echo "PASS: $*"; }
+fail() {
+        echo "FAIL: $*"
+        failures=$((failures + 1))
+}
+
+# sim NAME [SIM OPTIONS...] -- COMMAND...: runs COMMAND under a fresh emulator, bounded;
+# stdout to $work/NAME.out, stderr to $work/NAME.err, the memory dump to $work/NAME.dump,
+# counters to $work/NAME.json. Returns COMMAND's status.
+sim() {
+        local name=$1
+        shift
+        timeout 120 "$SIM" --dump "$work/$name.dump" --report "$work/$name.json" "$@" \
+                >"$work/$name.out" 2>"$work/$name.err"
+}
+
+# same IMAGE DUMP: the dump starts with exactly the image's bytes.
+same() {
+        cmp -s -n "$(stat -c %s "$1")" "$1" "$2"
+}
+
+# has NAME TEXT: NAME's stderr contains TEXT.
+has() {
+        grep -qF -- "$2" "$work/$1.err"
+}
+
+# expect_fail NAME WHAT TEXT...: the case exited 1 and its stderr holds every TEXT.
+expect_fail() {
+        local name=$1 what=$2 rc=$3 t
+        shift 3
+        if [ "$rc" -ne 1 ]; then
+                fail "$what: exit $rc, expected 1"
+                sed 's/^/    /' "$work/$name.err"
+                return
+        fi
+        for t in "$@"; do
+                if ! has "$name" "$t"; then
+                        fail "$what: no \"$t\" in the message"
+                        sed 's/^/    /' "$work/$name.err"
+                        return
+                fi
+        done
+        pass "$what"
+}
+
+# expect_ok NAME WHAT RC IMAGE DUMP: the case exited 0 and the device holds the image.
+expect_ok() {
+        local name=$1 what=$2 rc=$3 image=$4 dump=$5
+        if [ "$rc" -ne 0 ]; then
+                fail "$what: exit $rc"
+                sed 's/^/    /' "$work/$name.err"
+        elif ! same "$image" "$dump"; then
+                fail "$what: the device's memory differs from the image"
+        else
+                pass "$what"
+        fi
+}
+
+head -c 100000 /dev/urandom >"$work/img.bin"
+head -c 300000 /dev/urandom >"$work/big.bin"
+
+# Usage errors: exit 2 before any device is looked at.
+for bad in "0483" "0483:df11,path=1" "0483:df11,serial=" "0483:df11,colour=red" "g483:df11"; do
+        "$GWFLASH" --usb "$bad" "$work/img.bin" >/dev/null 2>"$work/usage.err"
+        rc=$?
+        if [ $rc -eq 2 ] && grep -q -- "--usb" "$work/usage.err"; then
+                pass "usage error for --usb $bad"
+        else
+                fail "--usb $bad: exit $rc, expected 2 with a message about --usb"
+        fi
+done
+"$GWFLASH" --usb 0483:df11 --transport uart "$work/img.bin" >/dev/null 2>&1
+rc=$?
+if [ $rc -eq 2 ]; then
+        pass "usage error for --usb with another transport"
+else
+        fail "--usb with --transport uart: exit $rc, expected 2"
+fi
+
+# DFU 1.1: plain download, JSON result.
+sim dfu11 -- "$GWFLASH" --json --usb 1d50:6089 --alt 0 "$work/img.bin"
+rc=$?
+expect_ok dfu11 "DFU 1.1 download, dump identical" $rc "$work/img.bin" "$work/dfu11.dump"
+if tail -n 1 "$work/dfu11.out" | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+sys.exit(0 if r["result"] == "ok" and r["bytes"] == r["total"] == 100000 else 1)'; then
+        pass "DFU 1.1 --json result line"
+else
+        fail "DFU 1.1 --json result line: $(tail -n 1 "$work/dfu11.out")"
+fi
+
+# DfuSe: erase, SET_ADDRESS, download, then leave DFU mode (the device resets and vanishes).
+sim dfuse --dfuse -- "$GWFLASH" -q --usb 0483:df11 --alt 0 --address 0x08000000 "$work/big.bin"
+rc=$?
+expect_ok dfuse "DfuSe download with leave, dump identical" $rc "$work/big.bin" \
+        "$work/dfuse.dump"
+# The same by alt name, staying in DFU mode.
+sim dfuse-stay --dfuse -- "$GWFLASH" -q --usb 0483:df11 --alt "Internal Flash" \
+        -o leave=false "$work/big.bin"
+rc=$?
+expect_ok dfuse-stay "DfuSe download by alt name, no leave, dump identical" $rc \
+        "$work/big.bin" "$work/dfuse-stay.dump"
+
+# A board running its application: DFU_DETACH, it re-enumerates with its DFU-mode ids, and
+# the transport finds the same board again.
+sim runtime --runtime -- "$GWFLASH" -q --usb 1d50:6088 --dfu-usb 1d50:6089 --alt 0 \
+        "$work/img.bin"
+rc=$?
+expect_ok runtime "detach from runtime mode, reopen, download" $rc "$work/img.bin" \
+        "$work/runtime.dump"
+
+# No such device.
+sim none -- "$GWFLASH" -q --usb 0483:df11 --alt 0 "$work/img.bin"
+expect_fail none "no device: exit 1, says what to check" $? \
+        "No DFU device 0483:df11 found" "is it in DFU mode?" "gwflash list"
+
+# Two identical boards: refused with both listed, then each chosen by serial or path.
+sim two --serial AAA1 --serial BBB2 -- "$GWFLASH" -q --usb 1d50:6089 --alt 0 "$work/img.bin"
+expect_fail two "two matching devices: exit 1, both listed" $? \
+        "Several devices match 1d50:6089" "serial=AAA1" "serial=BBB2" "path=1-1" \
+        "Add ,serial=S or ,path=P"
+sim by-serial --serial AAA1 --serial BBB2 -- "$GWFLASH" -q --usb 1d50:6089,serial=BBB2 \
+        --alt 0 "$work/img.bin"
+rc=$?
+expect_ok by-serial "two devices, ,serial= picks the second" $rc "$work/img.bin" \
+        "$work/by-serial.dump.2"
+if [ $rc -eq 0 ] && same "$work/img.bin" "$work/by-serial.dump"; then
+        fail "two devices, ,serial=: the other board was written too"
+fi
+sim by-path --serial AAA1 --serial BBB2 -- "$GWFLASH" -q --usb 1d50:6089,path=1-1 --alt 0 \
+        "$work/img.bin"
+rc=$?
+expect_ok by-path "two devices, ,path=1-1 picks the first" $rc "$work/img.bin" \
+        "$work/by-path.dump"
+
+# A DFU error status from the device: exit 1 with the status named and explained.
+sim errwrite --error errWRITE:3 -- "$GWFLASH" -q --usb 1d50:6089 --alt 0 "$work/img.bin"
+expect_fail errwrite "injected errWRITE: exit 1, mapped message" $? "errWRITE" \
+        "cannot write"
+
+# A stall of a DFU request is a failure, never a success.
+sim stall --stall 5 -- "$GWFLASH" -q --usb 1d50:6089 --alt 0 "$work/img.bin"
+rc=$?
+if [ $rc -eq 1 ]; then
+        pass "stalled request: exit 1"
+else
+        fail "stalled request: exit $rc, expected 1"
+fi
+
+# Permission denied on the device node: take away the DAC override from root (or just the
+# mode bits from anyone else) and check the message names the node and the fix.
+rm -f "$work/env"
+"$SIM" --env-file "$work/env" >/dev/null 2>&1 &
+sim_pid=$!
+for ((i = 0; i < 100; i++)); do
+        [ -s "$work/env" ] && break
+        sleep 0.05
+done
+if [ ! -s "$work/env" ]; then
+        fail "permission denied: the emulator did not start"
+elif ! command -v setpriv >/dev/null && [ "$(id -u)" -eq 0 ]; then
+        echo "SKIP: permission denied case: setpriv missing, and root ignores mode bits"
+else
+        (
+                set -a
+                # shellcheck disable=SC1091
+                . "$work/env"
+                set +a
+                chmod 000 "$UMOCKDEV_DIR/dev/bus/usb/001/002"
+                if [ "$(id -u)" -eq 0 ]; then
+                        exec setpriv --bounding-set=-dac_override,-dac_read_search \
+                                timeout 60 "$GWFLASH" -q --usb 1d50:6089 --alt 0 "$work/img.bin"
+                fi
+                exec timeout 60 "$GWFLASH" -q --usb 1d50:6089 --alt 0 "$work/img.bin"
+        ) >"$work/eacces.out" 2>"$work/eacces.err"
+        expect_fail eacces "permission denied: exit 1, names the node and the fix" $? \
+                "Permission denied on /dev/bus/usb/001/002" 'ATTR{idVendor}=="1d50"' \
+                "run gwflash as root"
+fi
+kill "$sim_pid" 2>/dev/null
+wait "$sim_pid" 2>/dev/null
+sim_pid=
+
+# gwflash list: both personalities side by side is not possible in one emulator; list each.
+sim list --serial AAA1 --serial BBB2 -- "$GWFLASH" list
+rc=$?
+if [ $rc -eq 0 ] && grep -q '^usb *1-1 *1d50:6089 serial=AAA1' "$work/list.out" &&
+        grep -q '^usb *1-2 *1d50:6089 serial=BBB2' "$work/list.out" &&
+        grep -q 'alt 0 (interface 0) "Internal Flash"  DFU 1.1, 1024-byte transfers' \
+                "$work/list.out"; then
+        pass "gwflash list: both boards with serial, path and alt settings"
+else
+        fail "gwflash list (exit $rc):"
+        sed 's/^/    /' "$work/list.out"
+fi
+sim list-json --dfuse -- "$GWFLASH" list --json
+rc=$?
+if [ $rc -eq 0 ] && python3 -c '
+import json, sys
+devs = [d for d in json.load(open(sys.argv[1])) if d["transport"] == "usb"]
+assert len(devs) == 1, devs
+d = devs[0]
+assert d["usb"] == "0483:df11" and d["path"] == "1-1" and d["mode"] == "dfu", d
+assert d["serial"] and d["node"].startswith("/dev/bus/usb/"), d
+a = d["alts"][0]
+assert a["alt"] == 0 and a["name"].startswith("@Internal Flash"), a
+assert a["dfu_version"] == "1.1a" and a["transfer_size"] == 2048, a
+' "$work/list-json.out"; then
+        pass "gwflash list --json: DfuSe layout, version and transfer size"
+else
+        fail "gwflash list --json (exit $rc):"
+        sed 's/^/    /' "$work/list-json.out" "$work/list-json.err"
+fi
+sim list-runtime --runtime -- "$GWFLASH" list
+if grep -q '1d50:6088.*runtime mode' "$work/list-runtime.out"; then
+        pass "gwflash list: a board in runtime mode is listed as such"
+else
+        fail "gwflash list, runtime mode:"
+        sed 's/^/    /' "$work/list-runtime.out"
+fi
+
+# While the device is busy (a 25 ms bwPollTimeout on each of 98 blocks) gwflash waits on its
+# loop: its CPU time stays far below the time it waits.
+# shellcheck disable=SC2016 # expanded by the inner bash
+sim idle --poll-timeout-ms 25 --program-ms 20 -- bash -c \
+        'TIMEFORMAT="%U %S %R"; time "$0" -q --usb 1d50:6089 --alt 0 "$1"' \
+        "$GWFLASH" "$work/img.bin"
+rc=$?
+read -r user sys real < <(tail -n 1 "$work/idle.err")
+if [ $rc -eq 0 ] && python3 -c 'import sys; u, s, r = map(float, sys.argv[1:]); sys.exit(0 if r > 1.0 and u + s < 0.25 * r else 1)' \
+        "$user" "$sys" "$real"; then
+        pass "no busy loop while the device is busy (cpu ${user}+${sys} s in ${real} s)"
+else
+        fail "gwflash while the device is busy: exit $rc, cpu ${user:-?}+${sys:-?} s in ${real:-?} s"
+fi
+
+echo "$failures failure(s)"
+[ "$failures" -eq 0 ]
