@@ -1,9 +1,17 @@
-/* Wires the daemon's parts to one loop and runs it until a signal asks it to stop. */
+/* Wires the daemon's parts to one loop and runs it until a signal asks it to stop; owns the
+ * trust root: the provisioned one, or the rotated one persisted in the state dir, and key
+ * rotations arriving over MQTT or from gatewayd --rotate-keys. */
 #include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <openssl/evp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "daemon.h"
 #include "deploy.h"
@@ -15,7 +23,14 @@
 #include "gw/registry.h"
 #include "journal.h"
 #include "mqtt.h"
+#include "status.h"
 #include "store.h"
+
+/* The rotated trust root, exactly as it arrived (write-fsync-rename). */
+#define TRUST_KEYS "trust/keys.yaml"
+/* The last root version whose rotation finished: manifest sequence state reset. Written after
+ * that reset, so a crash between the two steps is finished at the next start. */
+#define TRUST_APPLIED "trust/applied"
 
 struct daemon {
         const struct gw_config *cfg;
@@ -25,10 +40,20 @@ struct daemon {
         struct gw_fetcher *fetcher;
         struct gw_mqtt *mqtt;
         struct gw_engine *engine;
+        /* TRUST_KEYS as last looked at, to notice a gatewayd --rotate-keys run beside us. */
+        struct stat keys_st;
+        bool has_keys_st;
+        /* The last <prefix>/keys/status report, republished on every (re)connect. */
+        char *keys_status;
+        /* SHA-256 of the last keys document decided on: the retained message comes again
+         * after every reconnect and is not decided (nor reported) twice. */
+        uint8_t keys_last[32];
+        bool has_keys_last;
         bool stopping;
 };
 
-static int load_trust(const struct gw_config *cfg, struct gw_trust **ret)
+/* The trust root provisioned in the configuration (a keys document or a list of keys). */
+static int load_provisioned_trust(const struct gw_config *cfg, struct gw_trust **ret)
 {
         struct gw_manifest_error err = {0};
         struct gw_trust *t = NULL;
@@ -70,6 +95,239 @@ static int load_trust(const struct gw_config *cfg, struct gw_trust **ret)
         return 0;
 }
 
+/* Reads a whole file of at most max bytes. -EFBIG when it is bigger. */
+static int read_file(const char *path, size_t max, char **ret, size_t *ret_len)
+{
+        struct stat st;
+        char *buf;
+        size_t got = 0;
+        int fd, r;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0) {
+                r = -errno;
+                close(fd);
+                return r;
+        }
+        if (!S_ISREG(st.st_mode) || (uint64_t) st.st_size > max) {
+                close(fd);
+                return S_ISREG(st.st_mode) ? -EFBIG : -EINVAL;
+        }
+        buf = malloc((size_t) st.st_size + 1);
+        if (!buf) {
+                close(fd);
+                return -ENOMEM;
+        }
+        while (got < (size_t) st.st_size) {
+                ssize_t n = read(fd, buf + got, (size_t) st.st_size - got);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        break;
+                got += (size_t) n;
+        }
+        close(fd);
+        buf[got] = '\0';
+        *ret = buf;
+        *ret_len = got;
+        return 0;
+}
+
+static int trust_keys_path(const struct gw_config *cfg, char *buf, size_t n)
+{
+        int len = snprintf(buf, n, "%s/%s", cfg->state_dir, TRUST_KEYS);
+
+        return len < 0 || (size_t) len >= n ? -ENAMETOOLONG : 0;
+}
+
+/* The rotated root persisted in the state dir. -ENOENT when there is none. */
+static int load_persisted_trust(const struct gw_config *cfg, struct gw_trust **ret,
+                                struct gw_manifest_error *err)
+{
+        char path[4096];
+        int r;
+
+        r = trust_keys_path(cfg, path, sizeof(path));
+        if (r < 0)
+                return r;
+        if (access(path, F_OK) < 0)
+                return -errno;
+        return gw_trust_load_file(path, cfg->manifest_size_max, ret, err);
+}
+
+/* Fast-forward recovery, the second half of a rotation: manifests signed under the old keys
+ * may carry any sequence (a compromised key may have signed a huge one), so the sequence
+ * state starts afresh under the new root. The latest trusted time stays: it only ever moves
+ * forward. Idempotent: TRUST_APPLIED records the version it was done for. */
+static int trust_finish_rotation(const struct gw_config *cfg, uint64_t version)
+{
+        struct gw_manifest_state st = {0};
+        char *buf = NULL, text[32];
+        uint64_t applied = 0;
+        int r;
+
+        if (gw_journal_read(cfg->state_dir, TRUST_APPLIED, 64, &buf, NULL) >= 0) {
+                buf[strcspn(buf, "\n")] = '\0';
+                if (gw_parse_u64(buf, &applied) < 0)
+                        applied = 0;
+                free(buf);
+        }
+        if (applied >= version)
+                return 0;
+        r = gw_manifest_state_load(cfg->state_dir, &st);
+        if (r < 0)
+                return gw_log_error_errno(r, "Cannot read the manifest state in %s: %m",
+                                          cfg->state_dir);
+        if (st.has_sequence)
+                gw_log_info("Trust root version %llu: manifest sequence %llu of the old keys "
+                            "no longer binds",
+                            (unsigned long long) version, (unsigned long long) st.sequence);
+        st.has_sequence = false;
+        st.sequence = 0;
+        memset(st.sha256, 0, sizeof(st.sha256));
+        r = gw_manifest_state_save(cfg->state_dir, &st);
+        if (r < 0)
+                return gw_log_error_errno(r, "Cannot reset the manifest state in %s: %m",
+                                          cfg->state_dir);
+        snprintf(text, sizeof(text), "%llu\n", (unsigned long long) version);
+        r = gw_journal_write(cfg->state_dir, TRUST_APPLIED, text, strlen(text));
+        if (r < 0)
+                return gw_log_error_errno(r, "Cannot record the key rotation in %s: %m",
+                                          cfg->state_dir);
+        return 0;
+}
+
+/* The trust root in force: the rotated one in the state dir when its version is at least the
+ * provisioned one's, else the provisioned one. A rotated root that cannot be read is fatal:
+ * falling back to older, perhaps compromised, keys is not an option. */
+static int load_trust(const struct gw_config *cfg, struct gw_trust **ret)
+{
+        struct gw_manifest_error err = {0};
+        struct gw_trust *prov = NULL, *rot = NULL;
+        int r;
+
+        r = load_provisioned_trust(cfg, &prov);
+        if (r < 0)
+                return r;
+        r = load_persisted_trust(cfg, &rot, &err);
+        if (r == -ENOENT) {
+                *ret = prov;
+                return 0;
+        }
+        if (r < 0) {
+                gw_trust_free(prov);
+                return gw_log_error_errno(r,
+                                          "Cannot load the rotated trust root %s/%s: %s: %s; "
+                                          "remove it to fall back to the provisioned root",
+                                          cfg->state_dir, TRUST_KEYS,
+                                          err.code ? gw_error_to_string(err.code) : "error",
+                                          err.message[0] ? err.message : strerror(-r));
+        }
+        if (gw_trust_version(rot) < gw_trust_version(prov)) {
+                gw_log_warning("Rotated trust root version %llu in %s is older than the "
+                               "provisioned version %llu, ignoring",
+                               (unsigned long long) gw_trust_version(rot), cfg->state_dir,
+                               (unsigned long long) gw_trust_version(prov));
+                gw_trust_free(rot);
+                *ret = prov;
+                return 0;
+        }
+        gw_trust_free(prov);
+        /* Finishes a rotation a crash interrupted; a no-op otherwise. */
+        r = trust_finish_rotation(cfg, gw_trust_version(rot));
+        if (r < 0) {
+                gw_trust_free(rot);
+                return r;
+        }
+        *ret = rot;
+        return 0;
+}
+
+/* Checks buf as a rotation of current and, when valid, persists it and resets the sequence
+ * state. On failure err says why (threshold-not-met, keys-rotation-invalid, ...). */
+static int trust_rotate(const struct gw_config *cfg, const struct gw_trust *current,
+                        const void *buf, size_t len, struct gw_trust **ret,
+                        struct gw_manifest_error *err)
+{
+        struct gw_trust *next = NULL;
+        int r;
+
+        if (len > cfg->manifest_size_max) {
+                err->code = GW_ERR_MANIFEST_TOO_LARGE;
+                snprintf(err->message, sizeof(err->message),
+                         "keys document of %zu bytes is over limits.manifest-size %llu", len,
+                         (unsigned long long) cfg->manifest_size_max);
+                return -EFBIG;
+        }
+        r = gw_trust_rotate(current, buf, len, cfg->manifest_size_max, &next, err);
+        if (r < 0) {
+                if (!err->code)
+                        err->code = GW_ERR_KEYS_ROTATION_INVALID;
+                return r;
+        }
+        r = gw_journal_mkdir(cfg->state_dir, "trust");
+        if (r >= 0)
+                r = gw_journal_write(cfg->state_dir, TRUST_KEYS, buf, len);
+        if (r >= 0)
+                r = trust_finish_rotation(cfg, gw_trust_version(next));
+        if (r < 0) {
+                gw_trust_free(next);
+                err->code = GW_ERR_INTERNAL;
+                snprintf(err->message, sizeof(err->message),
+                         "cannot persist the new trust root in %s: %s", cfg->state_dir,
+                         strerror(-r));
+                return r;
+        }
+        *ret = next;
+        return 0;
+}
+
+int gw_daemon_rotate_keys(const struct gw_config *cfg, const char *path, uint64_t *ret_version,
+                          struct gw_manifest_error *err)
+{
+        struct gw_trust *current = NULL, *next = NULL;
+        char *buf = NULL;
+        size_t len = 0;
+        int r;
+
+        r = gw_journal_mkdir(cfg->state_dir, NULL);
+        if (r < 0) {
+                err->code = GW_ERR_INTERNAL;
+                snprintf(err->message, sizeof(err->message), "cannot create %s: %s", cfg->state_dir,
+                         strerror(-r));
+                return r;
+        }
+        r = load_trust(cfg, &current);
+        if (r < 0) {
+                err->code = GW_ERR_INTERNAL;
+                snprintf(err->message, sizeof(err->message), "cannot load the current trust root");
+                return r;
+        }
+        r = read_file(path, cfg->manifest_size_max, &buf, &len);
+        if (r < 0) {
+                err->code = r == -EFBIG ? GW_ERR_MANIFEST_TOO_LARGE : GW_ERR_INTERNAL;
+                snprintf(err->message, sizeof(err->message), "%s: %s", path,
+                         r == -EFBIG ? "over limits.manifest-size" : strerror(-r));
+                gw_trust_free(current);
+                return r;
+        }
+        r = trust_rotate(cfg, current, buf, len, &next, err);
+        if (r >= 0) {
+                gw_log_info("Trust root rotated from version %llu to %llu (%zu keys, threshold %u)",
+                            (unsigned long long) gw_trust_version(current),
+                            (unsigned long long) gw_trust_version(next), gw_trust_key_count(next),
+                            gw_trust_threshold(next));
+                *ret_version = gw_trust_version(next);
+        }
+        free(buf);
+        gw_trust_free(next);
+        gw_trust_free(current);
+        return r;
+}
+
 int gw_daemon_check(const struct gw_config *cfg)
 {
         struct gw_trust *t = NULL;
@@ -103,11 +361,165 @@ int gw_daemon_check(const struct gw_config *cfg)
                             cfg->path, n->name, n->protocol, gw_link_shape_to_string(p_ops->shape),
                             n->transport, gw_link_shape_to_string(t_ops->shape));
         }
-        r = load_trust(cfg, &t);
+        r = load_provisioned_trust(cfg, &t);
         if (r < 0)
                 ret = r;
         gw_trust_free(t);
         return ret;
+}
+
+/* <prefix>/keys/status: {"version","state":"applied"|"rejected","error"?,"ts"}, retained.
+ * version is the root in force after the event. */
+static void publish_keys_status(struct daemon *d, const char *state, enum gw_error code,
+                                const char *message)
+{
+        char ts[GW_TIMESTAMP_MAX];
+        json_t *o;
+        char *s;
+
+        o = json_pack("{s:I, s:s}", "version", (json_int_t) gw_trust_version(d->trust), "state",
+                      state);
+        if (!o)
+                return;
+        if (code)
+                json_object_set_new(o, "error",
+                                    json_pack("{s:s, s:s}", "code", gw_error_to_string(code),
+                                              "message", message ? message : ""));
+        if (gw_status_timestamp(time(NULL), ts, sizeof(ts)) == 0)
+                json_object_set_new(o, "ts", json_string(ts));
+        s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(o);
+        if (!s)
+                return;
+        free(d->keys_status);
+        d->keys_status = s;
+        if (d->mqtt)
+                gw_mqtt_publish(d->mqtt, "keys/status", s, 1, true);
+}
+
+/* True when TRUST_KEYS is there and is not the file last looked at (every write replaces it
+ * by a rename, so a new inode); remembers it either way. */
+static bool keys_file_changed(struct daemon *d)
+{
+        char path[4096];
+        struct stat st;
+        bool same;
+
+        if (trust_keys_path(d->cfg, path, sizeof(path)) < 0 || stat(path, &st) < 0)
+                return false;
+        same = d->has_keys_st && st.st_ino == d->keys_st.st_ino &&
+               st.st_size == d->keys_st.st_size && st.st_mtim.tv_sec == d->keys_st.st_mtim.tv_sec &&
+               st.st_mtim.tv_nsec == d->keys_st.st_mtim.tv_nsec;
+        d->keys_st = st;
+        d->has_keys_st = true;
+        return !same;
+}
+
+/* Takes in a root that gatewayd --rotate-keys persisted while we run. The state dir is as
+ * trusted as the configuration; the tool checked the rotation before writing it. */
+static void trust_refresh(struct daemon *d)
+{
+        struct gw_manifest_error err = {0};
+        struct gw_trust *t = NULL;
+        char path[4096];
+        int r;
+
+        if (!keys_file_changed(d) || trust_keys_path(d->cfg, path, sizeof(path)) < 0)
+                return;
+        r = load_persisted_trust(d->cfg, &t, &err);
+        if (r < 0) {
+                gw_log_warning("Cannot load the trust root %s: %s, ignoring", path,
+                               err.message[0] ? err.message : strerror(-r));
+                return;
+        }
+        if (gw_trust_version(t) <= gw_trust_version(d->trust)) {
+                gw_trust_free(t);
+                return;
+        }
+        if (trust_finish_rotation(d->cfg, gw_trust_version(t)) < 0) {
+                gw_trust_free(t);
+                return;
+        }
+        gw_log_info("Trust root version %llu taken from %s",
+                    (unsigned long long) gw_trust_version(t), path);
+        gw_trust_free(d->trust);
+        d->trust = t;
+        publish_keys_status(d, "applied", GW_ERR_NONE, NULL);
+}
+
+static const struct gw_trust *engine_trust(void *userdata)
+{
+        struct daemon *d = userdata;
+
+        trust_refresh(d);
+        return d->trust;
+}
+
+/* A gatewayd/keys document on <prefix>/keys. It is retained, so it comes again after every
+ * reconnect: the one already in force is recognised by its bytes and not reported again. The
+ * engine verifies a manifest synchronously, so swapping the root here never changes it under
+ * a verification; a deployment already accepted runs on, and the next one uses the new root. */
+static void on_keys(struct daemon *d, const void *payload, size_t len, bool oversize)
+{
+        struct gw_manifest_error err = {0};
+        struct gw_trust *next = NULL;
+        uint8_t sha[32];
+        unsigned sha_len = 0;
+        uint64_t from;
+        char *cur = NULL;
+        size_t cur_len = 0;
+        int r;
+
+        if (oversize) {
+                gw_log_error("Key rotation rejected: %zu bytes is over mqtt.max-payload", len);
+                publish_keys_status(d, "rejected", GW_ERR_PAYLOAD_TOO_LARGE,
+                                    "over mqtt.max-payload");
+                return;
+        }
+        if (len == 0) {
+                gw_log_debug("Key rotation topic cleared, nothing to do");
+                return;
+        }
+        if (EVP_Digest(payload, len, sha, &sha_len, EVP_sha256(), NULL) != 1 || sha_len != 32)
+                sha_len = 0;
+        if (sha_len && d->has_keys_last && memcmp(sha, d->keys_last, 32) == 0) {
+                gw_log_debug("Keys document already decided on, ignoring");
+                return;
+        }
+        trust_refresh(d);
+        if (gw_journal_read(d->cfg->state_dir, TRUST_KEYS, d->cfg->manifest_size_max, &cur,
+                            &cur_len) >= 0) {
+                bool same = cur_len == len && memcmp(cur, payload, len) == 0;
+
+                free(cur);
+                if (same) {
+                        gw_log_debug("Keys document version %llu is already in force, ignoring",
+                                     (unsigned long long) gw_trust_version(d->trust));
+                        return;
+                }
+        }
+        from = gw_trust_version(d->trust);
+        r = trust_rotate(d->cfg, d->trust, payload, len, &next, &err);
+        /* A failure of our own (the state dir) is not a decision: the next delivery retries. */
+        if (sha_len && (r >= 0 || err.code != GW_ERR_INTERNAL)) {
+                memcpy(d->keys_last, sha, 32);
+                d->has_keys_last = true;
+        }
+        if (r < 0) {
+                gw_log_error("Key rotation rejected: %s: %s", gw_error_to_string(err.code),
+                             err.message);
+                publish_keys_status(d, "rejected", err.code, err.message);
+                return;
+        }
+        gw_trust_free(d->trust);
+        d->trust = next;
+        /* Our own write: not a rotation to pick up again. */
+        keys_file_changed(d);
+        gw_log_info("Trust root rotated from version %llu to %llu (%zu keys, threshold %u)%s",
+                    (unsigned long long) from, (unsigned long long) gw_trust_version(next),
+                    gw_trust_key_count(next), gw_trust_threshold(next),
+                    gw_engine_busy(d->engine) ? "; it applies from the next deployment" : "");
+        publish_keys_status(d, "applied", GW_ERR_NONE, NULL);
 }
 
 static int on_stop_signal(struct gw_source *s, int signo, void *userdata)
@@ -137,6 +549,8 @@ static void mqtt_connected(void *userdata)
         struct daemon *d = userdata;
 
         gw_engine_connected(d->engine);
+        if (d->keys_status)
+                gw_mqtt_publish(d->mqtt, "keys/status", d->keys_status, 1, true);
 }
 
 static void mqtt_message(void *userdata, const char *suffix, const void *payload, size_t len,
@@ -146,7 +560,10 @@ static void mqtt_message(void *userdata, const char *suffix, const void *payload
 
         if (d->stopping)
                 return;
-        gw_engine_message(d->engine, suffix, payload, len, oversize);
+        if (strcmp(suffix, GW_MQTT_TOPIC_KEYS) == 0)
+                on_keys(d, payload, len, oversize);
+        else
+                gw_engine_message(d->engine, suffix, payload, len, oversize);
 }
 
 int gw_daemon_run(const struct gw_config *cfg)
@@ -162,14 +579,18 @@ int gw_daemon_run(const struct gw_config *cfg)
         r = gw_daemon_check(cfg);
         if (r < 0)
                 return r;
+        r = gw_journal_mkdir(cfg->state_dir, NULL);
+        if (r < 0)
+                return gw_log_error_errno(r, "Cannot create state directory %s: %m",
+                                          cfg->state_dir);
         r = load_trust(cfg, &d.trust);
         if (r < 0)
                 return r;
-        r = gw_journal_mkdir(cfg->state_dir, NULL);
-        if (r < 0) {
-                gw_log_error_errno(r, "Cannot create state directory %s: %m", cfg->state_dir);
-                goto out;
-        }
+        gw_log_info("Trust root version %llu: %zu key(s), threshold %u",
+                    (unsigned long long) gw_trust_version(d.trust), gw_trust_key_count(d.trust),
+                    gw_trust_threshold(d.trust));
+        /* What is on disk now is what we loaded. */
+        keys_file_changed(&d);
         r = gw_store_open(cfg->state_dir, &d.store);
         if (r < 0) {
                 gw_log_error_errno(r, "Cannot open the image store in %s: %m", cfg->state_dir);
@@ -190,7 +611,7 @@ int gw_daemon_run(const struct gw_config *cfg)
         env = (struct gw_engine_env){
             .loop = d.loop,
             .cfg = cfg,
-            .trust = d.trust,
+            .trust = engine_trust,
             .store = d.store,
             .fetcher = d.fetcher,
             .publish = publish_cb,
@@ -221,6 +642,7 @@ out:
         gw_fetcher_free(d.fetcher);
         gw_store_free(d.store);
         gw_trust_free(d.trust);
+        free(d.keys_status);
         gw_loop_free(d.loop);
         return r;
 }

@@ -76,6 +76,9 @@ struct deployment {
         struct download *downloads; /* one per image */
         size_t n_downloads_left;
         size_t next_flash, n_flashing, n_finished;
+        /* Every download of the deployment, mirrors included, ends by this gw_now_ms() time
+         * (fetch.deadline after it was accepted); 0: no deadline. */
+        uint64_t deadline_ms;
         enum gw_error error;
         char message[400]; /* room for "<node>: <its message>" */
         bool cancelled;
@@ -725,6 +728,13 @@ static int download_start(struct download *dl)
         char *url = NULL;
         int r;
 
+        if (d->deadline_ms && gw_now_ms() >= d->deadline_ms) {
+                deployment_fail(d, GW_ERR_DOWNLOAD_TOO_SLOW,
+                                "image %s: the deadline of %u s for the deployment's downloads "
+                                "passed",
+                                img->name, cfg->fetch_deadline);
+                return -ETIMEDOUT;
+        }
         r = gw_url_resolve(d->manifest_url, ref, &url);
         if (r < 0) {
                 deployment_fail(d, GW_ERR_DOWNLOAD_FAILED, "image %s: cannot resolve URL '%s'%s",
@@ -747,14 +757,12 @@ static int download_start(struct download *dl)
             .max_bytes = img->size,
             .min_rate = cfg->fetch_min_rate,
             .rate_window_s = cfg->fetch_rate_window,
-            .deadline_ms = 0,
+            .deadline_ms = d->deadline_ms,
             .connect_timeout_s = cfg->fetch_connect_timeout,
             .progress = on_download_progress,
             .finished = on_download_finished,
             .userdata = dl,
         };
-        if (cfg->fetch_deadline)
-                p.deadline_ms = gw_now_ms() + (uint64_t) cfg->fetch_deadline * 1000u;
         gw_log_info("Deployment %s: fetching image %s from %s", d->id, img->name, url);
         r = gw_fetch_start(d->engine->env.fetcher, &p, &dl->fetch);
         free(url);
@@ -807,21 +815,35 @@ static void download_phase(struct deployment *d)
 
 /* ---- Manifest phase ------------------------------------------------------------------------ */
 
-/* Compares a manifest's hardware value with the node's: numbers by value (0x413 == 1043),
- * anything else as text. */
-static bool hw_value_equal(const char *a, const char *b)
+/* May img go to node n? Its hardware map against what the node is known to be, then
+ * anti-downgrade against the version the journal says the node runs (unless the signed
+ * policy allows downgrades). Both checks take what the node reports: today that is its
+ * configured hardware map and the journal's installed version, because no built-in protocol
+ * implements identify() yet and a flash job cannot run it; when one does, an identify pass
+ * before this point supplies the reported options and version here, and the configured map
+ * stays a second, local constraint. Sets d->error and d->message on refusal. */
+static int node_check(struct deployment *d, const struct node_rt *n,
+                      const struct gw_manifest_image *img)
 {
-        uint64_t x, y;
+        struct gw_manifest_error err = {0};
+        int r;
 
-        if (gw_parse_u64(a, &x) == 0 && gw_parse_u64(b, &y) == 0)
-                return x == y;
-        return strcmp(a, b) == 0;
+        r = gw_manifest_check_hardware(img, n->cfg->hardware, &err);
+        if (r >= 0)
+                r = gw_manifest_check_downgrade(d->m, img, n->installed_version, &err);
+        if (r < 0) {
+                d->error = err.code ? err.code : GW_ERR_INTERNAL;
+                snprintf(d->message, sizeof(d->message), "node %s: %s", n->cfg->name,
+                         err.message[0] ? err.message : strerror(-r));
+        }
+        return r;
 }
 
 static int map_nodes(struct deployment *d)
 {
         struct gw_engine *e = d->engine;
         const struct gw_manifest *m = d->m;
+        int r;
 
         d->nodes = calloc(e->n_nodes ? e->n_nodes : 1, sizeof(*d->nodes));
         if (!d->nodes)
@@ -870,21 +892,9 @@ static int map_nodes(struct deployment *d)
                                                  n->cfg->protocol);
                                         return -EINVAL;
                                 }
-                                for (size_t h = 0; h < img->n_hardware; h++) {
-                                        const char *have =
-                                            gw_options_get(n->cfg->hardware, img->hardware[h].key);
-
-                                        if (!have ||
-                                            !hw_value_equal(have, img->hardware[h].value)) {
-                                                d->error = GW_ERR_NODE_INCOMPATIBLE;
-                                                snprintf(d->message, sizeof(d->message),
-                                                         "image %s needs %s %s, node %s has %s",
-                                                         img->name, img->hardware[h].key,
-                                                         img->hardware[h].value, n->cfg->name,
-                                                         have ? have : "none");
-                                                return -EINVAL;
-                                        }
-                                }
+                                r = node_check(d, n, img);
+                                if (r < 0)
+                                        return r;
                                 n->image = i;
                                 d->nodes[d->n_nodes++] = n;
                         }
@@ -957,7 +967,7 @@ static void manifest_ready(struct deployment *d)
             .report = manifest_report,
             .userdata = d,
         };
-        r = gw_manifest_verify(e->env.trust, &p, d->buf, d->len, &d->m, &err);
+        r = gw_manifest_verify(e->env.trust(e->env.userdata), &p, d->buf, d->len, &d->m, &err);
         if (r < 0) {
                 deployment_reject(d, err.code ? err.code : GW_ERR_INTERNAL, err.message);
                 return;
@@ -1006,6 +1016,10 @@ static void manifest_ready(struct deployment *d)
         gw_log_info("Deployment %s accepted: manifest %s sequence %llu, %zu image(s), %zu node(s)",
                     d->id, d->m->id, (unsigned long long) d->m->sequence, d->m->n_images,
                     d->n_nodes);
+        /* One deadline for all downloads: a server that trickles each image just above the
+         * minimum rate, or fails each mirror slowly, cannot stretch the deployment. */
+        if (cfg->fetch_deadline)
+                d->deadline_ms = gw_now_ms() + (uint64_t) cfg->fetch_deadline * 1000u;
         for (size_t i = 0; i < d->n_nodes; i++)
                 node_set_state(d->nodes[i], GW_NODE_QUEUED);
         download_phase(d);

@@ -17,7 +17,11 @@ struct gw_engine;
 struct gw_engine_env {
         struct gw_loop *loop;
         const struct gw_config *cfg;
-        const struct gw_trust *trust;
+        /* The trust root to verify a manifest against, asked once per deployment just before
+         * its manifest is verified: a key rotation that lands while a deployment runs applies
+         * to the next one. The root stays the caller's and must stay alive until the next
+         * call. Must not return NULL. */
+        const struct gw_trust *(*trust)(void *userdata);
         struct gw_store *store;
         struct gw_fetcher *fetcher;
         /* Publishes payload on <prefix>/<suffix> at QoS 1. Failures (offline) are fine: the

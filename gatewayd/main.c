@@ -17,19 +17,24 @@ static void usage(FILE *out)
         fprintf(out,
                 "Usage: gatewayd [OPTIONS]\n"
                 "       gatewayd --check-config FILE\n"
+                "       gatewayd [-c FILE] --rotate-keys KEYS.yaml\n"
                 "\n"
                 "Gateway daemon: takes signed deployments over MQTT and flashes the nodes\n"
                 "behind this gateway (UART, USB, CAN).\n"
                 "\n"
                 "  -c, --config FILE        configuration (default " DEFAULT_CONFIG ")\n"
                 "      --check-config FILE  check FILE (syntax, plugins, trust keys) and exit\n"
+                "      --rotate-keys KEYS   apply a gatewayd/keys rotation to the state dir and\n"
+                "                           exit (signed by a threshold of the current keys and\n"
+                "                           of its own, version exactly one more)\n"
                 "  -l, --log TARGET         stderr, syslog or both (default stderr)\n"
                 "  -v, --verbose            debug logging (overrides log-level)\n"
                 "  -h, --help               this text\n"
                 "  -V, --version            print the version\n"
                 "\n"
-                "Exit status: 0 after a clean shutdown (SIGTERM, SIGINT) or a valid\n"
-                "configuration, 1 on errors, 2 on usage errors.\n");
+                "Exit status: 0 after a clean shutdown (SIGTERM, SIGINT), a valid\n"
+                "configuration or an applied rotation, 1 on errors (a refused rotation prints\n"
+                "'error: <code>: <message>'), 2 on usage errors.\n");
 }
 
 int main(int argc, char **argv)
@@ -37,13 +42,14 @@ int main(int argc, char **argv)
         static const struct option longopts[] = {
             {"config", required_argument, NULL, 'c'},
             {"check-config", required_argument, NULL, 'C'},
+            {"rotate-keys", required_argument, NULL, 'R'},
             {"log", required_argument, NULL, 'l'},
             {"verbose", no_argument, NULL, 'v'},
             {"help", no_argument, NULL, 'h'},
             {"version", no_argument, NULL, 'V'},
             {},
         };
-        const char *path = DEFAULT_CONFIG;
+        const char *path = DEFAULT_CONFIG, *rotate = NULL;
         unsigned targets = GW_LOG_STDERR;
         struct gw_config *cfg = NULL;
         char *error = NULL;
@@ -58,6 +64,9 @@ int main(int argc, char **argv)
                 case 'C':
                         path = optarg;
                         check = true;
+                        break;
+                case 'R':
+                        rotate = optarg;
                         break;
                 case 'l':
                         if (strcmp(optarg, "stderr") == 0)
@@ -90,6 +99,10 @@ int main(int argc, char **argv)
                         argv[optind]);
                 return 2;
         }
+        if (check && rotate) {
+                fprintf(stderr, "gatewayd: --check-config and --rotate-keys exclude each other\n");
+                return 2;
+        }
         gw_log_open("gatewayd", targets);
 
         r = gw_config_load(path, &cfg, &error);
@@ -99,7 +112,19 @@ int main(int argc, char **argv)
                 return 1;
         }
         gw_log_set_max_level(verbose ? LOG_DEBUG : cfg->log_level);
-        if (check) {
+        if (rotate) {
+                struct gw_manifest_error err = {0};
+                uint64_t version = 0;
+
+                r = gw_daemon_rotate_keys(cfg, rotate, &version, &err);
+                if (r >= 0)
+                        printf("%s: applied: trust root version %llu\n", rotate,
+                               (unsigned long long) version);
+                else
+                        fprintf(stderr, "error: %s: %s\n",
+                                gw_error_to_string(err.code ? err.code : GW_ERR_INTERNAL),
+                                err.message[0] ? err.message : strerror(-r));
+        } else if (check) {
                 r = gw_daemon_check(cfg);
                 if (r >= 0)
                         printf("%s: OK: gateway %s, %zu node(s), broker %s:%u\n", path,

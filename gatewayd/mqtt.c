@@ -235,6 +235,8 @@ static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
                 mosquitto_subscribe_v5(mosq, NULL, topic, 1, 0, NULL);
         if (topic_for(m, GW_MQTT_TOPIC_CANCEL, topic, sizeof(topic)) == 0)
                 mosquitto_subscribe_v5(mosq, NULL, topic, 1, 0, NULL);
+        if (topic_for(m, GW_MQTT_TOPIC_KEYS, topic, sizeof(topic)) == 0)
+                mosquitto_subscribe_v5(mosq, NULL, topic, 1, 0, NULL);
 
         if (gw_status_gateway_json(true, m->version, time(NULL), &state) == 0)
                 gw_mqtt_publish(m, "state", state, 1, true);

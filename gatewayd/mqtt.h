@@ -14,8 +14,8 @@ struct gw_mqtt;
 struct gw_mqtt_callbacks {
         /* The session is up and subscribed (again). */
         void (*connected)(void *userdata);
-        /* A message on <prefix>/<suffix> ("deploy", "cancel"). payload is the library's, valid
-         * for the call; len is at most the configured max-payload (bigger ones are reported
+        /* A message on <prefix>/<suffix> ("deploy", "cancel", "keys"). payload is the library's,
+         * valid for the call; len is at most the configured max-payload (bigger ones are reported
          * with oversize set and payload NULL). */
         void (*message)(void *userdata, const char *suffix, const void *payload, size_t len,
                         bool oversize, bool retained);
@@ -24,6 +24,7 @@ struct gw_mqtt_callbacks {
 /* The topic suffixes gatewayd subscribes to under its prefix. */
 #define GW_MQTT_TOPIC_DEPLOY "deploy"
 #define GW_MQTT_TOPIC_CANCEL "cancel"
+#define GW_MQTT_TOPIC_KEYS   "keys"
 
 int gw_mqtt_new(struct gw_loop *loop, const struct gw_mqtt_config *cfg, const char *version,
                 const struct gw_mqtt_callbacks *cb, void *userdata, struct gw_mqtt **ret);

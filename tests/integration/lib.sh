@@ -40,3 +40,23 @@ check() {
 }
 
 q() { python3 "$GW_SRC/tests/integration/q.py" "$@"; }
+
+# start_evil_http DIR LOG: tests/integration/evil-http.py serving DIR on 127.0.0.1, logging each
+# requested path to LOG; sets EVIL_PORT.
+start_evil_http() {
+        local dir=$1 log=$2 i
+        EVIL_PORT=$(gw_free_port)
+        : >"$log"
+        python3 "$GW_SRC/tests/integration/evil-http.py" --dir "$dir" --port "$EVIL_PORT" \
+                --log "$log" 2>"$dir.evil-http.err" &
+        GW_PIDS+=($!)
+        for i in $(seq 1 100); do
+                python3 - "$EVIL_PORT" <<'PY' 2>/dev/null && return 0
+import socket, sys
+socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close()
+PY
+                sleep 0.05
+        done
+        echo "FAIL: evil-http.py did not come up"
+        exit 1
+}
