@@ -279,10 +279,11 @@ const struct gw_dfuse_segment *gw_dfuse_find_page(const struct gw_dfuse_layout *
         return NULL;
 }
 
-int gw_dfuse_check_writable(const struct gw_dfuse_layout *l, uint32_t addr, uint64_t size,
-                            uint64_t *ret_bad)
+/* Checks that [addr, addr + size) lies in segments with all of the type bits. */
+static int check_type(const struct gw_dfuse_layout *l, uint32_t addr, uint64_t size, uint8_t type,
+                      uint64_t *ret_bad)
 {
-        uint64_t a = addr, end = (uint64_t) addr + size;
+        uint64_t a = addr, end = size > UINT64_MAX - addr ? UINT64_MAX : (uint64_t) addr + size;
 
         /* Walk page by page would be slow for big images; jump to each segment's end. */
         while (a < end) {
@@ -295,7 +296,7 @@ int gw_dfuse_check_writable(const struct gw_dfuse_layout *l, uint32_t addr, uint
                         uint64_t e = (uint64_t) l->seg[i].start +
                                      (uint64_t) l->seg[i].pages * l->seg[i].page_size;
 
-                        if (a >= l->seg[i].start && a < e && (l->seg[i].type & GW_DFUSE_WRITABLE)) {
+                        if (a >= l->seg[i].start && a < e && (l->seg[i].type & type) == type) {
                                 g = &l->seg[i];
                                 g_end = e;
                                 break;
@@ -313,12 +314,34 @@ int gw_dfuse_check_writable(const struct gw_dfuse_layout *l, uint32_t addr, uint
         return 0;
 }
 
-int gw_dfuse_first_writable(const struct gw_dfuse_layout *l, uint32_t *ret)
+static int first_type(const struct gw_dfuse_layout *l, uint8_t type, uint32_t *ret)
 {
         for (size_t i = 0; i < l->n && i < GW_DFUSE_SEGMENTS_MAX; i++)
-                if (l->seg[i].type & GW_DFUSE_WRITABLE) {
+                if ((l->seg[i].type & type) == type) {
                         *ret = l->seg[i].start;
                         return 0;
                 }
         return -ENOENT;
+}
+
+int gw_dfuse_check_writable(const struct gw_dfuse_layout *l, uint32_t addr, uint64_t size,
+                            uint64_t *ret_bad)
+{
+        return check_type(l, addr, size, GW_DFUSE_WRITABLE, ret_bad);
+}
+
+int gw_dfuse_check_readable(const struct gw_dfuse_layout *l, uint32_t addr, uint64_t size,
+                            uint64_t *ret_bad)
+{
+        return check_type(l, addr, size, GW_DFUSE_READABLE, ret_bad);
+}
+
+int gw_dfuse_first_writable(const struct gw_dfuse_layout *l, uint32_t *ret)
+{
+        return first_type(l, GW_DFUSE_WRITABLE, ret);
+}
+
+int gw_dfuse_first_readable(const struct gw_dfuse_layout *l, uint32_t *ret)
+{
+        return first_type(l, GW_DFUSE_READABLE, ret);
 }

@@ -103,9 +103,14 @@ const struct gw_dfuse_segment *gw_dfuse_find_page(const struct gw_dfuse_layout *
                                                   uint64_t *ret_page_start, uint64_t *ret_page_end);
 
 /* Checks that [addr, addr + size) lies in writable segments. 0, or -ENOSPC with the first
- * address that is not writable (or not described at all) in *ret_bad. */
+ * address that is not writable (or not described at all, or at 4 GiB) in *ret_bad. */
 int gw_dfuse_check_writable(const struct gw_dfuse_layout *l, uint32_t addr, uint64_t size,
                             uint64_t *ret_bad);
 
-/* The start of the first writable segment; -ENOENT when there is none. */
+/* The same for readable segments (what an upload may read). */
+int gw_dfuse_check_readable(const struct gw_dfuse_layout *l, uint32_t addr, uint64_t size,
+                            uint64_t *ret_bad);
+
+/* The start of the first writable (readable) segment; -ENOENT when there is none. */
 int gw_dfuse_first_writable(const struct gw_dfuse_layout *l, uint32_t *ret);
+int gw_dfuse_first_readable(const struct gw_dfuse_layout *l, uint32_t *ret);

@@ -1,7 +1,8 @@
 /* The dfu protocol plugin: USB DFU 1.1 and ST's DfuSe extension as a state machine fed by
  * control transfer completions, re-enumeration outcomes and timer expiries. It never sleeps:
  * while the device is busy it arms the timer for bwPollTimeout (capped), and when the device
- * already reports idle it sends the next request at once. */
+ * already reports idle it sends the next request at once. Two operations: install (DNLOAD)
+ * and upload (UPLOAD, reading the device's memory back into the core's gw_writer). */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -17,6 +18,7 @@
 /* Class requests (DFU 1.1 section 3) and DfuSe commands (AN3156). */
 #define DFU_DETACH    0
 #define DFU_DNLOAD    1
+#define DFU_UPLOAD    2
 #define DFU_GETSTATUS 3
 #define DFU_CLRSTATUS 4
 #define DFU_ABORT     6
@@ -43,6 +45,9 @@
 #define ALT_NAME_MAX                255
 /* CLRSTATUS, ABORT and resets at the start before the device counts as unrecoverable. */
 #define RECOVERIES_MAX 4
+/* A DFU 1.1 upload without a size ends on the device's short block; one that sends more than
+ * this never does. */
+#define UPLOAD_LIMIT (UINT64_C(1) << 32)
 
 enum dfu_state {
         DFU_STATE_IDLE,        /* init() done, nothing started */
@@ -58,7 +63,10 @@ enum dfu_state {
         DFU_STATE_STALLED,     /* GETSTATUS sent after a stalled DNLOAD, to learn why */
         DFU_STATE_MANIFEST,    /* GETSTATUS sent after the empty DNLOAD */
         DFU_STATE_MANIFEST_WAIT,
-        DFU_STATE_CANCELLING, /* ABORT sent after cancel() */
+        DFU_STATE_UPLOAD,       /* an UPLOAD sent */
+        DFU_STATE_UPLOAD_ABORT, /* DfuSe: ABORT sent between SET_ADDRESS and the UPLOADs */
+        DFU_STATE_UPLOAD_END,   /* ABORT sent after the last block: back to dfuIDLE */
+        DFU_STATE_CANCELLING,   /* ABORT sent after cancel() */
         DFU_STATE_DONE,
         DFU_STATE_FAILED,
         _DFU_STATE_MAX,
@@ -71,6 +79,7 @@ enum dfu_command {
         CMD_SET_ADDRESS,
         CMD_LEAVE_ADDRESS, /* DfuSe: the start address again, before leaving */
         CMD_END,           /* the empty DNLOAD: end of the image, manifestation follows */
+        CMD_UPLOAD,        /* an UPLOAD (the one request here that is not a DNLOAD) */
 };
 
 struct dfu {
@@ -86,7 +95,9 @@ struct dfu {
         uint64_t address_opt;
         bool leave;
 
-        const struct gw_reader *reader;
+        const struct gw_reader *reader; /* install */
+        const struct gw_writer *writer; /* upload */
+        bool uploading;
         enum dfu_state state;
         int error;
         uint64_t deadline;    /* the armed timer, 0 = none */
@@ -110,6 +121,9 @@ struct dfu {
         uint64_t erase_cursor;
         bool run_open;       /* DfuSe: SET_ADDRESS done for the current run */
         uint32_t run_blocks; /* data blocks sent in the current run */
+        /* The upload: offset counts bytes written to the writer, block the UPLOADs. */
+        uint64_t up_limit; /* w->max, or UPLOAD_LIMIT when the caller set none */
+        bool up_reading;   /* DfuSe: the ABORT after this run's SET_ADDRESS is done */
         uint8_t buf[GW_DFU_TRANSFER_MAX];
 };
 
@@ -127,6 +141,9 @@ static const char *const state_names[_DFU_STATE_MAX] = {
     [DFU_STATE_STALLED] = "stalled",
     [DFU_STATE_MANIFEST] = "manifest",
     [DFU_STATE_MANIFEST_WAIT] = "manifest-wait",
+    [DFU_STATE_UPLOAD] = "upload",
+    [DFU_STATE_UPLOAD_ABORT] = "upload-abort",
+    [DFU_STATE_UPLOAD_END] = "upload-end",
     [DFU_STATE_CANCELLING] = "cancelling",
     [DFU_STATE_DONE] = "done",
     [DFU_STATE_FAILED] = "failed",
@@ -151,6 +168,8 @@ static const char *command_name(enum dfu_command c)
                 return "SET_ADDRESS";
         case CMD_END:
                 return "the final empty DNLOAD";
+        case CMD_UPLOAD:
+                return "UPLOAD";
         }
         return "?";
 }
@@ -375,9 +394,13 @@ static int find_functional(const struct gw_usb_device_info *info, const struct g
         return -ENOENT;
 }
 
-/* Reads what the device offers into d. for_install: also claims the interface and checks the
- * image against the memory layout. 0 or the failure (already reported). */
-static int setup_device(struct dfu *d, bool for_install)
+static int check_download(struct dfu *d);
+static int check_upload(struct dfu *d);
+
+/* Reads what the device offers into d. claim: also claims the interface and, in DFU mode,
+ * checks that the operation can run (the image against the memory layout, the upload against
+ * the readable memory). 0 or the failure (already reported). */
+static int setup_device(struct dfu *d, bool claim)
 {
         const struct gw_usb_device_info *info =
             d->host->usb_info ? d->host->usb_info(d->host->ctx) : NULL;
@@ -426,7 +449,7 @@ static int setup_device(struct dfu *d, bool for_install)
                                     "name \"%.80s\"",
                                     d->alt, alt->name ? alt->name : "");
         }
-        if (!for_install)
+        if (!claim)
                 return 0;
 
         r = d->host->select_alt(d->host->ctx, d->interface, d->alt);
@@ -436,6 +459,15 @@ static int setup_device(struct dfu *d, bool for_install)
                             r == -EBUSY ? " (another driver or program holds it)" : "");
         if (d->runtime)
                 return 0;
+        return d->uploading ? check_upload(d) : check_download(d);
+}
+
+/* A download needs bitCanDnload; on DfuSe writable memory for the whole image from option
+ * address (default: the first writable segment). */
+static int check_download(struct dfu *d)
+{
+        uint64_t bad = 0;
+
         if (!(d->func.attributes & GW_DFU_ATTR_CAN_DNLOAD))
                 return fail(d, -EOPNOTSUPP,
                             "the device does not accept downloads (bitCanDnload "
@@ -450,16 +482,43 @@ static int setup_device(struct dfu *d, bool for_install)
         else if (gw_dfuse_first_writable(&d->layout, &d->address) < 0)
                 return fail(d, -ENOSPC, "the DfuSe layout \"%s\" has no writable memory",
                             d->layout.name);
-        {
-                uint64_t bad = 0;
+        if (gw_dfuse_check_writable(&d->layout, d->address, d->reader->size, &bad) < 0)
+                return fail(d, -ENOSPC,
+                            "the image (%" PRIu64 " bytes at 0x%08" PRIx32 ") does not fit "
+                            "in the writable memory of \"%s\": 0x%08" PRIx64 " is not writable",
+                            d->reader->size, d->address, d->layout.name, bad);
+        return 0;
+}
 
-                if (gw_dfuse_check_writable(&d->layout, d->address, d->reader->size, &bad) < 0)
-                        return fail(d, -ENOSPC,
-                                    "the image (%" PRIu64 " bytes at 0x%08" PRIx32 ") does not fit "
-                                    "in the writable memory of \"%s\": 0x%08" PRIx64
-                                    " is not writable",
-                                    d->reader->size, d->address, d->layout.name, bad);
+/* An upload needs bitCanUpload; on DfuSe also a size, all of it in readable memory from
+ * option address (default: the first readable segment): a DfuSe device sends no short block
+ * at the end of its memory, it reads on (or stalls), so the layout is the only bound. */
+static int check_upload(struct dfu *d)
+{
+        uint64_t bad = 0;
+
+        if (!(d->func.attributes & GW_DFU_ATTR_CAN_UPLOAD))
+                return fail(d, -EOPNOTSUPP,
+                            "the device does not allow uploads (bitCanUpload is clear)");
+        if (!d->dfuse) {
+                if (d->have_address)
+                        return fail(d, -EINVAL, "option address applies to DfuSe devices only");
+                return 0;
         }
+        if (d->writer->max == 0)
+                return fail(d, -EINVAL,
+                            "a DfuSe upload needs a size: the device does not tell where its "
+                            "memory ends");
+        if (d->have_address)
+                d->address = (uint32_t) d->address_opt;
+        else if (gw_dfuse_first_readable(&d->layout, &d->address) < 0)
+                return fail(d, -ENOSPC, "the DfuSe layout \"%s\" has no readable memory",
+                            d->layout.name);
+        if (gw_dfuse_check_readable(&d->layout, d->address, d->writer->max, &bad) < 0)
+                return fail(d, -ENOSPC,
+                            "the upload (%" PRIu64 " bytes at 0x%08" PRIx32 ") reaches past "
+                            "the readable memory of \"%s\": 0x%08" PRIx64 " is not readable",
+                            d->writer->max, d->address, d->layout.name, bad);
         return 0;
 }
 
@@ -517,12 +576,17 @@ static int send_end(struct dfu *d)
         return send_dnload(d, CMD_END, d->dfuse ? DFUSE_BLOCK_FIRST : d->block, 0);
 }
 
+static int next_upload(struct dfu *d);
+
 /* Sends what comes next: DfuSe erases every page the image covers, sets the address once per
  * run of blocks, writes, and leaves; DFU 1.1 writes numbered blocks. */
 static int next_step(struct dfu *d)
 {
-        uint64_t size = d->reader->size;
+        uint64_t size;
 
+        if (d->uploading)
+                return next_upload(d);
+        size = d->reader->size;
         if (!d->dfuse) {
                 if (d->offset < size)
                         return send_data(d, d->block);
@@ -552,10 +616,13 @@ static int next_step(struct dfu *d)
         return succeed(d);
 }
 
+/* Bytes the device acknowledged (install) or sent (upload) of the image's size or the
+ * upload's w->max (0: the caller set no size). */
 static void report_progress(struct dfu *d)
 {
         if (d->host->progress)
-                d->host->progress(d->host->ctx, d->offset, d->reader->size);
+                d->host->progress(d->host->ctx, d->offset,
+                                  d->uploading ? d->writer->max : d->reader->size);
 }
 
 /* The device finished the DNLOAD in flight (it reports dfuDNLOAD_IDLE). */
@@ -578,6 +645,7 @@ static int command_done(struct dfu *d)
                 return send_end(d);
         case CMD_ERASE:
         case CMD_END:
+        case CMD_UPLOAD: /* never polled: its completion carries the data */
                 break;
         }
         return next_step(d);
@@ -594,6 +662,116 @@ static int begin_download(struct dfu *d)
               d->dfuse ? " (DfuSe)" : "");
         report_progress(d);
         return next_step(d);
+}
+
+static int send_abort(struct dfu *d, enum dfu_state s)
+{
+        return submit(d, s, REQ_OUT, DFU_ABORT, 0, NULL, 0);
+}
+
+static int send_upload(struct dfu *d)
+{
+        uint64_t left = d->up_limit - d->offset;
+        uint16_t len = left < d->xfer ? (uint16_t) left : d->xfer;
+        uint16_t value = d->dfuse ? (uint16_t) (DFUSE_BLOCK_FIRST + d->run_blocks) : d->block;
+
+        /* An upload does not poll: the operation's deadline is checked block by block. */
+        if (now(d) >= d->op_deadline)
+                return fail(d, -ETIMEDOUT,
+                            "gave up after %" PRIu64 " ms: the upload is still going on (%" PRIu64
+                            " bytes read)",
+                            d->timeout_ms, d->offset);
+        d->cmd = CMD_UPLOAD;
+        d->cmd_len = len;
+        return submit(d, DFU_STATE_UPLOAD, REQ_IN, DFU_UPLOAD, value, NULL, len);
+}
+
+/* Sends what comes next in an upload: DfuSe sets the address once per run, ABORTs back to
+ * dfuIDLE (UPLOAD is not allowed in dfuDNLOAD_IDLE) and reads blocks numbered from 2; DFU 1.1
+ * reads blocks numbered from 0. At the limit an ABORT leaves dfuUPLOAD_IDLE. */
+static int next_upload(struct dfu *d)
+{
+        if (d->offset >= d->up_limit) {
+                if (d->writer->max == 0)
+                        return fail(d, -EFBIG,
+                                    "the device sent %" PRIu64 " bytes without ending the upload "
+                                    "with a short block: give a size",
+                                    d->offset);
+                debug(d, "dfu: %" PRIu64 " bytes read, the size asked for", d->offset);
+                return send_abort(d, DFU_STATE_UPLOAD_END);
+        }
+        if (!d->dfuse)
+                return send_upload(d);
+        if (d->up_reading && d->run_blocks >= DFUSE_RUN_BLOCKS) {
+                /* wValue would pass 0xffff: back to dfuIDLE for the next run's SET_ADDRESS. */
+                d->run_open = false;
+                d->up_reading = false;
+                return send_abort(d, DFU_STATE_UPLOAD_ABORT);
+        }
+        if (!d->run_open)
+                return send_dfuse_command(d, CMD_SET_ADDRESS, (uint32_t) (d->address + d->offset));
+        if (!d->up_reading)
+                return send_abort(d, DFU_STATE_UPLOAD_ABORT);
+        return send_upload(d);
+}
+
+static int begin_upload(struct dfu *d)
+{
+        d->offset = 0;
+        d->block = 0;
+        d->run_open = false;
+        d->run_blocks = 0;
+        d->up_reading = false;
+        d->up_limit = d->writer->max ? d->writer->max : UPLOAD_LIMIT;
+        if (d->dfuse)
+                debug(d, "dfu: uploading %" PRIu64 " bytes from 0x%08" PRIx32 " in blocks of %u",
+                      d->writer->max, d->address, d->xfer);
+        else
+                debug(d, "dfu: uploading up to %" PRIu64 " bytes in blocks of %u", d->up_limit,
+                      d->xfer);
+        report_progress(d);
+        return next_upload(d);
+}
+
+/* An UPLOAD brought n bytes: they go to the writer at the offset. A short block ends a DFU 1.1
+ * upload (the device is back in dfuIDLE); on DfuSe, whose memory the layout said is readable,
+ * it is a failure. */
+static int upload_done(struct dfu *d, int status, const uint8_t *data, size_t len)
+{
+        size_t n = (size_t) status;
+
+        if (n > d->cmd_len)
+                return fail(d, -EPROTO, "the device sent %zu bytes for a %u-byte UPLOAD", n,
+                            d->cmd_len);
+        if (n > len || (n > 0 && !data))
+                return fail(d, -EIO, "the UPLOAD reported %zu bytes but delivered %zu", n,
+                            data ? len : 0);
+        if (n > 0) {
+                ssize_t w = d->writer->pwrite(d->writer->ctx, data, n, d->offset);
+
+                if (w != (ssize_t) n) {
+                        int r = w < 0 ? (int) w : -EIO;
+
+                        return fail(d, r, "writing what was read at %" PRIu64 " failed: %s",
+                                    d->offset, strerror(-r));
+                }
+        }
+        d->offset += n;
+        if (d->dfuse)
+                d->run_blocks++;
+        else
+                d->block++;
+        report_progress(d);
+        if (n == d->cmd_len)
+                return next_upload(d);
+        if (d->dfuse)
+                return fail(d, -EIO,
+                            "the device ended the upload at 0x%08" PRIx64 ", after %" PRIu64
+                            " of %" PRIu64 " bytes",
+                            (uint64_t) d->address + d->offset, d->offset, d->writer->max);
+        debug(d, "dfu: a short block of %zu bytes ended the upload after %" PRIu64 " bytes", n,
+              d->offset);
+        return succeed(d);
 }
 
 /* A device that does not tolerate manifestation may reset and vanish once it has the whole
@@ -654,7 +832,7 @@ static int on_start_status(struct dfu *d, const struct gw_dfu_status *st)
 {
         switch (st->state) {
         case GW_DFU_IDLE:
-                return begin_download(d);
+                return d->uploading ? begin_upload(d) : begin_download(d);
         case GW_DFU_ERROR:
         case GW_DFU_DNLOAD_IDLE:
         case GW_DFU_UPLOAD_IDLE:
@@ -806,6 +984,30 @@ static int handle_done(struct dfu *d, int status, const uint8_t *data, size_t le
                                     strerror(-status));
                 return on_manifest_status(d, &st);
 
+        case DFU_STATE_UPLOAD:
+                if (status == -EPIPE)
+                        return get_status(d, DFU_STATE_STALLED);
+                if (status < 0)
+                        return fail(d, status, "UPLOAD failed after %" PRIu64 " bytes: %s%s",
+                                    d->offset, strerror(-status),
+                                    status == -ENODEV ? " (the device disconnected)" : "");
+                return upload_done(d, status, data, len);
+
+        case DFU_STATE_UPLOAD_ABORT:
+                if (status < 0)
+                        return fail(d, status, "DFU_ABORT before UPLOAD failed: %s",
+                                    strerror(-status));
+                if (d->run_open)
+                        d->up_reading = true;
+                return next_upload(d);
+
+        case DFU_STATE_UPLOAD_END:
+                if (status < 0)
+                        return fail(d, status, "DFU_ABORT after the upload failed: %s",
+                                    strerror(-status));
+                debug(d, "dfu: uploaded %" PRIu64 " bytes, device back in dfuIDLE", d->offset);
+                return succeed(d);
+
         case DFU_STATE_CANCELLING:
                 return fail(d, -ECANCELED, "cancelled");
 
@@ -871,27 +1073,24 @@ static int dfu_init(void *priv, const struct gw_options *opts, const struct gw_p
 
 static void dfu_done(void *priv)
 {
-        /* Nothing allocated: the block buffer lives in priv, the reader is the core's. */
+        /* Nothing allocated: the block buffer lives in priv, reader and writer are the core's. */
 }
 
-static int dfu_install(void *priv, const struct gw_reader *reader)
+static bool have_control_link(const struct dfu *d)
 {
-        struct dfu *d = priv;
+        return d->host->control && d->host->usb_info && d->host->select_alt && d->host->reset &&
+               d->host->reopen;
+}
+
+/* Claims the device and starts the operation: DFU_DETACH in run-time mode, else GETSTATUS
+ * and the start-up recovery. */
+static int start_operation(struct dfu *d)
+{
         int r;
 
-        if (d->state != DFU_STATE_IDLE)
-                return -EBUSY;
-        if (!reader || !reader->pread)
-                return -EINVAL;
-        if (!d->host->control || !d->host->usb_info || !d->host->select_alt || !d->host->reset ||
-            !d->host->reopen)
-                return fail(d, -EPROTO, "the dfu protocol needs a USB control link");
-        d->reader = reader;
         d->recoveries = 0;
         d->cancel_requested = false;
         d->op_deadline = now(d) + d->timeout_ms;
-        if (reader->size == 0)
-                return fail(d, -EINVAL, "the image is empty");
         r = setup_device(d, true);
         if (r < 0)
                 return r;
@@ -904,6 +1103,40 @@ static int dfu_install(void *priv, const struct gw_reader *reader)
         return get_status(d, DFU_STATE_START);
 }
 
+static int dfu_install(void *priv, const struct gw_reader *reader)
+{
+        struct dfu *d = priv;
+
+        if (d->state != DFU_STATE_IDLE)
+                return -EBUSY;
+        if (!reader || !reader->pread)
+                return -EINVAL;
+        if (!have_control_link(d))
+                return fail(d, -EPROTO, "the dfu protocol needs a USB control link");
+        d->reader = reader;
+        d->uploading = false;
+        if (reader->size == 0)
+                return fail(d, -EINVAL, "the image is empty");
+        return start_operation(d);
+}
+
+/* Reads the device's memory back into w: DFU 1.1 until a short block or w->max bytes, DfuSe
+ * exactly w->max bytes from option address. */
+static int dfu_upload(void *priv, const struct gw_writer *w)
+{
+        struct dfu *d = priv;
+
+        if (d->state != DFU_STATE_IDLE)
+                return -EBUSY;
+        if (!w || !w->pwrite)
+                return -EINVAL;
+        if (!have_control_link(d))
+                return fail(d, -EPROTO, "the dfu protocol needs a USB control link");
+        d->writer = w;
+        d->uploading = true;
+        return start_operation(d);
+}
+
 static int dfu_control_done(void *priv, int status, const uint8_t *data, size_t len)
 {
         struct dfu *d = priv;
@@ -911,9 +1144,11 @@ static int dfu_control_done(void *priv, int status, const uint8_t *data, size_t 
         if (d->state == DFU_STATE_DONE || d->state == DFU_STATE_FAILED)
                 return result(d);
         if (d->cancel_requested && d->state != DFU_STATE_CANCELLING) {
-                if (d->state != DFU_STATE_COMMAND && d->state != DFU_STATE_POLL)
+                if (d->state != DFU_STATE_COMMAND && d->state != DFU_STATE_POLL &&
+                    d->state != DFU_STATE_UPLOAD)
                         return fail(d, -ECANCELED, "cancelled");
-                /* Mid-download: leave the device in dfuIDLE rather than dfuDNLOAD_IDLE. */
+                /* Mid-transfer: leave the device in dfuIDLE rather than dfuDNLOAD_IDLE or
+                 * dfuUPLOAD_IDLE. */
                 return submit(d, DFU_STATE_CANCELLING, REQ_OUT, DFU_ABORT, 0, NULL, 0) < 0
                            ? fail(d, -ECANCELED, "cancelled")
                            : GW_PROTO_CONTINUE;
@@ -1056,4 +1291,5 @@ const struct gw_protocol_ops gw_protocol_dfu_ops = {
     .hangup = NULL,
     .control_done = dfu_control_done,
     .reopened = dfu_reopened,
+    .upload = dfu_upload,
 };

@@ -1,11 +1,14 @@
 /* Fuzz target for the dfu protocol (protocols/dfu/): the bytes choose the device's
- * descriptors (a functional descriptor and a DfuSe layout string, valid or raw fuzz bytes)
- * and then script the device's side: raw GETSTATUS replies, completions, stalls,
- * disconnections, timer expiries, re-enumeration and cancel, on a virtual clock. The host
- * checks that at most one transfer is in flight, none exceeds 4096 bytes, every data block
- * carries the image at the acknowledged offset, something (a transfer, the timer or a reopen)
- * is always pending while the operation continues, success comes only after the whole image
- * was acknowledged, and the operation ends within a bounded number of steps once the device
+ * descriptors (a functional descriptor and a DfuSe layout string, valid or raw fuzz bytes),
+ * the operation (install, or upload when bit 7 of the size's high byte is set, the size then
+ * being w->max), and then script the device's side: raw GETSTATUS and UPLOAD replies,
+ * completions, stalls, disconnections, timer expiries, re-enumeration and cancel, on a virtual
+ * clock. The host checks that at most one transfer is in flight, none exceeds 4096 bytes,
+ * every data block carries the image at the acknowledged offset, an upload asks for no more
+ * than is left of its size and writes exactly what the device sent, in order, something (a
+ * transfer, the timer or a reopen) is always pending while the operation continues, success
+ * comes only after the whole image was acknowledged (or the upload's size arrived, or a short
+ * block ended it), and the operation ends within a bounded number of steps once the device
  * falls silent. */
 #include <errno.h>
 #include <stdarg.h>
@@ -28,6 +31,7 @@
 #define LAYOUT_MAX 160
 
 enum { SETUP_MODES, SETUP_SIZE_LO, SETUP_SIZE_HI, SETUP_LEN };
+#define SIZE_HI_UPLOAD 0x80
 
 struct host {
         struct gw_proto_host h;
@@ -41,6 +45,11 @@ struct host {
         uint64_t size;
         uint64_t progress_done;
         bool error_set;
+        /* Upload: size is w->max; what the UPLOAD completing now delivers. */
+        bool upload, up_short;
+        uint64_t written;
+        const uint8_t *reply;
+        size_t reply_len;
 };
 
 static uint8_t image[IMAGE_MAX];
@@ -72,7 +81,10 @@ static void host_progress(void *ctx, uint64_t done, uint64_t total)
 {
         struct host *h = ctx;
 
-        fuzz_check(total == h->size && done <= total && done >= h->progress_done);
+        if (h->upload)
+                fuzz_check(total == h->size && done == h->written);
+        else
+                fuzz_check(total == h->size && done <= total && done >= h->progress_done);
         h->progress_done = done;
 }
 
@@ -110,6 +122,13 @@ static int host_control(void *ctx, const struct gw_control_setup *setup, const v
         fuzz_check(!h->in_flight && !h->reopening);
         fuzz_check(setup->length <= 4096);
         fuzz_check(setup->request_type == 0x21 || setup->request_type == 0xa1);
+        /* An upload reads, never writes: DNLOAD only for DfuSe's SET_ADDRESS. */
+        if (h->upload && setup->request == 1)
+                fuzz_check(setup->length == 5 && setup->value == 0 && data &&
+                           ((const uint8_t *) data)[0] == 0x21);
+        if (setup->request == 2)
+                fuzz_check(h->upload && setup->request_type == 0xa1 && setup->length > 0 &&
+                           (h->size == 0 || setup->length <= h->size - h->written));
         h->setup = *setup;
         if (setup->request_type == 0x21 && setup->length > 0) {
                 fuzz_check(data != NULL);
@@ -122,6 +141,18 @@ static int host_control(void *ctx, const struct gw_control_setup *setup, const v
                            memcmp(h->out, h->image + h->progress_done, setup->length) == 0);
         h->in_flight = true;
         return 0;
+}
+
+/* The upload writes what the device sent, right after what it wrote before, within w->max. */
+static ssize_t writer_pwrite(void *ctx, const void *buf, size_t n, uint64_t off)
+{
+        struct host *h = ctx;
+
+        fuzz_check(h->upload && n >= 1 && off == h->written && n <= h->reply_len);
+        fuzz_check(h->size == 0 || n <= h->size - off);
+        fuzz_check(memcmp(buf, h->reply, n) == 0);
+        h->written += n;
+        return (ssize_t) n;
 }
 
 /* The protocol reads only inside the image. */
@@ -157,7 +188,10 @@ static bool check_result(struct host *h, int r)
         }
         fuzz_check(h->deadline == 0);
         if (r == GW_PROTO_DONE) {
-                fuzz_check(h->progress_done == h->size);
+                if (h->upload)
+                        fuzz_check((h->size > 0 && h->written == h->size) || h->up_short);
+                else
+                        fuzz_check(h->progress_done == h->size);
                 return true;
         }
         fuzz_check(r < 0 && h->error_set);
@@ -167,6 +201,11 @@ static bool check_result(struct host *h, int r)
 static int complete(struct host *h, void *priv, int status, const uint8_t *data, size_t len)
 {
         h->in_flight = false;
+        if (h->setup.request == 2) {
+                h->reply = data;
+                h->reply_len = data ? len : 0;
+                h->up_short = status >= 0 && status < h->setup.length;
+        }
         return ops->control_done(priv, status, data, len);
 }
 
@@ -245,7 +284,10 @@ static void run(struct host *h, void *priv, const uint8_t *data, size_t size)
 
                         if (!h->in_flight)
                                 continue;
-                        if (h->setup.request_type == 0xa1)
+                        if (h->setup.request == 2) /* the device's memory, a full block */
+                                r = complete(h, priv, h->setup.length, image + h->written % 4096,
+                                             h->setup.length);
+                        else if (h->setup.request_type == 0xa1)
                                 r = complete(h, priv, 6, st, 6);
                         else
                                 r = complete(h, priv, h->setup.length, NULL, 0);
@@ -317,6 +359,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
         struct gw_options *opts;
         struct gw_reader rd = {0};
+        struct gw_writer wr = {0};
         struct host h = {0};
         uint8_t extra[EXTRA_MAX], valid_extra[9];
         char layout[LAYOUT_MAX + 1];
@@ -395,7 +438,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         };
         h.now = 1000;
         h.image = image;
-        h.size = (data[SETUP_SIZE_LO] | (uint64_t) data[SETUP_SIZE_HI] << 8) % (IMAGE_MAX + 1);
+        h.upload = data[SETUP_SIZE_HI] & SIZE_HI_UPLOAD;
+        h.size =
+            (data[SETUP_SIZE_LO] | (uint64_t) (data[SETUP_SIZE_HI] & 0x7f) << 8) % (IMAGE_MAX + 1);
         set_descriptors(&h, modes, extra_p, extra_len, layout_p, valid_extra);
 
         opts = gw_options_new();
@@ -409,11 +454,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         priv = calloc(1, ops->priv_size);
         fuzz_check(priv);
         fuzz_check(ops->init(priv, opts, &h.h) == 0);
-        r = ops->install(priv, &rd);
+        wr.max = h.size;
+        wr.ctx = &h;
+        wr.pwrite = writer_pwrite;
+        r = h.upload ? ops->upload(priv, &wr) : ops->install(priv, &rd);
         if (!check_result(&h, r))
                 run(&h, priv, data + i, size - i);
         else
-                report(r, "at install");
+                report(r, h.upload ? "at upload" : "at install");
 
         ops->done(priv);
         free(priv);

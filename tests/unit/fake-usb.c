@@ -193,6 +193,12 @@ int fake_usb_install(struct fake_usb *f, const struct gw_reader *reader)
         return record(f, f->ops->install(f->priv, reader));
 }
 
+int fake_usb_upload(struct fake_usb *f, const struct gw_writer *writer)
+{
+        f->in_op = true;
+        return record(f, f->ops->upload(f->priv, writer));
+}
+
 int fake_usb_identify(struct fake_usb *f, struct gw_options *ret)
 {
         f->in_op = true;

@@ -61,6 +61,7 @@ void fake_usb_done(struct fake_usb *f);
 
 /* Drive the instance; each returns, and records in f->last, what the op returned. */
 int fake_usb_install(struct fake_usb *f, const struct gw_reader *reader);
+int fake_usb_upload(struct fake_usb *f, const struct gw_writer *writer);
 int fake_usb_identify(struct fake_usb *f, struct gw_options *ret);
 /* Completes the transfer in flight (fails the test when none is). */
 int fake_usb_complete(struct fake_usb *f, int status, const void *data, size_t len);
@@ -120,6 +121,11 @@ struct fake_usb_step {
 #define FU_COMPLETE(st)                                                                            \
         {                                                                                          \
                 .type = FU_STEP_COMPLETE, .result = (st)                                           \
+        }
+/* Completes an IN transfer with n bytes at p (an UPLOAD's data). */
+#define FU_REPLY_N(p, n)                                                                           \
+        {                                                                                          \
+                .type = FU_STEP_COMPLETE, .result = (n), .data = (p), .len = (n)                   \
         }
 /* Completes an IN transfer with the literal s. */
 #define FU_REPLY(s)                                                                                \

@@ -1,6 +1,6 @@
 /* Tests for the dfu protocol plugin: its decoders (functional descriptor, GETSTATUS, DfuSe
- * layout), scripted exchanges on the fake control link (fake-usb.h), and a model device that
- * answers every request and counts what the host made it do. */
+ * layout), scripted exchanges on the fake control link (fake-usb.h) for install and upload,
+ * and a model device that answers every request and counts what the host made it do. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -720,12 +720,11 @@ static const struct fake_usb_step s_bad_state[] = {
     FU_RESULT(-EBADMSG),
 };
 static const struct fake_usb_step s_submit_fails[] = {
-    GETSTATUS,       FU_SUBMIT_FAIL(-EIO), ST(0, 0, S_IDLE),
-    FU_RESULT(-EIO), FU_ERROR("submitting"),
+    GETSTATUS, FU_SUBMIT_FAIL(-EIO), ST(0, 0, S_IDLE), FU_RESULT(-EIO), FU_ERROR("submitting"),
 };
 /* Refused at submission because the device is gone: as if the transfer had said so. */
 static const struct fake_usb_step s_submit_gone[] = {
-    GETSTATUS,          FU_SUBMIT_FAIL(-ENODEV), ST(0, 0, S_IDLE),
+    GETSTATUS,          FU_SUBMIT_FAIL(-ENODEV),  ST(0, 0, S_IDLE),
     FU_RESULT(-ENODEV), FU_ERROR("disconnected"),
 };
 static const struct fake_usb_step s_getstatus_stalls[] = {
@@ -766,12 +765,8 @@ static const struct fake_usb_step s_manifest_vanishes[] = {
 };
 /* It reset so fast that the next GETSTATUS is refused at submission. */
 static const struct fake_usb_step s_manifest_vanishes_at_submit[] = {
-    TO_END,
-    FU_COMPLETE(0),
-    GETSTATUS,
-    FU_SUBMIT_FAIL(-ENODEV),
-    ST(0, 0, S_IDLE),
-    FU_RESULT(GW_PROTO_DONE),
+    TO_END,           FU_COMPLETE(0),           GETSTATUS, FU_SUBMIT_FAIL(-ENODEV),
+    ST(0, 0, S_IDLE), FU_RESULT(GW_PROTO_DONE),
 };
 static const struct fake_usb_step s_manifest_vanishes_at_end[] = {
     TO_END,
@@ -1084,6 +1079,403 @@ static void test_alt_choice(void **state)
         }
 }
 
+/* ---- upload --------------------------------------------------------------------------- */
+
+#define UPLOAD(b, l) FU_EXPECT(0xa1, 2, (b), 0, (l))
+#define DEVMEM_SIZE  (128 * 1024)
+
+/* What the device holds: scripted UPLOAD replies come from here. */
+static uint8_t devmem[DEVMEM_SIZE];
+#define UP_REPLY(off, n) FU_REPLY_N(devmem + (off), (n))
+
+/* The core's side of an upload: a writer into memory that can be told to fail. */
+struct sink {
+        uint8_t buf[DEVMEM_SIZE];
+        uint64_t written; /* the end of what was written */
+        unsigned calls;
+        bool out_of_order; /* a write did not start where the last one ended */
+        ssize_t fail;      /* when < 0, pwrite() returns it */
+        struct gw_writer w;
+};
+
+static struct sink sink;
+
+static ssize_t sink_pwrite(void *ctx, const void *buf, size_t n, uint64_t off)
+{
+        struct sink *k = ctx;
+
+        if (k->fail < 0)
+                return k->fail;
+        assert_true(n > 0 && off <= sizeof(k->buf) && n <= sizeof(k->buf) - off);
+        if (off != k->written)
+                k->out_of_order = true;
+        memcpy(k->buf + off, buf, n);
+        if (off + n > k->written)
+                k->written = off + n;
+        k->calls++;
+        return (ssize_t) n;
+}
+
+static void sink_reset(uint64_t max)
+{
+        memset(&sink, 0, sizeof(sink));
+        sink.w = (struct gw_writer){.max = max, .ctx = &sink, .pwrite = sink_pwrite};
+        for (size_t i = 0; i < sizeof(devmem); i++)
+                devmem[i] = (uint8_t) (i * 37 + (i >> 9) + 1);
+}
+
+/* What was written is the device's memory from offset 0, arg[0] bytes, in order. */
+static bool check_sink(struct fake_usb *f, const struct fake_usb_step *s)
+{
+        return sink.written == (uint64_t) s->arg[0] && !sink.out_of_order &&
+               memcmp(sink.buf, devmem, sink.written) == 0;
+}
+#define SINK(n) FU_CHECK(check_sink, (n), 0, 0)
+
+static void up_start(struct world *w, const struct gw_usb_device_info *dev, uint64_t max,
+                     const char *opts)
+{
+        world_open(w, dev, 0, opts);
+        sink_reset(max);
+        fake_usb_upload(&w->f, &sink.w);
+}
+
+static void run_upload(const struct gw_usb_device_info *dev, uint64_t max, const char *opts,
+                       const struct fake_usb_step *s, size_t n)
+{
+        struct world w;
+
+        up_start(&w, dev, max, opts);
+        fake_usb_run(&w.f, s, n);
+        world_end(&w);
+}
+#define RUN_UP(dev, max, opts, s) run_upload((dev), (max), (opts), (s), sizeof(s) / sizeof((s)[0]))
+
+/* DFU 1.1 without a size: blocks from 0 until a short one, which leaves the device in
+ * dfuIDLE: no ABORT, no GETSTATUS after it. */
+static const struct fake_usb_step s_up_short[] = {
+    GETSTATUS,           ST(0, 0, S_IDLE), FU_PROGRESS(0, 0),  UPLOAD(0, 64),
+    UP_REPLY(0, 64),     NO_DEADLINE,      FU_PROGRESS(64, 0), UPLOAD(1, 64),
+    UP_REPLY(64, 64),    UPLOAD(2, 64),    UP_REPLY(128, 10),  FU_RESULT(GW_PROTO_DONE),
+    FU_PROGRESS(138, 0), SINK(138),        FU_NOTHING(),       NO_DEADLINE,
+};
+/* An empty block after full ones ends it too. */
+static const struct fake_usb_step s_up_empty_end[] = {
+    GETSTATUS,      ST(0, 0, S_IDLE),         UPLOAD(0, 64), UP_REPLY(0, 64), UPLOAD(1, 64),
+    FU_COMPLETE(0), FU_RESULT(GW_PROTO_DONE), SINK(64),      FU_NOTHING(),
+};
+/* With a size: the last request asks only for what is left; the device, still in
+ * dfuUPLOAD_IDLE, gets ABORT. */
+static const struct fake_usb_step s_up_max[] = {
+    GETSTATUS,       ST(0, 0, S_IDLE), FU_PROGRESS(0, 100),      UPLOAD(0, 64),
+    UP_REPLY(0, 64), UPLOAD(1, 36),    UP_REPLY(64, 36),         FU_PROGRESS(100, 100),
+    ABORT,           FU_COMPLETE(0),   FU_RESULT(GW_PROTO_DONE), SINK(100),
+    FU_NOTHING(),    NO_DEADLINE,
+};
+/* A size the device does not reach: its short block ends it, without ABORT. */
+static const struct fake_usb_step s_up_max_short[] = {
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    UPLOAD(0, 64),
+    UP_REPLY(0, 64),
+    UPLOAD(1, 64),
+    UP_REPLY(64, 63),
+    FU_RESULT(GW_PROTO_DONE),
+    SINK(127),
+    FU_PROGRESS(127, 1000),
+    FU_NOTHING(),
+};
+/* A stall mid-upload: GETSTATUS tells why; what arrived before stays written, no success. */
+static const struct fake_usb_step s_up_stall[] = {
+    GETSTATUS,          ST(0, 0, S_IDLE),
+    UPLOAD(0, 64),      UP_REPLY(0, 64),
+    UPLOAD(1, 64),      FU_COMPLETE(-EPIPE),
+    GETSTATUS,          ST(0x08, 0, S_ERROR),
+    FU_RESULT(-EFAULT), FU_ERROR("errADDRESS during UPLOAD"),
+    SINK(64),           FU_NOTHING(),
+    NO_DEADLINE,
+};
+static const struct fake_usb_step s_up_stall_ok[] = {
+    GETSTATUS, ST(0, 0, S_IDLE),   UPLOAD(0, 64),     FU_COMPLETE(-EPIPE),
+    GETSTATUS, ST(0, 0, S_UPIDLE), FU_RESULT(-EPIPE), FU_ERROR("stalled UPLOAD"),
+    SINK(0),
+};
+static const struct fake_usb_step s_up_gone[] = {
+    GETSTATUS,          ST(0, 0, S_IDLE),         UPLOAD(0, 64), FU_COMPLETE(-ENODEV),
+    FU_RESULT(-ENODEV), FU_ERROR("disconnected"),
+};
+static const struct fake_usb_step s_up_too_long[] = {
+    GETSTATUS,       ST(0, 0, S_IDLE),   UPLOAD(0, 64),
+    UP_REPLY(0, 65), FU_RESULT(-EPROTO), FU_ERROR("65 bytes for a 64-byte UPLOAD"),
+    SINK(0),
+};
+/* A count without the data (a broken transport) is not taken as data. */
+static const struct fake_usb_step s_up_no_data[] = {
+    GETSTATUS, ST(0, 0, S_IDLE), UPLOAD(0, 64), FU_COMPLETE(64), FU_RESULT(-EIO), SINK(0),
+};
+static const struct fake_usb_step s_up_abort_fails[] = {
+    GETSTATUS, ST(0, 0, S_IDLE),    UPLOAD(0, 64),     UP_REPLY(0, 64),
+    ABORT,     FU_COMPLETE(-EPIPE), FU_RESULT(-EPIPE), FU_ERROR("ABORT after the upload"),
+};
+/* Found in dfuERROR, then in dfuUPLOAD_IDLE (an earlier upload), then busy: recovered. */
+static const struct fake_usb_step s_up_recover[] = {
+    GETSTATUS,
+    ST(0x0e, 0, S_ERROR),
+    CLRSTATUS,
+    FU_COMPLETE(0),
+    GETSTATUS,
+    ST(0, 0, S_UPIDLE),
+    ABORT,
+    FU_COMPLETE(0),
+    GETSTATUS,
+    ST(0, 30, S_DNBUSY),
+    FU_DEADLINE(30),
+    FU_EXPIRE(),
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    UPLOAD(0, 64),
+    UP_REPLY(0, 20),
+    FU_RESULT(GW_PROTO_DONE),
+    SINK(20),
+};
+static const struct fake_usb_step s_up_cancel[] = {
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    UPLOAD(0, 64),
+    FU_CANCEL(),
+    FU_RESULT(GW_PROTO_CONTINUE),
+    UP_REPLY(0, 64),
+    ABORT,
+    FU_COMPLETE(0),
+    FU_RESULT(-ECANCELED),
+    FU_NOTHING(),
+};
+/* The operation's deadline holds even though an upload never polls. */
+static const struct fake_usb_step s_up_deadline[] = {
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    UPLOAD(0, 64),
+    FU_ADVANCE(150),
+    UP_REPLY(0, 64),
+    FU_RESULT(-ETIMEDOUT),
+    FU_ERROR("still going on"),
+    SINK(64),
+    FU_NOTHING(),
+};
+/* A run-time device: DETACH, reset, back in DFU mode, then the upload. */
+static const struct fake_usb_step s_up_detach[] = {
+    FU_EXPECT(0x21, 0, 500, 1, 0),
+    FU_COMPLETE(0),
+    FU_RESETS(1),
+    FU_REOPEN(10000),
+    FU_REOPENED(0),
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    UPLOAD(0, 64),
+    UP_REPLY(0, 64),
+    UPLOAD(1, 64),
+    UP_REPLY(64, 1),
+    FU_RESULT(GW_PROTO_DONE),
+    SINK(65),
+};
+
+static void test_upload_dfu11(void **state)
+{
+        struct world w;
+
+        RUN_UP(&dev_dfu11, 0, NULL, s_up_short);
+        RUN_UP(&dev_dfu11, 0, NULL, s_up_empty_end);
+        RUN_UP(&dev_dfu11, 100, NULL, s_up_max);
+        RUN_UP(&dev_dfu11, 1000, NULL, s_up_max_short);
+        RUN_UP(&dev_dfu11, 0, NULL, s_up_stall);
+        RUN_UP(&dev_dfu11, 0, NULL, s_up_stall_ok);
+        RUN_UP(&dev_dfu11, 0, NULL, s_up_gone);
+        RUN_UP(&dev_dfu11, 0, NULL, s_up_too_long);
+        RUN_UP(&dev_dfu11, 0, NULL, s_up_no_data);
+        RUN_UP(&dev_dfu11, 64, NULL, s_up_abort_fails);
+        RUN_UP(&dev_dfu11, 0, NULL, s_up_recover);
+        RUN_UP(&dev_dfu11, 0, NULL, s_up_cancel);
+        RUN_UP(&dev_dfu11, 0, "timeout-ms=100", s_up_deadline);
+
+        up_start(&w, &dev_runtime, 0, NULL);
+        w.f.reopen_info = &dev_dfu11;
+        fake_usb_run(&w.f, s_up_detach, sizeof(s_up_detach) / sizeof(s_up_detach[0]));
+        world_end(&w);
+
+        /* The writer fails: its error, nothing more requested. */
+        up_start(&w, &dev_dfu11, 0, NULL);
+        sink.fail = -ENOSPC;
+        fake_usb_status(&w.f, 0, 0, S_IDLE);
+        assert_int_equal(fake_usb_complete(&w.f, 64, devmem, 64), -ENOSPC);
+        assert_non_null(strstr(w.f.error, "writing what was read at 0"));
+        assert_false(w.f.in_flight);
+        world_end(&w);
+
+        /* wTransferSize 8192: UPLOADs of 4096 at most. */
+        up_start(&w, &dev_big, 5000, NULL);
+        fake_usb_status(&w.f, 0, 0, S_IDLE);
+        assert_int_equal(w.f.setup.length, 4096);
+        fake_usb_complete(&w.f, 4096, devmem, 4096);
+        assert_int_equal(w.f.setup.length, 5000 - 4096);
+        world_end(&w);
+}
+
+/* DfuSe: SET_ADDRESS (polled), ABORT to dfuIDLE, UPLOADs from wValue 2 reading across the
+ * read-only and the read-write segment, ABORT at the size. */
+static const struct fake_usb_step s_up_dfuse[] = {
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    FU_PROGRESS(0, 2048),
+    DFUSE_CMD("\x21\x00\x1c\x00\x08"),
+    FU_COMPLETE(5),
+    GETSTATUS,
+    ST(0, 25, S_DNBUSY),
+    FU_DEADLINE(25),
+    FU_EXPIRE(),
+    GETSTATUS,
+    ST(0, 25, S_DNIDLE),
+    NO_DEADLINE,
+    ABORT,
+    FU_COMPLETE(0),
+    UPLOAD(2, 1024),
+    UP_REPLY(0, 1024),
+    FU_PROGRESS(1024, 2048),
+    UPLOAD(3, 1024),
+    UP_REPLY(1024, 1024),
+    FU_PROGRESS(2048, 2048),
+    ABORT,
+    FU_COMPLETE(0),
+    FU_RESULT(GW_PROTO_DONE),
+    SINK(2048),
+    FU_NOTHING(),
+    NO_DEADLINE,
+    FU_RESETS(0),
+};
+/* Default address: the first readable segment; the last block asks only for the rest. */
+static const struct fake_usb_step s_up_dfuse_default[] = {
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    DFUSE_CMD("\x21\x00\x00\x00\x08"),
+    FU_COMPLETE(5),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    ABORT,
+    FU_COMPLETE(0),
+    UPLOAD(2, 1024),
+    UP_REPLY(0, 1024),
+    UPLOAD(3, 476),
+    UP_REPLY(1024, 476),
+    ABORT,
+    FU_COMPLETE(0),
+    FU_RESULT(GW_PROTO_DONE),
+    SINK(1500),
+};
+static const struct fake_usb_step s_up_dfuse_address_fails[] = {
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    DFUSE_CMD("\x21\x00\x00\x00\x08"),
+    FU_COMPLETE(-EPIPE),
+    GETSTATUS,
+    ST(0x08, 0, S_ERROR),
+    FU_RESULT(-EFAULT),
+    FU_ERROR("errADDRESS during SET_ADDRESS"),
+};
+/* DfuSe promises the size: a short block is a failure, not an end. */
+static const struct fake_usb_step s_up_dfuse_short[] = {
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    DFUSE_CMD("\x21\x00\x00\x00\x08"),
+    FU_COMPLETE(5),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    ABORT,
+    FU_COMPLETE(0),
+    UPLOAD(2, 1024),
+    UP_REPLY(0, 100),
+    FU_RESULT(-EIO),
+    FU_ERROR("at 0x08000064, after 100 of 1500 bytes"),
+    SINK(100),
+};
+static const struct fake_usb_step s_up_dfuse_abort_fails[] = {
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    DFUSE_CMD("\x21\x00\x00\x00\x08"),
+    FU_COMPLETE(5),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    ABORT,
+    FU_COMPLETE(-ENODEV),
+    FU_RESULT(-ENODEV),
+    FU_ERROR("ABORT before UPLOAD"),
+};
+
+static void expect_upload_fails(const struct gw_usb_device_info *dev, uint64_t max,
+                                const char *opts, int err, const char *text)
+{
+        struct world w;
+
+        up_start(&w, dev, max, opts);
+        if (w.f.last != err)
+                fail_msg("%s: %d, expected %d (%s)", text, w.f.last, err, w.f.error);
+        if (!strstr(w.f.error, text))
+                fail_msg("error \"%s\", expected \"%s\"", w.f.error, text);
+        assert_false(w.f.in_flight);
+        assert_int_equal(w.f.transfers, 0);
+        assert_int_equal(w.f.deadline, 0);
+        world_end(&w);
+}
+
+static void test_upload_dfuse(void **state)
+{
+        static const uint8_t no_upload[] = FUNC(0x09, 255, 1024, 0x011a);
+        static const struct gw_usb_alt a_wo[] = {
+            ALT(0, 0, 2, "@RAM /0x20000000/4*1Kd", func_dfuse)};
+        static const struct gw_usb_alt a_noup[] = {ALT(0, 0, 2, LAYOUT_FLASH, no_upload)};
+        static const struct gw_usb_device_info d_wo = {
+            .vid = 0x0483, .pid = 0xdf11, .alts = a_wo, .n_alts = 1};
+        static const struct gw_usb_device_info d_noup = {
+            .vid = 0x0483, .pid = 0xdf11, .alts = a_noup, .n_alts = 1};
+        struct world w;
+
+        RUN_UP(&dev_dfuse, 2048, "address=0x08001c00", s_up_dfuse);
+        RUN_UP(&dev_dfuse, 1500, NULL, s_up_dfuse_default);
+        RUN_UP(&dev_dfuse, 1500, NULL, s_up_dfuse_address_fails);
+        RUN_UP(&dev_dfuse, 1500, NULL, s_up_dfuse_short);
+        RUN_UP(&dev_dfuse, 1500, NULL, s_up_dfuse_abort_fails);
+
+        /* Refused before any transfer: past the readable memory, no size, nothing readable. */
+        expect_upload_fails(&dev_dfuse, 0x2000, "address=0x08005000", -ENOSPC,
+                            "0x08006000 is not readable");
+        expect_upload_fails(&dev_dfuse, 24 * 1024 + 1, NULL, -ENOSPC, "0x08006000 is not readable");
+        expect_upload_fails(&dev_dfuse, UINT64_MAX, NULL, -ENOSPC, "not readable");
+        expect_upload_fails(&dev_dfuse, 16, "address=0x30000000", -ENOSPC,
+                            "0x30000000 is not readable");
+        expect_upload_fails(&dev_dfuse, 0, NULL, -EINVAL, "needs a size");
+        expect_upload_fails(&d_wo, 16, NULL, -ENOSPC, "no readable memory");
+        expect_upload_fails(&d_wo, 16, "address=0x20000000", -ENOSPC, "not readable");
+        expect_upload_fails(&d_noup, 16, NULL, -EOPNOTSUPP, "bitCanUpload");
+        expect_upload_fails(&dev_dfu11, 16, "address=0x08000000", -EINVAL, "DfuSe");
+
+        /* Option bytes (type e: readable): the whole 16-byte segment, one block. */
+        up_start(&w, &dev_dfuse, 16, "alt=2");
+        assert_int_equal(w.f.sel_alt, 2);
+        fake_usb_status(&w.f, 0, 0, S_IDLE);
+        assert_memory_equal(w.f.out, "\x21\x00\xc0\xff\x1f", 5);
+        world_end(&w);
+
+        /* Misuse: no writer, a writer without pwrite, a second operation. */
+        world_open(&w, &dev_dfu11, 0, NULL);
+        assert_int_equal(w.f.ops->upload(w.f.priv, NULL), -EINVAL);
+        sink_reset(0);
+        sink.w.pwrite = NULL;
+        assert_int_equal(w.f.ops->upload(w.f.priv, &sink.w), -EINVAL);
+        sink_reset(0);
+        assert_int_equal(fake_usb_upload(&w.f, &sink.w), GW_PROTO_CONTINUE);
+        assert_int_equal(w.f.ops->upload(w.f.priv, &sink.w), -EBUSY);
+        assert_int_equal(w.f.ops->install(w.f.priv, &w.reader), -EBUSY);
+        world_end(&w);
+}
+
 /* ---- a model device ------------------------------------------------------------------- */
 
 #define MODEL_MEM (128 * 1024)
@@ -1107,6 +1499,10 @@ struct model {
         uint64_t waited;
         bool leaving;
         bool manifested;
+        /* Upload: DFU 1.1 sends fw_size bytes of mem, then a short block. */
+        size_t fw_size, up_off;
+        uint16_t next_up_block;
+        unsigned uploads, aborts;
 };
 
 static void model_answer(struct fake_usb *f, struct model *m)
@@ -1131,6 +1527,41 @@ static void model_answer(struct fake_usb *f, struct model *m)
                         m->state = m->leaving ? S_MANIFEST : S_IDLE;
                 }
                 fake_usb_status(f, 0, 0, m->state);
+                return;
+        }
+        if (s->request == 6) {
+                m->aborts++;
+                m->state = S_IDLE;
+                fake_usb_complete(f, 0, NULL, 0);
+                return;
+        }
+        if (s->request == 2) {
+                size_t n = s->length;
+
+                /* UPLOAD is refused in dfuDNLOAD_IDLE: the host must ABORT after SET_ADDRESS. */
+                assert_true(m->state == S_IDLE || m->state == S_UPIDLE);
+                assert_int_equal(s->request_type, 0xa1);
+                m->uploads++;
+                if (m->dfuse) {
+                        uint64_t at = (uint64_t) m->addr + (uint64_t) (s->value - 2) * m->xfer;
+
+                        assert_true(s->value >= 2);
+                        assert_true(at >= m->base && at + n <= (uint64_t) m->base + MODEL_MEM);
+                        m->state = S_UPIDLE;
+                        fake_usb_complete(f, (int) n, m->mem + (at - m->base), n);
+                        return;
+                }
+                if (m->state == S_IDLE) {
+                        m->next_up_block = 0;
+                        m->up_off = 0;
+                }
+                assert_int_equal(s->value, m->next_up_block);
+                m->next_up_block++;
+                if (n > m->fw_size - m->up_off)
+                        n = m->fw_size - m->up_off;
+                m->state = n < s->length ? S_IDLE : S_UPIDLE;
+                m->up_off += n;
+                fake_usb_complete(f, (int) n, m->mem + m->up_off - n, n);
                 return;
         }
         assert_int_equal(s->request, 1);
@@ -1318,6 +1749,119 @@ static void test_model_dfuse(void **state)
         }
 }
 
+/* Uploads against the model: exactly the device's bytes, one UPLOAD per block and nothing
+ * else but the first GETSTATUS (and the ABORTs the device needs). */
+static void test_model_upload(void **state)
+{
+        static const struct {
+                size_t fw;    /* DFU 1.1: what the device sends before its short block */
+                uint64_t max; /* 0 = no size */
+                size_t got;
+                unsigned uploads, aborts;
+        } v[] = {
+            {0, 0, 0, 1, 0},           {1, 0, 1, 1, 0},           {63, 0, 63, 1, 0},
+            {64, 0, 64, 2, 0},         {65, 0, 65, 2, 0},         {1000, 0, 1000, 16, 0},
+            {1000, 640, 640, 10, 1},   {1000, 650, 650, 11, 1},   {1000, 2000, 1000, 16, 0},
+            {1000, 1000, 1000, 16, 1}, {1024, 1024, 1024, 16, 1},
+        };
+
+        for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+                struct world w;
+                struct model *m = calloc(1, sizeof(*m));
+
+                assert_non_null(m);
+                m->state = S_IDLE;
+                m->fw_size = v[i].fw;
+                for (size_t k = 0; k < MODEL_MEM; k++)
+                        m->mem[k] = (uint8_t) (k * 37 + (k >> 9) + 1);
+                up_start(&w, &dev_dfu11, v[i].max, NULL);
+                if (model_run(&w.f, m) != GW_PROTO_DONE || sink.written != v[i].got ||
+                    m->uploads != v[i].uploads || m->aborts != v[i].aborts)
+                        fail_msg("case %zu: %d (%s), %llu bytes, %u uploads, %u aborts", i,
+                                 w.f.last, w.f.error, (unsigned long long) sink.written, m->uploads,
+                                 m->aborts);
+                assert_memory_equal(sink.buf, m->mem, v[i].got);
+                assert_false(sink.out_of_order);
+                assert_int_equal(m->getstatus, 1);
+                assert_int_equal(m->waited, 0);
+                assert_int_equal(m->state, S_IDLE);
+                assert_int_equal(w.f.progress_done, v[i].got);
+                world_end(&w);
+                free(m);
+        }
+
+        /* DfuSe, with a busy SET_ADDRESS: one SET_ADDRESS, ABORT before and after. */
+        {
+                static const struct {
+                        const char *opts;
+                        uint64_t max;
+                        uint32_t start;
+                        unsigned uploads;
+                } d[] = {
+                    {NULL, 3000, 0x08000000, 3},
+                    {"address=0x08001c00", 5000, 0x08001c00, 5},
+                    {"address=0x08001c00,transfer-size=100", 5000, 0x08001c00, 50},
+                    {NULL, 24 * 1024, 0x08000000, 24},
+                };
+
+                for (size_t i = 0; i < sizeof(d) / sizeof(d[0]); i++) {
+                        struct world w;
+                        struct model *m = calloc(1, sizeof(*m));
+
+                        assert_non_null(m);
+                        m->dfuse = true;
+                        m->base = 0x08000000;
+                        m->xfer = d[i].opts && strstr(d[i].opts, "transfer-size=100") ? 100 : 1024;
+                        m->busy_ms = 20;
+                        m->state = S_IDLE;
+                        for (size_t k = 0; k < MODEL_MEM; k++)
+                                m->mem[k] = (uint8_t) (k * 91 + 3);
+                        up_start(&w, &dev_dfuse, d[i].max, d[i].opts);
+                        assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
+                        assert_int_equal(sink.written, d[i].max);
+                        assert_memory_equal(sink.buf, m->mem + (d[i].start - m->base), d[i].max);
+                        assert_int_equal(m->set_addresses, 1);
+                        assert_int_equal(m->addr, d[i].start);
+                        assert_int_equal(m->aborts, 2);
+                        assert_int_equal(m->uploads, d[i].uploads);
+                        assert_int_equal(m->getstatus, 3); /* start, busy, idle */
+                        assert_int_equal(m->state, S_IDLE);
+                        world_end(&w);
+                        free(m);
+                }
+        }
+
+        /* More blocks than wValue can number: ABORT, a second SET_ADDRESS, ABORT, go on. */
+        {
+                static const uint8_t func_1[] = FUNC(0x0b, 255, 1, 0x011a);
+                static const struct gw_usb_alt a[] = {
+                    ALT(0, 0, 2, "@RAM /0x20000000/128*1Ke", func_1)};
+                static const struct gw_usb_device_info dv = {
+                    .vid = 0x0483, .pid = 0xdf11, .alts = a, .n_alts = 1};
+                struct world w;
+                struct model *m = calloc(1, sizeof(*m));
+                size_t size = 65534 + 10;
+
+                assert_non_null(m);
+                m->dfuse = true;
+                m->base = 0x20000000;
+                m->xfer = 1;
+                m->state = S_IDLE;
+                for (size_t k = 0; k < MODEL_MEM; k++)
+                        m->mem[k] = (uint8_t) (k * 7 + (k >> 8));
+                up_start(&w, &dv, size, NULL);
+                assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
+                assert_int_equal(sink.written, size);
+                assert_memory_equal(sink.buf, m->mem, size);
+                assert_int_equal(m->set_addresses, 2);
+                assert_int_equal(m->addr, 0x20000000 + 65534);
+                assert_int_equal(m->aborts, 4);
+                assert_int_equal(m->uploads, size);
+                world_end(&w);
+                free(m);
+        }
+}
+
 /* More blocks than wValue can number: a new SET_ADDRESS starts a second run. */
 static void test_dfuse_runs(void **state)
 {
@@ -1499,6 +2043,8 @@ int main(void)
             cmocka_unit_test(test_model_dfu11),      cmocka_unit_test(test_model_dfuse),
             cmocka_unit_test(test_dfuse_runs),       cmocka_unit_test(test_dfuse_script),
             cmocka_unit_test(test_cancel),           cmocka_unit_test(test_early_timeout),
+            cmocka_unit_test(test_upload_dfu11),     cmocka_unit_test(test_upload_dfuse),
+            cmocka_unit_test(test_model_upload),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
