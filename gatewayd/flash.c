@@ -580,6 +580,11 @@ int gw_flash_upload(struct gw_flash *f, const struct gw_writer *writer,
         return start(f, op_upload, writer, cb, userdata);
 }
 
+const char *gw_flash_reason(const struct gw_flash *f)
+{
+        return f ? f->reason : "";
+}
+
 void gw_flash_cancel(struct gw_flash *f)
 {
         int r = -ECANCELED;

@@ -42,9 +42,11 @@ static void usage(FILE *out)
             out,
             "Usage: gwflash [OPTIONS] FILE\n"
             "       gwflash --usb VID:PID[,serial=S][,path=P] --alt N|NAME [OPTIONS] FILE\n"
+            "       gwflash --usb VID:PID ... --upload FILE [--size N]\n"
             "       gwflash list [--json]\n"
             "\n"
-            "Flash FILE to one node through a transport and a protocol plugin.\n"
+            "Flash FILE to one node through a transport and a protocol plugin, or read the\n"
+            "node's memory back into a file (--upload, protocols that can: dfu).\n"
             "\n"
             "  -t, --transport NAME   link to the node (built in: uart, usb)\n"
             "  -p, --port PATH        serial port, e.g. /dev/ttyUSB0 or a pty from socat\n"
@@ -61,18 +63,23 @@ static void usage(FILE *out)
             "  -o, --option KEY=VAL   extra transport or protocol option (repeatable),\n"
             "                         e.g. -o ack-timeout-ms=3000 -o parity=even\n"
             "  -n, --name NAME        file name announced to the node (default: FILE's)\n"
+            "      --upload FILE      read the node back into FILE instead of flashing\n"
+            "      --size N           bytes to read back (required on DfuSe; on DFU 1.1\n"
+            "                         the device's short block ends the upload)\n"
             "      --json             machine-readable progress and result on stdout\n"
             "  -q, --quiet            no progress output\n"
             "  -v, --verbose          debug logging (protocol state changes)\n"
             "  -h, --help             this text\n"
             "\n"
-            "Exit status: 0 when the node took the whole image, 1 when flashing failed,\n"
-            "2 on a usage error.\n"
+            "Exit status: 0 when the node took the whole image (or the upload completed),\n"
+            "1 when flashing failed, 2 on a usage error.\n"
             "\n"
             "Examples:\n"
             "  gwflash --transport uart --port /dev/ttyUSB0 --baud 115200 --protocol ymodem "
             "fw.bin\n"
             "  gwflash --usb 0483:df11 --alt 0 --address 0x08000000 fw.bin\n"
+            "  gwflash --usb 0483:df11 --alt 0 --address 0x08000000 --size 65536 --upload "
+            "back.bin\n"
             "  gwflash list\n");
 }
 
@@ -105,6 +112,12 @@ static void on_progress(void *userdata, uint64_t done, uint64_t total)
                 printf("{\"event\":\"progress\",\"bytes\":%llu,\"total\":%llu,\"rate_bps\":%.0f}\n",
                        (unsigned long long) done, (unsigned long long) total, rate);
                 fflush(stdout);
+        } else if (total == 0) {
+                /* An upload of unknown length: only what arrived so far. */
+                if (now - run->last_ms < 1000)
+                        return;
+                run->last_ms = now;
+                fprintf(stderr, "%llu bytes\n", (unsigned long long) done);
         } else if (run->tty) {
                 char d[32], t[32], r[32], eta[32] = "--:--";
                 int width = 30, fill = total ? (int) (done * (uint64_t) width / total) : width;
@@ -460,6 +473,8 @@ int main(int argc, char **argv)
             {"protocol", required_argument, NULL, 'P'},
             {"option", required_argument, NULL, 'o'},
             {"name", required_argument, NULL, 'n'},
+            {"upload", required_argument, NULL, 'U'},
+            {"size", required_argument, NULL, 'S'},
             {"json", no_argument, NULL, 'j'},
             {"quiet", no_argument, NULL, 'q'},
             {"verbose", no_argument, NULL, 'v'},
@@ -476,6 +491,9 @@ int main(int argc, char **argv)
         const struct gw_protocol_ops *p;
         struct gw_options *opts = gw_options_new();
         struct gw_reader reader = {0};
+        struct gw_writer writer = {0};
+        const char *upload = NULL;
+        uint64_t upload_size = 0;
         struct run run = {.last_decile = -1};
         struct gw_flash_callbacks cbs = {.progress = on_progress, .finished = on_finished};
         int c, r, ret = 1;
@@ -524,6 +542,16 @@ int main(int argc, char **argv)
                 case 'n':
                         name = optarg;
                         break;
+                case 'U':
+                        upload = optarg;
+                        break;
+                case 'S':
+                        if (gw_parse_u64(optarg, &upload_size) < 0 || upload_size == 0) {
+                                fprintf(stderr, "gwflash: --size wants a byte count, got '%s'\n",
+                                        optarg);
+                                goto usage;
+                        }
+                        break;
                 case 'j':
                         run.json = true;
                         break;
@@ -545,11 +573,19 @@ int main(int argc, char **argv)
                         goto usage;
                 }
         }
-        if (optind != argc - 1) {
+        if (upload && optind != argc) {
+                fprintf(stderr, "gwflash: --upload FILE takes no other FILE\n");
+                goto usage;
+        }
+        if (!upload && optind != argc - 1) {
                 fprintf(stderr, "gwflash: expected exactly one FILE to flash\n");
                 goto usage;
         }
-        run.file = argv[optind];
+        if (upload_size && !upload) {
+                fprintf(stderr, "gwflash: --size goes with --upload\n");
+                goto usage;
+        }
+        run.file = upload ? upload : argv[optind];
         /* --usb VID:PID means the usb transport and, unless told otherwise, DFU. */
         if (usb) {
                 if (transport && strcmp(transport, "usb") != 0) {
@@ -592,10 +628,22 @@ int main(int argc, char **argv)
                 : gw_options_get(opts, "usb") ? gw_options_get(opts, "usb")
                                               : transport;
 
-        r = gw_file_reader_open(run.file, name, &reader);
-        if (r < 0) {
-                gw_log_error_errno(r, "Cannot read %s: %m", run.file);
-                goto out;
+        if (upload) {
+                if (!p->upload) {
+                        fprintf(stderr, "gwflash: protocol %s cannot read a node back\n", p->name);
+                        goto usage;
+                }
+                r = gw_file_writer_open(upload, upload_size, &writer);
+                if (r < 0) {
+                        gw_log_error_errno(r, "Cannot create %s: %m", upload);
+                        goto out;
+                }
+        } else {
+                r = gw_file_reader_open(run.file, name, &reader);
+                if (r < 0) {
+                        gw_log_error_errno(r, "Cannot read %s: %m", run.file);
+                        goto out;
+                }
         }
         r = gw_loop_new(&run.loop);
         if (r < 0)
@@ -621,18 +669,44 @@ int main(int argc, char **argv)
         }
         run.tty = isatty(STDERR_FILENO);
         run.t0 = gw_now_ms();
-        if (!run.quiet && !run.json)
+        if (!run.quiet && !run.json && upload)
+                fprintf(stderr, "Reading %s back into %s with %s over %s\n", label, upload,
+                        protocol, transport);
+        else if (!run.quiet && !run.json)
                 fprintf(stderr, "Flashing %s (%llu bytes) with %s over %s; waiting for the node\n",
                         run.file, (unsigned long long) reader.size, protocol, transport);
-        r = gw_flash_install(run.flash, &reader, &cbs, &run);
+        if (upload)
+                r = gw_flash_upload(run.flash, &writer, &cbs, &run);
+        else
+                r = gw_flash_install(run.flash, &reader, &cbs, &run);
         if (r < 0) {
-                gw_log_error_errno(r, "Cannot start flashing: %m");
+                const char *reason = gw_flash_reason(run.flash);
+
+                if (*reason)
+                        gw_log_error("Cannot start %s: %s", upload ? "the upload" : "flashing",
+                                     reason);
+                else
+                        gw_log_error_errno(r, "Cannot start %s: %m",
+                                           upload ? "the upload" : "flashing");
                 goto out;
         }
         if (!run.finished)
                 r = gw_loop_run(run.loop);
         if (r < 0)
                 run.result = r;
+        if (upload) {
+                r = gw_file_writer_close(&writer);
+                if (r < 0 && run.result == 0) {
+                        run.result = r;
+                        snprintf(run.reason, sizeof(run.reason), "cannot write %s: %s", upload,
+                                 strerror(-r));
+                }
+                /* A partial read-back looks like a real one: do not leave it behind. */
+                if (run.result < 0)
+                        unlink(upload);
+                else
+                        reader.size = run.done;
+        }
         {
                 uint64_t el = gw_now_ms() - run.t0;
                 double rate = el ? (double) reader.size * 1000.0 / (double) el : 0.0;
@@ -656,9 +730,13 @@ int main(int argc, char **argv)
                         }
                 } else if (run.result == 0) {
                         if (!run.quiet)
-                                fprintf(stderr, "Done: %llu bytes in %.2f s (%.0f bytes/s)\n",
-                                        (unsigned long long) reader.size, (double) el / 1000.0,
+                                fprintf(stderr, "Done: %llu bytes %s in %.2f s (%.0f bytes/s)\n",
+                                        (unsigned long long) reader.size,
+                                        upload ? "read back" : "written", (double) el / 1000.0,
                                         rate);
+                } else if (upload) {
+                        gw_log_error("Reading back into %s failed after %llu bytes: %s", upload,
+                                     (unsigned long long) run.done, run.reason);
                 } else {
                         gw_log_error("Flashing %s failed after %llu of %llu bytes: %s", run.file,
                                      (unsigned long long) run.done,
@@ -670,6 +748,10 @@ out:
         gw_flash_free(run.flash);
         gw_loop_free(run.loop);
         gw_file_reader_close(&reader);
+        if (writer.pwrite) {
+                gw_file_writer_close(&writer);
+                unlink(upload);
+        }
         gw_options_free(opts);
         return ret;
 usage:

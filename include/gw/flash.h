@@ -30,6 +30,9 @@ int gw_flash_install(struct gw_flash *f, const struct gw_reader *reader,
  * writer must stay valid until finished() ran. -EOPNOTSUPP when the protocol cannot. */
 int gw_flash_upload(struct gw_flash *f, const struct gw_writer *writer,
                     const struct gw_flash_callbacks *cb, void *userdata);
+/* Why the last operation failed, as the protocol put it ("" when it said nothing): also for
+ * a failure gw_flash_install() or gw_flash_upload() returned at once. */
+const char *gw_flash_reason(const struct gw_flash *f);
 /* Asks the protocol to stop; finished() follows with -ECANCELED. */
 void gw_flash_cancel(struct gw_flash *f);
 struct gw_flash *gw_flash_free(struct gw_flash *f);

@@ -285,5 +285,41 @@ else
         fail "gwflash while the device is busy: exit $rc, cpu ${user:-?}+${sys:-?} s in ${real:-?} s"
 fi
 
+# Read-back (--upload): DFU 1.1 ends on the device's short block; DfuSe needs --size and reads
+# from --address; a refused upload leaves no file behind.
+sim upload11 --load "$work/img.bin" -- "$GWFLASH" --usb 1d50:6089 --alt 0 \
+        --upload "$work/back11.bin"
+rc=$?
+if [ $rc -eq 0 ] && same "$work/img.bin" "$work/back11.bin"; then
+        pass "DFU 1.1 --upload reads the memory back"
+else
+        fail "DFU 1.1 --upload: exit $rc or different bytes"
+fi
+sim uploadse --dfuse --layout "@Internal Flash  /0x08000000/64*002Kg" --load "$work/img.bin" \
+        -- "$GWFLASH" --usb 0483:df11 --alt 0 --address 0x08000000 --size 100000 \
+        --upload "$work/backse.bin"
+rc=$?
+if [ $rc -eq 0 ] && cmp -s "$work/img.bin" "$work/backse.bin"; then
+        pass "DfuSe --upload --size reads exactly that many bytes back"
+else
+        fail "DfuSe --upload: exit $rc or different bytes"
+fi
+sim uploadnosize --dfuse --layout "@Internal Flash  /0x08000000/64*002Kg" \
+        -- "$GWFLASH" --usb 0483:df11 --alt 0 --upload "$work/nosize.bin"
+rc=$?
+expect_fail uploadnosize "DfuSe --upload without --size is refused with a reason" $rc "needs a size"
+if [ -e "$work/nosize.bin" ]; then
+        fail "a refused upload left $work/nosize.bin behind"
+else
+        pass "a refused upload leaves no file"
+fi
+"$GWFLASH" --usb 1d50:6089 --size 10 "$work/img.bin" >/dev/null 2>&1
+rc=$?
+if [ $rc -eq 2 ]; then
+        pass "--size without --upload is a usage error"
+else
+        fail "--size without --upload: exit $rc, expected 2"
+fi
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
