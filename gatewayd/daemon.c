@@ -21,6 +21,7 @@
 #include "gw/loop.h"
 #include "gw/manifest.h"
 #include "gw/registry.h"
+#include "inventory.h"
 #include "journal.h"
 #include "mqtt.h"
 #include "status.h"
@@ -40,6 +41,7 @@ struct daemon {
         struct gw_fetcher *fetcher;
         struct gw_mqtt *mqtt;
         struct gw_engine *engine;
+        struct gw_inventory *inventory;
         /* TRUST_KEYS as last looked at, to notice a gatewayd --rotate-keys run beside us. */
         struct stat keys_st;
         bool has_keys_st;
@@ -544,6 +546,15 @@ static int publish_cb(void *userdata, const char *suffix, const char *payload, b
         return gw_mqtt_publish(d->mqtt, suffix, payload, 1, retain);
 }
 
+/* Something was plugged in or removed: the retained inventory follows. */
+static void inventory_changed(void *userdata)
+{
+        struct daemon *d = userdata;
+
+        if (d->engine && !d->stopping)
+                gw_engine_inventory_changed(d->engine);
+}
+
 static void mqtt_connected(void *userdata)
 {
         struct daemon *d = userdata;
@@ -608,6 +619,11 @@ int gw_daemon_run(const struct gw_config *cfg)
         r = gw_fetcher_new(d.loop, &d.fetcher);
         if (r < 0)
                 goto out;
+        r = gw_inventory_new(d.loop, cfg, inventory_changed, &d, &d.inventory);
+        if (r < 0) {
+                gw_log_error_errno(r, "Cannot look at what is attached: %m");
+                goto out;
+        }
         env = (struct gw_engine_env){
             .loop = d.loop,
             .cfg = cfg,
@@ -616,6 +632,7 @@ int gw_daemon_run(const struct gw_config *cfg)
             .fetcher = d.fetcher,
             .publish = publish_cb,
             .userdata = &d,
+            .inventory = d.inventory,
         };
         r = gw_engine_new(&env, &d.engine);
         if (r < 0) {
@@ -638,6 +655,7 @@ int gw_daemon_run(const struct gw_config *cfg)
         gw_mqtt_stop(d.mqtt, 2000);
 out:
         gw_engine_free(d.engine);
+        gw_inventory_free(d.inventory);
         gw_mqtt_free(d.mqtt);
         gw_fetcher_free(d.fetcher);
         gw_store_free(d.store);

@@ -29,14 +29,33 @@
 enum phase {
         PHASE_MANIFEST,
         PHASE_DOWNLOAD,
+        PHASE_IDENTIFY, /* every node whose protocol can identify is asked what it is */
         PHASE_FLASH,
         PHASE_DONE,
+};
+
+/* An image a node runs or ran, as its journal record says: enough to flash it again from the
+ * store (a single-bank node is rolled back by reflashing its previous image). */
+struct node_image {
+        bool known;
+        char *name, *version;
+        uint8_t sha256[32];
+        uint64_t size;
+        struct gw_options *options; /* the image's options it was installed with */
 };
 
 struct node_rt {
         const struct gw_node_config *cfg;
         enum gw_node_state state;
         char *installed_version;
+        /* The journal record (nodes/<name>.json): what it runs, what it ran before. */
+        struct node_image cur, prev;
+        /* Both as they were when the deployment started: what a rollback restores. */
+        struct node_image rb_cur, rb_prev;
+        /* What identify reported (before flashing, then again when checking). */
+        struct gw_options *identified;
+        bool active;    /* a job (identify, install, check, revert) is running for it */
+        bool reverting; /* the running install is the rollback */
         /* While in a deployment: */
         struct deployment *dep;
         size_t image; /* index into the manifest's images */
@@ -75,7 +94,10 @@ struct deployment {
         size_t n_nodes;
         struct download *downloads; /* one per image */
         size_t n_downloads_left;
-        size_t next_flash, n_flashing, n_finished;
+        size_t next_flash, n_active, n_identifying;
+        /* A node failed in an atomic deployment: no node starts any more, and every node that
+         * took its image is rolled back. */
+        bool halted;
         /* Every download of the deployment, mirrors included, ends by this gw_now_ms() time
          * (fetch.deadline after it was accepted); 0: no deadline. */
         uint64_t deadline_ms;
@@ -128,6 +150,12 @@ static void publish_node(struct gw_engine *e, struct node_rt *n)
                 if (img) {
                         s.image = img->name;
                         s.version = img->version;
+                }
+                /* Rolling back: the image it is given (and then runs) again. */
+                if ((n->state == GW_NODE_REVERTING || n->state == GW_NODE_REVERTED) &&
+                    n->rb_cur.known) {
+                        s.image = n->rb_cur.name;
+                        s.version = n->rb_cur.version;
                 }
                 if (n->total > 0) {
                         uint64_t el = gw_now_ms() - n->t0;
@@ -186,14 +214,17 @@ static void publish_deployment(struct deployment *d, bool final)
         for (size_t i = 0; i < d->n_nodes; i++) {
                 struct node_rt *n = d->nodes[i];
                 const struct gw_manifest_image *img = &d->m->images[n->image];
+                bool reverted = n->state == GW_NODE_REVERTED && n->rb_cur.known;
 
                 nodes[i] = (struct gw_deployment_node){
                     .name = n->cfg->name,
                     .state = n->state,
                     .progress = final ? -1 : (n->total ? (int) (n->bytes * 100 / n->total) : 0),
-                    .image = final ? img->name : NULL,
-                    .version = final ? img->version : NULL,
-                    .error = final && n->state == GW_NODE_FAILED ? n->error : GW_ERR_NONE,
+                    .image = final ? (reverted ? n->rb_cur.name : img->name) : NULL,
+                    .version = final ? (reverted ? n->rb_cur.version : img->version) : NULL,
+                    .error = final && (n->state == GW_NODE_FAILED || n->state == GW_NODE_REVERTED)
+                                 ? n->error
+                                 : GW_ERR_NONE,
                     .error_message = n->message,
                 };
         }
@@ -221,6 +252,7 @@ static void publish_inventory(struct gw_engine *e)
 {
         struct gw_inventory_node *inv = calloc(e->n_nodes ? e->n_nodes : 1, sizeof(*inv));
         char *json = NULL;
+        int r;
 
         if (!inv)
                 return;
@@ -236,9 +268,18 @@ static void publish_inventory(struct gw_engine *e)
                     .version = e->nodes[i].installed_version,
                 };
         }
-        if (gw_status_inventory_json(inv, e->n_nodes, time(NULL), &json) == 0)
+        if (e->env.inventory)
+                r = gw_inventory_json(e->env.inventory, inv, e->n_nodes, time(NULL), &json);
+        else
+                r = gw_status_inventory_json(inv, e->n_nodes, time(NULL), &json);
+        if (r == 0)
                 publish(e, "inventory", json, true);
         free(inv);
+}
+
+void gw_engine_inventory_changed(struct gw_engine *e)
+{
+        publish_inventory(e);
 }
 
 /* ---- Journal --------------------------------------------------------------------------- */
@@ -304,28 +345,191 @@ static bool journal_done(struct gw_engine *e, const char *id, const char *sha_he
         return done;
 }
 
-/* nodes/<name>.json: what the node runs now, and what it ran before (for rollback). */
-static void journal_node_installed(struct gw_engine *e, struct node_rt *n,
-                                   const struct gw_manifest_image *img)
+static void node_image_done(struct node_image *im)
 {
-        char name[300], hex[65], *s;
-        json_t *o;
+        free(im->name);
+        free(im->version);
+        gw_options_free(im->options);
+        *im = (struct node_image){0};
+}
 
-        gw_hex(img->sha256, 32, hex);
-        o = json_pack("{s:s, s:s, s:s, s:s?}", "image", img->name, "version", img->version,
-                      "sha256", hex, "previous_version", n->installed_version);
-        if (!o)
+static int node_image_copy(struct node_image *dst, const struct node_image *src)
+{
+        struct node_image c = {0};
+
+        if (src->known) {
+                c = (struct node_image){
+                    .known = true,
+                    .name = strdup(src->name),
+                    .version = strdup(src->version),
+                    .size = src->size,
+                    .options = gw_options_new(),
+                };
+                memcpy(c.sha256, src->sha256, 32);
+                if (!c.name || !c.version || !c.options ||
+                    gw_options_merge(c.options, src->options) < 0) {
+                        node_image_done(&c);
+                        return -ENOMEM;
+                }
+        }
+        node_image_done(dst);
+        *dst = c;
+        return 0;
+}
+
+static int node_image_from_manifest(struct node_image *dst, const struct gw_manifest_image *img)
+{
+        struct node_image c = {
+            .known = true,
+            .name = img->name,
+            .version = img->version,
+            .size = img->size,
+            .options = img->options,
+        };
+
+        memcpy(c.sha256, img->sha256, 32);
+        return node_image_copy(dst, &c);
+}
+
+static int unhex32(const char *s, uint8_t ret[32])
+{
+        uint8_t out[32];
+
+        if (!s || strlen(s) != 64)
+                return -EINVAL;
+        for (size_t i = 0; i < 32; i++) {
+                int v = 0;
+
+                for (size_t k = 0; k < 2; k++) {
+                        char c = s[2 * i + k];
+
+                        v <<= 4;
+                        if (c >= '0' && c <= '9')
+                                v |= c - '0';
+                        else if (c >= 'a' && c <= 'f')
+                                v |= c - 'a' + 10;
+                        else
+                                return -EINVAL;
+                }
+                out[i] = (uint8_t) v;
+        }
+        memcpy(ret, out, 32);
+        return 0;
+}
+
+/* Adds im as <prefix>image, <prefix>version, <prefix>sha256, <prefix>size, <prefix>options. */
+static int node_image_to_json(json_t *o, const char *prefix, const struct node_image *im)
+{
+        char key[64], hex[65];
+        json_t *opts;
+        int r = 0;
+
+        if (!im->known)
+                return 0;
+        opts = json_object();
+        if (!opts)
+                return -ENOMEM;
+        for (size_t i = 0; i < gw_options_count(im->options); i++)
+                r |= json_object_set_new(opts, gw_options_key(im->options, i),
+                                         json_string(gw_options_value(im->options, i)));
+        gw_hex(im->sha256, 32, hex);
+        snprintf(key, sizeof(key), "%simage", prefix);
+        r |= json_object_set_new(o, key, json_string(im->name));
+        snprintf(key, sizeof(key), "%sversion", prefix);
+        r |= json_object_set_new(o, key, json_string(im->version));
+        snprintf(key, sizeof(key), "%ssha256", prefix);
+        r |= json_object_set_new(o, key, json_string(hex));
+        snprintf(key, sizeof(key), "%ssize", prefix);
+        r |= json_object_set_new(o, key, json_integer((json_int_t) im->size));
+        snprintf(key, sizeof(key), "%soptions", prefix);
+        r |= json_object_set_new(o, key, opts);
+        return r ? -ENOMEM : 0;
+}
+
+/* The image under prefix in a node record; unknown when any part is missing or malformed
+ * (records written before sizes and options were kept have only a version). */
+static void node_image_from_json(struct node_image *dst, const json_t *o, const char *prefix)
+{
+        char key[64];
+        const json_t *opts;
+        const char *k;
+        json_t *v;
+        struct node_image c = {.known = true};
+        json_int_t size;
+
+        node_image_done(dst);
+        snprintf(key, sizeof(key), "%simage", prefix);
+        c.name = json_is_string(json_object_get(o, key))
+                     ? strdup(json_string_value(json_object_get(o, key)))
+                     : NULL;
+        snprintf(key, sizeof(key), "%sversion", prefix);
+        c.version = json_is_string(json_object_get(o, key))
+                        ? strdup(json_string_value(json_object_get(o, key)))
+                        : NULL;
+        snprintf(key, sizeof(key), "%ssize", prefix);
+        size = json_is_integer(json_object_get(o, key))
+                   ? json_integer_value(json_object_get(o, key))
+                   : -1;
+        snprintf(key, sizeof(key), "%soptions", prefix);
+        opts = json_object_get(o, key);
+        c.options = gw_options_new();
+        snprintf(key, sizeof(key), "%ssha256", prefix);
+        if (!c.name || !c.version || size < 0 || !c.options || !json_is_object(opts) ||
+            unhex32(json_string_value(json_object_get(o, key)), c.sha256) < 0) {
+                node_image_done(&c);
                 return;
-        s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        }
+        c.size = (uint64_t) size;
+        json_object_foreach((json_t *) opts, k, v)
+        {
+                if (!json_is_string(v) || gw_options_set(c.options, k, json_string_value(v)) < 0) {
+                        node_image_done(&c);
+                        return;
+                }
+        }
+        *dst = c;
+}
+
+/* nodes/<name>.json: what the node runs now, and what it ran before (for rollback):
+ * {"image","version","sha256","size","options",
+ *  "previous_image","previous_version","previous_sha256","previous_size","previous_options"} */
+static void journal_node_write(struct gw_engine *e, struct node_rt *n)
+{
+        char name[300], *s = NULL;
+        json_t *o = json_object();
+
+        if (!o || node_image_to_json(o, "", &n->cur) < 0 ||
+            node_image_to_json(o, "previous_", &n->prev) < 0 ||
+            !(s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
+                json_decref(o);
+                gw_log_warning("%s: cannot record the installed image: out of memory, ignoring",
+                               n->cfg->name);
+                return;
+        }
         json_decref(o);
-        if (!s)
-                return;
         snprintf(name, sizeof(name), "nodes/%s.json", n->cfg->name);
         if (gw_journal_write(state_dir(e), name, s, strlen(s)) < 0)
                 gw_log_warning("%s: cannot record the installed image, ignoring", n->cfg->name);
         free(s);
         free(n->installed_version);
-        n->installed_version = strdup(img->version);
+        n->installed_version = n->cur.known ? strdup(n->cur.version) : NULL;
+}
+
+/* The node took img: it becomes the current image, the current one the previous. */
+static void journal_node_installed(struct gw_engine *e, struct node_rt *n,
+                                   const struct gw_manifest_image *img)
+{
+        struct node_image im = {0};
+
+        if (node_image_from_manifest(&im, img) < 0) {
+                gw_log_warning("%s: cannot record the installed image: out of memory, ignoring",
+                               n->cfg->name);
+                return;
+        }
+        node_image_done(&n->prev);
+        n->prev = n->cur;
+        n->cur = im;
+        journal_node_write(e, n);
 }
 
 static void journal_node_load(struct gw_engine *e, struct node_rt *n)
@@ -342,6 +546,8 @@ static void journal_node_load(struct gw_engine *e, struct node_rt *n)
                 return;
         if (json_is_string(json_object_get(o, "version")))
                 n->installed_version = strdup(json_string_value(json_object_get(o, "version")));
+        node_image_from_json(&n->cur, o, "");
+        node_image_from_json(&n->prev, o, "previous_");
         json_decref(o);
 }
 
@@ -363,6 +569,10 @@ static struct deployment *deployment_free(struct deployment *d)
 
                 n->flash = gw_flash_free(n->flash);
                 gw_file_reader_close(&n->reader);
+                n->identified = gw_options_free(n->identified);
+                node_image_done(&n->rb_cur);
+                node_image_done(&n->rb_prev);
+                n->active = n->reverting = false;
                 n->dep = NULL;
         }
         free(d->downloads);
@@ -413,7 +623,8 @@ static void deployment_finish(struct deployment *d)
                         /* Still running: stop it; its finished() sees PHASE_DONE. */
                         gw_flash_cancel(n->flash);
                 }
-                if (n->state != GW_NODE_SUCCESS && n->state != GW_NODE_FAILED) {
+                if (n->state != GW_NODE_SUCCESS && n->state != GW_NODE_FAILED &&
+                    n->state != GW_NODE_REVERTED) {
                         n->error = d->error ? d->error : GW_ERR_INTERNAL;
                         snprintf(n->message, sizeof(n->message), "%.319s",
                                  d->error ? d->message : "not flashed");
@@ -422,11 +633,13 @@ static void deployment_finish(struct deployment *d)
                 if (n->state != GW_NODE_SUCCESS)
                         ok = false;
         }
-        /* The deployment failed for the first node that did: its code says why. */
+        /* The deployment failed for the first node that did (a reverted node keeps the failure
+         * it was rolled back for): its code says why. */
         for (size_t i = 0; !ok && !d->error && i < d->n_nodes; i++) {
                 struct node_rt *n = d->nodes[i];
 
-                if (n->state != GW_NODE_FAILED)
+                if (n->state != GW_NODE_FAILED &&
+                    !(n->state == GW_NODE_REVERTED && n->error != GW_ERR_NONE))
                         continue;
                 d->error = n->error ? n->error : GW_ERR_FLASH_FAILED;
                 snprintf(d->message, sizeof(d->message), "%.64s: %.319s", n->cfg->name, n->message);
@@ -477,7 +690,86 @@ static void deployment_reject(struct deployment *d, enum gw_error code, const ch
 
 /* ---- Flash phase ------------------------------------------------------------------------- */
 
+/* Every job of a node (identify, install, check, revert) runs on the node's one flash job, and
+ * sets node->active while it runs; d->n_active counts them. */
+
 static void flash_start_more(struct deployment *d);
+static void node_failed(struct node_rt *n, enum gw_error code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static const struct gw_protocol_ops *node_protocol(const struct node_rt *n)
+{
+        return gw_protocol_find(n->cfg->protocol);
+}
+
+static bool can_identify(const struct node_rt *n)
+{
+        const struct gw_protocol_ops *p = node_protocol(n);
+
+        return p && p->identify;
+}
+
+static void node_set_active(struct node_rt *n, bool active)
+{
+        if (n->active == active)
+                return;
+        n->active = active;
+        if (active)
+                n->dep->n_active++;
+        else
+                n->dep->n_active--;
+}
+
+/* Opens the node's link with the node's protocol settings and opts (an image's options) on
+ * top. Sets n->message on failure. */
+static int node_open(struct deployment *d, struct node_rt *n, const struct gw_options *opts)
+{
+        const struct gw_transport_ops *t = gw_transport_find(n->cfg->transport);
+        const struct gw_protocol_ops *p = node_protocol(n);
+        struct gw_options *popts;
+        int r;
+
+        n->flash = gw_flash_free(n->flash);
+        if (!t || !p) {
+                snprintf(n->message, sizeof(n->message), "no plugin for %s/%s", n->cfg->transport,
+                         n->cfg->protocol);
+                return -ENOPROTOOPT;
+        }
+        popts = gw_options_new();
+        if (!popts)
+                return -ENOMEM;
+        r = gw_options_merge(popts, n->cfg->protocol_opts);
+        if (r >= 0)
+                r = gw_options_merge(popts, opts);
+        if (r >= 0)
+                r = gw_flash_new(d->engine->env.loop, n->cfg->name, t, n->cfg->transport_opts, p,
+                                 popts, &n->flash);
+        gw_options_free(popts);
+        if (r < 0)
+                snprintf(n->message, sizeof(n->message), "cannot open %s link: %s",
+                         n->cfg->transport, strerror(-r));
+        return r;
+}
+
+/* Opens a reader on an image of the store, named as the node sees it (app-1.2.0.bin). */
+static int node_reader_open(struct deployment *d, struct node_rt *n, const uint8_t sha256[32],
+                            const char *name, const char *version)
+{
+        char *path = NULL, *fname = NULL;
+        int r;
+
+        gw_file_reader_close(&n->reader);
+        r = gw_store_path(d->engine->env.store, sha256, &path);
+        if (r >= 0 && asprintf(&fname, "%s-%s.bin", name, version) < 0)
+                r = -ENOMEM;
+        if (r >= 0)
+                r = gw_file_reader_open(path, fname, &n->reader);
+        if (r < 0)
+                snprintf(n->message, sizeof(n->message), "image missing from the store");
+        free(fname);
+        free(path);
+        return r;
+}
 
 static void on_flash_progress(void *userdata, uint64_t done, uint64_t total)
 {
@@ -495,107 +787,265 @@ static void on_flash_progress(void *userdata, uint64_t done, uint64_t total)
         }
 }
 
-static void on_flash_finished(void *userdata, int result, const char *reason)
+/* The node's job ended for good in this deployment (success, failed or reverted). */
+static void node_ended(struct node_rt *n)
+{
+        struct deployment *d = n->dep;
+
+        node_set_active(n, false);
+        publish_deployment(d, false);
+        flash_start_more(d);
+}
+
+static void on_install_finished(void *userdata, int result, const char *reason);
+
+/* Reflashes the image the node ran before this deployment. False when there is none to
+ * reflash (no record of one, or it is gone from the store): the node then just fails. */
+static bool node_revert(struct node_rt *n)
+{
+        static const struct gw_flash_callbacks cbs = {
+            .progress = on_flash_progress,
+            .finished = on_install_finished,
+        };
+        struct deployment *d = n->dep;
+        const struct node_image *im = &n->rb_cur;
+        int r;
+
+        if (d->cancelled || !im->known)
+                return false;
+        if (!gw_store_has(d->engine->env.store, im->sha256, im->size)) {
+                gw_log_warning("%s: previous image %s %s is not in the store, cannot roll back",
+                               n->cfg->name, im->name, im->version);
+                return false;
+        }
+        gw_log_info("%s: rolling back to %s %s", n->cfg->name, im->name, im->version);
+        n->reverting = true;
+        node_set_active(n, true);
+        node_set_state(n, GW_NODE_REVERTING);
+        /* A fresh link with the previous image's options (a DfuSe address may differ). */
+        r = node_reader_open(d, n, im->sha256, im->name, im->version);
+        if (r >= 0)
+                r = node_open(d, n, im->options);
+        if (r >= 0) {
+                n->bytes = 0;
+                n->total = im->size;
+                n->t0 = gw_now_ms();
+                n->last_pct = -1;
+                r = gw_flash_install(n->flash, &n->reader, &cbs, n);
+        }
+        if (r < 0) {
+                gw_log_error("%s: rolling back to %s %s failed: %s", n->cfg->name, im->name,
+                             im->version, strerror(-r));
+                gw_file_reader_close(&n->reader);
+                n->reverting = false;
+                if (!n->error)
+                        n->error = GW_ERR_FLASH_FAILED;
+                node_set_state(n, GW_NODE_FAILED);
+                node_ended(n);
+        }
+        return true;
+}
+
+/* An atomic deployment failed: every node that took its image goes back to its previous one,
+ * and no node starts any more. Nodes still running are rolled back when they end. */
+static void deployment_halt(struct deployment *d)
+{
+        if (d->halted)
+                return;
+        d->halted = true;
+        gw_log_warning("Deployment %s is atomic: rolling back the nodes that took their image",
+                       d->id);
+        for (size_t i = 0; i < d->n_nodes; i++) {
+                struct node_rt *n = d->nodes[i];
+
+                if (n->state != GW_NODE_SUCCESS || n->active)
+                        continue;
+                snprintf(n->message, sizeof(n->message), "rolled back: another node failed");
+                /* Active again while it reverts; a node without a previous image stays. */
+                node_revert(n);
+        }
+}
+
+/* A node failed to take its image (code says how): it is rolled back when the journal and the
+ * store have its previous image; an atomic deployment rolls back every other node too. */
+static void node_failed(struct node_rt *n, enum gw_error code, const char *fmt, ...)
+{
+        struct deployment *d = n->dep;
+        const struct gw_manifest_image *img = &d->m->images[n->image];
+        va_list ap;
+
+        n->error = code;
+        va_start(ap, fmt);
+        vsnprintf(n->message, sizeof(n->message), fmt, ap);
+        va_end(ap);
+        gw_log_error("%s: %s %s: %s: %s", n->cfg->name, img->name, img->version,
+                     gw_error_to_string(code), n->message);
+        if (d->m->policy.atomic && !d->cancelled) {
+                if (!d->error) {
+                        d->error = code;
+                        snprintf(d->message, sizeof(d->message), "%.64s: %.319s", n->cfg->name,
+                                 n->message);
+                }
+                deployment_halt(d);
+        }
+        if ((code == GW_ERR_FLASH_FAILED || code == GW_ERR_VERIFY_FAILED) && node_revert(n))
+                return;
+        node_set_state(n, GW_NODE_FAILED);
+        node_ended(n);
+}
+
+static void node_succeeded(struct node_rt *n)
+{
+        struct deployment *d = n->dep;
+
+        node_set_state(n, GW_NODE_SUCCESS);
+        if (d->halted) {
+                snprintf(n->message, sizeof(n->message), "rolled back: another node failed");
+                if (node_revert(n))
+                        return;
+        }
+        node_ended(n);
+}
+
+/* identify() after the install: the node must answer, and report the image's version when it
+ * reports a version at all. */
+static void on_check_finished(void *userdata, int result, const char *reason)
 {
         struct node_rt *n = userdata;
         struct deployment *d = n->dep;
         const struct gw_manifest_image *img = &d->m->images[n->image];
+        const char *v;
 
-        d->n_flashing--;
-        d->n_finished++;
+        if (d->phase != PHASE_FLASH) {
+                /* Stopped by deployment_finish(), which decides the node's state. */
+                return;
+        }
+        if (result < 0) {
+                node_failed(n, GW_ERR_VERIFY_FAILED, "no answer to identify after flashing: %s",
+                            reason ? reason : strerror(-result));
+                return;
+        }
+        v = gw_options_get(n->identified, "version");
+        if (v && gw_version_compare(v, img->version) != 0) {
+                node_failed(n, GW_ERR_VERIFY_FAILED, "reports version %.64s after flashing %.64s",
+                            v, img->version);
+                return;
+        }
+        gw_log_info("%s: checked: it answers%s%s", n->cfg->name, v ? " with version " : "",
+                    v ? v : "");
+        node_succeeded(n);
+}
+
+static void node_check_start(struct node_rt *n)
+{
+        static const struct gw_flash_callbacks cbs = {.finished = on_check_finished};
+        int r;
+
+        node_set_state(n, GW_NODE_CHECKING);
+        gw_options_free(n->identified);
+        n->identified = gw_options_new();
+        r = n->identified ? gw_flash_identify(n->flash, n->identified, &cbs, n) : -ENOMEM;
+        if (r < 0)
+                node_failed(n, GW_ERR_VERIFY_FAILED, "cannot identify after flashing: %s",
+                            strerror(-r));
+}
+
+static void on_install_finished(void *userdata, int result, const char *reason)
+{
+        struct node_rt *n = userdata;
+        struct deployment *d = n->dep;
+        const struct gw_manifest_image *img = &d->m->images[n->image];
+        enum gw_error code;
+
         gw_file_reader_close(&n->reader);
-        if (result == 0) {
-                journal_node_installed(d->engine, n, img);
-                gw_log_info("%s: took %s %s (%llu bytes in %.1f s)", n->cfg->name, img->name,
-                            img->version, (unsigned long long) n->total,
-                            (double) (gw_now_ms() - n->t0) / 1000.0);
-                node_set_state(n, GW_NODE_SUCCESS);
-        } else {
+        if (d->phase != PHASE_FLASH) {
+                /* Stopped by deployment_finish() (cancel, shutdown). */
+                n->error =
+                    result == -ECANCELED && d->cancelled ? GW_ERR_CANCELLED : GW_ERR_FLASH_FAILED;
+                snprintf(n->message, sizeof(n->message), "%s", reason ? reason : strerror(-result));
+                node_set_state(n, GW_NODE_FAILED);
+                return;
+        }
+        if (n->reverting) {
+                const struct node_image *im = &n->rb_cur;
+
+                n->reverting = false;
+                if (result < 0) {
+                        gw_log_error("%s: rolling back to %s %s failed: %s", n->cfg->name, im->name,
+                                     im->version, reason ? reason : strerror(-result));
+                        if (!n->error)
+                                n->error = GW_ERR_FLASH_FAILED;
+                        snprintf(n->message + strlen(n->message),
+                                 sizeof(n->message) - strlen(n->message),
+                                 "; rolling back failed too: %s",
+                                 reason ? reason : strerror(-result));
+                        node_set_state(n, GW_NODE_FAILED);
+                } else {
+                        /* The record is again what it was before the deployment. */
+                        node_image_copy(&n->cur, &n->rb_cur);
+                        node_image_copy(&n->prev, &n->rb_prev);
+                        journal_node_write(d->engine, n);
+                        gw_log_info("%s: rolled back to %s %s", n->cfg->name, im->name,
+                                    im->version);
+                        node_set_state(n, GW_NODE_REVERTED);
+                }
+                node_ended(n);
+                return;
+        }
+        if (result < 0) {
                 /* A node that never acknowledged a byte is unreachable; one that stopped midway
                  * failed to flash. */
-                n->error =
+                code =
                     (result == -ETIMEDOUT && n->bytes == 0) || result == -EPIPE || result == -ENOENT
                         ? GW_ERR_NODE_UNREACHABLE
                         : GW_ERR_FLASH_FAILED;
                 if (result == -ECANCELED && d->cancelled)
-                        n->error = GW_ERR_CANCELLED;
-                snprintf(n->message, sizeof(n->message), "%s", reason ? reason : strerror(-result));
-                gw_log_error("%s: flashing %s %s failed: %s", n->cfg->name, img->name, img->version,
-                             n->message);
-                node_set_state(n, GW_NODE_FAILED);
-        }
-        if (d->phase != PHASE_FLASH)
+                        code = GW_ERR_CANCELLED;
+                node_failed(n, code, "%s", reason ? reason : strerror(-result));
                 return;
-        publish_deployment(d, false);
-        if (d->n_finished == d->n_nodes)
-                deployment_finish(d);
+        }
+        journal_node_installed(d->engine, n, img);
+        gw_log_info("%s: took %s %s (%llu bytes in %.1f s)", n->cfg->name, img->name, img->version,
+                    (unsigned long long) n->total, (double) (gw_now_ms() - n->t0) / 1000.0);
+        if (can_identify(n))
+                node_check_start(n);
         else
-                flash_start_more(d);
+                node_succeeded(n);
 }
 
 static int flash_node(struct deployment *d, struct node_rt *n)
 {
         static const struct gw_flash_callbacks cbs = {
             .progress = on_flash_progress,
-            .finished = on_flash_finished,
+            .finished = on_install_finished,
         };
         const struct gw_manifest_image *img = &d->m->images[n->image];
-        const struct gw_transport_ops *t = gw_transport_find(n->cfg->transport);
-        const struct gw_protocol_ops *p = gw_protocol_find(n->cfg->protocol);
-        struct gw_options *popts = gw_options_new();
-        char *path = NULL, *fname = NULL;
         int r;
 
-        if (!popts)
-                return -ENOMEM;
-        if (!t || !p) {
-                gw_options_free(popts);
-                snprintf(n->message, sizeof(n->message), "no plugin for %s/%s", n->cfg->transport,
-                         n->cfg->protocol);
-                return -ENOPROTOOPT;
-        }
-        r = gw_options_merge(popts, n->cfg->protocol_opts);
-        if (r >= 0)
-                r = gw_options_merge(popts, img->options);
-        if (r >= 0)
-                r = gw_store_path(d->engine->env.store, img->sha256, &path);
+        r = node_reader_open(d, n, img->sha256, img->name, img->version);
         if (r < 0)
-                goto out;
-        /* The node sees the image under its name and version, e.g. app-1.2.0.bin. */
-        if (asprintf(&fname, "%s-%s.bin", img->name, img->version) < 0) {
-                r = -ENOMEM;
-                goto out;
-        }
-        r = gw_file_reader_open(path, fname, &n->reader);
-        if (r < 0) {
-                snprintf(n->message, sizeof(n->message), "image missing from the store");
-                goto out;
-        }
-        r = gw_flash_new(d->engine->env.loop, n->cfg->name, t, n->cfg->transport_opts, p, popts,
-                         &n->flash);
-        if (r < 0) {
-                snprintf(n->message, sizeof(n->message), "cannot open %s link: %s",
-                         n->cfg->transport, strerror(-r));
-                gw_file_reader_close(&n->reader);
-                goto out;
+                return r;
+        /* The link the identify phase opened is reused: a USB board is opened once. */
+        if (!n->flash) {
+                r = node_open(d, n, img->options);
+                if (r < 0) {
+                        gw_file_reader_close(&n->reader);
+                        return r;
+                }
         }
         n->bytes = 0;
         n->total = img->size;
         n->t0 = gw_now_ms();
         n->last_pct = -1;
-        d->n_flashing++;
+        node_set_active(n, true);
         node_set_state(n, GW_NODE_FLASHING);
         r = gw_flash_install(n->flash, &n->reader, &cbs, n);
         if (r < 0) {
-                d->n_flashing--;
+                node_set_active(n, false);
                 snprintf(n->message, sizeof(n->message), "cannot start: %s", strerror(-r));
                 n->flash = gw_flash_free(n->flash);
                 gw_file_reader_close(&n->reader);
         }
-out:
-        free(fname);
-        free(path);
-        gw_options_free(popts);
         return r;
 }
 
@@ -603,18 +1053,25 @@ static void flash_start_more(struct deployment *d)
 {
         unsigned parallel = d->m->policy.parallel ? d->m->policy.parallel : 1;
 
-        while (d->phase == PHASE_FLASH && d->next_flash < d->n_nodes && d->n_flashing < parallel) {
+        while (d->phase == PHASE_FLASH && !d->halted && d->next_flash < d->n_nodes &&
+               d->n_active < parallel) {
                 struct node_rt *n = d->nodes[d->next_flash++];
                 int r = flash_node(d, n);
 
                 if (r < 0) {
-                        d->n_finished++;
                         n->error = GW_ERR_NODE_UNREACHABLE;
                         gw_log_error("%s: %s", n->cfg->name, n->message);
                         node_set_state(n, GW_NODE_FAILED);
+                        if (d->m->policy.atomic && !d->error) {
+                                d->error = n->error;
+                                snprintf(d->message, sizeof(d->message), "%.64s: %.319s",
+                                         n->cfg->name, n->message);
+                                deployment_halt(d);
+                        }
                 }
         }
-        if (d->phase == PHASE_FLASH && d->n_finished == d->n_nodes)
+        if (d->phase == PHASE_FLASH && d->n_active == 0 &&
+            (d->halted || d->next_flash == d->n_nodes))
                 deployment_finish(d);
 }
 
@@ -626,6 +1083,97 @@ static void flash_phase(struct deployment *d)
         journal_deployment(d, "flashing");
         gw_log_info("Deployment %s: all images verified, flashing %zu node(s)", d->id, d->n_nodes);
         flash_start_more(d);
+}
+
+/* ---- Identify phase ---------------------------------------------------------------------- */
+
+/* What the node reported, merged over its configured hardware, against the image's hardware
+ * map; and the version it reports, when it reports one, against anti-downgrade. */
+static void on_identify_finished(void *userdata, int result, const char *reason)
+{
+        struct node_rt *n = userdata;
+        struct deployment *d = n->dep;
+        const struct gw_manifest_image *img = &d->m->images[n->image];
+        struct gw_manifest_error err = {0};
+        struct gw_options *hw;
+        const char *v;
+        int r;
+
+        if (d->phase != PHASE_IDENTIFY)
+                return;
+        node_set_active(n, false);
+        d->n_identifying--;
+        if (result < 0) {
+                n->error = GW_ERR_NODE_UNREACHABLE;
+                snprintf(n->message, sizeof(n->message), "identify failed: %s",
+                         reason ? reason : strerror(-result));
+                node_set_state(n, GW_NODE_FAILED);
+                deployment_fail(d, n->error, "node %.64s: %.319s", n->cfg->name, n->message);
+                return;
+        }
+        for (size_t i = 0; i < gw_options_count(n->identified); i++)
+                gw_log_debug("%s: identify: %s = %s", n->cfg->name,
+                             gw_options_key(n->identified, i), gw_options_value(n->identified, i));
+        hw = gw_options_new();
+        r = hw ? gw_options_merge(hw, n->cfg->hardware) : -ENOMEM;
+        if (r >= 0)
+                r = gw_options_merge(hw, n->identified);
+        if (r >= 0)
+                r = gw_manifest_check_hardware(img, hw, &err);
+        gw_options_free(hw);
+        v = gw_options_get(n->identified, "version");
+        if (r >= 0 && v)
+                r = gw_manifest_check_downgrade(d->m, img, v, &err);
+        if (r < 0) {
+                n->error = err.code ? err.code : GW_ERR_INTERNAL;
+                snprintf(n->message, sizeof(n->message), "%s",
+                         err.message[0] ? err.message : strerror(-r));
+                node_set_state(n, GW_NODE_FAILED);
+                deployment_fail(d, n->error, "node %.64s: %.319s", n->cfg->name, n->message);
+                return;
+        }
+        if (d->n_identifying == 0)
+                flash_phase(d);
+}
+
+/* Before any node is flashed, every node whose protocol can identify is opened (the link stays
+ * open for the install) and asked what it is, all at once. One that does not answer or does
+ * not match its image fails the deployment with nothing flashed. */
+static void identify_phase(struct deployment *d)
+{
+        static const struct gw_flash_callbacks cbs = {.finished = on_identify_finished};
+
+        d->phase = PHASE_IDENTIFY;
+        for (size_t i = 0; i < d->n_nodes && d->phase == PHASE_IDENTIFY; i++) {
+                struct node_rt *n = d->nodes[i];
+                const struct gw_manifest_image *img = &d->m->images[n->image];
+                int r;
+
+                if (!can_identify(n))
+                        continue;
+                r = node_open(d, n, img->options);
+                if (r >= 0) {
+                        gw_options_free(n->identified);
+                        n->identified = gw_options_new();
+                        r = n->identified ? gw_flash_identify(n->flash, n->identified, &cbs, n)
+                                          : -ENOMEM;
+                        if (r < 0)
+                                snprintf(n->message, sizeof(n->message), "cannot identify: %s",
+                                         strerror(-r));
+                }
+                if (r < 0) {
+                        n->error = GW_ERR_NODE_UNREACHABLE;
+                        node_set_state(n, GW_NODE_FAILED);
+                        deployment_fail(d, n->error, "node %.64s: %.319s", n->cfg->name,
+                                        n->message);
+                        return;
+                }
+                node_set_active(n, true);
+                d->n_identifying++;
+                node_set_state(n, GW_NODE_VERIFYING);
+        }
+        if (d->phase == PHASE_IDENTIFY && d->n_identifying == 0)
+                flash_phase(d);
 }
 
 /* ---- Download phase ------------------------------------------------------------------------ */
@@ -697,7 +1245,7 @@ static void on_download_finished(void *userdata, int result, enum gw_error code,
                                     img->name, (unsigned long long) bytes);
                         dl->done = true;
                         if (--d->n_downloads_left == 0)
-                                flash_phase(d);
+                                identify_phase(d);
                         return;
                 }
         } else {
@@ -801,7 +1349,7 @@ static void download_phase(struct deployment *d)
                         d->n_downloads_left++;
         }
         if (d->n_downloads_left == 0) {
-                flash_phase(d);
+                identify_phase(d);
                 return;
         }
         for (size_t i = 0; i < d->m->n_images && d->phase == PHASE_DOWNLOAD; i++) {
@@ -817,18 +1365,18 @@ static void download_phase(struct deployment *d)
 
 /* May img go to node n? Its hardware map against what the node is known to be, then
  * anti-downgrade against the version the journal says the node runs (unless the signed
- * policy allows downgrades). Both checks take what the node reports: today that is its
- * configured hardware map and the journal's installed version, because no built-in protocol
- * implements identify() yet and a flash job cannot run it; when one does, an identify pass
- * before this point supplies the reported options and version here, and the configured map
- * stays a second, local constraint. Sets d->error and d->message on refusal. */
+ * policy allows downgrades). A node whose protocol cannot identify is known by its configured
+ * hardware map alone; one that can is checked after the downloads, against what it reports
+ * merged over its configured map (identify_phase()), and here only against downgrades. Sets
+ * d->error and d->message on refusal. */
 static int node_check(struct deployment *d, const struct node_rt *n,
                       const struct gw_manifest_image *img)
 {
         struct gw_manifest_error err = {0};
-        int r;
+        int r = 0;
 
-        r = gw_manifest_check_hardware(img, n->cfg->hardware, &err);
+        if (!can_identify(n))
+                r = gw_manifest_check_hardware(img, n->cfg->hardware, &err);
         if (r >= 0)
                 r = gw_manifest_check_downgrade(d->m, img, n->installed_version, &err);
         if (r < 0) {
@@ -998,6 +1546,11 @@ static void manifest_ready(struct deployment *d)
                 d->nodes[i]->message[0] = '\0';
                 d->nodes[i]->bytes = d->nodes[i]->total = 0;
                 d->nodes[i]->state = GW_NODE_IDLE;
+                d->nodes[i]->active = d->nodes[i]->reverting = false;
+                /* What a rollback restores; without memory it is simply not possible. */
+                if (node_image_copy(&d->nodes[i]->rb_cur, &d->nodes[i]->cur) < 0 ||
+                    node_image_copy(&d->nodes[i]->rb_prev, &d->nodes[i]->prev) < 0)
+                        node_image_done(&d->nodes[i]->rb_cur);
         }
         journal_deployment(d, "accepted");
         names = calloc(d->n_nodes, sizeof(*names));
@@ -1282,8 +1835,11 @@ struct gw_engine *gw_engine_free(struct gw_engine *e)
                 return NULL;
         deployment_free(e->current);
         gw_deploy_request_done(&e->pending);
-        for (size_t i = 0; i < e->n_nodes; i++)
+        for (size_t i = 0; i < e->n_nodes; i++) {
                 free(e->nodes[i].installed_version);
+                node_image_done(&e->nodes[i].cur);
+                node_image_done(&e->nodes[i].prev);
+        }
         free(e->nodes);
         free(e->final_topic);
         free(e->final_json);

@@ -10,6 +10,7 @@
 #include "fetch.h"
 #include "gw/loop.h"
 #include "gw/manifest.h"
+#include "inventory.h"
 #include "store.h"
 
 struct gw_engine;
@@ -28,11 +29,16 @@ struct gw_engine_env {
          * engine republishes its retained state on connected(). */
         int (*publish)(void *userdata, const char *suffix, const char *payload, bool retain);
         void *userdata;
+        /* What is attached: adds each node's presence and the unclaimed devices to
+         * <prefix>/inventory. NULL: the inventory says nothing of them. Stays the caller's. */
+        const struct gw_inventory *inventory;
 };
 
 int gw_engine_new(const struct gw_engine_env *env, struct gw_engine **ret);
 struct gw_engine *gw_engine_free(struct gw_engine *e);
 
+/* What is attached changed (see gw_inventory_new()): republishes the inventory. */
+void gw_engine_inventory_changed(struct gw_engine *e);
 /* The MQTT session is up: republish the inventory and every node's status. */
 void gw_engine_connected(struct gw_engine *e);
 /* A message on <prefix>/<suffix>; see struct gw_mqtt_callbacks. */

@@ -48,6 +48,15 @@ struct gw_flash {
         struct gw_source *io;
         struct gw_source *timer;
         struct gw_options *topts; /* kept to open the link again (reopen) */
+        struct gw_options *popts; /* kept to initialise the protocol again per operation */
+        /* An operation ran on the protocol instance: the next one starts on a fresh one. */
+        bool used;
+        /* finished() of an operation whose first step already ended it, from the loop. */
+        struct gw_source *finish_timer;
+        int deferred_result;
+        bool deferred;
+        /* An identify waiting for the link to be found again (control links). */
+        struct gw_options *identify_ret;
 
         /* Control links: fds of the transport's library, a completed transfer waiting to be
          * delivered from a clean stack (not from inside the library's event handler), and a
@@ -188,6 +197,12 @@ static void finish(struct gw_flash *f, int r)
                 return;
         f->running = false;
         gw_source_set_time(f->timer, 0);
+        gw_source_set_time(f->finish_timer, 0);
+        f->deferred = false;
+        if (f->identify_ret) {
+                f->identify_ret = NULL;
+                gw_source_set_time(f->reopen_timer, 0);
+        }
         /* Best effort: a cancel sequence queued last should reach the node. */
         (void) flush_out(f);
         if (r < 0 && !f->reason[0])
@@ -395,6 +410,9 @@ static void link_close(struct gw_flash *f)
         memset(f->tpriv, 0, f->t->priv_size ? f->t->priv_size : 1);
 }
 
+static void identify_reopened(struct gw_flash *f, int status);
+static int on_finish_timer(struct gw_source *s, uint64_t now, void *userdata);
+
 static int on_reopen_timer(struct gw_source *s, uint64_t now, void *userdata)
 {
         struct gw_flash *f = userdata;
@@ -404,13 +422,17 @@ static int on_reopen_timer(struct gw_source *s, uint64_t now, void *userdata)
         if (r >= 0) {
                 f->link_open = true;
                 gw_log_debug("%s: link open again", f->name);
-                if (f->running && f->p->reopened)
+                if (f->identify_ret)
+                        identify_reopened(f, 0);
+                else if (f->running && f->p->reopened)
                         handle_result(f, f->p->reopened(f->ppriv, 0));
                 return 0;
         }
         memset(f->tpriv, 0, f->t->priv_size ? f->t->priv_size : 1);
         if (now >= f->reopen_deadline) {
-                if (f->running && f->p->reopened)
+                if (f->identify_ret)
+                        identify_reopened(f, -ETIMEDOUT);
+                else if (f->running && f->p->reopened)
                         handle_result(f, f->p->reopened(f->ppriv, -ETIMEDOUT));
                 return 0;
         }
@@ -490,7 +512,9 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
                 f->host.reopen = flash_reopen;
         }
         f->topts = gw_options_new();
-        if (!f->topts || gw_options_merge(f->topts, topts) < 0) {
+        f->popts = gw_options_new();
+        if (!f->topts || gw_options_merge(f->topts, topts) < 0 || !f->popts ||
+            gw_options_merge(f->popts, popts) < 0) {
                 r = -ENOMEM;
                 goto fail;
         }
@@ -506,6 +530,8 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
         f->proto_init = true;
 
         r = gw_loop_add_timer(loop, 0, on_timer, f, &f->timer);
+        if (r >= 0)
+                r = gw_loop_add_timer(loop, 0, on_finish_timer, f, &f->finish_timer);
         if (r < 0)
                 goto fail;
         if (t->shape == GW_LINK_STREAM)
@@ -524,7 +550,58 @@ fail:
         return r;
 }
 
-/* Starts an operation (install, upload) and handles what its first step returned. */
+/* A protocol instance serves one operation: after one ran, the next starts on a fresh
+ * instance (its state machine ended in done or failed). */
+static int protocol_fresh(struct gw_flash *f)
+{
+        int r;
+
+        if (!f->used)
+                return 0;
+        if (f->proto_init)
+                f->p->done(f->ppriv);
+        f->proto_init = false;
+        memset(f->ppriv, 0, f->p->priv_size ? f->p->priv_size : 1);
+        r = f->p->init(f->ppriv, f->popts, &f->host);
+        if (r < 0)
+                return r;
+        f->proto_init = true;
+        f->used = false;
+        return 0;
+}
+
+/* Runs an operation's first step and handles what it returned; f->running is set. */
+static int run_op(struct gw_flash *f, int (*op)(struct gw_flash *f, const void *arg),
+                  const void *arg)
+{
+        int r;
+
+        r = protocol_fresh(f);
+        if (r < 0)
+                return r;
+        f->used = true;
+        r = op(f, arg);
+        if (r < 0)
+                return r;
+        if (r == GW_PROTO_DONE) {
+                /* Ended at once (identify reads what the link already knows): finished() runs
+                 * from the loop, never from inside the caller's call. */
+                f->deferred_result = 0;
+                f->deferred = true;
+                return gw_source_set_time(f->finish_timer, gw_now_ms());
+        }
+        return flush_out(f);
+}
+
+static int on_finish_timer(struct gw_source *s, uint64_t now, void *userdata)
+{
+        struct gw_flash *f = userdata;
+
+        finish(f, f->deferred_result);
+        return 0;
+}
+
+/* Starts an operation (install, upload, identify). */
 static int start(struct gw_flash *f, int (*op)(struct gw_flash *f, const void *arg),
                  const void *arg, const struct gw_flash_callbacks *cb, void *userdata)
 {
@@ -536,17 +613,7 @@ static int start(struct gw_flash *f, int (*op)(struct gw_flash *f, const void *a
         f->userdata = userdata;
         f->reason[0] = '\0';
         f->running = true;
-        r = op(f, arg);
-        if (r < 0) {
-                f->running = false;
-                return r;
-        }
-        if (r == GW_PROTO_DONE) {
-                /* Nothing to send (the protocol decided so): report from the loop's view. */
-                finish(f, 0);
-                return 0;
-        }
-        r = flush_out(f);
+        r = run_op(f, op, arg);
         if (r < 0)
                 f->running = false;
         return r;
@@ -560,6 +627,59 @@ static int op_install(struct gw_flash *f, const void *arg)
 static int op_upload(struct gw_flash *f, const void *arg)
 {
         return f->p->upload(f->ppriv, arg);
+}
+
+static int op_identify(struct gw_flash *f, const void *arg)
+{
+        return f->p->identify(f->ppriv, (struct gw_options *) arg);
+}
+
+/* The board is back (status 0) or was not found in time: run the identify that waited. */
+static void identify_reopened(struct gw_flash *f, int status)
+{
+        struct gw_options *ret = f->identify_ret;
+        int r;
+
+        f->identify_ret = NULL;
+        if (!f->running)
+                return;
+        if (status < 0) {
+                flash_set_error(f, "the board did not come back within %u ms",
+                                GW_FLASH_REIDENTIFY_MS);
+                finish(f, status);
+                return;
+        }
+        r = run_op(f, op_identify, ret);
+        if (r < 0)
+                finish(f, r);
+}
+
+int gw_flash_identify(struct gw_flash *f, struct gw_options *ret,
+                      const struct gw_flash_callbacks *cb, void *userdata)
+{
+        int r;
+
+        if (!f || !ret)
+                return -EINVAL;
+        if (!f->p->identify)
+                return -EOPNOTSUPP;
+        if (f->t->shape != GW_LINK_CONTROL || !f->used)
+                return start(f, op_identify, ret, cb, userdata);
+        /* After an operation a USB board may have reset (DfuSe leave, manifestation) and come
+         * back as a new device: what the old link knows is stale. Find it again first. */
+        if (f->running)
+                return -EBUSY;
+        f->cb = cb;
+        f->userdata = userdata;
+        f->reason[0] = '\0';
+        f->running = true;
+        f->identify_ret = ret;
+        r = flash_reopen(f, GW_FLASH_REIDENTIFY_MS);
+        if (r < 0) {
+                f->identify_ret = NULL;
+                f->running = false;
+        }
+        return r;
 }
 
 int gw_flash_install(struct gw_flash *f, const struct gw_reader *reader,
@@ -591,7 +711,8 @@ void gw_flash_cancel(struct gw_flash *f)
 
         if (!f || !f->running)
                 return;
-        if (f->p->cancel) {
+        /* Nothing in flight at the protocol: it ended already, or waits for the board. */
+        if (f->p->cancel && !f->deferred && !f->identify_ret) {
                 r = f->p->cancel(f->ppriv);
                 if (r >= 0) {
                         (void) flush_out(f);
@@ -610,6 +731,7 @@ struct gw_flash *gw_flash_free(struct gw_flash *f)
         gw_source_free(f->timer);
         gw_source_free(f->deliver);
         gw_source_free(f->reopen_timer);
+        gw_source_free(f->finish_timer);
         if (f->proto_init)
                 f->p->done(f->ppriv);
         if (f->link_open)
@@ -617,6 +739,7 @@ struct gw_flash *gw_flash_free(struct gw_flash *f)
         while (f->watches)
                 flash_unwatch_fd(f, f->watches);
         gw_options_free(f->topts);
+        gw_options_free(f->popts);
         free(f->tpriv);
         free(f->ppriv);
         free(f->out);

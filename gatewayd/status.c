@@ -3,6 +3,7 @@
  * examples in docs/mqtt.md are exactly what the daemon sends. */
 #include <errno.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -388,28 +389,32 @@ int gw_status_deployment_final_json(const char *id, bool success, enum gw_error 
         return finish(o, r, ts, ret);
 }
 
-int gw_status_inventory_json(const struct gw_inventory_node *nodes, size_t n_nodes, time_t ts,
-                             char **ret)
+static int set_presence(json_t *o, enum gw_presence p)
 {
-        json_t *o, *arr;
+        switch (p) {
+        case GW_PRESENCE_UNKNOWN:
+                return 0;
+        case GW_PRESENCE_ABSENT:
+                return set_new(o, "present", json_false());
+        case GW_PRESENCE_PRESENT:
+                return set_new(o, "present", json_true());
+        }
+        return -EINVAL;
+}
+
+static int set_inventory_nodes(json_t *o, const struct gw_inventory_node *nodes, size_t n_nodes)
+{
+        json_t *arr = json_array();
         int r;
 
-        if (!ret || (n_nodes > 0 && !nodes))
-                return -EINVAL;
-        o = json_object();
-        if (!o)
-                return -ENOMEM;
-        arr = json_array();
         r = set_new(o, "nodes", arr);
         for (size_t i = 0; r >= 0 && i < n_nodes; i++) {
                 const struct gw_inventory_node *n = &nodes[i];
                 json_t *entry, *hw;
 
                 entry = json_object();
-                if (!entry || json_array_append_new(arr, entry) < 0) {
-                        r = -ENOMEM;
-                        break;
-                }
+                if (!entry || json_array_append_new(arr, entry) < 0)
+                        return -ENOMEM;
                 r = set_string(entry, "name", n->name);
                 if (r >= 0)
                         r = set_string(entry, "transport", n->transport);
@@ -426,6 +431,67 @@ int gw_status_inventory_json(const struct gw_inventory_node *nodes, size_t n_nod
                 }
                 if (r >= 0)
                         r = set_string_opt(entry, "version", n->version);
+                if (r >= 0)
+                        r = set_presence(entry, n->present);
         }
+        return r;
+}
+
+static int set_inventory_attached(json_t *o, const struct gw_inventory_device *devs, size_t n)
+{
+        json_t *arr = json_array();
+        int r;
+
+        r = set_new(o, "attached", arr);
+        for (size_t i = 0; r >= 0 && i < n; i++) {
+                const struct gw_inventory_device *d = &devs[i];
+                char ids[10];
+                json_t *entry;
+
+                entry = json_object();
+                if (!entry || json_array_append_new(arr, entry) < 0)
+                        return -ENOMEM;
+                snprintf(ids, sizeof(ids), "%04x:%04x", d->vid, d->pid);
+                r = set_string(entry, "usb", ids);
+                if (r >= 0)
+                        r = set_string_opt(entry, "serial", d->serial);
+                if (r >= 0)
+                        r = set_string(entry, "path", d->path);
+                if (r >= 0)
+                        r = set_string_opt(entry, "description", d->description);
+        }
+        return r;
+}
+
+int gw_status_inventory_json(const struct gw_inventory_node *nodes, size_t n_nodes, time_t ts,
+                             char **ret)
+{
+        json_t *o;
+        int r;
+
+        if (!ret || (n_nodes > 0 && !nodes))
+                return -EINVAL;
+        o = json_object();
+        if (!o)
+                return -ENOMEM;
+        r = set_inventory_nodes(o, nodes, n_nodes);
+        return finish(o, r, ts, ret);
+}
+
+int gw_status_inventory_attached_json(const struct gw_inventory_node *nodes, size_t n_nodes,
+                                      const struct gw_inventory_device *attached, size_t n_attached,
+                                      time_t ts, char **ret)
+{
+        json_t *o;
+        int r;
+
+        if (!ret || (n_nodes > 0 && !nodes) || (n_attached > 0 && !attached))
+                return -EINVAL;
+        o = json_object();
+        if (!o)
+                return -ENOMEM;
+        r = set_inventory_nodes(o, nodes, n_nodes);
+        if (r >= 0)
+                r = set_inventory_attached(o, attached, n_attached);
         return finish(o, r, ts, ret);
 }

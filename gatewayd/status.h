@@ -94,6 +94,13 @@ int gw_status_deployment_final_json(const char *id, bool success, enum gw_error 
                                     const char *message, const struct gw_deployment_node *nodes,
                                     size_t n_nodes, time_t ts, char **ret);
 
+/* Whether a node's link is there now (its USB device attached, its serial port present). */
+enum gw_presence {
+        GW_PRESENCE_UNKNOWN = 0, /* omitted: the transport cannot tell */
+        GW_PRESENCE_ABSENT,
+        GW_PRESENCE_PRESENT,
+};
+
 struct gw_inventory_node {
         const char *name;
         const char *transport;
@@ -101,9 +108,23 @@ struct gw_inventory_node {
         const char *class_name;            /* NULL omits "class" */
         const struct gw_options *hardware; /* NULL: {} */
         const char *version;               /* installed version; NULL omits it */
+        enum gw_presence present;          /* UNKNOWN omits "present" */
 };
 
-/* {"nodes":[{"name","transport","protocol","class"?,"hardware":{..},"version"?}],"ts"} for
- * <prefix>/inventory. */
+/* A USB device attached that no configured node claims. */
+struct gw_inventory_device {
+        uint16_t vid, pid;
+        const char *serial;      /* NULL omits it */
+        const char *path;        /* port path "1-2.3"; required */
+        const char *description; /* product and DFU alt settings; NULL omits it */
+};
+
+/* {"nodes":[{"name","transport","protocol","class"?,"hardware":{..},"version"?,"present"?}],
+ *  "ts"} for <prefix>/inventory. */
 int gw_status_inventory_json(const struct gw_inventory_node *nodes, size_t n_nodes, time_t ts,
                              char **ret);
+/* The same with the unclaimed devices after the nodes (every member of docs/mqtt.md):
+ * {"nodes":[...],"attached":[{"usb":"VID:PID","serial"?,"path","description"?}],"ts"}. */
+int gw_status_inventory_attached_json(const struct gw_inventory_node *nodes, size_t n_nodes,
+                                      const struct gw_inventory_device *attached, size_t n_attached,
+                                      time_t ts, char **ret);

@@ -23,7 +23,10 @@ struct gw_flash_callbacks {
 int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transport_ops *t,
                  const struct gw_options *topts, const struct gw_protocol_ops *p,
                  const struct gw_options *popts, struct gw_flash **ret);
-/* Starts installing; the reader must stay valid until finished() ran. */
+/* Operations (install, upload, identify) run one at a time on a job, each on a freshly
+ * initialised protocol instance, so one open link serves an identify, then an install, then
+ * another identify. finished() never runs from inside the call that started the operation.
+ * Starts installing; the reader must stay valid until finished() ran. */
 int gw_flash_install(struct gw_flash *f, const struct gw_reader *reader,
                      const struct gw_flash_callbacks *cb, void *userdata);
 /* Starts reading the node's image back into writer (protocols with an upload op); the
@@ -33,6 +36,16 @@ int gw_flash_upload(struct gw_flash *f, const struct gw_writer *writer,
 /* Why the last operation failed, as the protocol put it ("" when it said nothing): also for
  * a failure gw_flash_install() or gw_flash_upload() returned at once. */
 const char *gw_flash_reason(const struct gw_flash *f);
+/* Starts asking the node what it runs now (the protocol's identify op): the key/value pairs it
+ * reports ("version", "usb-id", ...) are added to ret, which must stay valid until finished()
+ * ran and is complete only when finished() reports 0. -EOPNOTSUPP when the protocol has no
+ * identify. On a control link that already ran an operation (an install after which the board
+ * may have reset and re-enumerated), the link is first closed and the board looked for again
+ * by the transport (serial or port path) for up to GW_FLASH_REIDENTIFY_MS; not found is
+ * finished() with -ETIMEDOUT. */
+#define GW_FLASH_REIDENTIFY_MS 10000u
+int gw_flash_identify(struct gw_flash *f, struct gw_options *ret,
+                      const struct gw_flash_callbacks *cb, void *userdata);
 /* Asks the protocol to stop; finished() follows with -ECANCELED. */
 void gw_flash_cancel(struct gw_flash *f);
 struct gw_flash *gw_flash_free(struct gw_flash *f);

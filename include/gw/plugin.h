@@ -142,6 +142,21 @@ struct gw_transport_ops {
         /* Resets the device's port. The device may re-enumerate, after which this link is
          * dead (control() then fails with -ENODEV). 0 or -errno. */
         int (*reset)(void *priv);
+
+        /* Version 2: hotplug, for the inventory. NULL = cannot tell (then enumerate() again
+         * from time to time). */
+        /* Calls changed(userdata) whenever a link of this kind appears or goes, until
+         * unwatch_attach(). svc must offer watch_fd (the transport hands the loop the fds
+         * through which it learns of changes, also while no link is open). changed() runs from
+         * the loop's thread, possibly from inside another call into this transport (a scan, a
+         * close): it must only take note (arm a timer, say) and call enumerate() later, never
+         * call the transport itself. Bursts are not coalesced. Does not block. *ret_handle
+         * identifies the watch. 0, -EINVAL (svc cannot watch fds), -EOPNOTSUPP (the library
+         * cannot tell here), or another -errno. */
+        int (*watch_attach)(const struct gw_plugin_services *svc, void (*changed)(void *userdata),
+                            void *userdata, void **ret_handle);
+        /* Ends a watch; changed() is not called after it returns. Never fails. */
+        void (*unwatch_attach)(void *handle);
 };
 
 /* The image a protocol installs: read at any offset, so a protocol can resend a block.

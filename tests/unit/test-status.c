@@ -271,13 +271,110 @@ static void test_inventory(void **state)
         gw_options_free(hw);
 }
 
+/* Presence and the list of unclaimed devices: every member, omitted members, refused input. */
+static void test_inventory_attached(void **state)
+{
+        struct gw_inventory_node nodes[] = {
+            {.name = "board-a",
+             .transport = "usb",
+             .protocol = "dfu",
+             .version = "2.0.1",
+             .present = GW_PRESENCE_PRESENT},
+            {.name = "board-b",
+             .transport = "usb",
+             .protocol = "dfu",
+             .present = GW_PRESENCE_ABSENT},
+            {.name = "can-1", .transport = "can", .protocol = "uds"},
+        };
+        struct gw_inventory_device devs[] = {
+            {.vid = 0x483,
+             .pid = 0xdf11,
+             .serial = "3A7B",
+             .path = "1-2.3",
+             .description = "DFU in FS Mode; DFU alt 0 \"@Internal Flash\""},
+            {.vid = 0x1d50, .pid = 0x6089, .path = "2-1"},
+        };
+        char *s = NULL;
+
+        expect_json(gw_status_inventory_attached_json(nodes, 3, devs, 2, TS, &s), &s,
+                    "{\"nodes\":[{\"name\":\"board-a\",\"transport\":\"usb\",\"protocol\":\"dfu\","
+                    "\"hardware\":{},\"version\":\"2.0.1\",\"present\":true},{\"name\":"
+                    "\"board-b\",\"transport\":\"usb\",\"protocol\":\"dfu\",\"hardware\":{},"
+                    "\"present\":false},{\"name\":\"can-1\",\"transport\":\"can\",\"protocol\":"
+                    "\"uds\",\"hardware\":{}}],\"attached\":[{\"usb\":\"0483:df11\",\"serial\":"
+                    "\"3A7B\",\"path\":\"1-2.3\",\"description\":\"DFU in FS Mode; DFU alt 0 "
+                    "\\\"@Internal Flash\\\"\"},{\"usb\":\"1d50:6089\",\"path\":\"2-1\"}]," TS_TEXT
+                    "}");
+        /* The encoder without the list says nothing of it, but still of presence. */
+        expect_json(gw_status_inventory_json(&nodes[1], 1, TS, &s), &s,
+                    "{\"nodes\":[{\"name\":\"board-b\",\"transport\":\"usb\",\"protocol\":\"dfu\","
+                    "\"hardware\":{},\"present\":false}]," TS_TEXT "}");
+        expect_json(gw_status_inventory_attached_json(NULL, 0, NULL, 0, TS, &s), &s,
+                    "{\"nodes\":[],\"attached\":[]," TS_TEXT "}");
+        /* A serial number straight from a device is not trusted to be UTF-8. */
+        devs[1].serial = "\xff\x41";
+        expect_json(gw_status_inventory_attached_json(NULL, 0, &devs[1], 1, TS, &s), &s,
+                    "{\"nodes\":[],\"attached\":[{\"usb\":\"1d50:6089\",\"serial\":\"?A\","
+                    "\"path\":\"2-1\"}]," TS_TEXT "}");
+
+        /* docs/mqtt.md's example, byte for byte. */
+        {
+                struct gw_options *hw = gw_options_new();
+                struct gw_inventory_node doc[] = {
+                    {.name = "board-1",
+                     .transport = "usb",
+                     .protocol = "dfu",
+                     .class_name = "dfu-board",
+                     .version = "2.0.0",
+                     .present = GW_PRESENCE_PRESENT},
+                    {.name = "node-1",
+                     .transport = "uart",
+                     .protocol = "ymodem",
+                     .class_name = "demo-mcu",
+                     .hardware = hw,
+                     .version = "1.4.1",
+                     .present = GW_PRESENCE_ABSENT},
+                };
+                struct gw_inventory_device spare = {
+                    .vid = 0x1d50,
+                    .pid = 0x6089,
+                    .serial = "SPARE-2",
+                    .path = "1-2",
+                    .description = "dfu-sim DFU 1.1 device; DFU alt 0 \"Internal Flash\"",
+                };
+
+                assert_non_null(hw);
+                assert_int_equal(gw_options_set(hw, "chip-id", "0x413"), 0);
+                expect_json(
+                    gw_status_inventory_attached_json(doc, 2, &spare, 1, TS, &s), &s,
+                    "{\"nodes\":[{\"name\":\"board-1\",\"transport\":\"usb\",\"protocol\":"
+                    "\"dfu\",\"class\":\"dfu-board\",\"hardware\":{},\"version\":\"2.0.0\","
+                    "\"present\":true},{\"name\":\"node-1\",\"transport\":\"uart\","
+                    "\"protocol\":\"ymodem\",\"class\":\"demo-mcu\",\"hardware\":{\"chip-id\":"
+                    "\"0x413\"},\"version\":\"1.4.1\",\"present\":false}],\"attached\":[{"
+                    "\"usb\":\"1d50:6089\",\"serial\":\"SPARE-2\",\"path\":\"1-2\","
+                    "\"description\":\"dfu-sim DFU 1.1 device; DFU alt 0 \\\"Internal "
+                    "Flash\\\"\"}]," TS_TEXT "}");
+                gw_options_free(hw);
+        }
+
+        devs[1].path = NULL;
+        assert_int_equal(gw_status_inventory_attached_json(nodes, 3, devs, 2, TS, &s), -EINVAL);
+        devs[1].path = "2-1";
+        assert_int_equal(gw_status_inventory_attached_json(nodes, 3, NULL, 1, TS, &s), -EINVAL);
+        nodes[2].present = (enum gw_presence) 7;
+        assert_int_equal(gw_status_inventory_attached_json(nodes, 3, devs, 2, TS, &s), -EINVAL);
+        assert_int_equal(gw_status_inventory_json(nodes, 3, TS, &s), -EINVAL);
+        assert_null(s);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_node_states), cmocka_unit_test(test_timestamp),
             cmocka_unit_test(test_gateway),     cmocka_unit_test(test_node),
             cmocka_unit_test(test_escaping),    cmocka_unit_test(test_deployment),
-            cmocka_unit_test(test_inventory),
+            cmocka_unit_test(test_inventory),   cmocka_unit_test(test_inventory_attached),
         };
 
         return cmocka_run_group_tests_name("status", tests, NULL, NULL);

@@ -1,6 +1,6 @@
 /* The usb transport: USB control transfers through libusb, driven by the core's loop. Devices
- * are chosen by VID:PID, serial number and port path; one libusb context serves every link,
- * and its fds are handed to the loop through the services of one open link at a time. */
+ * are chosen by VID:PID, serial number and port path; one libusb context serves every link
+ * and every hotplug watch, and its fds are handed to the loop through one of their services. */
 #include <errno.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -76,13 +76,25 @@ struct usb_watch {
         void *handle;
 };
 
-/* The one libusb context of the process, shared by every link (refcounted). Its own fds (the
- * event fd and the timerfd of transfer timeouts) are watched through the first open link
- * whose services can watch; when that link closes they move to the next one. */
+/* One watch_attach(): libusb reports arrivals and departures through the context's event
+ * fd, so the context stays alive and its fds stay watched for as long as the watch exists. */
+struct usb_attach {
+        struct usb_attach *next;
+        const struct gw_plugin_services *svc;
+        libusb_hotplug_callback_handle cb;
+        void (*changed)(void *userdata);
+        void *userdata;
+};
+
+/* The one libusb context of the process, shared by every link and hotplug watch (refcounted).
+ * Its own fds (the event fd, which also carries hotplug messages, and the timerfd of transfer
+ * timeouts) are watched through the services of the first hotplug watch, else of the first
+ * open link that can watch; when that one ends they move to the next. */
 static struct {
         libusb_context *ctx;
         unsigned refs;
         struct usb_link *links;
+        struct usb_attach *attaches;
         struct usb_watch *watches;
         /* Set around libusb_open(): the fd it adds belongs to that device. */
         bool opening;
@@ -348,13 +360,23 @@ bool gw_usb_match_device(const struct gw_usb_match *m, uint16_t vid, uint16_t pi
         return true;
 }
 
-/* Watches: the shared context's fds, each handed to the loop through one link's services. */
+/* Watches: the shared context's fds, each handed to the loop through one watch's or link's
+ * services. */
 
-static struct usb_link *watch_host(void)
+static bool can_watch(const struct gw_plugin_services *svc)
 {
+        return svc && svc->version >= 2 && svc->watch_fd && svc->unwatch_fd;
+}
+
+/* The services that watch the context's fds now, or NULL. Hotplug watches come first: they
+ * live longest, so the fds move least. */
+static const struct gw_plugin_services *watch_host(void)
+{
+        if (shared.attaches)
+                return shared.attaches->svc;
         for (struct usb_link *l = shared.links; l; l = l->next)
-                if (l->svc && l->svc->version >= 2 && l->svc->watch_fd && l->svc->unwatch_fd)
-                        return l;
+                if (can_watch(l->svc))
+                        return l->svc;
         return NULL;
 }
 
@@ -365,23 +387,19 @@ static void on_fd(void *userdata, int fd, short revents)
 
         /* Completions run their callbacks in here; they may remove watches, this one too. */
         r = libusb_handle_events_timeout_completed(shared.ctx, &zero, NULL);
-        if (r < 0) {
-                struct usb_link *h = watch_host();
-
-                debug(h ? h->svc : NULL, "libusb event handling failed: %s",
-                      strerror(-gw_usb_errno(r)));
-        }
+        if (r < 0)
+                debug(watch_host(), "libusb event handling failed: %s", strerror(-gw_usb_errno(r)));
 }
 
 /* Makes every watch follow its rule: the context's fds through the host link, a device fd
  * only while its link has a transfer in flight. Returns the first error of watch_fd(). */
 static int sync_watches(void)
 {
-        struct usb_link *host = watch_host();
+        const struct gw_plugin_services *host = watch_host();
         int ret = 0;
 
         for (struct usb_watch *w = shared.watches; w; w = w->next) {
-                const struct gw_plugin_services *want = host ? host->svc : NULL;
+                const struct gw_plugin_services *want = host;
                 int r;
 
                 if (w->device_fd && (!w->owner || !w->owner->busy))
@@ -1057,6 +1075,93 @@ static int usb_enumerate(const struct gw_plugin_services *svc, gw_link_enum_cb c
         return r;
 }
 
+/* Hotplug. libusb's monitor (udev or netlink) runs in a thread of its own and queues what it
+ * sees; the messages are dispatched, and this runs, from libusb's event handling: on_fd() on
+ * the loop, or a synchronous transfer (a scan) on the same thread. */
+static int LIBUSB_CALL on_hotplug(libusb_context *ctx, libusb_device *dev,
+                                  libusb_hotplug_event event, void *user_data)
+{
+        struct usb_attach *a = user_data;
+        struct libusb_device_descriptor dd = {0};
+        char path[GW_USB_PATH_MAX + 1];
+
+        (void) libusb_get_device_descriptor(dev, &dd);
+        make_path(dev, path, sizeof(path));
+        debug(a->svc, "%04x:%04x at %s %s", dd.idVendor, dd.idProduct, path,
+              event == LIBUSB_HOTPLUG_EVENT_DEVICE_ARRIVED ? "arrived" : "left");
+        a->changed(a->userdata);
+        return 0; /* stay registered */
+}
+
+static int usb_watch_attach(const struct gw_plugin_services *svc, void (*changed)(void *userdata),
+                            void *userdata, void **ret_handle)
+{
+        struct usb_attach *a;
+        int r;
+
+        if (!can_watch(svc) || !changed || !ret_handle)
+                return -EINVAL;
+        r = ctx_ref(svc);
+        if (r < 0)
+                return r;
+        if (!libusb_has_capability(LIBUSB_CAP_HAS_HOTPLUG)) {
+                debug(svc, "this libusb cannot report hotplug events");
+                ctx_unref();
+                return -EOPNOTSUPP;
+        }
+        a = calloc(1, sizeof(*a));
+        if (!a) {
+                ctx_unref();
+                return -ENOMEM;
+        }
+        a->svc = svc;
+        a->changed = changed;
+        a->userdata = userdata;
+        /* No LIBUSB_HOTPLUG_ENUMERATE: what is attached now is the caller's first enumerate(). */
+        r = gw_usb_errno(libusb_hotplug_register_callback(
+            shared.ctx, LIBUSB_HOTPLUG_EVENT_DEVICE_ARRIVED | LIBUSB_HOTPLUG_EVENT_DEVICE_LEFT, 0,
+            LIBUSB_HOTPLUG_MATCH_ANY, LIBUSB_HOTPLUG_MATCH_ANY, LIBUSB_HOTPLUG_MATCH_ANY,
+            on_hotplug, a, &a->cb));
+        if (r < 0) {
+                debug(svc, "cannot register for hotplug events: %s", strerror(-r));
+                free(a);
+                ctx_unref();
+                return r;
+        }
+        /* First in the list: the context's fds move to these services, which outlive links. */
+        a->next = shared.attaches;
+        shared.attaches = a;
+        r = sync_watches();
+        if (r < 0) {
+                libusb_hotplug_deregister_callback(shared.ctx, a->cb);
+                shared.attaches = a->next;
+                free(a);
+                (void) sync_watches();
+                ctx_unref();
+                return r;
+        }
+        *ret_handle = a;
+        return 0;
+}
+
+static void usb_unwatch_attach(void *handle)
+{
+        struct usb_attach *a = handle;
+
+        if (!a)
+                return;
+        libusb_hotplug_deregister_callback(shared.ctx, a->cb);
+        for (struct usb_attach **p = &shared.attaches; *p; p = &(*p)->next)
+                if (*p == a) {
+                        *p = a->next;
+                        break;
+                }
+        free(a);
+        /* The fds move to another watch or link, or are no longer watched. */
+        (void) sync_watches();
+        ctx_unref();
+}
+
 const struct gw_transport_ops gw_transport_usb_ops = {
     .version = GW_TRANSPORT_OPS_VERSION,
     .name = "usb",
@@ -1069,4 +1174,6 @@ const struct gw_transport_ops gw_transport_usb_ops = {
     .select_alt = usb_select_alt,
     .control = usb_control,
     .reset = usb_reset,
+    .watch_attach = usb_watch_attach,
+    .unwatch_attach = usb_unwatch_attach,
 };

@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# End to end over MQTT to USB DFU nodes: gatewayd runs beneath the umockdev DFU emulator
+# (tools/sim/dfu-sim). Two DFU 1.1 boards told apart by serial take their images in one signed
+# deployment, each checked by the protocol's identify before flashing (an image requiring the
+# reported usb-id) and after (state checking); an image whose hardware map names another usb-id
+# than the board reports fails node-incompatible with nothing flashed on any node; a DfuSe board
+# takes its image at an address offset. Flash dumps are compared byte for byte.
+# (One emulator serves one personality, and a process sees one emulator: the DfuSe board runs
+# under a second emulator with a second gatewayd.)
+set -u
+
+: "${GW_SRC:?GW_SRC must name the source directory}"
+E2E_NAME=deploy-dfu
+# shellcheck source=lib.sh
+. "$GW_SRC/tests/integration/lib.sh"
+
+SIM=$GW_BUILD/tools/sim/dfu-sim
+if [ ! -x "$SIM" ]; then
+        echo "SKIP: tools/sim/dfu-sim was not built (umockdev development files missing)"
+        exit 77
+fi
+if ! ldconfig -p 2>/dev/null | grep -q libumockdev-preload.so.0; then
+        echo "SKIP: libumockdev-preload.so.0 is not installed (package umockdev)"
+        exit 77
+fi
+
+gw="gw-e2e-dfu"
+prefix=gatewayd/$gw
+mkdir -p "$work/www" "$work/state"
+gw_start_broker "$work"
+gw_start_http "$work/www"
+"$GWM" keygen --type ed25519 --out "$work/release" >/dev/null ||
+        { echo "FAIL: gwmanifest keygen"; exit 1; }
+
+mosquitto_sub -h 127.0.0.1 -p "$GW_BROKER_PORT" -q 1 -F '%r %t %p' -t "$prefix/#" \
+        >"$work/sub.log" 2>"$work/sub.err" &
+GW_PIDS+=($!)
+
+# start_sim NAME [OPTIONS...]: a dfu-sim serving until stopped; waits for its env file.
+sim_pid=
+start_sim() {
+        local name=$1 i
+        shift
+        rm -f "$work/$name.env"
+        "$SIM" --env-file "$work/$name.env" --control "$work/$name.ctl" \
+                --report "$work/$name.json" --dump "$work/$name.dump" "$@" \
+                >/dev/null 2>"$work/$name.log" &
+        sim_pid=$!
+        GW_PIDS+=("$sim_pid")
+        for i in $(seq 1 200); do
+                [ -s "$work/$name.env" ] && return 0
+                sleep 0.05
+        done
+        gw_die "dfu-sim $name did not come up"
+}
+stop_pid() {
+        local p=$1 _
+        kill -TERM "$p" 2>/dev/null
+        for _ in $(seq 1 100); do
+                kill -0 "$p" 2>/dev/null || break
+                sleep 0.1
+        done
+        kill -9 "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+}
+
+# config NAME NODE USB SERIAL...: gatewayd.yaml with one dfu node per SERIAL (NODE-SERIAL).
+config() {
+        local file=$1 node=$2 usb=$3 s
+        shift 3
+        cat >"$file" <<CONF
+gateway:
+  id: $gw
+state-dir: state
+log-level: debug
+mqtt:
+  host: 127.0.0.1
+  port: $GW_BROKER_PORT
+trust:
+  public-keys: [release.pub]
+nodes:
+CONF
+        for s in "$@"; do
+                cat >>"$file" <<CONF
+  - name: $node-$s
+    transport: { type: usb, usb: "$usb", serial: $s }
+    protocol: { type: dfu, alt: 0 }
+CONF
+        done
+        "$GWD" --check-config "$file" >/dev/null 2>"$work/check-config.log" || {
+                if grep -qi "usb" "$work/check-config.log"; then
+                        echo "SKIP: gatewayd refuses a usb node (built without the usb transport?):"
+                        cat "$work/check-config.log"
+                        exit 77
+                fi
+                echo "FAIL: the test configuration is refused:"
+                cat "$work/check-config.log"
+                exit 1
+        }
+}
+
+gwpid=
+start_gw() {
+        # shellcheck disable=SC2046
+        env $(cat "$work/$2.env") "$GWD" -c "$1" 2>>"$work/gatewayd.log" &
+        gwpid=$!
+        GW_PIDS+=("$gwpid")
+}
+
+seq_no=$(date +%s)
+expires=$(date -u -d '+1 day' +%Y-%m-%dT%H:%M:%SZ)
+# head_ ID: a manifest body's start with the next sequence number.
+head_() {
+        seq_no=$((seq_no + 1))
+        printf 'kind: gatewayd/manifest\nformat: 1\nid: %s\nsequence: %s\nexpires: %s\n' \
+                "$1" "$seq_no" "$expires"
+        printf 'policy: { parallel: 2 }\nimages:\n'
+}
+# img NAME VERSION NODE FILE [HARDWARE [OPTIONS]]
+img() {
+        local f=$work/www/$4
+        echo "  - name: $1"
+        echo "    version: $2"
+        echo "    targets: { node: $3 }"
+        [ -n "${5:-}" ] && echo "    hardware: $5"
+        [ -n "${6:-}" ] && echo "    options: $6"
+        echo "    protocol: dfu"
+        echo "    size: $(stat -c %s "$f")"
+        echo "    sha256: $(sha256sum "$f" | cut -d' ' -f1)"
+        echo "    url: $4"
+}
+sign() { "$GWM" sign --key "$work/release" "$1" >/dev/null; }
+deploy_url() {
+        mosquitto_pub -h 127.0.0.1 -p "$GW_BROKER_PORT" -q 1 -r -t "$prefix/deploy" \
+                -m "{\"id\":\"$1\",\"manifest_url\":\"http://127.0.0.1:$GW_HTTP_PORT/$1.yaml\"}"
+}
+wait_final() {
+        gw_wait_for 30 q final "$work/sub.log" "$prefix/deployments/$1" >/dev/null
+        q final "$work/sub.log" "$prefix/deployments/$1"
+}
+# blocks NAME: data DNLOADs the emulator NAME has seen so far (its report, written on demand).
+blocks() {
+        local before
+        before=$(stat -c %Y.%s "$work/$1.json" 2>/dev/null)
+        printf 'report\n' >"$work/$1.ctl"
+        gw_wait_for 5 sh -c "[ \"\$(stat -c %Y.%s '$work/$1.json' 2>/dev/null)\" != '$before' ]" ||
+                sleep 0.5
+        python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["totals"]["data_blocks"])' \
+                "$work/$1.json"
+}
+
+# ---- 1. Two DFU 1.1 boards, one deployment ---------------------------------------------------
+start_sim dfu11 --serial A --serial B
+config "$work/gw-dfu11.yaml" dfu 1d50:6089 A B
+start_gw "$work/gw-dfu11.yaml" dfu11
+
+head -c 5000 /dev/urandom >"$work/www/a1.bin"
+head -c 7321 /dev/urandom >"$work/www/b1.bin"
+{
+        head_ d1
+        # usb-id and dfu-version are not in the node's configuration: only identify supplies them.
+        img fw-a 1.0.0 dfu-A a1.bin '{ usb-id: "1d50:6089", dfu-version: "1.10" }'
+        img fw-b 1.0.0 dfu-B b1.bin
+} >"$work/www/d1.yaml"
+sign "$work/www/d1.yaml"
+deploy_url d1
+final=$(wait_final d1)
+check "DFU 1.1: d1 ends success (got $(q get "$final" state) $(q get "$final" error.code) $(q get "$final" error.message))" \
+        test "$(q get "$final" state)" = success
+for n in A B; do
+        check "DFU 1.1: dfu-$n is success in the final report" \
+                test "$(q get "$final" "nodes.dfu-$n.state")" = success
+        st=$(q states "$work/sub.log" "$prefix/nodes/dfu-$n/status" d1)
+        check "DFU 1.1: dfu-$n went through flashing then checking ($st)" \
+                test "$st" = "queued downloading verifying flashing checking success"
+done
+check "DFU 1.1: the identify of dfu-A was logged with the usb-id it reports" \
+        grep -q "dfu-A: identify: usb-id = 1d50:6089" "$work/gatewayd.log"
+
+# ---- 2. An image for another board: node-incompatible, nothing flashed on any node -----------
+blocks_before=$(blocks dfu11)
+head -c 3000 /dev/urandom >"$work/www/a2.bin"
+head -c 3000 /dev/urandom >"$work/www/b2.bin"
+{
+        head_ d2
+        img fw-b 2.0.0 dfu-B b2.bin
+        img fw-a 2.0.0 dfu-A a2.bin '{ usb-id: "0483:df11" }'
+} >"$work/www/d2.yaml"
+sign "$work/www/d2.yaml"
+deploy_url d2
+final=$(wait_final d2)
+check "usb-id mismatch: d2 ends failed" test "$(q get "$final" state)" = failed
+check "usb-id mismatch: the error is node-incompatible (got '$(q get "$final" error.code)')" \
+        test "$(q get "$final" error.code)" = node-incompatible
+msg=$(q get "$final" error.message)
+check "usb-id mismatch: the message names the node and the key ($msg)" \
+        eval 'case $msg in *dfu-A*usb-id*) true ;; *) false ;; esac'
+blocks_after=$(blocks dfu11)
+check "usb-id mismatch: no data block reached either board ($blocks_before -> $blocks_after)" \
+        test "$blocks_before" = "$blocks_after" -a -n "$blocks_after"
+flashing=$(grep -c "\"state\":\"flashing\",\"deployment\":\"d2\"" "$work/sub.log")
+check "usb-id mismatch: no node was reported flashing in d2" test "$flashing" -eq 0
+
+stop_pid "$gwpid"
+stop_pid "$sim_pid"
+check "DFU 1.1: board A's memory holds a1.bin byte for byte" \
+        cmp -s -n "$(stat -c %s "$work/www/a1.bin")" "$work/www/a1.bin" "$work/dfu11.dump"
+check "DFU 1.1: board B's memory holds b1.bin byte for byte" \
+        cmp -s -n "$(stat -c %s "$work/www/b1.bin")" "$work/www/b1.bin" "$work/dfu11.dump.2"
+
+# ---- 3. A DfuSe board, its image at an address offset ----------------------------------------
+start_sim dfuse --dfuse --serial C
+config "$work/gw-dfuse.yaml" dfuse 0483:df11 C
+start_gw "$work/gw-dfuse.yaml" dfuse
+head -c 20000 /dev/urandom >"$work/www/c1.bin"
+{
+        head_ d3
+        img fw-c 1.0.0 dfuse-C c1.bin '{ usb-id: "0483:df11", dfu-version: "1.1a" }' \
+                '{ address: 0x08004000 }'
+} >"$work/www/d3.yaml"
+sign "$work/www/d3.yaml"
+deploy_url d3
+final=$(wait_final d3)
+check "DfuSe: d3 ends success (got $(q get "$final" state) $(q get "$final" error.code) $(q get "$final" error.message))" \
+        test "$(q get "$final" state)" = success
+check "DfuSe: the check found the board again after it left DFU mode" \
+        grep -q "dfuse-C: link open again" "$work/gatewayd.log"
+st=$(q states "$work/sub.log" "$prefix/nodes/dfuse-C/status" d3)
+check "DfuSe: dfuse-C went through flashing then checking ($st)" \
+        test "$st" = "queued downloading verifying flashing checking success"
+stop_pid "$gwpid"
+stop_pid "$sim_pid"
+tail -c +$((0x4000 + 1)) "$work/dfuse.dump" >"$work/dfuse.at-offset"
+check "DfuSe: the memory at 0x08004000 holds c1.bin byte for byte" \
+        cmp -s -n "$(stat -c %s "$work/www/c1.bin")" "$work/www/c1.bin" "$work/dfuse.at-offset"
+check "DfuSe: the memory before 0x08004000 was not written" \
+        test "$(head -c $((0x4000)) "$work/dfuse.dump" | tr -d '\377' | wc -c)" -eq 0
+
+if [ "$failures" -ne 0 ]; then
+        echo "--- gatewayd log (last 40 lines) ---"
+        tail -n 40 "$work/gatewayd.log"
+        exit 1
+fi
+exit 0

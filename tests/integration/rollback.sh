@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Rollback by reflashing the previous image from the store, end to end over MQTT with simulated
+# YMODEM nodes: after v1 is on two nodes, an atomic deployment of v2 in which one node fails
+# (the simulator cancels mid-transfer) reverts that node and the node that already took v2,
+# both ending with v1 byte for byte and the final report failed with the original error and
+# per-node reverted states; without atomic only the failing node reverts; a node with no
+# previous image just fails.
+set -u
+
+: "${GW_SRC:?GW_SRC must name the source directory}"
+E2E_NAME=rollback
+# shellcheck source=lib.sh
+. "$GW_SRC/tests/integration/lib.sh"
+
+gw="gw-e2e-rollback"
+prefix=gatewayd/$gw
+baud=921600
+mkdir -p "$work/www" "$work/state"
+gw_start_broker "$work"
+gw_start_http "$work/www"
+for n in 1 2 3; do
+        # The 'C' prompt comes often, so that a reflash right after a failure starts at once.
+        gw_start_sim "node-$n" "$work" "$baud" --control "$work/node-$n.ctl" --c-interval 100
+done
+"$GWM" keygen --type ed25519 --out "$work/release" >/dev/null ||
+        { echo "FAIL: gwmanifest keygen"; exit 1; }
+
+cat >"$work/gatewayd.yaml" <<CONF
+gateway:
+  id: $gw
+state-dir: state
+log-level: info
+mqtt:
+  host: 127.0.0.1
+  port: $GW_BROKER_PORT
+trust:
+  public-keys: [release.pub]
+nodes:
+CONF
+for n in 1 2 3; do
+        cat >>"$work/gatewayd.yaml" <<CONF
+  - name: node-$n
+    transport: { type: uart, port: $work/node-$n.tty, baud: $baud }
+    protocol: { type: ymodem, start-timeout-ms: 3000 }
+CONF
+done
+"$GWD" --check-config "$work/gatewayd.yaml" >/dev/null 2>"$work/check-config.log" ||
+        { echo "FAIL: the test configuration is refused:"; cat "$work/check-config.log"; exit 1; }
+
+mosquitto_sub -h 127.0.0.1 -p "$GW_BROKER_PORT" -q 1 -F '%r %t %p' -t "$prefix/#" \
+        >"$work/sub.log" 2>"$work/sub.err" &
+GW_PIDS+=($!)
+"$GWD" -c "$work/gatewayd.yaml" 2>"$work/gatewayd.log" &
+GW_PIDS+=($!)
+
+seq_no=$(date +%s)
+expires=$(date -u -d '+1 day' +%Y-%m-%dT%H:%M:%SZ)
+# manifest ID ATOMIC VERSION NODE...: app-NODE VERSION (www/app-NODE-VERSION.bin, made here) to
+# each NODE, one node at a time in the order given.
+manifest() {
+        local id=$1 atomic=$2 v=$3 n f
+        shift 3
+        seq_no=$((seq_no + 1))
+        {
+                printf 'kind: gatewayd/manifest\nformat: 1\nid: %s\nsequence: %s\n' "$id" "$seq_no"
+                printf 'expires: %s\npolicy: { parallel: 1, atomic: %s }\nimages:\n' "$expires" "$atomic"
+                for n in "$@"; do
+                        f=app-$n-$v.bin
+                        [ -f "$work/www/$f" ] || head -c $((6000 + RANDOM % 3000)) /dev/urandom >"$work/www/$f"
+                        echo "  - name: app-$n"
+                        echo "    version: $v"
+                        echo "    targets: { node: $n }"
+                        echo "    protocol: ymodem"
+                        echo "    size: $(stat -c %s "$work/www/$f")"
+                        echo "    sha256: $(sha256sum "$work/www/$f" | cut -d' ' -f1)"
+                        echo "    url: $f"
+                done
+        } >"$work/www/$id.yaml"
+        "$GWM" sign --key "$work/release" "$work/www/$id.yaml" >/dev/null
+        mosquitto_pub -h 127.0.0.1 -p "$GW_BROKER_PORT" -q 1 -r -t "$prefix/deploy" \
+                -m "{\"id\":\"$id\",\"manifest_url\":\"http://127.0.0.1:$GW_HTTP_PORT/$id.yaml\"}"
+}
+wait_final() {
+        gw_wait_for 40 q final "$work/sub.log" "$prefix/deployments/$1" >/dev/null
+        q final "$work/sub.log" "$prefix/deployments/$1"
+}
+# holds NODE VERSION: the last file NODE received completely is app-NODE-VERSION.bin, and it
+# is that image byte for byte.
+holds() {
+        local last
+        last=$(python3 - "$work/$1.report" <<'PY'
+import json, sys
+ok = [j for j in map(json.loads, open(sys.argv[1])) if j.get("result") == "ok"]
+print(ok[-1]["file"] if ok else "")
+PY
+)
+        [ "$last" = "app-$1-$2.bin" ] &&
+                cmp -s "$work/www/app-$1-$2.bin" "$work/$1.out/app-$1-$2.bin"
+}
+# arm NODE: the node cancels its next transfer after data block 2.
+arm() { timeout 5 sh -c "printf 'cancel-after 2\\n' >'$work/$1.ctl'" || fail "cannot arm $1"; }
+states() { q states "$work/sub.log" "$prefix/nodes/$1/status" "$2"; }
+
+# ---- 1. v1 on node-1 and node-2 ---------------------------------------------------------------
+manifest r1 false 1.0.0 node-1 node-2
+final=$(wait_final r1)
+check "r1: v1 reaches both nodes (got $(q get "$final" state))" test "$(q get "$final" state)" = success
+check "r1: node-1 holds v1" holds node-1 1.0.0
+check "r1: node-2 holds v1" holds node-2 1.0.0
+
+# ---- 2. Atomic v2: node-2 fails after node-1 took v2; both go back to v1 ---------------------
+arm node-2
+manifest r2 true 2.0.0 node-1 node-2
+final=$(wait_final r2)
+check "r2 atomic: the deployment fails" test "$(q get "$final" state)" = failed
+check "r2 atomic: the error is node-2's original failure, flash-failed (got '$(q get "$final" error.code)': $(q get "$final" error.message))" \
+        test "$(q get "$final" error.code)" = flash-failed
+for n in node-1 node-2; do
+        check "r2 atomic: $n is reverted in the final report (got $(q get "$final" "nodes.$n.state"))" \
+                test "$(q get "$final" "nodes.$n.state")" = reverted
+        check "r2 atomic: the final report says $n runs 1.0.0 again" \
+                test "$(q get "$final" "nodes.$n.version")" = 1.0.0
+        check "r2 atomic: $n holds v1 byte for byte again" holds "$n" 1.0.0
+done
+check "r2 atomic: node-2 carries its flash-failed error" \
+        test "$(q get "$final" nodes.node-2.error.code)" = flash-failed
+st=$(states node-1 r2)
+check "r2 atomic: node-1 took v2 and was then rolled back ($st)" \
+        test "$st" = "queued downloading verifying flashing success reverting reverted"
+st=$(states node-2 r2)
+check "r2 atomic: node-2 failed flashing and was rolled back ($st)" \
+        test "$st" = "queued downloading verifying flashing reverting reverted"
+check "r2 atomic: node-1 did receive v2 before it was rolled back" \
+        grep -q '"file":"app-node-1-2.0.0.bin".*"result":"ok"' "$work/node-1.report"
+
+# ---- 3. Not atomic: only the failing node reverts --------------------------------------------
+arm node-2
+manifest r3 false 3.0.0 node-1 node-2
+final=$(wait_final r3)
+check "r3: the deployment fails with flash-failed (got $(q get "$final" state) $(q get "$final" error.code))" \
+        test "$(q get "$final" state)/$(q get "$final" error.code)" = failed/flash-failed
+check "r3: node-1 keeps v3 (success)" test "$(q get "$final" nodes.node-1.state)" = success
+check "r3: node-1 holds v3" holds node-1 3.0.0
+check "r3: node-2 is reverted" test "$(q get "$final" nodes.node-2.state)" = reverted
+check "r3: node-2 holds v1 again (its image before r3)" holds node-2 1.0.0
+
+# ---- 4. No previous image: the node just fails -------------------------------------------------
+arm node-3
+manifest r4 true 1.0.0 node-3
+final=$(wait_final r4)
+check "r4: node-3 fails (got $(q get "$final" nodes.node-3.state))" \
+        test "$(q get "$final" nodes.node-3.state)" = failed
+check "r4: with flash-failed" test "$(q get "$final" error.code)" = flash-failed
+st=$(states node-3 r4)
+check "r4: node-3 never entered reverting ($st)" test "$st" = "queued downloading verifying flashing failed"
+
+# ---- 5. The journal keeps what a rollback needs ----------------------------------------------
+rec=$(cat "$work/state/nodes/node-1.json")
+check "journal: node-1 runs 3.0.0 and ran 1.0.0 before, with its hash ($rec)" \
+        test "$(q get "$rec" version)/$(q get "$rec" previous_version)/$(q get "$rec" previous_sha256)" = \
+        "3.0.0/1.0.0/$(sha256sum "$work/www/app-node-1-1.0.0.bin" | cut -d' ' -f1)"
+
+if [ "$failures" -ne 0 ]; then
+        echo "--- gatewayd log (last 40 lines) ---"
+        tail -n 40 "$work/gatewayd.log"
+        exit 1
+fi
+exit 0
