@@ -530,22 +530,52 @@ static void make_path(libusb_device *dev, char *buf, size_t n)
                     (size_t) snprintf(buf + used, n - used, "%c%u", i == 0 ? '-' : '.', ports[i]);
 }
 
-/* A string descriptor as ASCII into buf, or "" when there is none or it cannot be read. */
-static void read_string(libusb_device_handle *h, uint8_t index, char *buf, size_t n,
-                        const struct gw_plugin_services *svc)
+/* The first language of the device's string table (string descriptor 0), read once per device
+ * so that each string costs one transfer, not two as libusb_get_string_descriptor_ascii()
+ * spends. 0 when the device has none. */
+static uint16_t read_langid(libusb_device_handle *h, const struct gw_plugin_services *svc)
 {
+        unsigned char buf[255];
+        int r;
+
+        if (!h)
+                return 0;
+        r = libusb_get_string_descriptor(h, 0, 0, buf, sizeof(buf));
+        /* Untrusted: bLength, bDescriptorType (3), then at least one 16-bit LANGID. */
+        if (r < 4 || buf[1] != LIBUSB_DT_STRING || buf[0] < 4) {
+                debug(svc, "no string language table: %s",
+                      r < 0 ? libusb_error_name(r) : "malformed");
+                return 0;
+        }
+        return (uint16_t) (buf[2] | buf[3] << 8);
+}
+
+/* A string descriptor as ASCII into buf (anything else becomes '?'), or "" when there is none
+ * or it cannot be read. */
+static void read_string(libusb_device_handle *h, uint16_t langid, uint8_t index, char *buf,
+                        size_t n, const struct gw_plugin_services *svc)
+{
+        unsigned char raw[255];
+        size_t len, out = 0;
         int r;
 
         buf[0] = '\0';
-        if (!h || index == 0)
+        if (!h || index == 0 || langid == 0 || n == 0)
                 return;
-        r = libusb_get_string_descriptor_ascii(h, index, (unsigned char *) buf, (int) n);
-        if (r < 0) {
-                debug(svc, "cannot read string descriptor %u: %s", index, libusb_error_name(r));
-                buf[0] = '\0';
+        r = libusb_get_string_descriptor(h, index, langid, raw, sizeof(raw));
+        if (r < 2 || raw[1] != LIBUSB_DT_STRING) {
+                debug(svc, "cannot read string descriptor %u: %s", index,
+                      r < 0 ? libusb_error_name(r) : "malformed");
                 return;
         }
-        buf[(size_t) r < n ? (size_t) r : n - 1] = '\0';
+        /* bLength may claim more than arrived: trust the smaller. */
+        len = raw[0] < (size_t) r ? raw[0] : (size_t) r;
+        for (size_t i = 2; i + 1 < len && out + 1 < n; i += 2) {
+                uint16_t c = (uint16_t) (raw[i] | raw[i + 1] << 8);
+
+                buf[out++] = c >= 0x20 && c < 0x7f ? (char) c : '?';
+        }
+        buf[out] = '\0';
 }
 
 static void desc_done(struct usb_desc *d)
@@ -564,6 +594,7 @@ static int desc_read(libusb_device *dev, libusb_device_handle *h, struct usb_des
                      const struct gw_plugin_services *svc)
 {
         struct libusb_device_descriptor dd;
+        uint16_t langid;
         size_t n = 0;
         int r;
 
@@ -579,6 +610,7 @@ static int desc_read(libusb_device *dev, libusb_device_handle *h, struct usb_des
         snprintf(d->node, sizeof(d->node), "/dev/bus/usb/%03u/%03u", libusb_get_bus_number(dev),
                  libusb_get_device_address(dev));
 
+        langid = read_langid(h, svc);
         r = libusb_get_active_config_descriptor(dev, &d->config);
         if (r < 0)
                 r = libusb_get_config_descriptor(dev, 0, &d->config);
@@ -611,7 +643,7 @@ static int desc_read(libusb_device *dev, libusb_device_handle *h, struct usb_des
                         if (h && id->iInterface) {
                                 char s[USB_STRING_MAX];
 
-                                read_string(h, id->iInterface, s, sizeof(s), svc);
+                                read_string(h, langid, id->iInterface, s, sizeof(s), svc);
                                 if (s[0]) {
                                         d->names[n] = strdup(s);
                                         if (!d->names[n]) {
@@ -627,8 +659,8 @@ static int desc_read(libusb_device *dev, libusb_device_handle *h, struct usb_des
 done:
         d->info.alts = d->alts;
         d->info.n_alts = n;
-        read_string(h, dd.iSerialNumber, d->serial, sizeof(d->serial), svc);
-        read_string(h, dd.iProduct, d->product, sizeof(d->product), svc);
+        read_string(h, langid, dd.iSerialNumber, d->serial, sizeof(d->serial), svc);
+        read_string(h, langid, dd.iProduct, d->product, sizeof(d->product), svc);
         d->info.serial = d->serial[0] ? d->serial : NULL;
         return 0;
 }
