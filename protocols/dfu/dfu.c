@@ -119,8 +119,14 @@ struct dfu {
         uint16_t block;   /* DFU 1.1: the next block number */
         uint32_t address; /* DfuSe: where the image starts */
         uint64_t erase_cursor;
-        bool run_open;       /* DfuSe: SET_ADDRESS done for the current run */
-        uint32_t run_blocks; /* data blocks sent in the current run */
+        bool run_open;        /* DfuSe: SET_ADDRESS done for the current run */
+        uint32_t run_blocks;  /* data blocks sent in the current run */
+        uint32_t cmd_address; /* DfuSe: the address the command in flight carries */
+        /* DfuSe: the device's address pointer, as the last SET_ADDRESS left it. Data blocks do
+         * not move it (AN3156); an ERASE may (ST's device library keeps the erased page in
+         * it), so it is known only from a SET_ADDRESS with no ERASE since. */
+        bool pointer_known;
+        uint32_t pointer;
         /* The upload: offset counts bytes written to the writer, block the UPLOADs. */
         uint64_t up_limit; /* w->max, or UPLOAD_LIMIT when the caller set none */
         bool up_reading;   /* DfuSe: the ABORT after this run's SET_ADDRESS is done */
@@ -309,9 +315,11 @@ static int wait_poll(struct dfu *d, enum dfu_state s, uint32_t ms, const char *w
                             d->timeout_ms, what);
         if (wait > d->poll_max_ms)
                 wait = d->poll_max_ms;
-        if (wait == 0)
-                wait = 1; /* a busy device asking for no wait must not spin the loop */
-        at = t + wait;
+        /* now_ms() is rounded down: the answer came up to 1 ms after t, and the timer fires
+         * once now_ms() >= at, possibly at once. t + wait + 1 is the first tick that is surely
+         * wait ms after the answer. It also keeps a busy device that asks for no wait from
+         * spinning the loop. */
+        at = t + wait + 1;
         if (at > d->op_deadline)
                 at = d->op_deadline;
         set_state(d, s);
@@ -556,6 +564,7 @@ static int send_dfuse_command(struct dfu *d, enum dfu_command cmd, uint32_t addr
         d->buf[2] = (uint8_t) (addr >> 8);
         d->buf[3] = (uint8_t) (addr >> 16);
         d->buf[4] = (uint8_t) (addr >> 24);
+        d->cmd_address = addr;
         debug(d, "dfu: DfuSe %s 0x%08" PRIx32, command_name(cmd), addr);
         return send_dnload(d, cmd, 0, DFUSE_CMD_LEN);
 }
@@ -610,6 +619,12 @@ static int next_step(struct dfu *d)
                                                   (uint32_t) (d->address + d->offset));
                 return send_data(d, (uint16_t) (DFUSE_BLOCK_FIRST + d->run_blocks));
         }
+        if (d->leave && d->pointer_known && d->pointer == d->address) {
+                /* The leave jumps to the address pointer: already the image's start (one
+                 * run, erases before it), so no SET_ADDRESS and no wait for it. */
+                debug(d, "dfu: address pointer at 0x%08" PRIx32 " already, leaving", d->address);
+                return send_end(d);
+        }
         if (d->leave)
                 return send_dfuse_command(d, CMD_LEAVE_ADDRESS, d->address);
         debug(d, "dfu: image written, staying in DFU mode (leave=false)");
@@ -640,10 +655,14 @@ static int command_done(struct dfu *d)
         case CMD_SET_ADDRESS:
                 d->run_open = true;
                 d->run_blocks = 0;
+                d->pointer_known = true;
+                d->pointer = d->cmd_address;
                 break;
         case CMD_LEAVE_ADDRESS:
                 return send_end(d);
         case CMD_ERASE:
+                d->pointer_known = false;
+                break;
         case CMD_END:
         case CMD_UPLOAD: /* never polled: its completion carries the data */
                 break;
@@ -658,6 +677,7 @@ static int begin_download(struct dfu *d)
         d->erase_cursor = d->address;
         d->run_open = false;
         d->run_blocks = 0;
+        d->pointer_known = false;
         debug(d, "dfu: downloading %" PRIu64 " bytes in blocks of %u%s", d->reader->size, d->xfer,
               d->dfuse ? " (DfuSe)" : "");
         report_progress(d);

@@ -41,6 +41,9 @@ extern const struct gw_protocol_ops gw_protocol_dfu_ops;
 #define DETACH(t)       FU_EXPECT(0x21, 0, (t), 0, 0)
 #define ST(s, p, state) FU_STATUS((s), (p), (state))
 #define NO_DEADLINE     FU_DEADLINE(0)
+/* The timer armed for a declared wait of ms: one tick more, because now_ms() is rounded down
+ * and the answer may have come just before the next tick (see test_poll_rounding). */
+#define WAIT(ms) FU_DEADLINE((ms) + 1)
 
 /* ---- fixtures ------------------------------------------------------------------------- */
 
@@ -372,7 +375,7 @@ static const struct fake_usb_step s_dfu11[] = {
     NO_DEADLINE,
     ST(0, 10, S_DNBUSY),
     FU_NOTHING(),
-    FU_DEADLINE(10),
+    WAIT(10),
     FU_EXPIRE(),
     GETSTATUS,
     ST(0, 10, S_DNIDLE),
@@ -395,11 +398,11 @@ static const struct fake_usb_step s_dfu11[] = {
     FU_COMPLETE(0),
     GETSTATUS,
     ST(0, 5, S_MSYNC),
-    FU_DEADLINE(5),
+    WAIT(5),
     FU_EXPIRE(),
     GETSTATUS,
     ST(0, 20, S_MANIFEST),
-    FU_DEADLINE(20),
+    WAIT(20),
     FU_EXPIRE(),
     GETSTATUS,
     ST(0, 0, S_IDLE),
@@ -429,11 +432,11 @@ static const struct fake_usb_step s_huge_poll[] = {
     FU_COMPLETE(64),
     GETSTATUS,
     ST(0, 0xffffff, S_DNBUSY),
-    FU_DEADLINE(5000),
+    WAIT(5000),
     FU_EXPIRE(),
     GETSTATUS,
     ST(0, 0, S_DNBUSY),
-    FU_DEADLINE(1), /* 0 while busy: 1 ms */
+    WAIT(0), /* 0 while busy: the next tick */
     FU_EXPIRE(),
     GETSTATUS,
     ST(0, 0xffffff, S_DNIDLE),
@@ -465,8 +468,8 @@ static void test_huge_poll_capped(void **state)
                     FU_COMPLETE(64),
                     GETSTATUS,
                     ST(0, 0xffffff, S_DNBUSY),
-                    FU_DEADLINE(200),
-                    FU_ADVANCE(199),
+                    WAIT(200),
+                    FU_ADVANCE(200),
                     FU_NOTHING(),
                     FU_ADVANCE(1),
                     GETSTATUS,
@@ -499,7 +502,7 @@ static void test_stuck_busy(void **state)
                 if (w.f.last != GW_PROTO_CONTINUE)
                         break;
                 assert_false(w.f.in_flight);
-                assert_true(w.f.deadline > w.f.now && w.f.deadline - w.f.now <= 300);
+                assert_true(w.f.deadline > w.f.now && w.f.deadline - w.f.now <= 300 + 1);
                 assert_true(w.f.deadline <= start + 1000);
                 fake_usb_expire(&w.f);
                 assert_true(++polls < 10);
@@ -531,7 +534,7 @@ static void test_recovery(void **state)
                 assert_int_equal(w.f.last, GW_PROTO_CONTINUE);
                 if (v[i].request == 3) {
                         assert_false(w.f.in_flight);
-                        assert_int_equal(w.f.deadline, w.f.now + 7);
+                        assert_int_equal(w.f.deadline, w.f.now + 7 + 1);
                         fake_usb_expire(&w.f);
                 } else
                         fake_usb_complete(&w.f, 0, NULL, 0);
@@ -756,7 +759,7 @@ static void test_transfer_failures(void **state)
         GETSTATUS, ST(0, 0, S_IDLE), DNLOAD(0, 10), FU_COMPLETE(10), GETSTATUS,                    \
             ST(0, 0, S_DNIDLE), DNLOAD(1, 0)
 static const struct fake_usb_step s_manifest_wait_reset[] = {
-    TO_END,       FU_COMPLETE(0), GETSTATUS,           ST(0, 3, S_MANIFEST),     FU_DEADLINE(3),
+    TO_END,       FU_COMPLETE(0), GETSTATUS,           ST(0, 3, S_MANIFEST),     WAIT(3),
     FU_EXPIRE(),  GETSTATUS,      ST(0, 0, S_MWRESET), FU_RESULT(GW_PROTO_DONE), FU_RESETS(1),
     FU_NOTHING(),
 };
@@ -1229,7 +1232,7 @@ static const struct fake_usb_step s_up_recover[] = {
     FU_COMPLETE(0),
     GETSTATUS,
     ST(0, 30, S_DNBUSY),
-    FU_DEADLINE(30),
+    WAIT(30),
     FU_EXPIRE(),
     GETSTATUS,
     ST(0, 0, S_IDLE),
@@ -1330,7 +1333,7 @@ static const struct fake_usb_step s_up_dfuse[] = {
     FU_COMPLETE(5),
     GETSTATUS,
     ST(0, 25, S_DNBUSY),
-    FU_DEADLINE(25),
+    WAIT(25),
     FU_EXPIRE(),
     GETSTATUS,
     ST(0, 25, S_DNIDLE),
@@ -1498,6 +1501,7 @@ struct model {
         uint32_t erased[64];
         uint64_t waited;
         bool leaving;
+        uint32_t leave_addr; /* the pointer when the leave request came */
         bool manifested;
         /* Upload: DFU 1.1 sends fw_size bytes of mem, then a short block. */
         size_t fw_size, up_off;
@@ -1569,6 +1573,7 @@ static void model_answer(struct fake_usb *f, struct model *m)
         if (s->length == 0) {
                 m->state = S_MSYNC;
                 m->leaving = m->dfuse;
+                m->leave_addr = m->addr;
                 fake_usb_complete(f, 0, NULL, 0);
                 return;
         }
@@ -1649,10 +1654,12 @@ static void test_model_dfu11(void **state)
                 assert_memory_equal(m->mem, w.data, v[i].size);
                 assert_true(m->manifested);
                 /* One DNLOAD per block plus the empty one; one GETSTATUS each, one more per
-                 * busy report, plus the first: never more, and no wait beyond the busy ones. */
+                 * busy report, plus the first: never more, and no wait beyond the busy ones
+                 * (each the declared time and the tick that rounding down may hide). */
                 assert_int_equal(m->dnloads, blocks + 1);
                 assert_int_equal(m->getstatus, 1 + blocks * (v[i].busy_ms ? 2 : 1) + 1);
-                assert_int_equal(m->waited, (uint64_t) blocks * v[i].busy_ms);
+                assert_int_equal(m->waited,
+                                 (uint64_t) blocks * (v[i].busy_ms ? v[i].busy_ms + 1 : 0));
                 assert_int_equal(w.f.progress_done, v[i].size);
                 world_end(&w);
                 free(m);
@@ -1701,10 +1708,12 @@ static void test_model_dfuse(void **state)
                                  m->erased[m->erases - 1]);
                 for (unsigned e = 1; e < m->erases; e++)
                         assert_true(m->erased[e] > m->erased[e - 1]);
-                /* One for the run, one to leave; the pointer ends at the start. */
-                assert_int_equal(m->set_addresses, 2);
+                /* One for the run, none to leave: the pointer is still the start, where the
+                 * leave request jumps. */
+                assert_int_equal(m->set_addresses, 1);
                 assert_int_equal(m->addr, v[i].start);
                 assert_true(m->leaving);
+                assert_int_equal(m->leave_addr, v[i].start);
                 assert_int_equal(w.f.resets, 0);
                 world_end(&w);
                 free(m);
@@ -1743,7 +1752,8 @@ static void test_model_dfuse(void **state)
                 assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
                 assert_memory_equal(m->mem, w.data, 5000);
                 assert_int_equal(m->erases, 0);
-                assert_int_equal(m->set_addresses, 2);
+                assert_int_equal(m->set_addresses, 1);
+                assert_int_equal(m->leave_addr, 0x20000000);
                 world_end(&w);
                 free(m);
         }
@@ -1882,6 +1892,7 @@ static void test_dfuse_runs(void **state)
         assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
         assert_memory_equal(m->mem, w.data, size);
         assert_int_equal(m->set_addresses, 3); /* two runs, then leave */
+        assert_int_equal(m->leave_addr, 0x20000000);
         world_end(&w);
         free(m);
 }
@@ -1894,7 +1905,7 @@ static const struct fake_usb_step s_dfuse[] = {
     FU_COMPLETE(5),
     GETSTATUS,
     ST(0, 40, S_DNBUSY),
-    FU_DEADLINE(40),
+    WAIT(40),
     FU_EXPIRE(),
     GETSTATUS,
     ST(0, 0, S_DNIDLE),
@@ -1921,15 +1932,12 @@ static const struct fake_usb_step s_dfuse[] = {
     GETSTATUS,
     ST(0, 0, S_DNIDLE),
     FU_PROGRESS(1500, 1500),
-    DFUSE_CMD("\x21\x00\x20\x00\x08"),
-    FU_COMPLETE(5),
-    GETSTATUS,
-    ST(0, 0, S_DNIDLE),
+    /* The address pointer is still the start: the leave request follows at once. */
     DNLOAD(2, 0),
     FU_COMPLETE(0),
     GETSTATUS,
     ST(0, 0, S_MANIFEST),
-    FU_DEADLINE(1),
+    WAIT(0),
     FU_EXPIRE(),
     GETSTATUS,
     FU_COMPLETE(-ENODEV),
@@ -2010,6 +2018,65 @@ static void test_cancel(void **state)
         world_end(&w);
 }
 
+/* A clock finer than the host's: now_ms() rounds it down, as the core's does. */
+static uint64_t fine_us;
+
+static uint64_t fine_now_ms(void *ctx)
+{
+        return fine_us / 1000;
+}
+
+/* The device's busy answer comes at a fraction of a millisecond: the timer must not fire
+ * before the declared time has passed in full, counted from the answer, and must not wait a
+ * tick more than needed. A deadline at now_ms() + declared fires up to 1 ms early. */
+static void test_poll_rounding(void **state)
+{
+        static const struct {
+                uint64_t answer_us; /* when the busy answer arrives */
+                uint32_t poll_ms;   /* what it declares */
+                const char *opts;
+                uint32_t wait_ms; /* what the host must wait */
+        } v[] = {
+            {2000000, 25, NULL, 25},
+            {2000999, 25, NULL, 25},
+            {2000500, 1, NULL, 1},
+            {2000999, 0, NULL, 0},
+            {2000750, 0xffffff, "poll-max-ms=200", 200},
+        };
+
+        for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+                struct world w;
+                uint64_t due_us = v[i].answer_us + (uint64_t) v[i].wait_ms * 1000;
+
+                world_open(&w, &dev_dfu11, 100, v[i].opts);
+                w.f.host.now_ms = fine_now_ms;
+                fine_us = 1000000;
+                fake_usb_install(&w.f, &w.reader);
+                fake_usb_status(&w.f, 0, 0, S_IDLE);
+                fake_usb_complete(&w.f, 64, NULL, 0);
+                fine_us = v[i].answer_us;
+                fake_usb_status(&w.f, 0, v[i].poll_ms, S_DNBUSY);
+                assert_int_equal(w.f.last, GW_PROTO_CONTINUE);
+                assert_false(w.f.in_flight);
+                /* The timer fires at the first tick of the deadline, no sooner. */
+                if (w.f.deadline * 1000 < due_us)
+                        fail_msg("case %zu: the deadline %llu ms fires %llu us before the "
+                                 "declared wait is over",
+                                 i, (unsigned long long) w.f.deadline,
+                                 (unsigned long long) (due_us - w.f.deadline * 1000));
+                /* ... and at most a tick after it: the wait is not padded further. */
+                assert_true(w.f.deadline <= v[i].answer_us / 1000 + v[i].wait_ms + 1);
+                fine_us = w.f.deadline * 1000 - 1;
+                assert_int_equal(w.f.ops->timeout(w.f.priv), GW_PROTO_CONTINUE);
+                assert_false(w.f.in_flight);
+                fine_us = w.f.deadline * 1000;
+                assert_int_equal(w.f.ops->timeout(w.f.priv), GW_PROTO_CONTINUE);
+                assert_true(w.f.in_flight);
+                assert_int_equal(w.f.setup.request, 3);
+                world_end(&w);
+        }
+}
+
 /* Early and stale timer calls change nothing. */
 static void test_early_timeout(void **state)
 {
@@ -2021,8 +2088,10 @@ static void test_early_timeout(void **state)
         fake_usb_status(&w.f, 0, 50, S_DNBUSY);
         assert_int_equal(w.f.ops->timeout(w.f.priv), GW_PROTO_CONTINUE);
         assert_false(w.f.in_flight);
-        assert_int_equal(w.f.deadline, w.f.now + 50);
+        assert_int_equal(w.f.deadline, w.f.now + 50 + 1);
         assert_int_equal(fake_usb_advance(&w.f, 50), GW_PROTO_CONTINUE);
+        assert_false(w.f.in_flight);
+        assert_int_equal(fake_usb_advance(&w.f, 1), GW_PROTO_CONTINUE);
         assert_true(w.f.in_flight);
         assert_int_equal(w.f.ops->timeout(w.f.priv), GW_PROTO_CONTINUE);
         assert_true(w.f.in_flight);
@@ -2042,9 +2111,9 @@ int main(void)
             cmocka_unit_test(test_identify),         cmocka_unit_test(test_alt_choice),
             cmocka_unit_test(test_model_dfu11),      cmocka_unit_test(test_model_dfuse),
             cmocka_unit_test(test_dfuse_runs),       cmocka_unit_test(test_dfuse_script),
-            cmocka_unit_test(test_cancel),           cmocka_unit_test(test_early_timeout),
-            cmocka_unit_test(test_upload_dfu11),     cmocka_unit_test(test_upload_dfuse),
-            cmocka_unit_test(test_model_upload),
+            cmocka_unit_test(test_cancel),           cmocka_unit_test(test_poll_rounding),
+            cmocka_unit_test(test_early_timeout),    cmocka_unit_test(test_upload_dfu11),
+            cmocka_unit_test(test_upload_dfuse),     cmocka_unit_test(test_model_upload),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -152,6 +152,12 @@ struct counters {
         uint64_t set_address, erase_page, mass_erase, read_unprotect, pages_erased;
         uint64_t busy_reports, early_polls, declared_wait_ms, errors_reported;
         uint64_t actual_busy_ns, observed_wait_ns;
+        /* GETSTATUS answers that do not ask the host to wait, what they declared, the time
+         * from each to the host's next request, and how often (and for how many declared ms)
+         * that time covered a non-zero declaration: the host slept although the device was
+         * ready. */
+        uint64_t idle_reports, idle_declared_ms, idle_observed_wait_ns;
+        uint64_t idle_waits_honoured, idle_honoured_ms;
         uint64_t enumerations, detaches, resets, disconnects;
 };
 
@@ -206,7 +212,9 @@ struct device {
         uint64_t manifest_until;
         uint64_t detach_deadline;
 
-        uint32_t addr;     /* DfuSe address pointer */
+        uint32_t addr; /* DfuSe address pointer */
+        bool left;     /* DfuSe: a leave request came, to leave_addr (the pointer) */
+        uint32_t leave_addr;
         uint64_t dl_pos;   /* DFU 1.1: next byte of the image */
         uint64_t fw_len;   /* DFU 1.1: image length, what UPLOAD returns */
         uint64_t ul_pos;   /* DFU 1.1: next byte of an upload */
@@ -214,6 +222,8 @@ struct device {
 
         uint64_t busy_reported_at; /* when we last told the host to wait */
         uint64_t declared_until;
+        uint64_t idle_reported_at; /* when we last answered ready, declaring idle_declared */
+        uint32_t idle_declared;
 
         struct faults f;
         struct counters c;
@@ -233,6 +243,7 @@ struct sim {
         uint16_t detach_timeout_ms;
         uint32_t transfer_size;
         uint32_t poll_timeout_ms;
+        uint32_t idle_poll_timeout_ms; /* bwPollTimeout in answers that are not busy */
         uint32_t program_ms, erase_ms, manifest_ms;
         uint32_t size, page_size;
         int fill;
@@ -704,6 +715,10 @@ static void execute_block(struct device *d, uint64_t now)
                         if (!r || !(r->attr & SEG_ERASE)) {
                                 st = ERR_TARGET;
                         } else {
+                                /* As ST's device library does: the erased page's address
+                                 * becomes the pointer, so a host must SET_ADDRESS after
+                                 * erasing. */
+                                d->addr = a;
                                 erase_page(d, r, (uint32_t) ((a - r->start) / r->page_size));
                                 busy_ms = s->erase_ms;
                         }
@@ -750,6 +765,22 @@ static void report_busy(struct device *d, uint64_t now, uint8_t *b, enum dfu_sta
         d->c.declared_wait_ms += poll;
         d->busy_reported_at = now;
         d->declared_until = now + poll * NSEC_PER_MSEC;
+}
+
+/* A GETSTATUS answer that does not ask the host to wait: it declares --idle-poll-timeout-ms
+ * (0 unless the device models one that declares it in every answer). A host need not honour
+ * it, so it never counts towards early polls. */
+static void report_idle(struct device *d, uint64_t now, uint8_t *b)
+{
+        uint32_t poll = d->sim->idle_poll_timeout_ms;
+
+        b[1] = (uint8_t) poll;
+        b[2] = (uint8_t) (poll >> 8);
+        b[3] = (uint8_t) (poll >> 16);
+        d->c.idle_reports++;
+        d->c.idle_declared_ms += poll;
+        d->idle_reported_at = now;
+        d->idle_declared = poll;
 }
 
 static void finish_block(struct device *d)
@@ -800,7 +831,10 @@ static int get_status(struct device *d, uint64_t now, uint8_t *b, size_t wlength
                         d->c.actual_busy_ns += s->manifest_ms * NSEC_PER_MSEC;
                         report_busy(d, now, b, ST_MANIFEST);
                         if (s->dfuse) {
-                                /* The leave request: the device resets once this answer is out. */
+                                /* The leave request: the device jumps to the pointer (its
+                                 * reset, here) once this answer is out. */
+                                d->left = true;
+                                d->leave_addr = d->addr;
                                 schedule_plug(d, PLUG_REENUMERATE, mode_after_manifest(s), now);
                         }
                 } else {
@@ -822,6 +856,9 @@ static int get_status(struct device *d, uint64_t now, uint8_t *b, size_t wlength
         default:
                 break;
         }
+        /* dfu_request() cleared busy_reported_at: it is set again only by a busy answer. */
+        if (!d->busy_reported_at)
+                report_idle(d, now, b);
         b[0] = d->state == ST_ERROR ? d->status : DFU_OK;
         b[4] = (uint8_t) d->state;
         *ret = 6;
@@ -972,9 +1009,21 @@ static int dfu_request(struct device *d, uint8_t type, uint8_t req, uint16_t wva
                 d->c.observed_wait_ns += now - d->busy_reported_at;
                 d->busy_reported_at = 0;
         }
+        /* Only a busy answer's declaration binds the host (declared_until): an idle answer's
+         * is advice, and a request at once after it is what a host should do. */
         if (req == REQ_GETSTATUS && now < d->declared_until)
                 d->c.early_polls++;
         d->declared_until = 0;
+        if (d->idle_reported_at) {
+                uint64_t gap = now - d->idle_reported_at;
+
+                d->c.idle_observed_wait_ns += gap;
+                if (d->idle_declared && gap >= d->idle_declared * NSEC_PER_MSEC) {
+                        d->c.idle_waits_honoured++;
+                        d->c.idle_honoured_ms += d->idle_declared;
+                }
+                d->idle_reported_at = 0;
+        }
         if (fires(&d->f.stall_in)) {
                 vlog(s, "%s: fault: stalling %s", d->serial, req_names[req]);
                 if (d->mode == MODE_DFU)
@@ -1444,6 +1493,7 @@ static int plug_in(struct sim *s, struct device *d, enum mode mode)
         d->stuck = false;
         d->busy_reported_at = 0;
         d->declared_until = 0;
+        d->idle_reported_at = 0;
         d->plug = PLUG_NONE;
         d->present = true;
         d->c.enumerations++;
@@ -1582,6 +1632,10 @@ static void add_counters(json_t *o, const struct counters *c)
         NUM(busy_reports);
         NUM(early_polls);
         NUM(declared_wait_ms);
+        NUM(idle_reports);
+        NUM(idle_declared_ms);
+        NUM(idle_waits_honoured);
+        NUM(idle_honoured_ms);
         NUM(errors_reported);
         NUM(enumerations);
         NUM(detaches);
@@ -1590,6 +1644,8 @@ static void add_counters(json_t *o, const struct counters *c)
 #undef NUM
         json_object_set_new(o, "actual_busy_ms", json_real((double) c->actual_busy_ns / 1e6));
         json_object_set_new(o, "observed_wait_ms", json_real((double) c->observed_wait_ns / 1e6));
+        json_object_set_new(o, "idle_observed_wait_ms",
+                            json_real((double) c->idle_observed_wait_ns / 1e6));
 }
 
 static void sum_counters(struct counters *t, const struct counters *c)
@@ -1616,6 +1672,7 @@ static int write_report(struct sim *s)
         json_object_set_new(root, "personality", json_string(s->dfuse ? "dfuse" : "dfu11"));
         json_object_set_new(root, "transfer_size", json_integer(s->transfer_size));
         json_object_set_new(root, "poll_timeout_ms", json_integer(s->poll_timeout_ms));
+        json_object_set_new(root, "idle_poll_timeout_ms", json_integer(s->idle_poll_timeout_ms));
         json_object_set_new(root, "program_ms", json_integer(s->program_ms));
         json_object_set_new(root, "erase_ms", json_integer(s->erase_ms));
         json_object_set_new(root, "elapsed_ms", json_real((double) (now_ns() - s->t0) / 1e6));
@@ -1633,6 +1690,8 @@ static int write_report(struct sim *s)
                 json_object_set_new(o, "state", json_string(state_names[d->state]));
                 json_object_set_new(o, "status", json_string(status_names[d->status]));
                 json_object_set_new(o, "image_bytes", json_integer((json_int_t) d->fw_len));
+                json_object_set_new(o, "leave_address",
+                                    d->left ? json_integer(d->leave_addr) : json_null());
                 add_counters(o, &d->c);
                 json_array_append_new(devs, o);
                 sum_counters(&total, &d->c);
@@ -2068,6 +2127,9 @@ static void usage(FILE *f)
             "  --size N, --page-size N DFU 1.1 memory (default 256 KiB, 1 KiB pages)\n"
             "  --transfer-size N       wTransferSize (default 1024, DfuSe 2048; up to 65535)\n"
             "  --poll-timeout-ms N     bwPollTimeout declared while busy (default 5)\n"
+            "  --idle-poll-timeout-ms N  bwPollTimeout declared in answers that are not busy\n"
+            "                          (idle, dnload-idle, error...; default 0; ST's ROM\n"
+            "                          bootloaders are reported to repeat the busy one)\n"
             "  --program-ms N          actual time to program a block (default 1)\n"
             "  --erase-ms N            actual time to erase a page (default 2)\n"
             "  --manifest-ms N         actual manifestation time (default 0)\n"
@@ -2118,6 +2180,7 @@ enum {
         OPT_PAGE_SIZE,
         OPT_TRANSFER_SIZE,
         OPT_POLL,
+        OPT_IDLE_POLL,
         OPT_PROGRAM,
         OPT_ERASE,
         OPT_MANIFEST,
@@ -2155,6 +2218,7 @@ static int parse_args(struct sim *s, int argc, char **argv)
             {"page-size", required_argument, NULL, OPT_PAGE_SIZE},
             {"transfer-size", required_argument, NULL, OPT_TRANSFER_SIZE},
             {"poll-timeout-ms", required_argument, NULL, OPT_POLL},
+            {"idle-poll-timeout-ms", required_argument, NULL, OPT_IDLE_POLL},
             {"program-ms", required_argument, NULL, OPT_PROGRAM},
             {"erase-ms", required_argument, NULL, OPT_ERASE},
             {"manifest-ms", required_argument, NULL, OPT_MANIFEST},
@@ -2250,6 +2314,11 @@ static int parse_args(struct sim *s, int argc, char **argv)
                         if (parse_u64(optarg, MAX_WAIT_MS, &v) < 0)
                                 goto bad;
                         s->poll_timeout_ms = (uint32_t) v;
+                        break;
+                case OPT_IDLE_POLL:
+                        if (parse_u64(optarg, MAX_WAIT_MS, &v) < 0)
+                                goto bad;
+                        s->idle_poll_timeout_ms = (uint32_t) v;
                         break;
                 case OPT_PROGRAM:
                 case OPT_ERASE:
