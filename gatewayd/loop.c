@@ -54,6 +54,14 @@ struct gw_loop {
         size_t pfd_allocated;
 };
 
+static uint64_t now_nsec(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
+}
+
 uint64_t gw_now_ms(void)
 {
         struct timespec ts;
@@ -271,9 +279,10 @@ static int dispatch_signals(struct gw_loop *l)
 
 int gw_loop_iterate(struct gw_loop *l, int timeout_ms)
 {
-        uint64_t now = gw_now_ms(), next = UINT64_MAX;
+        uint64_t now, next = UINT64_MAX, wait_ns = UINT64_MAX;
+        struct timespec ts, *tsp = NULL;
         size_t n = 0, count = 1;
-        int r = 0, timeout;
+        int r = 0;
 
         for (struct gw_source *s = l->sources; s; s = s->next)
                 count++;
@@ -294,15 +303,25 @@ int gw_loop_iterate(struct gw_loop *l, int timeout_ms)
                 l->pfd_sources[n++] = NULL;
         }
 
-        timeout = timeout_ms;
+        /* Wait to the nanosecond: a timer due at T ms fires as soon as the clock reaches T, not
+         * up to a millisecond later as a poll() timeout rounded from a rounded clock would. */
+        if (timeout_ms >= 0)
+                wait_ns = (uint64_t) timeout_ms * 1000000u;
         if (next != UINT64_MAX) {
-                uint64_t wait = next > now ? next - now : 0;
+                uint64_t due = next * 1000000u, now_ns = now_nsec();
+                uint64_t until = due > now_ns ? due - now_ns : 0;
 
-                if (timeout < 0 || wait < (uint64_t) timeout)
-                        timeout = wait > 60000 ? 60000 : (int) wait;
+                if (until < wait_ns)
+                        wait_ns = until;
         }
-
-        if (poll(l->pfds, n, timeout) < 0) {
+        if (wait_ns != UINT64_MAX) {
+                if (wait_ns > 60000000000u)
+                        wait_ns = 60000000000u;
+                ts.tv_sec = (time_t) (wait_ns / 1000000000u);
+                ts.tv_nsec = (long) (wait_ns % 1000000000u);
+                tsp = &ts;
+        }
+        if (ppoll(l->pfds, n, tsp, NULL) < 0) {
                 if (errno == EINTR)
                         return 0;
                 return -errno;
