@@ -5,8 +5,8 @@
 # reported usb-id) and after (state checking); an image whose hardware map names another usb-id
 # than the board reports fails node-incompatible with nothing flashed on any node; a DfuSe board
 # takes its image at an address offset. Flash dumps are compared byte for byte.
-# (One emulator serves one personality, and a process sees one emulator: the DfuSe board runs
-# under a second emulator with a second gatewayd.)
+# All three boards are on one emulator (the DfuSe one given its own personality with --device),
+# under one gatewayd: the daemon tells the DFU 1.1 and the DfuSe board apart on the same bus.
 set -u
 
 : "${GW_SRC:?GW_SRC must name the source directory}"
@@ -64,10 +64,11 @@ stop_pid() {
         wait "$p" 2>/dev/null
 }
 
-# config NAME NODE USB SERIAL...: gatewayd.yaml with one dfu node per SERIAL (NODE-SERIAL).
+# config FILE NODE:USB:SERIAL...: gatewayd.yaml with one dfu node per argument (NODE-SERIAL,
+# the board with that serial and usb-id).
 config() {
-        local file=$1 node=$2 usb=$3 s
-        shift 3
+        local file=$1 spec node usb s
+        shift
         cat >"$file" <<CONF
 gateway:
   id: $gw
@@ -80,7 +81,11 @@ trust:
   public-keys: [release.pub]
 nodes:
 CONF
-        for s in "$@"; do
+        for spec in "$@"; do
+                node=${spec%%:*}
+                s=${spec##*:}
+                usb=${spec#*:}
+                usb=${usb%:*}
                 cat >>"$file" <<CONF
   - name: $node-$s
     transport: { type: usb, usb: "$usb", serial: $s }
@@ -148,11 +153,18 @@ blocks() {
         python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["totals"]["data_blocks"])' \
                 "$work/$1.json"
 }
+# per_board NAME: "SERIAL:PERSONALITY:DATA_BLOCKS ..." from the report blocks NAME last asked for.
+per_board() {
+        python3 -c 'import json,sys
+print(" ".join("%s:%s:%d" % (d["serial"], d["personality"], d["data_blocks"])
+               for d in json.load(open(sys.argv[1]))["devices"]))' "$work/$1.json"
+}
 
 # ---- 1. Two DFU 1.1 boards, one deployment ---------------------------------------------------
-start_sim dfu11 --serial A --serial B
-config "$work/gw-dfu11.yaml" dfu 1d50:6089 A B
-start_gw "$work/gw-dfu11.yaml" dfu11
+# A and B take the command line's personality (DFU 1.1), C its own (DfuSe); dumps in that order.
+start_sim dfu --serial A --serial B --device dfuse,serial=C
+config "$work/gw.yaml" dfu:1d50:6089:A dfu:1d50:6089:B dfuse:0483:df11:C
+start_gw "$work/gw.yaml" dfu
 
 head -c 5000 /dev/urandom >"$work/www/a1.bin"
 head -c 7321 /dev/urandom >"$work/www/b1.bin"
@@ -178,7 +190,7 @@ check "DFU 1.1: the identify of dfu-A was logged with the usb-id it reports" \
         grep -q "dfu-A: identify: usb-id = 1d50:6089" "$work/gatewayd.log"
 
 # ---- 2. An image for another board: node-incompatible, nothing flashed on any node -----------
-blocks_before=$(blocks dfu11)
+blocks_before=$(blocks dfu)
 head -c 3000 /dev/urandom >"$work/www/a2.bin"
 head -c 3000 /dev/urandom >"$work/www/b2.bin"
 {
@@ -195,23 +207,15 @@ check "usb-id mismatch: the error is node-incompatible (got '$(q get "$final" er
 msg=$(q get "$final" error.message)
 check "usb-id mismatch: the message names the node and the key ($msg)" \
         eval 'case $msg in *dfu-A*usb-id*) true ;; *) false ;; esac'
-blocks_after=$(blocks dfu11)
-check "usb-id mismatch: no data block reached either board ($blocks_before -> $blocks_after)" \
+blocks_after=$(blocks dfu)
+check "usb-id mismatch: no data block reached any board ($blocks_before -> $blocks_after)" \
         test "$blocks_before" = "$blocks_after" -a -n "$blocks_after"
 flashing=$(grep -c "\"state\":\"flashing\",\"deployment\":\"d2\"" "$work/sub.log")
 check "usb-id mismatch: no node was reported flashing in d2" test "$flashing" -eq 0
 
-stop_pid "$gwpid"
-stop_pid "$sim_pid"
-check "DFU 1.1: board A's memory holds a1.bin byte for byte" \
-        cmp -s -n "$(stat -c %s "$work/www/a1.bin")" "$work/www/a1.bin" "$work/dfu11.dump"
-check "DFU 1.1: board B's memory holds b1.bin byte for byte" \
-        cmp -s -n "$(stat -c %s "$work/www/b1.bin")" "$work/www/b1.bin" "$work/dfu11.dump.2"
-
-# ---- 3. A DfuSe board, its image at an address offset ----------------------------------------
-start_sim dfuse --dfuse --serial C
-config "$work/gw-dfuse.yaml" dfuse 0483:df11 C
-start_gw "$work/gw-dfuse.yaml" dfuse
+# ---- 3. The DfuSe board beside them, its image at an address offset --------------------------
+blocks_before=$(blocks dfu)
+boards_before=$(per_board dfu)
 head -c 20000 /dev/urandom >"$work/www/c1.bin"
 {
         head_ d3
@@ -228,13 +232,24 @@ check "DfuSe: the check found the board again after it left DFU mode" \
 st=$(q states "$work/sub.log" "$prefix/nodes/dfuse-C/status" d3)
 check "DfuSe: dfuse-C went through flashing then checking ($st)" \
         test "$st" = "queued downloading verifying flashing checking success"
+blocks_after=$(blocks dfu)
+boards_after=$(per_board dfu)
+c_before=${boards_before##*C:dfuse:}
+c_after=${boards_after##*C:dfuse:}
+check "DfuSe: its data blocks went to the DfuSe board alone ($boards_before -> $boards_after)" \
+        test "${boards_before% C:*}" = "${boards_after% C:*}" -a "$blocks_after" -gt "$blocks_before" \
+        -a "$((c_after - c_before))" -eq "$((blocks_after - blocks_before))"
 stop_pid "$gwpid"
 stop_pid "$sim_pid"
-tail -c +$((0x4000 + 1)) "$work/dfuse.dump" >"$work/dfuse.at-offset"
+check "DFU 1.1: board A's memory holds a1.bin byte for byte" \
+        cmp -s -n "$(stat -c %s "$work/www/a1.bin")" "$work/www/a1.bin" "$work/dfu.dump"
+check "DFU 1.1: board B's memory holds b1.bin byte for byte" \
+        cmp -s -n "$(stat -c %s "$work/www/b1.bin")" "$work/www/b1.bin" "$work/dfu.dump.2"
+tail -c +$((0x4000 + 1)) "$work/dfu.dump.3" >"$work/dfuse.at-offset"
 check "DfuSe: the memory at 0x08004000 holds c1.bin byte for byte" \
         cmp -s -n "$(stat -c %s "$work/www/c1.bin")" "$work/www/c1.bin" "$work/dfuse.at-offset"
 check "DfuSe: the memory before 0x08004000 was not written" \
-        test "$(head -c $((0x4000)) "$work/dfuse.dump" | tr -d '\377' | wc -c)" -eq 0
+        test "$(head -c $((0x4000)) "$work/dfu.dump.3" | tr -d '\377' | wc -c)" -eq 0
 
 if [ "$failures" -ne 0 ]; then
         echo "--- gatewayd log (last 40 lines) ---"

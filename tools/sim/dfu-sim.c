@@ -10,7 +10,6 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -19,7 +18,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,6 +29,9 @@
 #include <jansson.h>
 #include <umockdev.h>
 
+#include "cli.h"
+#include "control.h"
+
 extern char **environ;
 
 #define NSEC_PER_MSEC   1000000ULL
@@ -41,7 +42,6 @@ extern char **environ;
 #define MAX_XFER        65535U      /* what the descriptor can declare; hosts cap it at 4096 */
 #define MAX_WAIT_MS     0xffffffU   /* bwPollTimeout is 24 bits */
 #define STR_MAX         126         /* a string descriptor holds 126 UTF-16 units */
-#define CTL_LINE_MAX    256
 #define PRELOAD_LIB     "libumockdev-preload.so.0"
 #define USB_SPEED_HIGH_ 3
 
@@ -173,12 +173,42 @@ struct faults {
         uint64_t disconnect_in;
 };
 
+/* What one device is, beyond its serial: the protocol it speaks, its ids and strings, its memory,
+ * what its descriptor promises and its time model. The command-line options are every device's
+ * defaults; --device SPEC changes them for one device. The first group is as given (-1 or NULL:
+ * not given, the protocol's default applies), the second is resolved from it. */
+struct personality {
+        bool dfuse;
+        bool start_runtime;
+        int64_t vid_opt, pid_opt, runtime_pid_opt, xfer_opt, detach_opt;
+        int tolerant_opt, will_detach, can_upload;
+        const char *manufacturer, *product;
+        const char *layouts[MAX_ALTS];
+        unsigned nlayouts;
+        uint32_t poll_timeout_ms;
+        uint32_t idle_poll_timeout_ms; /* bwPollTimeout in answers that are not busy */
+        uint32_t program_ms, erase_ms, manifest_ms;
+        uint32_t size, page_size;
+        int fill;
+        const char *load_path;
+        enum mode after_manifest;
+        bool after_manifest_set;
+        uint32_t reenum_ms, reconnect_ms;
+
+        uint16_t vid, pid, runtime_pid, bcd_device;
+        uint8_t attributes;
+        uint16_t detach_timeout_ms;
+        uint32_t transfer_size;
+};
+
 struct sim;
 
 struct device {
         struct sim *sim;
         unsigned idx;
         char serial[STR_MAX + 1];
+        struct personality p; /* resolved; fixed once the device exists */
+        char *spec;           /* --device's SPEC, split: p's strings point into it */
         char sysname[16];
         char syspath[96];
         char devnode[64];
@@ -231,26 +261,8 @@ struct device {
 
 struct sim {
         /* configuration */
-        bool dfuse;
-        bool start_runtime;
-        uint16_t vid, pid, runtime_pid, bcd_device;
-        const char *manufacturer, *product;
-        const char *layouts[MAX_ALTS];
-        unsigned nlayouts;
-        const char *serials[MAX_DEVICES];
-        unsigned nserials;
-        uint8_t attributes;
-        uint16_t detach_timeout_ms;
-        uint32_t transfer_size;
-        uint32_t poll_timeout_ms;
-        uint32_t idle_poll_timeout_ms; /* bwPollTimeout in answers that are not busy */
-        uint32_t program_ms, erase_ms, manifest_ms;
-        uint32_t size, page_size;
-        int fill;
-        const char *load_path;
-        enum mode after_manifest;
-        bool after_manifest_set;
-        uint32_t reenum_ms, reconnect_ms;
+        struct personality defaults; /* the command-line options, as given */
+        struct personality base;     /* the same, resolved: what the report states on top */
         const char *report_path, *dump_path, *control_path, *env_path;
         bool verbose;
         char **child_argv;
@@ -261,12 +273,7 @@ struct sim {
         UMockdevIoctlBase *handler;
         char *root_dir;
         int wake_fd, sigfd;
-        int ctl_fd, ctl_wfd;
-        bool ctl_fifo, ctl_made;
-        off_t ctl_off;
-        char ctl_line[CTL_LINE_MAX];
-        size_t ctl_len;
-        bool ctl_overlong;
+        struct gw_sim_control ctl;
         unsigned next_devnum;
         uint64_t t0;
         struct faults initial_faults;
@@ -282,19 +289,7 @@ static uint64_t now_ns(void)
         return (uint64_t) ts.tv_sec * 1000000000ULL + (uint64_t) ts.tv_nsec;
 }
 
-static void vlog(const struct sim *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void vlog(const struct sim *s, const char *fmt, ...)
-{
-        va_list ap;
-
-        if (!s->verbose)
-                return;
-        va_start(ap, fmt);
-        fputs("dfu-sim: ", stderr);
-        vfprintf(stderr, fmt, ap);
-        fputc('\n', stderr);
-        va_end(ap);
-}
+#define vlog(s, ...) gw_sim_log((s)->verbose, "dfu-sim", __VA_ARGS__)
 
 static void wake_main(struct sim *s)
 {
@@ -308,17 +303,7 @@ static void wake_main(struct sim *s)
 /* Numbers in decimal or 0x-hex, at most max. */
 static int parse_u64(const char *str, uint64_t max, uint64_t *ret)
 {
-        unsigned long long v;
-        char *end;
-
-        if (!str || *str < '0' || *str > '9')
-                return -EINVAL;
-        errno = 0;
-        v = strtoull(str, &end, 0);
-        if (errno != 0 || *end != '\0' || v > max)
-                return -EINVAL;
-        *ret = v;
-        return 0;
+        return gw_sim_parse_u64(str, 0, max, ret);
 }
 
 /* Strings that go into sysfs records and descriptors: printable ASCII, no backslash. */
@@ -503,12 +488,11 @@ static void erase_page(struct device *d, struct region *r, uint32_t page)
 
 static uint16_t cur_pid(const struct device *d)
 {
-        return d->mode == MODE_RUNTIME ? d->sim->runtime_pid : d->sim->pid;
+        return d->mode == MODE_RUNTIME ? d->p.runtime_pid : d->p.pid;
 }
 
 static size_t device_descriptor(const struct device *d, uint8_t *b)
 {
-        const struct sim *s = d->sim;
         uint16_t pid = cur_pid(d);
         uint8_t desc[18] = {18,
                             1,
@@ -518,12 +502,12 @@ static size_t device_descriptor(const struct device *d, uint8_t *b)
                             0,
                             0,
                             64,
-                            (uint8_t) s->vid,
-                            (uint8_t) (s->vid >> 8),
+                            (uint8_t) d->p.vid,
+                            (uint8_t) (d->p.vid >> 8),
                             (uint8_t) pid,
                             (uint8_t) (pid >> 8),
-                            (uint8_t) s->bcd_device,
-                            (uint8_t) (s->bcd_device >> 8),
+                            (uint8_t) d->p.bcd_device,
+                            (uint8_t) (d->p.bcd_device >> 8),
                             1,
                             2,
                             3,
@@ -535,16 +519,15 @@ static size_t device_descriptor(const struct device *d, uint8_t *b)
 
 static size_t functional_descriptor(const struct device *d, uint8_t *b)
 {
-        const struct sim *s = d->sim;
-        uint16_t bcd = s->dfuse ? 0x011a : 0x0110;
+        uint16_t bcd = d->p.dfuse ? 0x011a : 0x0110;
 
         b[0] = 9;
         b[1] = 0x21;
-        b[2] = s->attributes;
-        b[3] = (uint8_t) s->detach_timeout_ms;
-        b[4] = (uint8_t) (s->detach_timeout_ms >> 8);
-        b[5] = (uint8_t) s->transfer_size;
-        b[6] = (uint8_t) (s->transfer_size >> 8);
+        b[2] = d->p.attributes;
+        b[3] = (uint8_t) d->p.detach_timeout_ms;
+        b[4] = (uint8_t) (d->p.detach_timeout_ms >> 8);
+        b[5] = (uint8_t) d->p.transfer_size;
+        b[6] = (uint8_t) (d->p.transfer_size >> 8);
         b[7] = (uint8_t) bcd;
         b[8] = (uint8_t) (bcd >> 8);
         return 9;
@@ -587,9 +570,9 @@ static size_t config_descriptor(const struct device *d, uint8_t *b)
 static const char *string_for(const struct device *d, unsigned idx)
 {
         if (idx == 1)
-                return d->sim->manufacturer;
+                return d->p.manufacturer;
         if (idx == 2)
-                return d->sim->product;
+                return d->p.product;
         if (idx == 3)
                 return d->serial;
         if (d->mode == MODE_RUNTIME)
@@ -652,18 +635,17 @@ static void schedule_plug(struct device *d, enum plug_op op, enum mode mode, uin
         wake_main(d->sim);
 }
 
-static enum mode mode_after_manifest(const struct sim *s)
+static enum mode mode_after_manifest(const struct device *d)
 {
-        if (s->after_manifest_set)
-                return s->after_manifest;
-        return s->start_runtime ? MODE_RUNTIME : MODE_DFU;
+        if (d->p.after_manifest_set)
+                return d->p.after_manifest;
+        return d->p.start_runtime ? MODE_RUNTIME : MODE_DFU;
 }
 
 /* Starts the operation of the downloaded block: decides its outcome and how long the device is
  * busy with it. */
 static void execute_block(struct device *d, uint64_t now)
 {
-        struct sim *s = d->sim;
         struct alt *alt = &d->alts[d->alt];
         uint64_t busy_ms = 0;
         uint8_t st = DFU_OK;
@@ -671,8 +653,8 @@ static void execute_block(struct device *d, uint64_t now)
         d->executed = true;
         if (d->blk_inject) {
                 st = d->blk_inject;
-                busy_ms = s->program_ms;
-        } else if (!s->dfuse) {
+                busy_ms = d->p.program_ms;
+        } else if (!d->p.dfuse) {
                 struct region *r = &alt->reg[0];
 
                 if (d->dl_pos + d->blk_len > region_size(r)) {
@@ -686,14 +668,14 @@ static void execute_block(struct device *d, uint64_t now)
                                 if (!r->touched[p]) {
                                         r->touched[p] = 1;
                                         erase_page(d, r, p);
-                                        busy_ms += s->erase_ms;
+                                        busy_ms += d->p.erase_ms;
                                 }
                         st = mem_write(alt, r->start + d->dl_pos, d->blk, d->blk_len);
                         if (st == DFU_OK) {
                                 d->dl_pos += d->blk_len;
                                 d->fw_len = d->dl_pos;
                         }
-                        busy_ms += s->program_ms;
+                        busy_ms += d->p.program_ms;
                 }
         } else if (d->blk_num == 0) {
                 uint8_t cmd = d->blk[0];
@@ -720,7 +702,7 @@ static void execute_block(struct device *d, uint64_t now)
                                  * erasing. */
                                 d->addr = a;
                                 erase_page(d, r, (uint32_t) ((a - r->start) / r->page_size));
-                                busy_ms = s->erase_ms;
+                                busy_ms = d->p.erase_ms;
                         }
                 } else {
                         /* Mass erase, or read unprotect (which mass-erases as well). */
@@ -734,15 +716,15 @@ static void execute_block(struct device *d, uint64_t now)
                                         continue;
                                 for (uint32_t p = 0; p < r->npages; p++) {
                                         erase_page(d, r, p);
-                                        busy_ms += s->erase_ms;
+                                        busy_ms += d->p.erase_ms;
                                 }
                         }
                 }
         } else {
-                uint64_t a = d->addr + (uint64_t) (d->blk_num - 2) * s->transfer_size;
+                uint64_t a = d->addr + (uint64_t) (d->blk_num - 2) * d->p.transfer_size;
 
                 st = mem_write(alt, a, d->blk, d->blk_len);
-                busy_ms = s->program_ms;
+                busy_ms = d->p.program_ms;
         }
         d->op_status = st;
         d->busy_until = now + busy_ms * NSEC_PER_MSEC;
@@ -754,7 +736,7 @@ static void execute_block(struct device *d, uint64_t now)
 /* A GETSTATUS that tells the host to wait: counted with what it declares. */
 static void report_busy(struct device *d, uint64_t now, uint8_t *b, enum dfu_state st)
 {
-        uint32_t poll = d->sim->poll_timeout_ms;
+        uint32_t poll = d->p.poll_timeout_ms;
 
         set_state(d, st);
         b[0] = DFU_OK;
@@ -772,7 +754,7 @@ static void report_busy(struct device *d, uint64_t now, uint8_t *b, enum dfu_sta
  * it, so it never counts towards early polls. */
 static void report_idle(struct device *d, uint64_t now, uint8_t *b)
 {
-        uint32_t poll = d->sim->idle_poll_timeout_ms;
+        uint32_t poll = d->p.idle_poll_timeout_ms;
 
         b[1] = (uint8_t) poll;
         b[2] = (uint8_t) (poll >> 8);
@@ -796,14 +778,12 @@ static void finish_block(struct device *d)
 
 static int get_status(struct device *d, uint64_t now, uint8_t *b, size_t wlength, size_t *ret)
 {
-        struct sim *s = d->sim;
-
         if (wlength < 6)
                 return -EPIPE;
         memset(b, 0, 6);
         switch (d->state) {
         case ST_DNLOAD_SYNC:
-                if (s->dfuse && !d->executed) {
+                if (d->p.dfuse && !d->executed) {
                         /* DfuSe executes on this request, and says so: dfuDNBUSY at first. */
                         execute_block(d, now);
                         d->fresh = false;
@@ -827,15 +807,15 @@ static int get_status(struct device *d, uint64_t now, uint8_t *b, size_t wlength
         case ST_MANIFEST_SYNC:
                 if (!d->manifest_started) {
                         d->manifest_started = true;
-                        d->manifest_until = now + s->manifest_ms * NSEC_PER_MSEC;
-                        d->c.actual_busy_ns += s->manifest_ms * NSEC_PER_MSEC;
+                        d->manifest_until = now + d->p.manifest_ms * NSEC_PER_MSEC;
+                        d->c.actual_busy_ns += d->p.manifest_ms * NSEC_PER_MSEC;
                         report_busy(d, now, b, ST_MANIFEST);
-                        if (s->dfuse) {
+                        if (d->p.dfuse) {
                                 /* The leave request: the device jumps to the pointer (its
                                  * reset, here) once this answer is out. */
                                 d->left = true;
                                 d->leave_addr = d->addr;
-                                schedule_plug(d, PLUG_REENUMERATE, mode_after_manifest(s), now);
+                                schedule_plug(d, PLUG_REENUMERATE, mode_after_manifest(d), now);
                         }
                 } else {
                         set_state(d, ST_IDLE);
@@ -847,7 +827,7 @@ static int get_status(struct device *d, uint64_t now, uint8_t *b, size_t wlength
                 } else if (d->f.error_at_manifest) {
                         d->f.error_at_manifest = false;
                         fail(d, d->f.manifest_status);
-                } else if (s->attributes & ATTR_MANIFEST_TOL) {
+                } else if (d->p.attributes & ATTR_MANIFEST_TOL) {
                         set_state(d, ST_IDLE);
                 } else {
                         set_state(d, ST_MANIFEST_WAIT_RESET);
@@ -875,7 +855,7 @@ static int dnload(struct device *d, uint16_t wvalue, const uint8_t *data, size_t
         struct sim *s = d->sim;
         bool is_data, is_erase, erase_fault;
 
-        if (!(s->attributes & ATTR_CAN_DNLOAD) || len > s->transfer_size)
+        if (!(d->p.attributes & ATTR_CAN_DNLOAD) || len > d->p.transfer_size)
                 return -EPIPE;
         if (d->state != ST_IDLE && d->state != ST_DNLOAD_IDLE)
                 return -EPIPE;
@@ -887,7 +867,7 @@ static int dnload(struct device *d, uint16_t wvalue, const uint8_t *data, size_t
                 set_state(d, ST_MANIFEST_SYNC);
                 return 0;
         }
-        if (s->dfuse) {
+        if (d->p.dfuse) {
                 if (wvalue == 1)
                         return -EPIPE;
                 if (wvalue == 0) {
@@ -908,14 +888,14 @@ static int dnload(struct device *d, uint16_t wvalue, const uint8_t *data, size_t
                         for (unsigned i = 0; i < d->alts[a].nreg; i++)
                                 memset(d->alts[a].reg[i].touched, 0, d->alts[a].reg[i].npages);
         }
-        if (!s->dfuse) {
+        if (!d->p.dfuse) {
                 if (wvalue != d->next_blk)
                         d->c.block_gaps++;
                 d->next_blk = (uint16_t) (wvalue + 1);
         }
         /* Faults count data blocks; erase failures count DfuSe erase commands. */
-        is_data = !s->dfuse || wvalue >= 2;
-        is_erase = s->dfuse && wvalue == 0 && data[0] == DFUSE_ERASE;
+        is_data = !d->p.dfuse || wvalue >= 2;
+        is_erase = d->p.dfuse && wvalue == 0 && data[0] == DFUSE_ERASE;
         erase_fault = d->f.error_status == ERR_ERASE || d->f.error_status == ERR_CHECK_ERASED;
         d->c.bytes_out += len;
         if (is_data)
@@ -944,24 +924,23 @@ static int dnload(struct device *d, uint16_t wvalue, const uint8_t *data, size_t
         d->fresh = true;
         d->executed = false;
         set_state(d, ST_DNLOAD_SYNC);
-        if (!s->dfuse)
+        if (!d->p.dfuse)
                 execute_block(d, now_ns());
         return 0;
 }
 
 static int upload(struct device *d, uint16_t wvalue, uint8_t *b, size_t wlength, size_t *ret)
 {
-        struct sim *s = d->sim;
         struct alt *alt = &d->alts[d->alt];
         size_t n = 0;
 
-        if (!(s->attributes & ATTR_CAN_UPLOAD) || wlength > s->transfer_size)
+        if (!(d->p.attributes & ATTR_CAN_UPLOAD) || wlength > d->p.transfer_size)
                 return -EPIPE;
         if (d->state != ST_IDLE && d->state != ST_UPLOAD_IDLE)
                 return -EPIPE;
         if (d->state == ST_IDLE)
                 d->ul_pos = 0;
-        if (s->dfuse) {
+        if (d->p.dfuse) {
                 if (wvalue == 1)
                         return -EPIPE;
                 if (wvalue == 0) {
@@ -971,7 +950,7 @@ static int upload(struct device *d, uint16_t wvalue, uint8_t *b, size_t wlength,
                         n = wlength < sizeof(cmds) ? wlength : sizeof(cmds);
                         memcpy(b, cmds, n);
                 } else {
-                        uint64_t a = d->addr + (uint64_t) (wvalue - 2) * s->transfer_size;
+                        uint64_t a = d->addr + (uint64_t) (wvalue - 2) * d->p.transfer_size;
                         ssize_t r = mem_read(alt, a, b, wlength);
 
                         if (r < 0) {
@@ -1036,16 +1015,16 @@ static int dfu_request(struct device *d, uint8_t type, uint8_t req, uint16_t wva
                 case REQ_DETACH:
                         d->c.detaches++;
                         set_state(d, ST_APP_DETACH);
-                        d->detach_deadline = now + (uint64_t) (wvalue < s->detach_timeout_ms
+                        d->detach_deadline = now + (uint64_t) (wvalue < d->p.detach_timeout_ms
                                                                    ? wvalue
-                                                                   : s->detach_timeout_ms) *
+                                                                   : d->p.detach_timeout_ms) *
                                                        NSEC_PER_MSEC;
-                        if (s->attributes & ATTR_WILL_DETACH)
+                        if (d->p.attributes & ATTR_WILL_DETACH)
                                 schedule_plug(d, PLUG_REENUMERATE, MODE_DFU, now);
                         return 0;
                 case REQ_GETSTATUS:
                         if (d->state == ST_APP_DETACH && now > d->detach_deadline &&
-                            !(s->attributes & ATTR_WILL_DETACH))
+                            !(d->p.attributes & ATTR_WILL_DETACH))
                                 set_state(d, ST_APP_IDLE); /* no reset came in time */
                         if (wlength < 6)
                                 return -EPIPE;
@@ -1345,7 +1324,6 @@ static void sync_control(struct device *d, UMockdevIoctlClient *client, UMockdev
  * fails with ENODEV. */
 static bool bus_reset(struct device *d)
 {
-        struct sim *s = d->sim;
         uint64_t at = now_ns();
 
         d->c.resets++;
@@ -1356,7 +1334,7 @@ static bool bus_reset(struct device *d)
                 return true;
         }
         if (d->state == ST_MANIFEST_WAIT_RESET || d->state == ST_MANIFEST) {
-                schedule_plug(d, PLUG_REENUMERATE, mode_after_manifest(s), at);
+                schedule_plug(d, PLUG_REENUMERATE, mode_after_manifest(d), at);
                 return true;
         }
         if (d->stuck) {
@@ -1516,9 +1494,9 @@ static int plug_in(struct sim *s, struct device *d, enum mode mode)
             "A: idVendor=%04x\\n\nA: idProduct=%04x\\n\nA: bcdDevice=%04x\\n\n"
             "A: version= 2.00\\n\nA: maxchild=0\\n\nA: manufacturer=%s\\n\nA: product=%s\\n\n"
             "A: serial=%s\\n\nH: descriptors=%s\n",
-            d->syspath + 4, d->devnum, d->devnum, d->devnum, s->vid, cur_pid(d), s->bcd_device,
-            s->vid, cur_pid(d), d->serial, d->devnum, d->idx + 1, s->vid, cur_pid(d), s->bcd_device,
-            s->manufacturer, s->product, d->serial, dhex);
+            d->syspath + 4, d->devnum, d->devnum, d->devnum, d->p.vid, cur_pid(d), d->p.bcd_device,
+            d->p.vid, cur_pid(d), d->serial, d->devnum, d->idx + 1, d->p.vid, cur_pid(d),
+            d->p.bcd_device, d->p.manufacturer, d->p.product, d->serial, dhex);
         if (!umockdev_testbed_add_from_string(s->tb, record, &err)) {
                 fprintf(stderr, "dfu-sim: cannot add %s: %s\n", d->syspath, err->message);
                 return -EIO;
@@ -1526,7 +1504,7 @@ static int plug_in(struct sim *s, struct device *d, enum mode mode)
         umockdev_testbed_uevent(s->tb, d->syspath, "add");
         d->plugged = true;
         vlog(s, "%s: plugged in at %s (%s mode, %04x:%04x)", d->serial, d->devnode,
-             mode == MODE_RUNTIME ? "runtime" : "DFU", s->vid, cur_pid(d));
+             mode == MODE_RUNTIME ? "runtime" : "DFU", d->p.vid, cur_pid(d));
         return 0;
 }
 
@@ -1577,17 +1555,17 @@ static uint64_t run_plugs(struct sim *s)
                                 pthread_mutex_lock(&s->lock);
                                 if (d->plug == PLUG_NONE)
                                         schedule_plug(d, PLUG_ADD, mode,
-                                                      now_ns() + s->reenum_ms * NSEC_PER_MSEC);
+                                                      now_ns() + d->p.reenum_ms * NSEC_PER_MSEC);
                                 pthread_mutex_unlock(&s->lock);
                         }
                         break;
                 case PLUG_REMOVE:
                         plug_out(s, d);
-                        if (s->reconnect_ms > 0) {
+                        if (d->p.reconnect_ms > 0) {
                                 pthread_mutex_lock(&s->lock);
                                 if (d->plug == PLUG_NONE)
                                         schedule_plug(d, PLUG_ADD, mode,
-                                                      now_ns() + s->reconnect_ms * NSEC_PER_MSEC);
+                                                      now_ns() + d->p.reconnect_ms * NSEC_PER_MSEC);
                                 pthread_mutex_unlock(&s->lock);
                         }
                         break;
@@ -1657,6 +1635,20 @@ static void sum_counters(struct counters *t, const struct counters *c)
                 dst[i] += src[i];
 }
 
+static void add_personality(json_t *o, const struct personality *p)
+{
+        char id[10];
+
+        snprintf(id, sizeof(id), "%04x:%04x", p->vid, p->pid);
+        json_object_set_new(o, "personality", json_string(p->dfuse ? "dfuse" : "dfu11"));
+        json_object_set_new(o, "usb_id", json_string(id));
+        json_object_set_new(o, "transfer_size", json_integer(p->transfer_size));
+        json_object_set_new(o, "poll_timeout_ms", json_integer(p->poll_timeout_ms));
+        json_object_set_new(o, "idle_poll_timeout_ms", json_integer(p->idle_poll_timeout_ms));
+        json_object_set_new(o, "program_ms", json_integer(p->program_ms));
+        json_object_set_new(o, "erase_ms", json_integer(p->erase_ms));
+}
+
 static int write_report(struct sim *s)
 {
         g_autofree char *tmp = NULL;
@@ -1669,18 +1661,14 @@ static int write_report(struct sim *s)
         root = json_object();
         devs = json_array();
         pthread_mutex_lock(&s->lock);
-        json_object_set_new(root, "personality", json_string(s->dfuse ? "dfuse" : "dfu11"));
-        json_object_set_new(root, "transfer_size", json_integer(s->transfer_size));
-        json_object_set_new(root, "poll_timeout_ms", json_integer(s->poll_timeout_ms));
-        json_object_set_new(root, "idle_poll_timeout_ms", json_integer(s->idle_poll_timeout_ms));
-        json_object_set_new(root, "program_ms", json_integer(s->program_ms));
-        json_object_set_new(root, "erase_ms", json_integer(s->erase_ms));
+        add_personality(root, &s->base);
         json_object_set_new(root, "elapsed_ms", json_real((double) (now_ns() - s->t0) / 1e6));
         for (unsigned i = 0; i < s->ndev; i++) {
                 struct device *d = &s->dev[i];
                 json_t *o = json_object();
 
                 json_object_set_new(o, "serial", json_string(d->serial));
+                add_personality(o, &d->p);
                 json_object_set_new(o, "port", json_string(d->sysname));
                 json_object_set_new(o, "devnum", json_integer(d->devnum));
                 json_object_set_new(o, "mode",
@@ -1794,24 +1782,27 @@ static int apply_fault(struct sim *s, struct faults *f, const char *cmd, const c
 }
 
 /* One control line: "[@SERIAL] COMMAND [ARG]"; without @SERIAL it applies to every device. */
-static void control_line(struct sim *s, char *line)
+static void control_line(char *line, void *userdata)
 {
-        char *cmd, *arg, *save = NULL;
+        struct sim *s = userdata;
+        char *w[3], *cmd, *arg;
         const char *only = NULL;
         unsigned matched = 0;
-        int r = 0;
+        int n, r = 0;
 
-        cmd = strtok_r(line, " \t\r", &save);
-        if (!cmd || cmd[0] == '#')
+        n = gw_sim_control_words(line, w, 3);
+        if (n == 0)
                 return;
-        if (cmd[0] == '@') {
-                only = cmd + 1;
-                cmd = strtok_r(NULL, " \t\r", &save);
-                if (!cmd)
+        if (w[0][0] == '@') {
+                if (n == 1)
                         return;
+                only = w[0] + 1;
+        } else if (n == 3) {
+                n = -E2BIG; /* a third word only after @SERIAL */
         }
-        arg = strtok_r(NULL, " \t\r", &save);
-        if (strtok_r(NULL, " \t\r", &save)) {
+        cmd = w[only ? 1 : 0];
+        arg = n > (only ? 2 : 1) ? w[only ? 2 : 1] : NULL;
+        if (n < 0) {
                 r = -EINVAL;
         } else if (strcmp(cmd, "report") == 0 && !arg) {
                 write_report(s);
@@ -1842,70 +1833,12 @@ static void control_line(struct sim *s, char *line)
                 vlog(s, "control: %s%s%s", cmd, arg ? " " : "", arg ? arg : "");
 }
 
-static void control_read(struct sim *s)
-{
-        char buf[512];
-        ssize_t n;
-
-        for (;;) {
-                if (s->ctl_fifo)
-                        n = read(s->ctl_fd, buf, sizeof(buf));
-                else
-                        n = pread(s->ctl_fd, buf, sizeof(buf), s->ctl_off);
-                if (n <= 0)
-                        return;
-                s->ctl_off += n;
-                for (ssize_t i = 0; i < n; i++) {
-                        if (buf[i] == '\n') {
-                                s->ctl_line[s->ctl_len] = '\0';
-                                if (!s->ctl_overlong)
-                                        control_line(s, s->ctl_line);
-                                s->ctl_len = 0;
-                                s->ctl_overlong = false;
-                        } else if (s->ctl_len + 1 < sizeof(s->ctl_line)) {
-                                s->ctl_line[s->ctl_len++] = buf[i];
-                        } else {
-                                s->ctl_overlong = true;
-                        }
-                }
-        }
-}
-
-static int control_open(struct sim *s)
-{
-        struct stat st;
-
-        if (stat(s->control_path, &st) < 0) {
-                if (errno != ENOENT || mkfifo(s->control_path, 0600) < 0)
-                        return -errno;
-                s->ctl_made = true;
-                st.st_mode = S_IFIFO;
-        }
-        if (S_ISFIFO(st.st_mode)) {
-                s->ctl_fifo = true;
-                s->ctl_fd = open(s->control_path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-                /* Our own writer keeps the FIFO from reporting end-of-file between writers. */
-                if (s->ctl_fd >= 0)
-                        s->ctl_wfd = open(s->control_path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
-                if (s->ctl_fd < 0 || s->ctl_wfd < 0)
-                        return -errno;
-                return 0;
-        }
-        if (!S_ISREG(st.st_mode))
-                return -EINVAL;
-        s->ctl_fd = open(s->control_path, O_RDONLY | O_CLOEXEC);
-        if (s->ctl_fd < 0)
-                return -errno;
-        s->ctl_off = st.st_size;
-        return 0;
-}
-
 /* ---- setup ----------------------------------------------------------------------------- */
 
-static int load_image(struct sim *s, struct device *d)
+static int load_image(struct device *d)
 {
         struct alt *alt = &d->alts[0];
-        FILE *f = fopen(s->load_path, "re");
+        FILE *f = fopen(d->p.load_path, "re");
         uint64_t total = 0;
 
         if (!f)
@@ -1928,27 +1861,29 @@ static int device_init(struct sim *s, struct device *d, unsigned idx)
 
         d->sim = s;
         d->idx = idx;
-        snprintf(d->serial, sizeof(d->serial), "%s", s->serials[idx]);
         snprintf(d->sysname, sizeof(d->sysname), "1-%u", idx + 1);
-        snprintf(d->syspath, sizeof(d->syspath), "/sys/devices/pci0000:00/0000:00:14.0/usb1/%s",
-                 d->sysname);
-        if (s->dfuse) {
-                for (unsigned a = 0; a < s->nlayouts; a++) {
-                        snprintf(d->alts[a].name, sizeof(d->alts[a].name), "%s", s->layouts[a]);
-                        if (parse_layout(s->layouts[a], &d->alts[a], &budget) < 0) {
-                                fprintf(stderr, "dfu-sim: invalid layout \"%s\"\n", s->layouts[a]);
+        /* From idx, not from d->sysname: gcc's -Wrestrict (with the sanitizers) cannot tell the
+         * two members of *d apart and refuses the copy between them. */
+        snprintf(d->syspath, sizeof(d->syspath), "/sys/devices/pci0000:00/0000:00:14.0/usb1/1-%u",
+                 idx + 1);
+        if (d->p.dfuse) {
+                for (unsigned a = 0; a < d->p.nlayouts; a++) {
+                        snprintf(d->alts[a].name, sizeof(d->alts[a].name), "%s", d->p.layouts[a]);
+                        if (parse_layout(d->p.layouts[a], &d->alts[a], &budget) < 0) {
+                                fprintf(stderr, "dfu-sim: invalid layout \"%s\"\n",
+                                        d->p.layouts[a]);
                                 return -EINVAL;
                         }
                 }
-                d->nalts = s->nlayouts;
+                d->nalts = d->p.nlayouts;
         } else {
                 struct region *r = &d->alts[0].reg[0];
 
                 snprintf(d->alts[0].name, sizeof(d->alts[0].name), "%s",
-                         s->nlayouts ? s->layouts[0] : "Internal Flash");
+                         d->p.nlayouts ? d->p.layouts[0] : "Internal Flash");
                 r->start = 0;
-                r->page_size = s->page_size;
-                r->npages = s->size / s->page_size;
+                r->page_size = d->p.page_size;
+                r->npages = d->p.size / d->p.page_size;
                 r->attr = SEG_READ | SEG_ERASE | SEG_WRITE;
                 d->alts[0].nreg = 1;
                 d->nalts = 1;
@@ -1961,17 +1896,17 @@ static int device_init(struct sim *s, struct device *d, unsigned idx)
                         r->touched = calloc(r->npages, 1);
                         if (!r->mem || !r->touched)
                                 return -ENOMEM;
-                        memset(r->mem, s->fill, region_size(r));
+                        memset(r->mem, d->p.fill, region_size(r));
                 }
-        d->blk = malloc(s->transfer_size);
+        d->blk = malloc(d->p.transfer_size);
         if (!d->blk)
                 return -ENOMEM;
         d->f = s->initial_faults;
-        if (s->load_path) {
-                int r = load_image(s, d);
+        if (d->p.load_path) {
+                int r = load_image(d);
 
                 if (r < 0) {
-                        fprintf(stderr, "dfu-sim: cannot read %s: %s\n", s->load_path,
+                        fprintf(stderr, "dfu-sim: cannot read %s: %s\n", d->p.load_path,
                                 strerror(-r));
                         return r;
                 }
@@ -1987,6 +1922,7 @@ static void device_done(struct device *d)
                         free(d->alts[a].reg[k].touched);
                 }
         free(d->blk);
+        g_free(d->spec);
 }
 
 static int write_env_file(struct sim *s)
@@ -2057,12 +1993,14 @@ static int run(struct sim *s, pid_t child)
                         timeout = next <= now ? 0 : (int) ((next - now) / NSEC_PER_MSEC + 1);
                 p[np++] = (struct pollfd){.fd = s->sigfd, .events = POLLIN};
                 p[np++] = (struct pollfd){.fd = s->wake_fd, .events = POLLIN};
-                if (s->ctl_fd >= 0 && s->ctl_fifo) {
+                if (gw_sim_control_poll_fd(&s->ctl) >= 0) {
                         ictl = np;
-                        p[np++] = (struct pollfd){.fd = s->ctl_fd, .events = POLLIN};
-                } else if (s->ctl_fd >= 0 && (timeout < 0 || timeout > 100)) {
-                        /* A regular file always polls ready: look at it every 100 ms. */
-                        timeout = 100;
+                        p[np++] = (struct pollfd){.fd = gw_sim_control_poll_fd(&s->ctl),
+                                                  .events = POLLIN};
+                } else if (gw_sim_control_rereads(&s->ctl) &&
+                           (timeout < 0 || timeout > GW_SIM_CONTROL_RECHECK_MS)) {
+                        /* A regular file always polls ready: look at it from time to time. */
+                        timeout = GW_SIM_CONTROL_RECHECK_MS;
                 }
                 if (poll(p, (nfds_t) np, timeout) < 0) {
                         if (errno == EINTR)
@@ -2076,8 +2014,8 @@ static int run(struct sim *s, pid_t child)
                                 /* nothing to drain */
                         }
                 }
-                if ((ictl >= 0 && p[ictl].revents) || (s->ctl_fd >= 0 && !s->ctl_fifo))
-                        control_read(s);
+                if ((ictl >= 0 && p[ictl].revents) || gw_sim_control_rereads(&s->ctl))
+                        gw_sim_control_read(&s->ctl, control_line, s);
                 if (p[0].revents & POLLIN) {
                         struct signalfd_siginfo si;
 
@@ -2114,13 +2052,18 @@ static void usage(FILE *f)
             "A USB DFU device emulated beneath libusb with umockdev. With a COMMAND, runs it\n"
             "under the emulator (LD_PRELOAD=" PRELOAD_LIB ", UMOCKDEV_DIR) and exits with\n"
             "its status; without, prints UMOCKDEV_DIR=... and serves until SIGTERM.\n\n"
-            "Personality:\n"
+            "Personality (every device's defaults; --device changes them for one device):\n"
             "  --dfuse                 ST DfuSe (0483:df11, bcdDFU 0x011a; default DFU 1.1,\n"
-            "                          1d50:6089, bcdDFU 0x0110)\n"
+            "                          1d50:6089, bcdDFU 0x0110, also --dfu11)\n"
             "  --runtime               start in runtime mode; DFU_DETACH re-enumerates in DFU "
             "mode\n"
             "  --vid N, --pid N        DFU-mode ids;  --runtime-pid N (default pid - 1)\n"
             "  --serial S              one device per --serial (up to 8; default DFUSIM0001)\n"
+            "  --device SPEC           one more device, its own personality: the options above\n"
+            "                          and serial= without dashes, comma-separated, e.g.\n"
+            "                          dfuse,serial=B,layout=@Flash /0x08000000/4*16Kg,1*64Kg\n"
+            "                          (a layout keeps the items after it that start with a\n"
+            "                          digit; a SPEC's layouts replace the command line's)\n"
             "  --manufacturer S, --product S\n"
             "  --layout S              DfuSe: one alt setting per --layout (the interface name);\n"
             "                          DFU 1.1: the interface name\n"
@@ -2166,13 +2109,14 @@ static void usage(FILE *f)
             f);
 }
 
+/* Options up to OPT_LOAD describe a device (a personality option; also in --device SPECs). */
 enum {
         OPT_DFUSE = 256,
+        OPT_DFU11,
         OPT_RUNTIME,
         OPT_VID,
         OPT_PID,
         OPT_RUNTIME_PID,
-        OPT_SERIAL,
         OPT_MANUFACTURER,
         OPT_PRODUCT,
         OPT_LAYOUT,
@@ -2195,6 +2139,8 @@ enum {
         OPT_RECONNECT,
         OPT_FILL,
         OPT_LOAD,
+        OPT_SERIAL,
+        OPT_DEVICE,
         OPT_REPORT,
         OPT_DUMP,
         OPT_ENV_FILE,
@@ -2202,53 +2148,311 @@ enum {
         OPT_FAULT,
 };
 
+static const struct option opts[] = {
+    {"dfuse", no_argument, NULL, OPT_DFUSE},
+    {"dfu11", no_argument, NULL, OPT_DFU11},
+    {"runtime", no_argument, NULL, OPT_RUNTIME},
+    {"vid", required_argument, NULL, OPT_VID},
+    {"pid", required_argument, NULL, OPT_PID},
+    {"runtime-pid", required_argument, NULL, OPT_RUNTIME_PID},
+    {"serial", required_argument, NULL, OPT_SERIAL},
+    {"device", required_argument, NULL, OPT_DEVICE},
+    {"manufacturer", required_argument, NULL, OPT_MANUFACTURER},
+    {"product", required_argument, NULL, OPT_PRODUCT},
+    {"layout", required_argument, NULL, OPT_LAYOUT},
+    {"size", required_argument, NULL, OPT_SIZE},
+    {"page-size", required_argument, NULL, OPT_PAGE_SIZE},
+    {"transfer-size", required_argument, NULL, OPT_TRANSFER_SIZE},
+    {"poll-timeout-ms", required_argument, NULL, OPT_POLL},
+    {"idle-poll-timeout-ms", required_argument, NULL, OPT_IDLE_POLL},
+    {"program-ms", required_argument, NULL, OPT_PROGRAM},
+    {"erase-ms", required_argument, NULL, OPT_ERASE},
+    {"manifest-ms", required_argument, NULL, OPT_MANIFEST},
+    {"manifest-tolerant", no_argument, NULL, OPT_TOLERANT},
+    {"no-manifest-tolerant", no_argument, NULL, OPT_NOT_TOLERANT},
+    {"will-detach", no_argument, NULL, OPT_WILL_DETACH},
+    {"no-will-detach", no_argument, NULL, OPT_NO_WILL_DETACH},
+    {"no-upload", no_argument, NULL, OPT_NO_UPLOAD},
+    {"detach-timeout-ms", required_argument, NULL, OPT_DETACH_TIMEOUT},
+    {"after-manifest", required_argument, NULL, OPT_AFTER_MANIFEST},
+    {"reenum-ms", required_argument, NULL, OPT_REENUM},
+    {"reconnect-ms", required_argument, NULL, OPT_RECONNECT},
+    {"fill", required_argument, NULL, OPT_FILL},
+    {"load", required_argument, NULL, OPT_LOAD},
+    {"report", required_argument, NULL, OPT_REPORT},
+    {"dump", required_argument, NULL, OPT_DUMP},
+    {"env-file", required_argument, NULL, OPT_ENV_FILE},
+    {"control", required_argument, NULL, OPT_CONTROL},
+    {"error", required_argument, NULL, OPT_FAULT},
+    {"stall", required_argument, NULL, OPT_FAULT},
+    {"stuck-busy", required_argument, NULL, OPT_FAULT},
+    {"disconnect", required_argument, NULL, OPT_FAULT},
+    {"verbose", no_argument, NULL, 'v'},
+    {"help", no_argument, NULL, 'h'},
+    {},
+};
+
+/* Applies one personality option (opt <= OPT_LOAD) to p. 0 or -EINVAL. */
+static int personality_option(struct personality *p, int opt, const char *arg)
+{
+        uint64_t v;
+
+        switch (opt) {
+        case OPT_DFUSE:
+        case OPT_DFU11:
+                p->dfuse = opt == OPT_DFUSE;
+                return 0;
+        case OPT_RUNTIME:
+                p->start_runtime = true;
+                return 0;
+        case OPT_VID:
+        case OPT_PID:
+        case OPT_RUNTIME_PID:
+                if (parse_u64(arg, 0xffff, &v) < 0)
+                        return -EINVAL;
+                if (opt == OPT_VID)
+                        p->vid_opt = (int64_t) v;
+                else if (opt == OPT_PID)
+                        p->pid_opt = (int64_t) v;
+                else
+                        p->runtime_pid_opt = (int64_t) v;
+                return 0;
+        case OPT_MANUFACTURER:
+        case OPT_PRODUCT:
+                if (!valid_string(arg))
+                        return -EINVAL;
+                if (opt == OPT_MANUFACTURER)
+                        p->manufacturer = arg;
+                else
+                        p->product = arg;
+                return 0;
+        case OPT_LAYOUT:
+                if (!valid_string(arg) || p->nlayouts >= MAX_ALTS)
+                        return -EINVAL;
+                p->layouts[p->nlayouts++] = arg;
+                return 0;
+        case OPT_SIZE:
+                if (parse_u64(arg, MAX_MEMORY, &v) < 0 || v == 0)
+                        return -EINVAL;
+                p->size = (uint32_t) v;
+                return 0;
+        case OPT_PAGE_SIZE:
+                if (parse_u64(arg, 1 << 20, &v) < 0 || v == 0)
+                        return -EINVAL;
+                p->page_size = (uint32_t) v;
+                return 0;
+        case OPT_TRANSFER_SIZE:
+                if (parse_u64(arg, MAX_XFER, &v) < 0 || v == 0)
+                        return -EINVAL;
+                p->xfer_opt = (int64_t) v;
+                return 0;
+        case OPT_POLL:
+        case OPT_IDLE_POLL:
+                if (parse_u64(arg, MAX_WAIT_MS, &v) < 0)
+                        return -EINVAL;
+                if (opt == OPT_POLL)
+                        p->poll_timeout_ms = (uint32_t) v;
+                else
+                        p->idle_poll_timeout_ms = (uint32_t) v;
+                return 0;
+        case OPT_PROGRAM:
+        case OPT_ERASE:
+        case OPT_MANIFEST:
+                if (parse_u64(arg, 600000, &v) < 0)
+                        return -EINVAL;
+                if (opt == OPT_PROGRAM)
+                        p->program_ms = (uint32_t) v;
+                else if (opt == OPT_ERASE)
+                        p->erase_ms = (uint32_t) v;
+                else
+                        p->manifest_ms = (uint32_t) v;
+                return 0;
+        case OPT_TOLERANT:
+        case OPT_NOT_TOLERANT:
+                p->tolerant_opt = opt == OPT_TOLERANT;
+                return 0;
+        case OPT_WILL_DETACH:
+        case OPT_NO_WILL_DETACH:
+                p->will_detach = opt == OPT_WILL_DETACH;
+                return 0;
+        case OPT_NO_UPLOAD:
+                p->can_upload = 0;
+                return 0;
+        case OPT_DETACH_TIMEOUT:
+                if (parse_u64(arg, 0xffff, &v) < 0)
+                        return -EINVAL;
+                p->detach_opt = (int64_t) v;
+                return 0;
+        case OPT_AFTER_MANIFEST:
+                if (strcmp(arg, "dfu") == 0)
+                        p->after_manifest = MODE_DFU;
+                else if (strcmp(arg, "runtime") == 0)
+                        p->after_manifest = MODE_RUNTIME;
+                else if (strcmp(arg, "gone") == 0)
+                        p->after_manifest = MODE_GONE;
+                else
+                        return -EINVAL;
+                p->after_manifest_set = true;
+                return 0;
+        case OPT_REENUM:
+        case OPT_RECONNECT:
+                if (parse_u64(arg, 600000, &v) < 0)
+                        return -EINVAL;
+                if (opt == OPT_REENUM)
+                        p->reenum_ms = (uint32_t) v;
+                else
+                        p->reconnect_ms = (uint32_t) v;
+                return 0;
+        case OPT_FILL:
+                if (parse_u64(arg, 0xff, &v) < 0)
+                        return -EINVAL;
+                p->fill = (int) v;
+                return 0;
+        case OPT_LOAD:
+                p->load_path = arg;
+                return 0;
+        default:
+                return -EINVAL;
+        }
+}
+
+/* Checks what only the whole says. 0 or -EINVAL (said on stderr). */
+static int personality_check(const struct personality *p)
+{
+        if (p->dfuse)
+                return 0;
+        if (p->nlayouts > 1) {
+                fprintf(stderr, "dfu-sim: DFU 1.1 has one alt setting (one layout)\n");
+                return -EINVAL;
+        }
+        if (p->size % p->page_size != 0) {
+                fprintf(stderr, "dfu-sim: the size must be a multiple of the page size\n");
+                return -EINVAL;
+        }
+        return 0;
+}
+
+/* Fills in the protocol's defaults for what was not given. */
+static void personality_resolve(struct personality *p)
+{
+        int64_t xfer = p->xfer_opt, detach = p->detach_opt;
+        int tolerant = p->tolerant_opt;
+
+        if (p->dfuse) {
+                p->vid = p->vid_opt >= 0 ? (uint16_t) p->vid_opt : 0x0483;
+                p->pid = p->pid_opt >= 0 ? (uint16_t) p->pid_opt : 0xdf11;
+                p->bcd_device = 0x2200;
+                if (!p->manufacturer)
+                        p->manufacturer = "STMicroelectronics";
+                if (!p->product)
+                        p->product = "STM32  BOOTLOADER";
+                if (p->nlayouts == 0)
+                        p->layouts[p->nlayouts++] =
+                            "@Internal Flash  /0x08000000/04*016Kg,01*064Kg,07*128Kg";
+                if (tolerant < 0)
+                        tolerant = 0;
+                if (detach < 0)
+                        detach = 255;
+                if (xfer < 0)
+                        xfer = 2048;
+        } else {
+                p->vid = p->vid_opt >= 0 ? (uint16_t) p->vid_opt : 0x1d50;
+                p->pid = p->pid_opt >= 0 ? (uint16_t) p->pid_opt : 0x6089;
+                p->bcd_device = 0x0100;
+                if (!p->manufacturer)
+                        p->manufacturer = "gatewayd";
+                if (!p->product)
+                        p->product = "dfu-sim DFU 1.1 device";
+                if (tolerant < 0)
+                        tolerant = 1;
+                if (detach < 0)
+                        detach = 1000;
+                if (xfer < 0)
+                        xfer = 1024;
+        }
+        p->runtime_pid =
+            p->runtime_pid_opt >= 0 ? (uint16_t) p->runtime_pid_opt : (uint16_t) (p->pid - 1);
+        p->transfer_size = (uint32_t) xfer;
+        p->detach_timeout_ms = (uint16_t) detach;
+        p->attributes = (uint8_t) (ATTR_CAN_DNLOAD | (p->can_upload ? ATTR_CAN_UPLOAD : 0) |
+                                   (tolerant ? ATTR_MANIFEST_TOL : 0) |
+                                   (p->will_detach ? ATTR_WILL_DETACH : 0));
+}
+
+/* The option named by a SPEC item, or NULL. */
+static const struct option *find_option(const char *name, size_t len)
+{
+        for (const struct option *o = opts; o->name; o++)
+                if (strlen(o->name) == len && strncmp(o->name, name, len) == 0)
+                        return o;
+        return NULL;
+}
+
+/* Adds a device: the command-line personality, changed by spec (NULL: none), named serial (NULL:
+ * serial= in spec, or DFUSIMnnnn). 0 or -EINVAL (said on stderr). */
+static int add_device(struct sim *s, const char *serial, const char *spec)
+{
+        struct device *d = &s->dev[s->ndev];
+        bool spec_layouts = false;
+        char *item, *save = NULL;
+
+        if (s->ndev >= MAX_DEVICES) {
+                fprintf(stderr, "dfu-sim: at most %u devices\n", MAX_DEVICES);
+                return -EINVAL;
+        }
+        d->p = s->defaults;
+        /* A copy: argv stays as it was, for the re-execution under the preload library. */
+        d->spec = spec ? g_strdup(spec) : NULL;
+        for (item = d->spec ? strtok_r(d->spec, ",", &save) : NULL; item;
+             item = strtok_r(NULL, ",", &save)) {
+                char *eq = strchr(item, '=');
+                const struct option *o =
+                    find_option(item, eq ? (size_t) (eq - item) : strlen(item));
+                const char *arg = eq ? eq + 1 : NULL;
+
+                /* A layout keeps its commas: the items after it that start with a digit (its
+                 * further segments, "01*064Kg") belong to it. */
+                while (o && o->val == OPT_LAYOUT && save && *save >= '0' && *save <= '9') {
+                        char *next = strtok_r(NULL, ",", &save);
+
+                        next[-1] = ',';
+                }
+                if (o && o->val == OPT_LAYOUT && !spec_layouts) {
+                        d->p.nlayouts = 0; /* a SPEC's layouts replace the command line's */
+                        spec_layouts = true;
+                }
+                if (!o || (o->has_arg == required_argument) != (arg != NULL) ||
+                    (o->val > OPT_LOAD && o->val != OPT_SERIAL) ||
+                    (o->val == OPT_SERIAL && !valid_string(arg)) ||
+                    (o->val != OPT_SERIAL && personality_option(&d->p, o->val, arg) < 0)) {
+                        fprintf(stderr, "dfu-sim: invalid item \"%s\" in --device\n", item);
+                        goto fail;
+                }
+                if (o->val == OPT_SERIAL)
+                        serial = arg;
+        }
+        if (personality_check(&d->p) < 0)
+                goto fail;
+        personality_resolve(&d->p);
+        if (serial)
+                snprintf(d->serial, sizeof(d->serial), "%s", serial);
+        else
+                snprintf(d->serial, sizeof(d->serial), "DFUSIM%04u", s->ndev + 1);
+        s->ndev++;
+        return 0;
+fail:
+        g_free(d->spec);
+        d->spec = NULL;
+        return -EINVAL;
+}
+
 static int parse_args(struct sim *s, int argc, char **argv)
 {
-        static const struct option opts[] = {
-            {"dfuse", no_argument, NULL, OPT_DFUSE},
-            {"runtime", no_argument, NULL, OPT_RUNTIME},
-            {"vid", required_argument, NULL, OPT_VID},
-            {"pid", required_argument, NULL, OPT_PID},
-            {"runtime-pid", required_argument, NULL, OPT_RUNTIME_PID},
-            {"serial", required_argument, NULL, OPT_SERIAL},
-            {"manufacturer", required_argument, NULL, OPT_MANUFACTURER},
-            {"product", required_argument, NULL, OPT_PRODUCT},
-            {"layout", required_argument, NULL, OPT_LAYOUT},
-            {"size", required_argument, NULL, OPT_SIZE},
-            {"page-size", required_argument, NULL, OPT_PAGE_SIZE},
-            {"transfer-size", required_argument, NULL, OPT_TRANSFER_SIZE},
-            {"poll-timeout-ms", required_argument, NULL, OPT_POLL},
-            {"idle-poll-timeout-ms", required_argument, NULL, OPT_IDLE_POLL},
-            {"program-ms", required_argument, NULL, OPT_PROGRAM},
-            {"erase-ms", required_argument, NULL, OPT_ERASE},
-            {"manifest-ms", required_argument, NULL, OPT_MANIFEST},
-            {"manifest-tolerant", no_argument, NULL, OPT_TOLERANT},
-            {"no-manifest-tolerant", no_argument, NULL, OPT_NOT_TOLERANT},
-            {"will-detach", no_argument, NULL, OPT_WILL_DETACH},
-            {"no-will-detach", no_argument, NULL, OPT_NO_WILL_DETACH},
-            {"no-upload", no_argument, NULL, OPT_NO_UPLOAD},
-            {"detach-timeout-ms", required_argument, NULL, OPT_DETACH_TIMEOUT},
-            {"after-manifest", required_argument, NULL, OPT_AFTER_MANIFEST},
-            {"reenum-ms", required_argument, NULL, OPT_REENUM},
-            {"reconnect-ms", required_argument, NULL, OPT_RECONNECT},
-            {"fill", required_argument, NULL, OPT_FILL},
-            {"load", required_argument, NULL, OPT_LOAD},
-            {"report", required_argument, NULL, OPT_REPORT},
-            {"dump", required_argument, NULL, OPT_DUMP},
-            {"env-file", required_argument, NULL, OPT_ENV_FILE},
-            {"control", required_argument, NULL, OPT_CONTROL},
-            {"error", required_argument, NULL, OPT_FAULT},
-            {"stall", required_argument, NULL, OPT_FAULT},
-            {"stuck-busy", required_argument, NULL, OPT_FAULT},
-            {"disconnect", required_argument, NULL, OPT_FAULT},
-            {"verbose", no_argument, NULL, 'v'},
-            {"help", no_argument, NULL, 'h'},
-            {},
-        };
-        int tolerant = -1, will_detach = 1, can_upload = 1;
-        int64_t xfer = -1, detach = -1;
-        int64_t vid = -1, pid = -1, rpid = -1;
-        uint64_t v;
+        /* Devices are made once every option is known: their defaults are all the options. */
+        struct {
+                const char *serial, *spec;
+        } devs[MAX_DEVICES];
+        unsigned ndevs = 0;
         int c, idx;
 
         for (;;) {
@@ -2256,125 +2460,18 @@ static int parse_args(struct sim *s, int argc, char **argv)
                 c = getopt_long(argc, argv, "+vh", opts, &idx);
                 if (c < 0)
                         break;
+                if (c >= OPT_DFUSE && c <= OPT_LOAD) {
+                        if (personality_option(&s->defaults, c, optarg) < 0)
+                                goto bad;
+                        continue;
+                }
                 switch (c) {
-                case OPT_DFUSE:
-                        s->dfuse = true;
-                        break;
-                case OPT_RUNTIME:
-                        s->start_runtime = true;
-                        break;
-                case OPT_VID:
-                case OPT_PID:
-                case OPT_RUNTIME_PID:
-                        if (parse_u64(optarg, 0xffff, &v) < 0)
-                                goto bad;
-                        if (c == OPT_VID)
-                                vid = (int64_t) v;
-                        else if (c == OPT_PID)
-                                pid = (int64_t) v;
-                        else
-                                rpid = (int64_t) v;
-                        break;
                 case OPT_SERIAL:
-                        if (!valid_string(optarg) || s->nserials >= MAX_DEVICES)
+                case OPT_DEVICE:
+                        if (ndevs >= MAX_DEVICES || (c == OPT_SERIAL && !valid_string(optarg)))
                                 goto bad;
-                        s->serials[s->nserials++] = optarg;
-                        break;
-                case OPT_MANUFACTURER:
-                        if (!valid_string(optarg))
-                                goto bad;
-                        s->manufacturer = optarg;
-                        break;
-                case OPT_PRODUCT:
-                        if (!valid_string(optarg))
-                                goto bad;
-                        s->product = optarg;
-                        break;
-                case OPT_LAYOUT:
-                        if (!valid_string(optarg) || s->nlayouts >= MAX_ALTS)
-                                goto bad;
-                        s->layouts[s->nlayouts++] = optarg;
-                        break;
-                case OPT_SIZE:
-                        if (parse_u64(optarg, MAX_MEMORY, &v) < 0 || v == 0)
-                                goto bad;
-                        s->size = (uint32_t) v;
-                        break;
-                case OPT_PAGE_SIZE:
-                        if (parse_u64(optarg, 1 << 20, &v) < 0 || v == 0)
-                                goto bad;
-                        s->page_size = (uint32_t) v;
-                        break;
-                case OPT_TRANSFER_SIZE:
-                        if (parse_u64(optarg, MAX_XFER, &v) < 0 || v == 0)
-                                goto bad;
-                        xfer = (int64_t) v;
-                        break;
-                case OPT_POLL:
-                        if (parse_u64(optarg, MAX_WAIT_MS, &v) < 0)
-                                goto bad;
-                        s->poll_timeout_ms = (uint32_t) v;
-                        break;
-                case OPT_IDLE_POLL:
-                        if (parse_u64(optarg, MAX_WAIT_MS, &v) < 0)
-                                goto bad;
-                        s->idle_poll_timeout_ms = (uint32_t) v;
-                        break;
-                case OPT_PROGRAM:
-                case OPT_ERASE:
-                case OPT_MANIFEST:
-                        if (parse_u64(optarg, 600000, &v) < 0)
-                                goto bad;
-                        if (c == OPT_PROGRAM)
-                                s->program_ms = (uint32_t) v;
-                        else if (c == OPT_ERASE)
-                                s->erase_ms = (uint32_t) v;
-                        else
-                                s->manifest_ms = (uint32_t) v;
-                        break;
-                case OPT_TOLERANT:
-                case OPT_NOT_TOLERANT:
-                        tolerant = c == OPT_TOLERANT;
-                        break;
-                case OPT_WILL_DETACH:
-                case OPT_NO_WILL_DETACH:
-                        will_detach = c == OPT_WILL_DETACH;
-                        break;
-                case OPT_NO_UPLOAD:
-                        can_upload = 0;
-                        break;
-                case OPT_DETACH_TIMEOUT:
-                        if (parse_u64(optarg, 0xffff, &v) < 0)
-                                goto bad;
-                        detach = (int64_t) v;
-                        break;
-                case OPT_AFTER_MANIFEST:
-                        s->after_manifest_set = true;
-                        if (strcmp(optarg, "dfu") == 0)
-                                s->after_manifest = MODE_DFU;
-                        else if (strcmp(optarg, "runtime") == 0)
-                                s->after_manifest = MODE_RUNTIME;
-                        else if (strcmp(optarg, "gone") == 0)
-                                s->after_manifest = MODE_GONE;
-                        else
-                                goto bad;
-                        break;
-                case OPT_REENUM:
-                case OPT_RECONNECT:
-                        if (parse_u64(optarg, 600000, &v) < 0)
-                                goto bad;
-                        if (c == OPT_REENUM)
-                                s->reenum_ms = (uint32_t) v;
-                        else
-                                s->reconnect_ms = (uint32_t) v;
-                        break;
-                case OPT_FILL:
-                        if (parse_u64(optarg, 0xff, &v) < 0)
-                                goto bad;
-                        s->fill = (int) v;
-                        break;
-                case OPT_LOAD:
-                        s->load_path = optarg;
+                        devs[ndevs].serial = c == OPT_SERIAL ? optarg : NULL;
+                        devs[ndevs++].spec = c == OPT_DEVICE ? optarg : NULL;
                         break;
                 case OPT_REPORT:
                         s->report_path = optarg;
@@ -2415,54 +2512,17 @@ static int parse_args(struct sim *s, int argc, char **argv)
                 s->child_argv = argv + optind;
         }
 
-        if (s->dfuse) {
-                s->vid = vid >= 0 ? (uint16_t) vid : 0x0483;
-                s->pid = pid >= 0 ? (uint16_t) pid : 0xdf11;
-                s->bcd_device = 0x2200;
-                if (!s->manufacturer)
-                        s->manufacturer = "STMicroelectronics";
-                if (!s->product)
-                        s->product = "STM32  BOOTLOADER";
-                if (s->nlayouts == 0)
-                        s->layouts[s->nlayouts++] =
-                            "@Internal Flash  /0x08000000/04*016Kg,01*064Kg,07*128Kg";
-                if (tolerant < 0)
-                        tolerant = 0;
-                if (detach < 0)
-                        detach = 255;
-                if (xfer < 0)
-                        xfer = 2048;
-        } else {
-                s->vid = vid >= 0 ? (uint16_t) vid : 0x1d50;
-                s->pid = pid >= 0 ? (uint16_t) pid : 0x6089;
-                s->bcd_device = 0x0100;
-                if (!s->manufacturer)
-                        s->manufacturer = "gatewayd";
-                if (!s->product)
-                        s->product = "dfu-sim DFU 1.1 device";
-                if (s->nlayouts > 1) {
-                        fprintf(stderr, "dfu-sim: DFU 1.1 has one alt setting (one --layout)\n");
-                        return -EINVAL;
-                }
-                if (s->size % s->page_size != 0) {
-                        fprintf(stderr, "dfu-sim: --size must be a multiple of --page-size\n");
-                        return -EINVAL;
-                }
-                if (tolerant < 0)
-                        tolerant = 1;
-                if (detach < 0)
-                        detach = 1000;
-                if (xfer < 0)
-                        xfer = 1024;
+        /* What the report states at the top: the command line's personality. */
+        s->base = s->defaults;
+        if (ndevs == 0) {
+                devs[0].serial = "DFUSIM0001";
+                devs[0].spec = NULL;
+                ndevs = 1;
         }
-        s->runtime_pid = rpid >= 0 ? (uint16_t) rpid : (uint16_t) (s->pid - 1);
-        s->transfer_size = (uint32_t) xfer;
-        s->detach_timeout_ms = (uint16_t) detach;
-        s->attributes =
-            (uint8_t) (ATTR_CAN_DNLOAD | (can_upload ? ATTR_CAN_UPLOAD : 0) |
-                       (tolerant ? ATTR_MANIFEST_TOL : 0) | (will_detach ? ATTR_WILL_DETACH : 0));
-        if (s->nserials == 0)
-                s->serials[s->nserials++] = "DFUSIM0001";
+        for (unsigned i = 0; i < ndevs; i++)
+                if (add_device(s, devs[i].serial, devs[i].spec) < 0)
+                        return -EINVAL;
+        personality_resolve(&s->base);
         return 0;
 bad:
         fprintf(stderr, "dfu-sim: invalid value for --%s: \"%s\"\n",
@@ -2473,21 +2533,30 @@ bad:
 int main(int argc, char **argv)
 {
         static struct sim s = {
-            .poll_timeout_ms = 5,
-            .program_ms = 1,
-            .erase_ms = 2,
-            .size = 256 * 1024,
-            .page_size = 1024,
-            .fill = 0xff,
-            .reenum_ms = 50,
-            .reconnect_ms = 500,
+            .defaults =
+                {
+                    .vid_opt = -1,
+                    .pid_opt = -1,
+                    .runtime_pid_opt = -1,
+                    .xfer_opt = -1,
+                    .detach_opt = -1,
+                    .tolerant_opt = -1,
+                    .will_detach = 1,
+                    .can_upload = 1,
+                    .poll_timeout_ms = 5,
+                    .program_ms = 1,
+                    .erase_ms = 2,
+                    .size = 256 * 1024,
+                    .page_size = 1024,
+                    .fill = 0xff,
+                    .reenum_ms = 50,
+                    .reconnect_ms = 500,
+                },
             .next_devnum = 2,
             .wake_fd = -1,
             .sigfd = -1,
-            .ctl_fd = -1,
-            .ctl_wfd = -1,
         };
-        sigset_t mask;
+        static const int signals[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGCHLD};
         pid_t child = -1;
         int r, status = EXIT_FAILURE;
 
@@ -2496,28 +2565,18 @@ int main(int argc, char **argv)
         ensure_preloaded(argv);
         s.t0 = now_ns();
         pthread_mutex_init(&s.lock, NULL);
-        for (unsigned i = 0; i < s.nserials; i++) {
-                s.ndev = i + 1;
+        for (unsigned i = 0; i < s.ndev; i++)
                 if (device_init(&s, &s.dev[i], i) < 0)
                         goto out;
-        }
-        signal(SIGPIPE, SIG_IGN);
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGTERM);
-        sigaddset(&mask, SIGINT);
-        sigaddset(&mask, SIGHUP);
-        sigaddset(&mask, SIGUSR1);
-        sigaddset(&mask, SIGCHLD);
         /* Blocked before the testbed starts its threads, so that they inherit the mask. */
-        pthread_sigmask(SIG_BLOCK, &mask, NULL);
-        s.sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+        s.sigfd = gw_sim_signalfd(signals, sizeof(signals) / sizeof(signals[0]));
         s.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (s.sigfd < 0 || s.wake_fd < 0) {
                 perror("dfu-sim: signalfd/eventfd");
                 goto out;
         }
         if (s.control_path) {
-                r = control_open(&s);
+                r = gw_sim_control_open(&s.ctl, s.control_path);
                 if (r < 0) {
                         fprintf(stderr, "dfu-sim: cannot open control %s: %s\n", s.control_path,
                                 strerror(-r));
@@ -2530,7 +2589,7 @@ int main(int argc, char **argv)
         s.handler = umockdev_ioctl_base_new();
         g_signal_connect(s.handler, "handle-ioctl", G_CALLBACK(on_ioctl), &s);
         for (unsigned i = 0; i < s.ndev; i++)
-                if (plug_in(&s, &s.dev[i], s.start_runtime ? MODE_RUNTIME : MODE_DFU) < 0)
+                if (plug_in(&s, &s.dev[i], s.dev[i].p.start_runtime ? MODE_RUNTIME : MODE_DFU) < 0)
                         goto out;
 
         if (s.env_path && write_env_file(&s) < 0) {
@@ -2566,12 +2625,7 @@ out:
         g_free(s.root_dir);
         for (unsigned i = 0; i < s.ndev; i++)
                 device_done(&s.dev[i]);
-        if (s.ctl_fd >= 0)
-                close(s.ctl_fd);
-        if (s.ctl_wfd >= 0)
-                close(s.ctl_wfd);
-        if (s.ctl_made)
-                unlink(s.control_path);
+        gw_sim_control_done(&s.ctl);
         if (s.sigfd >= 0)
                 close(s.sigfd);
         if (s.wake_fd >= 0)

@@ -8,7 +8,6 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +21,8 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "cli.h"
+#include "control.h"
 #include "pace.h"
 
 #define SOH 0x01
@@ -35,9 +36,8 @@
 #define PKT_MAX          (3 + 1024 + 2)
 #define MAX_RETRIES      10
 #define HUP_RECHECK_NS   (20 * NSEC_PER_MSEC)
-#define CTL_RECHECK_NS   (100 * NSEC_PER_MSEC)
+#define CTL_RECHECK_NS   (GW_SIM_CONTROL_RECHECK_MS * NSEC_PER_MSEC)
 #define LINGER_NS        (2000 * NSEC_PER_MSEC)
-#define CTL_LINE_MAX     256
 #define NAME_MAX_LEN     255
 #define RX_QUEUE         (64 * 1024)
 #define DEFAULT_MAX_SIZE (256ULL * 1024 * 1024)
@@ -85,13 +85,8 @@ struct sim {
         FILE *report;
 
         /* run-time control */
-        int ctl_fd, ctl_wfd;
-        bool ctl_fifo, ctl_made;
-        off_t ctl_off;
+        struct gw_sim_control ctl;
         uint64_t ctl_check_ns;
-        char ctl_line[CTL_LINE_MAX];
-        size_t ctl_len;
-        bool ctl_overlong;
 
         struct faults faults;
 
@@ -126,19 +121,7 @@ struct sim {
         uint64_t linger_until_ns;
 };
 
-static void vlog(const struct sim *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void vlog(const struct sim *s, const char *fmt, ...)
-{
-        va_list ap;
-
-        if (!s->verbose)
-                return;
-        va_start(ap, fmt);
-        fputs("ymodem-sim: ", stderr);
-        vfprintf(stderr, fmt, ap);
-        fputc('\n', stderr);
-        va_end(ap);
-}
+#define vlog(s, ...) gw_sim_log((s)->verbose, "ymodem-sim", __VA_ARGS__)
 
 /* CRC-16/XMODEM (poly 0x1021, init 0), bit by bit: this side is meant to be an independent
  * implementation of what the senders compute. */
@@ -153,21 +136,6 @@ static uint16_t crc16(const uint8_t *p, size_t n)
                                              : (uint16_t) (crc << 1);
         }
         return crc;
-}
-
-static int parse_u64(const char *str, uint64_t max, uint64_t *ret)
-{
-        unsigned long long v;
-        char *end;
-
-        if (!str || *str < '0' || *str > '9')
-                return -EINVAL;
-        errno = 0;
-        v = strtoull(str, &end, 10);
-        if (errno != 0 || *end != '\0' || v > max)
-                return -EINVAL;
-        *ret = v;
-        return 0;
 }
 
 /* Replies go out once their time has come (flash programming, an injected delay). */
@@ -257,13 +225,25 @@ out:
         return r;
 }
 
+/* Writes one report line and drops j. */
+static void report_line(struct sim *s, json_t *j)
+{
+        char *line = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+
+        if (line) {
+                fprintf(s->report, "%s\n", line);
+                fflush(s->report);
+        }
+        free(line);
+        json_decref(j);
+}
+
 /* Closes the file being received and writes its report line. */
 static void finish_file(struct sim *s, const char *result, const char *reason)
 {
         char sha[65] = "";
         uint64_t size = s->received, ms;
         json_t *j;
-        char *line;
 
         if (s->fd < 0)
                 return;
@@ -291,29 +271,15 @@ static void finish_file(struct sim *s, const char *result, const char *reason)
                       (json_int_t) s->blocks, "naks", (json_int_t) s->naks, "result", result,
                       "reason", reason, "baud", (json_int_t) s->baud, "duration_ms",
                       (json_int_t) ms, "bytes_per_s", (json_int_t) (ms > 0 ? size * 1000 / ms : 0));
-        line = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-        if (line) {
-                fprintf(s->report, "%s\n", line);
-                fflush(s->report);
-        }
-        free(line);
-        json_decref(j);
+        report_line(s, j);
         vlog(s, "file %s: %s", s->name, result);
 }
 
 /* Reports a session that failed before any file was opened (nothing else would say so). */
 static void report_no_file(struct sim *s, const char *result, const char *reason)
 {
-        json_t *j = json_pack("{s:n, s:I, s:s, s:s?}", "file", "naks", (json_int_t) s->naks,
-                              "result", result, "reason", reason);
-        char *line = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-
-        if (line) {
-                fprintf(s->report, "%s\n", line);
-                fflush(s->report);
-        }
-        free(line);
-        json_decref(j);
+        report_line(s, json_pack("{s:n, s:I, s:s, s:s?}", "file", "naks", (json_int_t) s->naks,
+                                 "result", result, "reason", reason));
         s->failed = true;
 }
 
@@ -637,7 +603,7 @@ static int apply_command(struct sim *s, const char *cmd, const char *arg)
         bool needs_arg =
             strcmp(cmd, "silent") != 0 && strcmp(cmd, "resume") != 0 && strcmp(cmd, "nak-eot") != 0;
 
-        if (needs_arg && parse_u64(arg, UINT32_MAX, &v) < 0)
+        if (needs_arg && gw_sim_parse_u64(arg, 10, UINT32_MAX, &v) < 0)
                 return -EINVAL;
         if (!needs_arg && arg && *arg)
                 return -EINVAL;
@@ -661,80 +627,17 @@ static int apply_command(struct sim *s, const char *cmd, const char *arg)
         return 0;
 }
 
-static void control_line(struct sim *s, char *line)
+/* One control line: "COMMAND [ARG]". */
+static void control_line(char *line, void *userdata)
 {
-        char *cmd, *arg, *save = NULL;
+        struct sim *s = userdata;
+        char *w[2];
+        int n = gw_sim_control_words(line, w, 2);
 
-        cmd = strtok_r(line, " \t\r", &save);
-        if (!cmd || cmd[0] == '#')
+        if (n == 0)
                 return;
-        arg = strtok_r(NULL, " \t\r", &save);
-        if (strtok_r(NULL, " \t\r", &save) || apply_command(s, cmd, arg) < 0)
-                fprintf(stderr, "ymodem-sim: unknown control command \"%s\", ignoring\n", cmd);
-}
-
-static void control_bytes(struct sim *s, const char *buf, size_t n)
-{
-        for (size_t i = 0; i < n; i++) {
-                if (buf[i] == '\n') {
-                        s->ctl_line[s->ctl_len] = '\0';
-                        if (!s->ctl_overlong)
-                                control_line(s, s->ctl_line);
-                        s->ctl_len = 0;
-                        s->ctl_overlong = false;
-                } else if (s->ctl_len + 1 < sizeof(s->ctl_line)) {
-                        s->ctl_line[s->ctl_len++] = buf[i];
-                } else {
-                        s->ctl_overlong = true;
-                }
-        }
-}
-
-static void control_read(struct sim *s)
-{
-        char buf[512];
-        ssize_t n;
-
-        for (;;) {
-                if (s->ctl_fifo)
-                        n = read(s->ctl_fd, buf, sizeof(buf));
-                else
-                        n = pread(s->ctl_fd, buf, sizeof(buf), s->ctl_off);
-                if (n <= 0)
-                        return;
-                s->ctl_off += n;
-                control_bytes(s, buf, (size_t) n);
-        }
-}
-
-static int control_open(struct sim *s)
-{
-        struct stat st;
-
-        if (stat(s->control_path, &st) < 0) {
-                if (errno != ENOENT || mkfifo(s->control_path, 0600) < 0)
-                        return -errno;
-                s->ctl_made = true;
-                st.st_mode = S_IFIFO;
-        }
-        if (S_ISFIFO(st.st_mode)) {
-                s->ctl_fifo = true;
-                s->ctl_fd = open(s->control_path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-                /* Our own writer keeps the FIFO from reporting end-of-file between writers. */
-                if (s->ctl_fd >= 0)
-                        s->ctl_wfd = open(s->control_path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
-                if (s->ctl_fd < 0 || s->ctl_wfd < 0)
-                        return -errno;
-                return 0;
-        }
-        if (!S_ISREG(st.st_mode))
-                return -EINVAL;
-        /* A regular file: commands appended while we run (what is there already is old). */
-        s->ctl_fd = open(s->control_path, O_RDONLY | O_CLOEXEC);
-        if (s->ctl_fd < 0)
-                return -errno;
-        s->ctl_off = st.st_size;
-        return 0;
+        if (n < 0 || apply_command(s, w[0], n > 1 ? w[1] : NULL) < 0)
+                fprintf(stderr, "ymodem-sim: unknown control command \"%s\", ignoring\n", w[0]);
 }
 
 static int make_pty(struct sim *s)
@@ -874,9 +777,9 @@ static int run(struct sim *s)
                         at = gw_pace_next_due(s->pace);
                 if (!s->connected && s->hup_check_ns < at)
                         at = s->hup_check_ns;
-                if (s->ctl_fd >= 0 && !s->ctl_fifo) {
+                if (gw_sim_control_rereads(&s->ctl)) {
                         if (now >= s->ctl_check_ns) {
-                                control_read(s);
+                                gw_sim_control_read(&s->ctl, control_line, s);
                                 s->ctl_check_ns = now + CTL_RECHECK_NS;
                         }
                         if (s->ctl_check_ns < at)
@@ -891,9 +794,10 @@ static int run(struct sim *s)
                 }
                 isig = (int) np;
                 p[np++] = (struct pollfd){.fd = s->sigfd, .events = POLLIN};
-                if (s->ctl_fd >= 0 && s->ctl_fifo) {
+                if (gw_sim_control_poll_fd(&s->ctl) >= 0) {
                         ictl = (int) np;
-                        p[np++] = (struct pollfd){.fd = s->ctl_fd, .events = POLLIN};
+                        p[np++] = (struct pollfd){.fd = gw_sim_control_poll_fd(&s->ctl),
+                                                  .events = POLLIN};
                 }
                 now = gw_pace_now_ns();
                 at = at > now ? at - now : 0;
@@ -914,7 +818,7 @@ static int run(struct sim *s)
                         return 0;
                 }
                 if (ictl >= 0 && p[ictl].revents)
-                        control_read(s);
+                        gw_sim_control_read(&s->ctl, control_line, s);
                 if (imaster >= 0)
                         line_input(s, p[imaster].revents);
         }
@@ -1001,7 +905,7 @@ static int parse_args(struct sim *s, int argc, char **argv)
                         s->link = optarg;
                         break;
                 case OPT_BAUD:
-                        if (parse_u64(optarg, 20000000, &v) < 0)
+                        if (gw_sim_parse_u64(optarg, 10, 20000000, &v) < 0)
                                 goto bad;
                         s->baud = (uint32_t) v;
                         break;
@@ -1015,26 +919,27 @@ static int parse_args(struct sim *s, int argc, char **argv)
                         s->once = true;
                         break;
                 case OPT_C_INTERVAL:
-                        if (parse_u64(optarg, 60000, &s->c_interval_ms) < 0 ||
+                        if (gw_sim_parse_u64(optarg, 10, 60000, &s->c_interval_ms) < 0 ||
                             s->c_interval_ms == 0)
                                 goto bad;
                         break;
                 case OPT_WRITE_US:
-                        if (parse_u64(optarg, 10000000, &s->write_us_per_kb) < 0)
+                        if (gw_sim_parse_u64(optarg, 10, 10000000, &s->write_us_per_kb) < 0)
                                 goto bad;
                         break;
                 case OPT_BYTE_TIMEOUT:
-                        if (parse_u64(optarg, 60000, &s->byte_timeout_ms) < 0 ||
+                        if (gw_sim_parse_u64(optarg, 10, 60000, &s->byte_timeout_ms) < 0 ||
                             s->byte_timeout_ms == 0)
                                 goto bad;
                         break;
                 case OPT_IDLE_TIMEOUT:
-                        if (parse_u64(optarg, 3600000, &s->idle_timeout_ms) < 0 ||
+                        if (gw_sim_parse_u64(optarg, 10, 3600000, &s->idle_timeout_ms) < 0 ||
                             s->idle_timeout_ms == 0)
                                 goto bad;
                         break;
                 case OPT_MAX_SIZE:
-                        if (parse_u64(optarg, 1ULL << 40, &s->max_size) < 0 || s->max_size == 0)
+                        if (gw_sim_parse_u64(optarg, 10, 1ULL << 40, &s->max_size) < 0 ||
+                            s->max_size == 0)
                                 goto bad;
                         break;
                 case OPT_CONTROL:
@@ -1078,25 +983,17 @@ int main(int argc, char **argv)
             .master = -1,
             .out_dirfd = -1,
             .sigfd = -1,
-            .ctl_fd = -1,
-            .ctl_wfd = -1,
             .fd = -1,
             .report = stdout,
         };
-        sigset_t mask;
+        static const int signals[] = {SIGTERM, SIGINT, SIGHUP};
         int r, status = EXIT_FAILURE;
 
         if (parse_args(&s, argc, argv) < 0)
                 return 2;
-        signal(SIGPIPE, SIG_IGN);
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGTERM);
-        sigaddset(&mask, SIGINT);
-        sigaddset(&mask, SIGHUP);
-        sigprocmask(SIG_BLOCK, &mask, NULL);
-        s.sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+        s.sigfd = gw_sim_signalfd(signals, sizeof(signals) / sizeof(signals[0]));
         if (s.sigfd < 0) {
-                perror("ymodem-sim: signalfd");
+                fprintf(stderr, "ymodem-sim: signalfd: %s\n", strerror(-s.sigfd));
                 return EXIT_FAILURE;
         }
         s.out_dirfd = open(s.out_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1112,7 +1009,7 @@ int main(int argc, char **argv)
                 }
         }
         if (s.control_path) {
-                r = control_open(&s);
+                r = gw_sim_control_open(&s.ctl, s.control_path);
                 if (r < 0) {
                         fprintf(stderr, "ymodem-sim: cannot open control %s: %s\n", s.control_path,
                                 strerror(-r));
@@ -1157,12 +1054,7 @@ out:
                 close(s.fd);
         if (s.master >= 0)
                 close(s.master);
-        if (s.ctl_fd >= 0)
-                close(s.ctl_fd);
-        if (s.ctl_wfd >= 0)
-                close(s.ctl_wfd);
-        if (s.ctl_made)
-                unlink(s.control_path);
+        gw_sim_control_done(&s.ctl);
         if (s.report && s.report != stdout)
                 fclose(s.report);
         if (s.out_dirfd >= 0)
