@@ -6,6 +6,9 @@
 set -u
 
 : "${GW_BUILD:?GW_BUILD must name the build directory}"
+: "${GW_SRC:?GW_SRC must name the source directory}"
+# shellcheck source=../../tools/lib/common.sh
+. "$GW_SRC/tools/lib/common.sh"
 SIM=$GW_BUILD/tools/sim/ymodem-sim
 GWFLASH=$GW_BUILD/tools/gwflash
 WRITE_US=${WRITE_US:-0} # flash programming time per KiB in the simulated node
@@ -36,24 +39,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-field() {
-        sed -n "s/.*\"$2\":\"\{0,1\}\([^\",}]*\)\"\{0,1\}[,}].*/\1/p" "$1" | tail -n 1
-}
-
-wait_pid() {
-        local i
-        for ((i = 0; i < $2 * 10; i++)); do
-                if ! kill -0 "$1" 2>/dev/null; then
-                        wait "$1"
-                        return $?
-                fi
-                sleep 0.1
-        done
-        kill "$1" 2>/dev/null
-        wait "$1" 2>/dev/null
-        return 124
-}
-
 # run SENDER BAUD FILE: one transfer; prints "rate wall_ms" or returns non-zero.
 run() {
         local sender=$1 baud=$2 file=$3 tag="$1-$2" st t0 t1 i
@@ -76,12 +61,12 @@ run() {
         fi
         st=$?
         t1=$(date +%s%N)
-        wait_pid "$sim_pid" 30 || st=1
+        gw_wait_pid "$sim_pid" 30 || st=1
         if [ "$st" -ne 0 ] || ! cmp -s "$file" "$work/$tag.out/$(basename "$file")"; then
                 echo "transfer $tag failed (status $st)" >&2
                 return 1
         fi
-        echo "$(field "$work/$tag.json" bytes_per_s) $(((t1 - t0) / 1000000))"
+        echo "$(gw_report_field "$work/$tag.json" bytes_per_s) $(((t1 - t0) / 1000000))"
 }
 
 head -c $((256 * 1024)) /dev/urandom >"$work/img-256k.bin"

@@ -41,9 +41,7 @@ CONF
 "$GWD" --check-config "$work/gatewayd.yaml" >/dev/null 2>"$work/check-config.log" ||
         { echo "FAIL: the test configuration is refused:"; cat "$work/check-config.log"; exit 1; }
 
-mosquitto_sub -h 127.0.0.1 -p "$GW_BROKER_PORT" -q 1 -F '%r %t %p' -t "$prefix/#" \
-        >"$work/sub.log" 2>"$work/sub.err" &
-GW_PIDS+=($!)
+watch_prefix
 
 "$GWD" -c "$work/gatewayd.yaml" 2>"$work/gatewayd.log" &
 gwpid=$!

@@ -14,15 +14,7 @@ E2E_NAME=deploy-dfu
 # shellcheck source=lib.sh
 . "$GW_SRC/tests/integration/lib.sh"
 
-SIM=$GW_BUILD/tools/sim/dfu-sim
-if [ ! -x "$SIM" ]; then
-        echo "SKIP: tools/sim/dfu-sim was not built (umockdev development files missing)"
-        exit 77
-fi
-if ! ldconfig -p 2>/dev/null | grep -q libumockdev-preload.so.0; then
-        echo "SKIP: libumockdev-preload.so.0 is not installed (package umockdev)"
-        exit 77
-fi
+require_dfu_sim
 
 gw="gw-e2e-dfu"
 prefix=gatewayd/$gw
@@ -32,9 +24,7 @@ gw_start_http "$work/www"
 "$GWM" keygen --type ed25519 --out "$work/release" >/dev/null ||
         { echo "FAIL: gwmanifest keygen"; exit 1; }
 
-mosquitto_sub -h 127.0.0.1 -p "$GW_BROKER_PORT" -q 1 -F '%r %t %p' -t "$prefix/#" \
-        >"$work/sub.log" 2>"$work/sub.err" &
-GW_PIDS+=($!)
+watch_prefix
 
 # start_sim NAME [OPTIONS...]: a dfu-sim serving until stopped; waits for its env file.
 sim_pid=

@@ -10,18 +10,10 @@ set -u
 
 : "${GW_SRC:?GW_SRC must name the source directory}"
 : "${GW_BUILD:?GW_BUILD must name the build directory}"
-SIM=$GW_BUILD/tools/sim/dfu-sim
-if [ ! -x "$SIM" ]; then
-        echo "SKIP: tools/sim/dfu-sim was not built (umockdev development files missing)"
-        exit 77
-fi
-if ! ldconfig -p 2>/dev/null | grep -q libumockdev-preload.so.0; then
-        echo "SKIP: libumockdev-preload.so.0 is not installed (package umockdev)"
-        exit 77
-fi
 E2E_NAME=hotplug
 # shellcheck source=lib.sh
 . "$GW_SRC/tests/integration/lib.sh"
+require_dfu_sim
 
 gw=gw-hotplug
 prefix=gatewayd/$gw
@@ -78,9 +70,7 @@ CONF
 "$GWD" --check-config "$work/gatewayd.yaml" >/dev/null 2>"$work/check-config.log" ||
         { echo "FAIL: the test configuration is refused:"; cat "$work/check-config.log"; exit 1; }
 
-mosquitto_sub -h 127.0.0.1 -p "$GW_BROKER_PORT" -q 1 -F '%r %t %p' -t "$prefix/#" \
-        >"$work/sub.log" 2>"$work/sub.err" &
-GW_PIDS+=($!)
+watch_prefix
 (
         set -a
         # shellcheck disable=SC1091

@@ -60,3 +60,25 @@ PY
         echo "FAIL: evil-http.py did not come up"
         exit 1
 }
+
+# watch_prefix: every message under $prefix, retained flag first, into $work/sub.log (the
+# "<retain> <topic> <payload>" lines q.py reads).
+watch_prefix() {
+        mosquitto_sub -h 127.0.0.1 -p "$GW_BROKER_PORT" -q 1 -F '%r %t %p' -t "$prefix/#" \
+                >"$work/sub.log" 2>"$work/sub.err" &
+        GW_PIDS+=($!)
+}
+
+# require_dfu_sim: sets SIM to the USB DFU emulator, or skips the test (exit 77) when it
+# cannot run here.
+require_dfu_sim() {
+        SIM=$GW_BUILD/tools/sim/dfu-sim
+        if [ ! -x "$SIM" ]; then
+                echo "SKIP: tools/sim/dfu-sim was not built (umockdev development files missing)"
+                exit 77
+        fi
+        if ! ldconfig -p 2>/dev/null | grep -q libumockdev-preload.so.0; then
+                echo "SKIP: libumockdev-preload.so.0 is not installed (package umockdev)"
+                exit 77
+        fi
+}

@@ -5,6 +5,9 @@
 set -u
 
 : "${GW_BUILD:?GW_BUILD must name the build directory}"
+: "${GW_SRC:?GW_SRC must name the source directory}"
+# shellcheck source=../../tools/lib/common.sh
+. "$GW_SRC/tools/lib/common.sh"
 SIM=$GW_BUILD/tools/sim/ymodem-sim
 GWFLASH=$GW_BUILD/tools/gwflash
 
@@ -42,11 +45,6 @@ fail() {
         failures=$((failures + 1))
 }
 
-# field FILE KEY: a value from the simulator's one-line JSON report (our own compact format).
-field() {
-        sed -n "s/.*\"$2\":\"\{0,1\}\([^\",}]*\)\"\{0,1\}[,}].*/\1/p" "$1" | tail -n 1
-}
-
 # wait_for_path PATH SECONDS
 wait_for_path() {
         local i
@@ -55,22 +53,6 @@ wait_for_path() {
                 sleep 0.05
         done
         return 1
-}
-
-# wait_pid PID SECONDS: waits for PID (one of ours) and returns its status; kills it and returns
-# 124 when it outlives the bound.
-wait_pid() {
-        local i
-        for ((i = 0; i < $2 * 10; i++)); do
-                if ! kill -0 "$1" 2>/dev/null; then
-                        wait "$1"
-                        return $?
-                fi
-                sleep 0.1
-        done
-        kill "$1" 2>/dev/null
-        wait "$1" 2>/dev/null
-        return 124
 }
 
 # start_sim NAME BAUD [SIM OPTIONS...]: a one-session simulator at $work/NAME.tty, storing into
@@ -92,9 +74,9 @@ start_sim() {
 # check_sim NAME: the simulator exited 0 and stored exactly img.bin.
 check_sim() {
         local name=$1 st result
-        wait_pid "$sim_pid" 30
+        gw_wait_pid "$sim_pid" 30
         st=$?
-        result=$(field "$work/$name.json" result)
+        result=$(gw_report_field "$work/$name.json" result)
         if [ "$st" -ne 0 ] || [ "$result" != ok ]; then
                 fail "$name: simulator status $st, result '${result:-none}'"
                 sed 's/^/    /' "$work/$name.log" "$work/$name.json" 2>/dev/null
@@ -104,7 +86,7 @@ check_sim() {
                 fail "$name: the received file differs"
                 return 1
         fi
-        if [ "$(field "$work/$name.json" sha256)" != "$(sha256sum <"$work/img.bin" | cut -d' ' -f1)" ]; then
+        if [ "$(gw_report_field "$work/$name.json" sha256)" != "$(sha256sum <"$work/img.bin" | cut -d' ' -f1)" ]; then
                 fail "$name: the reported sha256 is wrong"
                 return 1
         fi
@@ -121,8 +103,8 @@ if start_sim a 115200 -v; then
         st=$?
         [ "$st" -eq 0 ] || fail "a: sb exited with $st"
         if check_sim a; then
-                ms=$(field "$work/a.json" duration_ms)
-                rate=$(field "$work/a.json" bytes_per_s)
+                ms=$(gw_report_field "$work/a.json" duration_ms)
+                rate=$(gw_report_field "$work/a.json" bytes_per_s)
                 if [ "$ms" -lt 8900 ] || [ "$ms" -gt 13500 ]; then
                         fail "a: 100 KiB at 115200 took $ms ms; the pacing should make it ~9000"
                 elif [ "$rate" -gt 11520 ]; then
@@ -140,7 +122,7 @@ if start_sim b 921600 --corrupt-block 3 --drop-byte 20000 --nak-eot --byte-timeo
         st=$?
         [ "$st" -eq 0 ] || fail "b: sb exited with $st"
         if check_sim b; then
-                naks=$(field "$work/b.json" naks)
+                naks=$(gw_report_field "$work/b.json" naks)
                 if [ "$naks" -lt 3 ]; then
                         fail "b: only $naks NAKs: the faults did not fire"
                 else
@@ -157,7 +139,7 @@ if start_sim b2 921600 --control "$work/b2.ctl" --c-interval 200; then
         st=$?
         [ "$st" -eq 0 ] || fail "b2: sb exited with $st"
         if check_sim b2; then
-                naks=$(field "$work/b2.json" naks)
+                naks=$(gw_report_field "$work/b2.json" naks)
                 if [ "$naks" -ne 1 ]; then
                         fail "b2: $naks NAKs, expected exactly 1 from corrupt-block 5"
                 else
@@ -182,7 +164,7 @@ else
                 timeout 120 "$GWFLASH" --transport uart --port "$work/c.A" --baud 115200 \
                         --protocol ymodem "$work/img.bin" >"$work/c.gwflash.log" 2>&1
                 st=$?
-                wait_pid "$rb_pid" 15
+                gw_wait_pid "$rb_pid" 15
                 rb_st=$?
                 if [ "$st" -ne 0 ]; then
                         fail "c: gwflash exited with $st"
@@ -207,10 +189,10 @@ else
                 if [ "$st" -ne 0 ]; then
                         fail "d: gwflash exited with $st"
                         sed 's/^/    /' "$work/d.gwflash.log"
-                        wait_pid "$sim_pid" 10
+                        gw_wait_pid "$sim_pid" 10
                 elif check_sim d; then
                         echo "ok d: gwflash -> ymodem-sim with corrupt-block 2" \
-                                "($(field "$work/d.json" bytes_per_s) B/s)"
+                                "($(gw_report_field "$work/d.json" bytes_per_s) B/s)"
                 fi
         fi
 
@@ -219,13 +201,13 @@ else
                 timeout 120 "$GWFLASH" --transport uart --port "$work/e.tty" --baud 921600 \
                         --protocol ymodem "$work/img.bin" >"$work/e.gwflash.log" 2>&1
                 st=$?
-                wait_pid "$sim_pid" 10
+                gw_wait_pid "$sim_pid" 10
                 if [ "$st" -eq 0 ]; then
                         fail "e: gwflash exited 0 although the node cancelled"
                 elif [ "$st" -eq 124 ]; then
                         fail "e: gwflash hung after the node cancelled"
-                elif [ "$(field "$work/e.json" result)" != aborted ]; then
-                        fail "e: the simulator reported '$(field "$work/e.json" result)'"
+                elif [ "$(gw_report_field "$work/e.json" result)" != aborted ]; then
+                        fail "e: the simulator reported '$(gw_report_field "$work/e.json" result)'"
                 else
                         echo "ok e: gwflash fails (status $st) when the node cancels"
                 fi

@@ -127,3 +127,25 @@ gw_wait_for() {
         done
         return 1
 }
+
+# gw_wait_pid PID SECONDS: waits for PID (a child of ours) and returns its status; kills it and
+# returns 124 when it outlives the bound.
+gw_wait_pid() {
+        local i
+        for ((i = 0; i < $2 * 10; i++)); do
+                if ! kill -0 "$1" 2>/dev/null; then
+                        wait "$1"
+                        return $?
+                fi
+                sleep 0.1
+        done
+        kill "$1" 2>/dev/null
+        wait "$1" 2>/dev/null
+        return 124
+}
+
+# gw_report_field FILE KEY: a value from a simulator's one-line JSON report (its own compact
+# format: flat, no nested strings), the last line's when there are several.
+gw_report_field() {
+        sed -n "s/.*\"$2\":\"\{0,1\}\([^\",}]*\)\"\{0,1\}[,}].*/\1/p" "$1" | tail -n 1
+}
