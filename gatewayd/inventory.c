@@ -14,9 +14,6 @@
 #include "gw/plugin.h"
 #include "gw/registry.h"
 #include "inventory.h"
-#ifdef GW_BUILTIN_TRANSPORT_USB
-#include "../transports/usb/usb.h"
-#endif
 
 /* One fd a transport asked the loop to watch (struct gw_plugin_services.watch_fd). */
 struct watch {
@@ -35,9 +32,6 @@ enum link_kind {
 struct inv_node {
         const struct gw_node_config *cfg;
         enum link_kind kind;
-#ifdef GW_BUILTIN_TRANSPORT_USB
-        struct gw_usb_match match;
-#endif
         enum gw_presence present;
 };
 
@@ -219,6 +213,22 @@ static int collect_one(const struct gw_link_info *info, void *userdata)
         return failed ? -ENOMEM : 0;
 }
 
+/* Is d the device node n opens? The transport decides: it knows how it names links. */
+static bool claims(const struct gw_inventory *inv, const struct inv_node *n,
+                   const struct inv_device *d)
+{
+        const struct gw_link_info info = {
+            .transport = inv->usb->name,
+            .path = d->path,
+            .description = d->description,
+            .serial = d->serial,
+            .vid = d->vid,
+            .pid = d->pid,
+        };
+
+        return inv->usb->claims(n->cfg->transport_opts, &info) > 0;
+}
+
 /* Enumerates USB DFU devices: which nodes they are, and the rest. Returns 1 when the answer
  * changed. */
 static int refresh_usb(struct gw_inventory *inv)
@@ -259,15 +269,12 @@ static int refresh_usb(struct gw_inventory *inv)
 
                 if (n->kind != LINK_USB)
                         continue;
-#ifdef GW_BUILTIN_TRANSPORT_USB
                 if (inv->usb_known) {
                         p = GW_PRESENCE_ABSENT;
                         for (size_t j = 0; j < c.n; j++)
-                                if (gw_usb_match_device(&n->match, c.devs[j].vid, c.devs[j].pid,
-                                                        c.devs[j].serial, c.devs[j].path))
+                                if (claims(inv, n, &c.devs[j]))
                                         p = GW_PRESENCE_PRESENT;
                 }
-#endif
                 if (p != n->present) {
                         if (inv->started && p != GW_PRESENCE_UNKNOWN)
                                 gw_log_info("%s: USB device %s", n->cfg->name,
@@ -281,13 +288,9 @@ static int refresh_usb(struct gw_inventory *inv)
         for (size_t j = 0; j < c.n; j++) {
                 bool claimed = false;
 
-#ifdef GW_BUILTIN_TRANSPORT_USB
                 for (size_t i = 0; i < inv->cfg->n_nodes && !claimed; i++)
-                        claimed =
-                            inv->nodes[i].kind == LINK_USB &&
-                            gw_usb_match_device(&inv->nodes[i].match, c.devs[j].vid, c.devs[j].pid,
-                                                c.devs[j].serial, c.devs[j].path);
-#endif
+                        claimed = inv->nodes[i].kind == LINK_USB &&
+                                  claims(inv, &inv->nodes[i], &c.devs[j]);
                 if (claimed) {
                         free(c.devs[j].serial);
                         free(c.devs[j].path);
@@ -415,19 +418,20 @@ static void node_setup(struct gw_inventory *inv, struct inv_node *n)
 
         n->kind = LINK_UNKNOWN;
         n->present = GW_PRESENCE_UNKNOWN;
-#ifdef GW_BUILTIN_TRANSPORT_USB
         if (strcmp(n->cfg->transport, "usb") == 0) {
-                const char *why = NULL;
+                const struct gw_transport_ops *t = gw_transport_find("usb");
+                const struct gw_link_info any = {.transport = "usb"};
 
-                if (gw_usb_match_parse(n->cfg->transport_opts, &n->match, &why) < 0)
-                        gw_log_warning("%s: %s; the inventory does not tell whether it is "
-                                       "present",
-                                       n->cfg->name, why ? why : "bad usb options");
+                if (!t || t->version < 2 || !t->claims || !t->enumerate)
+                        return;
+                if (t->claims(n->cfg->transport_opts, &any) < 0)
+                        gw_log_warning("%s: bad usb options; the inventory does not tell whether "
+                                       "it is present",
+                                       n->cfg->name);
                 else
                         n->kind = LINK_USB;
                 return;
         }
-#endif
         port = gw_options_get(n->cfg->transport_opts, "port");
         if (port && port[0] == '/') {
                 n->kind = LINK_PATH;

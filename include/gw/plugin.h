@@ -157,6 +157,11 @@ struct gw_transport_ops {
                             void *userdata, void **ret_handle);
         /* Ends a watch; changed() is not called after it returns. Never fails. */
         void (*unwatch_attach)(void *handle);
+        /* Is info (a link enumerate() reported) the one open() would pick with opts? 1 yes,
+         * 0 no, -EINVAL when opts could never open a link. Pure: no I/O. Lets the core tell
+         * which node an attached device is without knowing how the transport names links.
+         * NULL = cannot tell. */
+        int (*claims)(const struct gw_options *opts, const struct gw_link_info *info);
 };
 
 /* The image a protocol installs: read at any offset, so a protocol can resend a block.

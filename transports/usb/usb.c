@@ -1194,6 +1194,16 @@ static void usb_unwatch_attach(void *handle)
         ctx_unref();
 }
 
+static int usb_claims(const struct gw_options *opts, const struct gw_link_info *info)
+{
+        struct gw_usb_match m;
+        const char *why = NULL;
+
+        if (gw_usb_match_parse(opts, &m, &why) < 0)
+                return -EINVAL;
+        return gw_usb_match_device(&m, info->vid, info->pid, info->serial, info->path) ? 1 : 0;
+}
+
 const struct gw_transport_ops gw_transport_usb_ops = {
     .version = GW_TRANSPORT_OPS_VERSION,
     .name = "usb",
@@ -1208,4 +1218,5 @@ const struct gw_transport_ops gw_transport_usb_ops = {
     .reset = usb_reset,
     .watch_attach = usb_watch_attach,
     .unwatch_attach = usb_unwatch_attach,
+    .claims = usb_claims,
 };
