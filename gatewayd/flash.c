@@ -103,6 +103,18 @@ static void flash_set_deadline(void *ctx, uint64_t at_ms)
         gw_source_set_time(f->timer, at_ms);
 }
 
+static uint64_t flash_now_us(void *ctx)
+{
+        return gw_now_us();
+}
+
+static void flash_set_deadline_us(void *ctx, uint64_t at_us)
+{
+        struct gw_flash *f = ctx;
+
+        gw_source_set_time_us(f->timer, at_us);
+}
+
 static void update_events(struct gw_flash *f)
 {
         short ev = 0;
@@ -501,6 +513,8 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
             .flush_input = flash_flush_input,
             .progress = flash_progress,
             .set_error = flash_set_error,
+            .now_us = flash_now_us,
+            .set_deadline_us = flash_set_deadline_us,
         };
         if (t->shape == GW_LINK_CONTROL) {
                 f->host.write = NULL;

@@ -31,7 +31,7 @@ struct gw_source {
                         gw_io_cb cb;
                 } io;
                 struct {
-                        uint64_t at;
+                        uint64_t at; /* gw_now_us() time; 0 = disarmed */
                         gw_timer_cb cb;
                 } timer;
                 struct {
@@ -64,10 +64,12 @@ static uint64_t now_nsec(void)
 
 uint64_t gw_now_ms(void)
 {
-        struct timespec ts;
+        return now_nsec() / 1000000u;
+}
 
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
+uint64_t gw_now_us(void)
+{
+        return now_nsec() / 1000u;
 }
 
 int gw_loop_new(struct gw_loop **ret)
@@ -181,19 +183,24 @@ int gw_loop_add_timer(struct gw_loop *l, uint64_t at_ms, gw_timer_cb cb, void *u
         s = source_new(l, SOURCE_TIMER, userdata);
         if (!s)
                 return -ENOMEM;
-        s->timer.at = at_ms;
+        s->timer.at = at_ms * 1000u;
         s->timer.cb = cb;
         if (ret)
                 *ret = s;
         return 0;
 }
 
-int gw_source_set_time(struct gw_source *s, uint64_t at_ms)
+int gw_source_set_time_us(struct gw_source *s, uint64_t at_us)
 {
         if (!s || s->type != SOURCE_TIMER)
                 return -EINVAL;
-        s->timer.at = at_ms;
+        s->timer.at = at_us;
         return 0;
+}
+
+int gw_source_set_time(struct gw_source *s, uint64_t at_ms)
+{
+        return gw_source_set_time_us(s, at_ms * 1000u);
 }
 
 int gw_loop_add_signal(struct gw_loop *l, int signo, gw_signal_cb cb, void *userdata,
@@ -303,12 +310,12 @@ int gw_loop_iterate(struct gw_loop *l, int timeout_ms)
                 l->pfd_sources[n++] = NULL;
         }
 
-        /* Wait to the nanosecond: a timer due at T ms fires as soon as the clock reaches T, not
-         * up to a millisecond later as a poll() timeout rounded from a rounded clock would. */
+        /* Wait to the microsecond: a timer due at T fires as soon as the clock reaches T, not up
+         * to a millisecond later as a poll() timeout rounded from a rounded clock would. */
         if (timeout_ms >= 0)
                 wait_ns = (uint64_t) timeout_ms * 1000000u;
         if (next != UINT64_MAX) {
-                uint64_t due = next * 1000000u, now_ns = now_nsec();
+                uint64_t due = next * 1000u, now_ns = now_nsec();
                 uint64_t until = due > now_ns ? due - now_ns : 0;
 
                 if (until < wait_ns)
@@ -328,12 +335,12 @@ int gw_loop_iterate(struct gw_loop *l, int timeout_ms)
         }
 
         l->dispatching = true;
-        now = gw_now_ms();
+        now = gw_now_us();
         for (struct gw_source *s = l->sources; s && r >= 0; s = s->next) {
                 if (s->dead || s->type != SOURCE_TIMER || s->timer.at == 0 || s->timer.at > now)
                         continue;
                 s->timer.at = 0; /* one-shot: the callback may re-arm */
-                r = s->timer.cb(s, now, s->userdata);
+                r = s->timer.cb(s, now / 1000u, s->userdata);
         }
         for (size_t i = 0; i < n && r >= 0; i++) {
                 struct gw_source *s = l->pfd_sources[i];

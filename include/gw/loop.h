@@ -13,8 +13,9 @@ typedef int (*gw_io_cb)(struct gw_source *s, int fd, short revents, void *userda
 typedef int (*gw_timer_cb)(struct gw_source *s, uint64_t now_ms, void *userdata);
 typedef int (*gw_signal_cb)(struct gw_source *s, int signo, void *userdata);
 
-/* Monotonic milliseconds. */
+/* Monotonic milliseconds and microseconds (the same clock). */
 uint64_t gw_now_ms(void);
+uint64_t gw_now_us(void);
 
 int gw_loop_new(struct gw_loop **ret);
 struct gw_loop *gw_loop_free(struct gw_loop *l);
@@ -28,6 +29,8 @@ int gw_loop_add_timer(struct gw_loop *l, uint64_t at_ms, gw_timer_cb cb, void *u
                       struct gw_source **ret);
 /* Re-arms (or with 0 disarms) a timer source. */
 int gw_source_set_time(struct gw_source *s, uint64_t at_ms);
+/* The same to the microsecond: fires once gw_now_us() >= at_us. */
+int gw_source_set_time_us(struct gw_source *s, uint64_t at_us);
 /* Blocks signo and delivers it through the loop. */
 int gw_loop_add_signal(struct gw_loop *l, int signo, gw_signal_cb cb, void *userdata,
                        struct gw_source **ret);

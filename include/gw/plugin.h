@@ -24,7 +24,7 @@
 #define GW_TRANSPORT_OPS_VERSION 2
 #define GW_PROTOCOL_OPS_VERSION  2
 #define GW_SERVICES_VERSION      2
-#define GW_PROTO_HOST_VERSION    2
+#define GW_PROTO_HOST_VERSION    3
 
 enum gw_link_shape {
         GW_LINK_STREAM = 1, /* a byte stream: UART, pty, TCP serial bridge */
@@ -218,6 +218,13 @@ struct gw_proto_host {
          * it by serial number or port path. Tries for up to timeout_ms; the outcome arrives
          * as ops->reopened(). 0 or -errno. */
         int (*reopen)(void *ctx, uint64_t timeout_ms);
+
+        /* Version 3: the same clock and timer to the microsecond, for protocols whose waits
+         * are declared by the device (DFU bwPollTimeout): a millisecond clock rounds down, so
+         * a deadline must add a tick to be sure the wait is over. NULL on older hosts. */
+        uint64_t (*now_us)(void *ctx);
+        /* As set_deadline(): timeout() is called once now_us() >= at_us; 0 disarms. */
+        void (*set_deadline_us)(void *ctx, uint64_t at_us);
 };
 
 /* Returned by install(), input() and timeout(): negative errno = failed (the core stops the

@@ -100,6 +100,9 @@ struct dfu {
         bool uploading;
         enum dfu_state state;
         int error;
+        /* Times are microseconds of now(): exact where the host has a microsecond clock,
+         * else its milliseconds times 1000. */
+        bool fine_clock;
         uint64_t deadline;    /* the armed timer, 0 = none */
         uint64_t op_deadline; /* when the whole operation gives up */
         bool cancel_requested;
@@ -207,21 +210,31 @@ static void set_state(struct dfu *d, enum dfu_state s)
         d->state = s;
 }
 
+/* Arms the timer for at (microseconds, > 0); a millisecond host gets the first tick at or
+ * after it. */
 static void arm(struct dfu *d, uint64_t at)
 {
         d->deadline = at;
-        d->host->set_deadline(d->host->ctx, at);
+        if (d->fine_clock)
+                d->host->set_deadline_us(d->host->ctx, at);
+        else
+                d->host->set_deadline(d->host->ctx, (at + 999u) / 1000u);
 }
 
 static void disarm(struct dfu *d)
 {
         d->deadline = 0;
-        d->host->set_deadline(d->host->ctx, 0);
+        if (d->fine_clock)
+                d->host->set_deadline_us(d->host->ctx, 0);
+        else
+                d->host->set_deadline(d->host->ctx, 0);
 }
 
 static uint64_t now(struct dfu *d)
 {
-        return d->host->now_ms(d->host->ctx);
+        if (d->fine_clock)
+                return d->host->now_us(d->host->ctx);
+        return d->host->now_ms(d->host->ctx) * 1000u;
 }
 
 /* Enters FAILED with err, whose reason the core reports; returns err. */
@@ -315,11 +328,12 @@ static int wait_poll(struct dfu *d, enum dfu_state s, uint32_t ms, const char *w
                             d->timeout_ms, what);
         if (wait > d->poll_max_ms)
                 wait = d->poll_max_ms;
-        /* now_ms() is rounded down: the answer came up to 1 ms after t, and the timer fires
-         * once now_ms() >= at, possibly at once. t + wait + 1 is the first tick that is surely
-         * wait ms after the answer. It also keeps a busy device that asks for no wait from
-         * spinning the loop. */
-        at = t + wait + 1;
+        at = t + wait * 1000u;
+        /* A millisecond clock is rounded down: the answer came up to 1 ms after t, so one tick
+         * more is the first that is surely wait ms after it. That millisecond also keeps a
+         * busy device that asks for no wait from drawing a tight loop of GETSTATUS requests. */
+        if (!d->fine_clock || wait == 0)
+                at += 1000u;
         if (at > d->op_deadline)
                 at = d->op_deadline;
         set_state(d, s);
@@ -1052,6 +1066,7 @@ static int dfu_init(void *priv, const struct gw_options *opts, const struct gw_p
         const char *alt;
 
         d->host = host;
+        d->fine_clock = host->version >= 3 && host->now_us && host->set_deadline_us;
         d->state = DFU_STATE_IDLE;
         alt = gw_options_get(opts, "alt");
         if (alt) {
@@ -1110,7 +1125,7 @@ static int start_operation(struct dfu *d)
 
         d->recoveries = 0;
         d->cancel_requested = false;
-        d->op_deadline = now(d) + d->timeout_ms;
+        d->op_deadline = now(d) + d->timeout_ms * 1000u;
         r = setup_device(d, true);
         if (r < 0)
                 return r;

@@ -156,6 +156,31 @@ static struct gw_options *parse_opts(const char *spec)
         return o;
 }
 
+/* A clock finer than the host's: now_ms() rounds it down, as the core's does. */
+static uint64_t fine_us;
+
+static uint64_t fine_now_ms(void *ctx)
+{
+        return fine_us / 1000;
+}
+
+/* A microsecond host (proto host version 3), on the same clock; world_open() gives the
+ * instance one while fine_host is set. */
+static bool fine_host;
+static uint64_t fine_deadline_us;
+static unsigned fine_deadlines_set;
+
+static uint64_t fine_now_us(void *ctx)
+{
+        return fine_us;
+}
+
+static void fine_set_deadline_us(void *ctx, uint64_t at_us)
+{
+        fine_deadline_us = at_us;
+        fine_deadlines_set++;
+}
+
 /* Opens an instance on dev with opts, for an image of size bytes; does not install. */
 static void world_open(struct world *w, const struct gw_usb_device_info *dev, size_t size,
                        const char *opts)
@@ -163,6 +188,11 @@ static void world_open(struct world *w, const struct gw_usb_device_info *dev, si
         memset(w, 0, sizeof(*w));
         cur = w;
         fake_usb_init(&w->f, &gw_protocol_dfu_ops, dev);
+        if (fine_host) {
+                w->f.host.now_ms = fine_now_ms;
+                w->f.host.now_us = fine_now_us;
+                w->f.host.set_deadline_us = fine_set_deadline_us;
+        }
         w->opts = parse_opts(opts);
         assert_int_equal(fake_usb_open(&w->f, w->opts), 0);
         w->size = size;
@@ -2018,14 +2048,6 @@ static void test_cancel(void **state)
         world_end(&w);
 }
 
-/* A clock finer than the host's: now_ms() rounds it down, as the core's does. */
-static uint64_t fine_us;
-
-static uint64_t fine_now_ms(void *ctx)
-{
-        return fine_us / 1000;
-}
-
 /* The device's busy answer comes at a fraction of a millisecond: the timer must not fire
  * before the declared time has passed in full, counted from the answer, and must not wait a
  * tick more than needed. A deadline at now_ms() + declared fires up to 1 ms early. */
@@ -2077,6 +2099,59 @@ static void test_poll_rounding(void **state)
         }
 }
 
+/* The microsecond host's timer is armed for the answer's time plus the declared wait
+ * exactly, no tick more; a busy answer declaring 0 still waits 1 ms. */
+static void test_poll_fine_clock(void **state)
+{
+        static const struct {
+                uint64_t answer_us;
+                uint32_t poll_ms;
+                const char *opts;
+                uint64_t wait_us;
+        } v[] = {
+            {2000000, 25, NULL, 25000},
+            {2000999, 25, NULL, 25000},
+            {2000500, 1, NULL, 1000},
+            {2000999, 0, NULL, 1000},
+            {2000750, 0xffffff, "poll-max-ms=200", 200000},
+        };
+
+        for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+                struct world w;
+                uint64_t due_us = v[i].answer_us + v[i].wait_us;
+
+                fine_host = true;
+                world_open(&w, &dev_dfu11, 100, v[i].opts);
+                fine_host = false;
+                fine_us = 1000000;
+                fine_deadline_us = 0;
+                fine_deadlines_set = 0;
+                fake_usb_install(&w.f, &w.reader);
+                fake_usb_status(&w.f, 0, 0, S_IDLE);
+                fake_usb_complete(&w.f, 64, NULL, 0);
+                fine_us = v[i].answer_us;
+                fake_usb_status(&w.f, 0, v[i].poll_ms, S_DNBUSY);
+                assert_int_equal(w.f.last, GW_PROTO_CONTINUE);
+                assert_false(w.f.in_flight);
+                /* The microsecond timer is used, and only it. */
+                assert_int_equal(w.f.deadlines_set, 0);
+                assert_true(fine_deadlines_set > 0);
+                if (fine_deadline_us != due_us)
+                        fail_msg("case %zu: deadline %llu us, expected %llu", i,
+                                 (unsigned long long) fine_deadline_us,
+                                 (unsigned long long) due_us);
+                fine_us = due_us - 1;
+                assert_int_equal(w.f.ops->timeout(w.f.priv), GW_PROTO_CONTINUE);
+                assert_false(w.f.in_flight);
+                fine_us = due_us;
+                assert_int_equal(w.f.ops->timeout(w.f.priv), GW_PROTO_CONTINUE);
+                assert_true(w.f.in_flight);
+                assert_int_equal(w.f.setup.request, 3);
+                assert_int_equal(fine_deadline_us, 0); /* disarmed once it fired */
+                world_end(&w);
+        }
+}
+
 /* Early and stale timer calls change nothing. */
 static void test_early_timeout(void **state)
 {
@@ -2112,8 +2187,9 @@ int main(void)
             cmocka_unit_test(test_model_dfu11),      cmocka_unit_test(test_model_dfuse),
             cmocka_unit_test(test_dfuse_runs),       cmocka_unit_test(test_dfuse_script),
             cmocka_unit_test(test_cancel),           cmocka_unit_test(test_poll_rounding),
-            cmocka_unit_test(test_early_timeout),    cmocka_unit_test(test_upload_dfu11),
-            cmocka_unit_test(test_upload_dfuse),     cmocka_unit_test(test_model_upload),
+            cmocka_unit_test(test_poll_fine_clock),  cmocka_unit_test(test_early_timeout),
+            cmocka_unit_test(test_upload_dfu11),     cmocka_unit_test(test_upload_dfuse),
+            cmocka_unit_test(test_model_upload),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -55,6 +55,37 @@ static void test_timers_fire_once_in_time(void **state)
         gw_loop_free(l);
 }
 
+/* A microsecond deadline fires once the clock has passed it, never before. How late it fires
+ * is printed, not asserted: that is the machine's scheduling latency. */
+static void test_timer_microseconds(void **state)
+{
+        struct gw_loop *l;
+        struct gw_source *a;
+        int fa = 0;
+        uint64_t late_max = 0;
+
+        assert_int_equal(gw_loop_new(&l), 0);
+        assert_int_equal(gw_loop_add_timer(l, 0, record_cb, &fa, &a), 0);
+        for (int i = 0; i < 20; i++) {
+                uint64_t at = gw_now_us() + 1500, fired;
+
+                assert_int_equal(gw_source_set_time_us(a, at), 0);
+                while (fa == i)
+                        assert_int_equal(gw_loop_iterate(l, 1000), 0);
+                fired = gw_now_us();
+                assert_true(fired >= at);
+                if (fired - at > late_max)
+                        late_max = fired - at;
+        }
+        assert_int_equal(fa, 20);
+        /* The ms and us clocks are the same clock. */
+        assert_true(gw_now_us() / 1000 >= gw_now_ms() - 1);
+        assert_true(gw_now_ms() >= gw_now_us() / 1000);
+        print_message("latest firing: %llu us after the deadline\n", (unsigned long long) late_max);
+        gw_source_free(a);
+        gw_loop_free(l);
+}
+
 static int io_cb(struct gw_source *s, int fd, short revents, void *userdata)
 {
         struct rec *r = userdata;
@@ -143,6 +174,7 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_timers_fire_once_in_time),
+            cmocka_unit_test(test_timer_microseconds),
             cmocka_unit_test(test_io_and_self_free),
             cmocka_unit_test(test_signal_and_exit_code),
             cmocka_unit_test(test_callback_error_stops_loop),
