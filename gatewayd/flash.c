@@ -69,6 +69,8 @@ struct gw_flash {
         size_t control_len;
         struct gw_source *reopen_timer;
         uint64_t reopen_deadline;
+        /* topts plus GW_OPTION_REOPEN_PATH while a board is looked for again. */
+        struct gw_options *reopen_opts;
 
         uint8_t *out;
         size_t out_off, out_len, out_allocated;
@@ -430,8 +432,9 @@ static int on_reopen_timer(struct gw_source *s, uint64_t now, void *userdata)
         struct gw_flash *f = userdata;
         int r;
 
-        r = f->t->open(f->tpriv, f->topts, &f->svc);
+        r = f->t->open(f->tpriv, f->reopen_opts ? f->reopen_opts : f->topts, &f->svc);
         if (r >= 0) {
+                f->reopen_opts = gw_options_free(f->reopen_opts);
                 f->link_open = true;
                 gw_log_debug("%s: link open again", f->name);
                 if (f->identify_ret)
@@ -442,6 +445,7 @@ static int on_reopen_timer(struct gw_source *s, uint64_t now, void *userdata)
         }
         memset(f->tpriv, 0, f->t->priv_size ? f->t->priv_size : 1);
         if (now >= f->reopen_deadline) {
+                f->reopen_opts = gw_options_free(f->reopen_opts);
                 if (f->identify_ret)
                         identify_reopened(f, -ETIMEDOUT);
                 else if (f->running && f->p->reopened)
@@ -455,8 +459,21 @@ static int on_reopen_timer(struct gw_source *s, uint64_t now, void *userdata)
 static int flash_reopen(void *ctx, uint64_t timeout_ms)
 {
         struct gw_flash *f = ctx;
+        const struct gw_usb_device_info *info =
+            f->link_open && f->t->usb_info ? f->t->usb_info(f->tpriv) : NULL;
         uint64_t now = gw_now_ms();
 
+        /* The board comes back at the same port, possibly with other ids (its DFU-mode ones)
+         * and another serial number: the transport is told where it was. */
+        f->reopen_opts = gw_options_free(f->reopen_opts);
+        if (info && info->path) {
+                f->reopen_opts = gw_options_new();
+                if (!f->reopen_opts || gw_options_merge(f->reopen_opts, f->topts) < 0 ||
+                    gw_options_set(f->reopen_opts, GW_OPTION_REOPEN_PATH, info->path) < 0) {
+                        f->reopen_opts = gw_options_free(f->reopen_opts);
+                        return -ENOMEM;
+                }
+        }
         link_close(f);
         f->reopen_deadline = now + timeout_ms;
         return gw_source_set_time(f->reopen_timer, now + REOPEN_POLL_MS);
@@ -753,6 +770,7 @@ struct gw_flash *gw_flash_free(struct gw_flash *f)
         while (f->watches)
                 flash_unwatch_fd(f, f->watches);
         gw_options_free(f->topts);
+        gw_options_free(f->reopen_opts);
         gw_options_free(f->popts);
         free(f->tpriv);
         free(f->ppriv);

@@ -34,6 +34,12 @@ enum gw_link_shape {
 
 const char *gw_link_shape_to_string(enum gw_link_shape s);
 
+/* A transport option the core adds when it opens a control link again after the protocol
+ * asked for reopen(): the port path (gw_usb_device_info.path) the board had. The transport
+ * then takes the board at that port with the node's ids, or, when the node names no DFU-mode
+ * ids, any board there that is in DFU mode; its serial number may have changed too. */
+#define GW_OPTION_REOPEN_PATH "reopen-path"
+
 /* Services the core hands every plugin instance. */
 struct gw_plugin_services {
         uint32_t version; /* GW_SERVICES_VERSION */
@@ -214,9 +220,10 @@ struct gw_proto_host {
                        unsigned timeout_ms);
         int (*reset)(void *ctx);
         /* Closes the link and opens the same board again once it is back (after DFU_DETACH
-         * or a reset it re-enumerates, possibly with its DFU-mode ids): the transport matches
-         * it by serial number or port path. Tries for up to timeout_ms; the outcome arrives
-         * as ops->reopened(). 0 or -errno. */
+         * or a reset it re-enumerates, possibly with its DFU-mode ids and serial number): the
+         * core opens the transport again with the node's options plus GW_OPTION_REOPEN_PATH,
+         * the port the board was on. Tries for up to timeout_ms; the outcome arrives as
+         * ops->reopened(). 0 or -errno. */
         int (*reopen)(void *ctx, uint64_t timeout_ms);
 
         /* Version 3: the same clock and timer to the microsecond, for protocols whose waits

@@ -1,6 +1,7 @@
 #!/bin/bash
 # gwflash over the usb transport against the umockdev DFU emulator (tools/sim/dfu-sim): DFU 1.1,
-# DfuSe and a board detached from runtime mode, each memory dump compared byte for byte;
+# DfuSe and a board detached from runtime mode (found again by its DFU-mode ids, or at its port
+# when they are not given), each memory dump compared byte for byte;
 # choosing one of two boards by serial and by path; the failures a user meets (no device,
 # several devices, permission denied, a DFU error status) exit 1 with a message saying what to
 # do; usage errors exit 2; `gwflash list` in text and JSON; and the loop does not spin while
@@ -159,6 +160,20 @@ sim runtime --runtime -- "$GWFLASH" -q --usb 1d50:6088 --dfu-usb 1d50:6089 --alt
 rc=$?
 expect_ok runtime "detach from runtime mode, reopen, download" $rc "$work/img.bin" \
         "$work/runtime.dump"
+# Without --dfu-usb: the board is found again at the port it was on, whatever ids it now has
+# (here 1d50:6089 in DFU mode). Of two boards, the one asked for, not its neighbour.
+sim runtime-port --runtime -- "$GWFLASH" -q --usb 1d50:6088 --alt 0 "$work/img.bin"
+rc=$?
+expect_ok runtime-port "detach, found again at its port without --dfu-usb, download" $rc \
+        "$work/img.bin" "$work/runtime-port.dump"
+sim runtime-two --runtime --serial AAA1 --serial BBB2 -- "$GWFLASH" -q \
+        --usb 1d50:6088,serial=BBB2 --alt 0 "$work/img.bin"
+rc=$?
+expect_ok runtime-two "two boards in runtime mode: the second detached, found, written" $rc \
+        "$work/img.bin" "$work/runtime-two.dump.2"
+if [ $rc -eq 0 ] && same "$work/img.bin" "$work/runtime-two.dump"; then
+        fail "two boards in runtime mode: the other board was written too"
+fi
 
 # No such device.
 sim none -- "$GWFLASH" -q --usb 0483:df11 --alt 0 "$work/img.bin"

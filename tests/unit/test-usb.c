@@ -139,10 +139,10 @@ static struct gw_options *options(const char *first, ...)
 static void test_match_parse(void **state)
 {
         static const struct {
-                const char *usb, *serial, *path, *dfu;
+                const char *usb, *serial, *path, *dfu, *reopen;
                 int r;
                 uint16_t vid, pid;
-                const char *want_serial, *want_path;
+                const char *want_serial, *want_path, *want_reopen;
                 bool has_dfu;
                 uint16_t dfu_vid, dfu_pid;
                 const char *why; /* a word the reason must contain */
@@ -196,6 +196,16 @@ static void test_match_parse(void **state)
              .dfu_vid = 0x0483,
              .dfu_pid = 0xdf11},
             {.usb = "1209:0001", .dfu = "0483", .r = -EINVAL, .why = "dfu-usb"},
+            /* The port the core looks for a re-enumerated board at. */
+            {.usb = "1209:0001,serial=X9",
+             .reopen = "3-1.4",
+             .vid = 0x1209,
+             .pid = 0x0001,
+             .want_serial = "X9",
+             .want_path = "",
+             .want_reopen = "3-1.4"},
+            {.usb = "1209:0001", .reopen = "3", .r = -EINVAL, .why = "reopen-path"},
+            {.usb = "1209:0001", .reopen = "", .r = -EINVAL, .why = "reopen-path"},
             {.r = -EINVAL, .why = "required"},
             {.usb = "", .r = -EINVAL, .why = "required"},
             {.usb = "0483", .r = -EINVAL, .why = "VID:PID"},
@@ -226,6 +236,8 @@ static void test_match_parse(void **state)
                         assert_int_equal(gw_options_set(o, "path", v[i].path), 0);
                 if (v[i].dfu)
                         assert_int_equal(gw_options_set(o, "dfu-usb", v[i].dfu), 0);
+                if (v[i].reopen)
+                        assert_int_equal(gw_options_set(o, GW_OPTION_REOPEN_PATH, v[i].reopen), 0);
                 memset(&m, 0x5a, sizeof(m));
                 r = gw_usb_match_parse(o, &m, &why);
                 gw_options_free(o);
@@ -243,6 +255,7 @@ static void test_match_parse(void **state)
                 assert_int_equal(m.pid, v[i].pid);
                 assert_string_equal(m.serial, v[i].want_serial);
                 assert_string_equal(m.path, v[i].want_path);
+                assert_string_equal(m.reopen_path, v[i].want_reopen ? v[i].want_reopen : "");
                 assert_int_equal(m.has_dfu_ids, v[i].has_dfu);
                 if (v[i].has_dfu) {
                         assert_int_equal(m.dfu_vid, v[i].dfu_vid);

@@ -29,8 +29,9 @@
 #define STRING_TIMEOUT_MS 1000
 #define DESCRIPTION_MAX   1024
 
-#define DFU_CLASS    0xfe
-#define DFU_SUBCLASS 0x01
+#define DFU_CLASS             0xfe
+#define DFU_SUBCLASS          0x01
+#define DFU_PROTOCOL_DFU_MODE 0x02
 
 /* What is known of one device: its descriptors and strings. The alts point into config. */
 struct usb_desc {
@@ -42,7 +43,8 @@ struct usb_desc {
         char product[USB_STRING_MAX];
         char path[GW_USB_PATH_MAX + 1];
         char node[USB_NODE_MAX];
-        bool dfu;
+        bool dfu;      /* a DFU interface, run-time or DFU mode */
+        bool dfu_mode; /* a DFU-mode interface (protocol 2) */
 };
 
 struct usb_link {
@@ -326,6 +328,14 @@ int gw_usb_match_parse(const struct gw_options *opts, struct gw_usb_match *ret,
         v = gw_options_get(opts, "path");
         if (v && set_path(&m, v, strlen(v), &why) < 0)
                 goto fail;
+        v = gw_options_get(opts, GW_OPTION_REOPEN_PATH);
+        if (v) {
+                if (gw_usb_check_path(v) < 0 || strlen(v) > GW_USB_PATH_MAX) {
+                        why = GW_OPTION_REOPEN_PATH " must be a port path BUS-PORT[.PORT]...";
+                        goto fail;
+                }
+                memcpy(m.reopen_path, v, strlen(v) + 1);
+        }
         v = gw_options_get(opts, "dfu-usb");
         if (v) {
                 if (gw_usb_parse_id(v, &m.dfu_vid, &m.dfu_pid) < 0) {
@@ -638,8 +648,11 @@ static int desc_read(libusb_device *dev, libusb_device_handle *h, struct usb_des
                         alt->protocol = id->bInterfaceProtocol;
                         alt->extra = id->extra_length > 0 ? id->extra : NULL;
                         alt->extra_len = id->extra_length > 0 ? (size_t) id->extra_length : 0;
-                        if (alt->class_code == DFU_CLASS && alt->subclass == DFU_SUBCLASS)
+                        if (alt->class_code == DFU_CLASS && alt->subclass == DFU_SUBCLASS) {
                                 d->dfu = true;
+                                if (alt->protocol == DFU_PROTOCOL_DFU_MODE)
+                                        d->dfu_mode = true;
+                        }
                         if (h && id->iInterface) {
                                 char s[USB_STRING_MAX];
 
@@ -670,12 +683,14 @@ done:
 typedef int (*scan_fn)(libusb_device *dev, struct usb_desc *d, int error, void *userdata);
 
 /* Calls fn for each device matching m (NULL: each DFU device). Devices are opened to read
- * their strings when strings is set, or when m asks for a serial number. */
+ * their strings when strings is set, or when m asks for a serial number. A board looked for
+ * again (m->reopen_path) is the one at that port: with the ids asked for, or in DFU mode. */
 static int scan(const struct gw_usb_match *m, bool strings, const struct gw_plugin_services *svc,
                 scan_fn fn, void *userdata)
 {
         libusb_device **list = NULL;
         struct usb_desc *d;
+        bool by_port = m && m->reopen_path[0];
         ssize_t n;
         int r = 0;
 
@@ -692,15 +707,19 @@ static int scan(const struct gw_usb_match *m, bool strings, const struct gw_plug
                 libusb_device_handle *h = NULL;
                 int error = 0;
                 char path[GW_USB_PATH_MAX + 1];
+                bool ids;
 
                 if (libusb_get_device_descriptor(list[i], &dd) < 0)
                         continue;
-                if (m && !match_ids(m, dd.idVendor, dd.idProduct))
+                ids = m && match_ids(m, dd.idVendor, dd.idProduct);
+                if (m && !by_port && !ids)
                         continue;
                 make_path(list[i], path, sizeof(path));
                 if (m && m->path[0] && strcmp(m->path, path) != 0)
                         continue;
-                if (strings || (m && m->serial[0])) {
+                if (by_port && strcmp(m->reopen_path, path) != 0)
+                        continue;
+                if (strings || (m && !by_port && m->serial[0])) {
                         error = open_handle(list[i], NULL, &h);
                         if (error < 0)
                                 debug(svc, "%s (%04x:%04x): cannot open: %s", path, dd.idVendor,
@@ -711,8 +730,8 @@ static int scan(const struct gw_usb_match *m, bool strings, const struct gw_plug
                         libusb_close(h);
                 if (r < 0)
                         break;
-                if ((!m && !d->dfu) ||
-                    (m && m->serial[0] && !error &&
+                if ((!m && !d->dfu) || (by_port && !ids && (m->has_dfu_ids || !d->dfu_mode)) ||
+                    (m && !by_port && m->serial[0] && !error &&
                      (!d->info.serial || strcmp(d->info.serial, m->serial) != 0))) {
                         desc_done(d);
                         continue;

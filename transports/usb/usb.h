@@ -23,6 +23,10 @@ struct gw_usb_match {
         uint16_t dfu_vid, dfu_pid;
         char serial[GW_USB_SERIAL_MAX + 1]; /* "" = any */
         char path[GW_USB_PATH_MAX + 1];     /* "" = any, else "1-2.3" */
+        /* The board is looked for again at this port after it re-enumerated (option
+         * GW_OPTION_REOPEN_PATH): any ids that match or, without dfu-usb, any board in DFU
+         * mode there; its serial number is not compared. "" = not reopening. */
+        char reopen_path[GW_USB_PATH_MAX + 1];
 };
 
 /* libusb error codes (< 0) and transfer statuses (>= 0) as 0 or a negative errno. */
@@ -32,8 +36,9 @@ int gw_usb_errno(int code);
 int gw_usb_parse_id(const char *s, uint16_t *ret_vid, uint16_t *ret_pid);
 /* A port path "BUS-PORT[.PORT]..." (bus 1-255, 1 to 7 ports of 1-255). 0 or -EINVAL. */
 int gw_usb_check_path(const char *s);
-/* Reads "usb" (required: "VID:PID[,serial=S][,path=P]"), "serial", "path" and "dfu-usb" from
- * opts. 0 or -EINVAL; *ret_why (when not NULL) then says what is wrong, statically allocated. */
+/* Reads "usb" (required: "VID:PID[,serial=S][,path=P]"), "serial", "path", "dfu-usb" and
+ * GW_OPTION_REOPEN_PATH from opts. 0 or -EINVAL; *ret_why (when not NULL) then says what is wrong,
+ * statically allocated. */
 int gw_usb_match_parse(const struct gw_options *opts, struct gw_usb_match *ret,
                        const char **ret_why);
 /* Does a device with these ids, serial (NULL: unknown) and path match? A serial that must
