@@ -4,8 +4,10 @@
 # deployment, each checked by the protocol's identify before flashing (an image requiring the
 # reported usb-id) and after (state checking); an image whose hardware map names another usb-id
 # than the board reports fails node-incompatible with nothing flashed on any node; a DfuSe board
-# takes its image at an address offset. Flash dumps are compared byte for byte.
-# All three boards are on one emulator (the DfuSe one given its own personality with --device),
+# takes its image at an address offset; a board running its application is detached and found
+# again at its port, though its DFU-mode ids are those of two other boards. Flash dumps are
+# compared byte for byte.
+# All four boards are on one emulator (the DfuSe one given its own personality with --device),
 # under one gatewayd: the daemon tells the DFU 1.1 and the DfuSe board apart on the same bus.
 set -u
 
@@ -152,8 +154,10 @@ print(" ".join("%s:%s:%d" % (d["serial"], d["personality"], d["data_blocks"])
 
 # ---- 1. Two DFU 1.1 boards, one deployment ---------------------------------------------------
 # A and B take the command line's personality (DFU 1.1), C its own (DfuSe); dumps in that order.
-start_sim dfu --serial A --serial B --device dfuse,serial=C
-config "$work/gw.yaml" dfu:1d50:6089:A dfu:1d50:6089:B dfuse:0483:df11:C
+# D runs its application (run-time mode, 1d50:6088) and shows up as 1d50:6089, the ids A and B
+# have, once detached: its node names no dfu-usb, so gatewayd must find it again at its port.
+start_sim dfu --serial A --serial B --device dfuse,serial=C --device runtime,serial=D
+config "$work/gw.yaml" dfu:1d50:6089:A dfu:1d50:6089:B dfuse:0483:df11:C rt:1d50:6088:D
 start_gw "$work/gw.yaml" dfu
 
 head -c 5000 /dev/urandom >"$work/www/a1.bin"
@@ -225,12 +229,34 @@ check "DfuSe: dfuse-C went through flashing then checking ($st)" \
 blocks_after=$(blocks dfu)
 boards_after=$(per_board dfu)
 c_before=${boards_before##*C:dfuse:}
+c_before=${c_before%% *}
 c_after=${boards_after##*C:dfuse:}
+c_after=${c_after%% *}
 check "DfuSe: its data blocks went to the DfuSe board alone ($boards_before -> $boards_after)" \
         test "${boards_before% C:*}" = "${boards_after% C:*}" -a "$blocks_after" -gt "$blocks_before" \
         -a "$((c_after - c_before))" -eq "$((blocks_after - blocks_before))"
+# ---- 4. A board in run-time mode: detached, found again at its port, flashed ----------------
+boards_before=$(per_board dfu)
+head -c 6000 /dev/urandom >"$work/www/d1.bin"
+{
+        head_ d4
+        img fw-d 1.0.0 rt-D d1.bin
+} >"$work/www/d4.yaml"
+sign "$work/www/d4.yaml"
+deploy_url d4
+final=$(wait_final d4)
+check "run-time board: d4 ends success (got $(q get "$final" state) $(q get "$final" error.code) $(q get "$final" error.message))" \
+        test "$(q get "$final" state)" = success
+check "run-time board: gatewayd opened it again after DFU_DETACH" \
+        grep -q "rt-D: link open again" "$work/gatewayd.log"
+blocks dfu >/dev/null
+boards_after=$(per_board dfu)
+check "run-time board: no data block went to A, B or C ($boards_before -> $boards_after)" \
+        test "${boards_before% D:*}" = "${boards_after% D:*}"
 stop_pid "$gwpid"
 stop_pid "$sim_pid"
+check "run-time board: D's memory holds d1.bin byte for byte" \
+        cmp -s -n "$(stat -c %s "$work/www/d1.bin")" "$work/www/d1.bin" "$work/dfu.dump.4"
 check "DFU 1.1: board A's memory holds a1.bin byte for byte" \
         cmp -s -n "$(stat -c %s "$work/www/a1.bin")" "$work/www/a1.bin" "$work/dfu.dump"
 check "DFU 1.1: board B's memory holds b1.bin byte for byte" \
