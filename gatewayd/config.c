@@ -747,8 +747,10 @@ static int parse_mqtt(struct parser *p, const struct cnode *mq, const char *base
                       struct gw_mqtt_config *m)
 {
         static const char *const keys[] = {
-            "host",     "port",        "client-id", "prefix",        "keepalive",     "username",
-            "password", "max-payload", "tls",       "reconnect-min", "reconnect-max", NULL};
+            "host",      "port",          "client-id",     "prefix",
+            "keepalive", "username",      "password",      "max-payload",
+            "tls",       "reconnect-min", "reconnect-max", "connect-timeout",
+            NULL};
         const struct cnode *v;
         uint64_t u;
         int r;
@@ -824,7 +826,7 @@ static int parse_mqtt(struct parser *p, const struct cnode *mq, const char *base
                 return fail(p, v ? v : mq, "reconnect-max (%u) is less than reconnect-min (%u)",
                             m->reconnect_max, m->reconnect_min);
         }
-        return 0;
+        return get_unsigned(p, mq, "connect-timeout", 1, 600, &m->connect_timeout);
 }
 
 static int parse_trust(struct parser *p, const struct cnode *t, const char *base_dir,
@@ -1009,6 +1011,7 @@ static int config_new(const char *name, struct gw_config **ret)
         c->mqtt.max_payload = 262144;
         c->mqtt.reconnect_min = 1;
         c->mqtt.reconnect_max = 60;
+        c->mqtt.connect_timeout = 10;
         c->trust.threshold = 1;
         c->manifest_size_max = 1024 * 1024;
         c->image_size_max = 256 * 1024 * 1024;

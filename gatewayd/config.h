@@ -45,11 +45,12 @@ struct gw_mqtt_config {
         char *username;     /* NULL when not given */
         char *password;     /* NULL when not given; only with username */
         size_t max_payload; /* bytes, default 262144 */
-        unsigned reconnect_min; /* seconds, default 1 */
-        unsigned reconnect_max; /* seconds, default 60, >= reconnect_min */
-        bool tls;               /* a tls: section was given */
-        char *tls_ca;           /* NULL = the system's CA store */
-        char *tls_cert;         /* cert and key both or neither: mutual TLS */
+        unsigned reconnect_min;   /* seconds, default 1 */
+        unsigned reconnect_max;   /* seconds, default 60, >= reconnect_min */
+        unsigned connect_timeout; /* seconds, default 10: DNS and TCP connect to the broker */
+        bool tls;                 /* a tls: section was given */
+        char *tls_ca;             /* NULL = the system's CA store */
+        char *tls_cert;           /* cert and key both or neither: mutual TLS */
         char *tls_key;
         bool tls_insecure; /* skip host name verification */
 };

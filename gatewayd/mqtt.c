@@ -1,14 +1,19 @@
 /* gatewayd's MQTT v5 session: libmosquitto without its thread, its socket watched by our
- * loop. libmosquitto's return codes are converted to -errno in gw_mosq_to_errno(), nowhere
- * else. */
+ * loop, and each connection attempt preceded by a reachability probe in a short-lived thread.
+ * libmosquitto's return codes are converted to -errno in gw_mosq_to_errno(), nowhere else. */
 #include <errno.h>
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
+#include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "gw/log.h"
 #include "mqtt.h"
@@ -27,6 +32,8 @@ struct gw_mqtt {
         struct mosquitto *mosq;
         struct gw_source *io;
         struct gw_source *timer; /* loop_misc ticks and reconnects */
+        int probe_fd;            /* our end of the running probe's socketpair, or -1 */
+        struct gw_source *probe_io;
         struct gw_mqtt_callbacks cb;
         void *userdata;
         bool connected;   /* CONNACK received */
@@ -147,7 +154,7 @@ static int on_io(struct gw_source *s, int fd, short revents, void *userdata)
         return 0;
 }
 
-static int attempt_connect(struct gw_mqtt *m)
+static int attempt_connect(struct gw_mqtt *m, const char *addr)
 {
         mosquitto_property *props = NULL;
         int rc, fd;
@@ -156,9 +163,14 @@ static int attempt_connect(struct gw_mqtt *m)
         mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL, SESSION_EXPIRY_S);
         mosquitto_property_add_int32(&props, MQTT_PROP_MAXIMUM_PACKET_SIZE,
                                      (uint32_t) (m->cfg->max_payload + PACKET_OVERHEAD));
-        /* libmosquitto connects synchronously; on loopback and LAN brokers this is quick. */
-        rc = mosquitto_connect_bind_v5(m->mosq, m->cfg->host, m->cfg->port, (int) m->cfg->keepalive,
-                                       NULL, props);
+        /* libmosquitto 2.0 resolves and connects synchronously (its asynchronous connect sends
+         * no v5 properties), but the probe has just seen this broker answer within
+         * connect-timeout, every address before the one that answered failing at once, so this
+         * returns quickly. Without TLS we connect to the very address that answered, which also
+         * spares a second name lookup; TLS needs the host name (SNI, certificate check), so
+         * there the resolver is asked again and a resolver slow to answer twice still stalls. */
+        rc = mosquitto_connect_bind_v5(m->mosq, m->cfg->tls ? m->cfg->host : addr, m->cfg->port,
+                                       (int) m->cfg->keepalive, NULL, props);
         mosquitto_property_free_all(&props);
         if (rc != MOSQ_ERR_SUCCESS) {
                 int r = gw_mosq_to_errno(rc);
@@ -182,6 +194,197 @@ static int attempt_connect(struct gw_mqtt *m)
         return 0;
 }
 
+/* The reachability probe. A thread resolves the host and opens (then closes) a TCP connection
+ * to it with a deadline, and reports through a socketpair; the loop only waits for that
+ * report. The thread owns a copy of all it uses and never touches struct gw_mqtt, so stopping
+ * needs no join: closing our end makes the thread's send fail, and it exits on its own. */
+struct probe {
+        int fd; /* the thread's end of the socketpair */
+        unsigned timeout_s;
+        char port[8];
+        char host[]; /* a copy of mqtt.host */
+};
+
+struct probe_result {
+        int error;             /* 0, or the positive errno of the last address tried */
+        int gai;               /* 0, or getaddrinfo()'s EAI_* code */
+        char addr[NI_MAXHOST]; /* the numeric address that answered (error == 0) */
+};
+
+/* Connects to one address without blocking past deadline_ms; a positive errno or 0. */
+static int probe_one(const struct addrinfo *ai, uint64_t deadline_ms)
+{
+        struct pollfd pfd = {.events = POLLOUT};
+        socklen_t len = sizeof(int);
+        int err = 0;
+
+        pfd.fd =
+            socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+        if (pfd.fd < 0)
+                return errno;
+        if (connect(pfd.fd, ai->ai_addr, ai->ai_addrlen) == 0)
+                goto out;
+        if (errno != EINPROGRESS) {
+                err = errno;
+                goto out;
+        }
+        for (;;) {
+                uint64_t now = gw_now_ms();
+                int n;
+
+                if (now >= deadline_ms) {
+                        err = ETIMEDOUT;
+                        goto out;
+                }
+                n = poll(&pfd, 1, (int) (deadline_ms - now));
+                if (n > 0)
+                        break;
+                if (n < 0 && errno != EINTR) {
+                        err = errno;
+                        goto out;
+                }
+        }
+        if (getsockopt(pfd.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+                err = errno;
+out:
+        close(pfd.fd);
+        return err;
+}
+
+static void *probe_run(void *arg)
+{
+        struct probe *p = arg;
+        uint64_t deadline = gw_now_ms() + (uint64_t) p->timeout_s * 1000u;
+        const struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+        struct probe_result res = {.error = EHOSTUNREACH};
+        struct addrinfo *list = NULL;
+
+        /* getaddrinfo() has no timeout of its own: the resolver's bounds it. */
+        res.gai = getaddrinfo(p->host, p->port, &hints, &list);
+        if (res.gai == EAI_SYSTEM)
+                res.error = errno;
+        if (res.gai == 0) {
+                /* One deadline for all addresses, in getaddrinfo's order (libmosquitto's): an
+                 * address that gives no answer uses it up, so success means every address before
+                 * the one that answered failed at once. */
+                for (const struct addrinfo *ai = list; ai; ai = ai->ai_next) {
+                        if (gw_now_ms() >= deadline) {
+                                res.error = ETIMEDOUT;
+                                break;
+                        }
+                        res.error = probe_one(ai, deadline);
+                        if (res.error == 0) {
+                                if (getnameinfo(ai->ai_addr, ai->ai_addrlen, res.addr,
+                                                sizeof(res.addr), NULL, 0, NI_NUMERICHOST) != 0)
+                                        res.addr[0] = '\0';
+                                break;
+                        }
+                }
+                freeaddrinfo(list);
+        }
+        /* Fails with EPIPE when gatewayd stopped waiting: nothing left to do then. */
+        (void) send(p->fd, &res, sizeof(res), MSG_NOSIGNAL);
+        close(p->fd);
+        free(p);
+        return NULL;
+}
+
+static void probe_drop(struct gw_mqtt *m)
+{
+        m->probe_io = gw_source_free(m->probe_io);
+        if (m->probe_fd >= 0)
+                close(m->probe_fd);
+        m->probe_fd = -1;
+}
+
+static int on_probe(struct gw_source *s, int fd, short revents, void *userdata)
+{
+        struct gw_mqtt *m = userdata;
+        struct probe_result res;
+        ssize_t n;
+        int r;
+
+        n = recv(fd, &res, sizeof(res), MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                return 0;
+        if (n != (ssize_t) sizeof(res)) {
+                /* The thread died without a word; cannot happen short of a crash. */
+                res.error = n < 0 ? errno : EIO;
+                res.gai = 0;
+        }
+        probe_drop(m);
+        if (m->stopping)
+                return 0;
+        if (res.gai != 0) {
+                gw_log_warning("MQTT: cannot resolve %s: %s", m->cfg->host,
+                               res.gai == EAI_SYSTEM ? strerror(res.error) : gai_strerror(res.gai));
+                schedule_reconnect(m);
+                return 0;
+        }
+        if (res.error != 0) {
+                gw_log_warning_errno(-res.error, "MQTT: cannot reach %s:%u: %m", m->cfg->host,
+                                     m->cfg->port);
+                schedule_reconnect(m);
+                return 0;
+        }
+        res.addr[sizeof(res.addr) - 1] = '\0';
+        r = attempt_connect(m, res.addr[0] ? res.addr : m->cfg->host);
+        if (r < 0)
+                return r;
+        if (m->socket_open)
+                gw_source_set_time(m->timer, gw_now_ms() + 1000);
+        return 0;
+}
+
+static int probe_start(struct gw_mqtt *m)
+{
+        size_t hlen = strlen(m->cfg->host);
+        pthread_attr_t attr;
+        sigset_t all, old;
+        struct probe *p;
+        pthread_t tid;
+        int sv[2], r;
+
+        p = malloc(sizeof(*p) + hlen + 1);
+        if (!p)
+                return -ENOMEM;
+        memcpy(p->host, m->cfg->host, hlen + 1);
+        snprintf(p->port, sizeof(p->port), "%u", (unsigned) m->cfg->port);
+        p->timeout_s = m->cfg->connect_timeout;
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+                r = -errno;
+                free(p);
+                return r;
+        }
+        p->fd = sv[1];
+        r = gw_loop_add_io(m->loop, sv[0], POLLIN, on_probe, m, &m->probe_io);
+        if (r < 0)
+                goto close_fds;
+        r = -pthread_attr_init(&attr);
+        if (r < 0)
+                goto drop_io;
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        /* Signals stay with the loop's signalfd: the thread blocks all of them. */
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        r = -pthread_create(&tid, &attr, probe_run, p);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&attr);
+        if (r < 0)
+                goto drop_io;
+        m->probe_fd = sv[0];
+        gw_log_debug("MQTT: probing %s:%u (timeout %u s)", m->cfg->host, m->cfg->port,
+                     m->cfg->connect_timeout);
+        return 0;
+drop_io:
+        m->probe_io = gw_source_free(m->probe_io);
+close_fds:
+        close(sv[0]);
+        close(sv[1]);
+        free(p);
+        return r;
+}
+
 static int on_timer(struct gw_source *s, uint64_t now, void *userdata)
 {
         struct gw_mqtt *m = userdata;
@@ -197,15 +400,16 @@ static int on_timer(struct gw_source *s, uint64_t now, void *userdata)
                 gw_source_set_time(m->timer, now + 1000);
                 return 0;
         }
-        if (m->stopping)
+        if (m->stopping || m->probe_io)
                 return 0;
         if (now >= m->next_attempt) {
-                int r = attempt_connect(m);
+                int r = probe_start(m);
 
-                if (r < 0)
-                        return r;
-                if (m->socket_open)
-                        gw_source_set_time(m->timer, now + 1000);
+                if (r < 0) {
+                        gw_log_warning_errno(r, "MQTT: cannot start connecting to %s:%u: %m",
+                                             m->cfg->host, m->cfg->port);
+                        schedule_reconnect(m);
+                }
         }
         return 0;
 }
@@ -287,6 +491,7 @@ int gw_mqtt_new(struct gw_loop *loop, const struct gw_mqtt_config *cfg, const ch
         m = calloc(1, sizeof(*m));
         if (!m)
                 return -ENOMEM;
+        m->probe_fd = -1;
         m->loop = loop;
         m->cfg = cfg;
         m->version = version;
@@ -394,6 +599,8 @@ void gw_mqtt_stop(struct gw_mqtt *m, int timeout_ms)
                 free(state);
         }
         m->stopping = true;
+        /* A probe still running is abandoned, not waited for: it ends on its own. */
+        probe_drop(m);
         if (!m->socket_open)
                 return;
         /* QoS 1: wait for the PUBACK so the offline state is really stored. */
@@ -413,6 +620,7 @@ struct gw_mqtt *gw_mqtt_free(struct gw_mqtt *m)
 {
         if (!m)
                 return NULL;
+        probe_drop(m);
         gw_source_free(m->io);
         gw_source_free(m->timer);
         if (m->mosq)

@@ -38,6 +38,7 @@ static const char full_yaml[] =
     "  max-payload: 0x10000\n"
     "  reconnect-min: 2\n"
     "  reconnect-max: 30\n"
+    "  connect-timeout: 7\n"
     "  tls: { ca: tls/ca.pem, cert: /abs/c.pem, key: tls/k.pem, insecure: true }\n"
     "trust:\n"
     "  public-keys: [a.pub, /k/b.pub]\n"
@@ -88,6 +89,7 @@ static void test_full(void **state)
         assert_int_equal(c->mqtt.max_payload, 65536);
         assert_int_equal(c->mqtt.reconnect_min, 2);
         assert_int_equal(c->mqtt.reconnect_max, 30);
+        assert_int_equal(c->mqtt.connect_timeout, 7);
         assert_true(c->mqtt.tls);
         assert_string_equal(c->mqtt.tls_ca, "/etc/gw/tls/ca.pem");
         assert_string_equal(c->mqtt.tls_cert, "/abs/c.pem");
@@ -122,9 +124,9 @@ static void test_full(void **state)
         assert_null(gw_options_get(n->transport_opts, "type"));
         assert_string_equal(n->protocol, "ymodem");
         assert_string_equal(gw_options_get(n->protocol_opts, "ack-timeout-ms"), "5000");
-        assert_int_equal(n->pos.line, 31);
+        assert_int_equal(n->pos.line, 32);
         assert_int_equal(n->pos.column, 5);
-        assert_int_equal(n->transport_pos.line, 34);
+        assert_int_equal(n->transport_pos.line, 35);
         assert_int_equal(n->transport_pos.column, 16);
 
         n = gw_config_find_node(c, "node.2");
@@ -135,7 +137,7 @@ static void test_full(void **state)
         assert_int_equal(gw_options_count(n->transport_opts), 0);
         assert_string_equal(n->protocol, "uds");
         assert_string_equal(gw_options_get(n->protocol_opts, "tx-id"), "0x7e0");
-        assert_int_equal(n->protocol_pos.line, 40);
+        assert_int_equal(n->protocol_pos.line, 41);
         assert_int_equal(n->protocol_pos.column, 7);
 
         assert_null(gw_config_find_node(c, "node-3"));
@@ -167,6 +169,7 @@ static void test_defaults(void **state)
         assert_int_equal(c->mqtt.max_payload, 262144);
         assert_int_equal(c->mqtt.reconnect_min, 1);
         assert_int_equal(c->mqtt.reconnect_max, 60);
+        assert_int_equal(c->mqtt.connect_timeout, 10);
         assert_false(c->mqtt.tls);
         assert_null(c->mqtt.tls_ca);
         assert_string_equal(c->trust.keys, "/etc/gw/keys.yaml");
@@ -267,6 +270,10 @@ static const struct bad_case bad_cases[] = {
      "/etc/gw/t.yaml:6:9: mqtt.port: 65536 is out of range (1..65535)"},
     {"port zero", HEAD "mqtt:\n  port: 0\n",
      "/etc/gw/t.yaml:6:9: mqtt.port: 0 is out of range (1..65535)"},
+    {"connect-timeout zero", HEAD "mqtt:\n  connect-timeout: 0\n",
+     "/etc/gw/t.yaml:6:20: mqtt.connect-timeout: 0 is out of range (1..600)"},
+    {"connect-timeout too long", HEAD "mqtt:\n  connect-timeout: 601\n",
+     "/etc/gw/t.yaml:6:20: mqtt.connect-timeout: 601 is out of range (1..600)"},
     {"negative number", HEAD "mqtt:\n  keepalive: -1\n",
      "/etc/gw/t.yaml:6:14: mqtt.keepalive: expected an integer"},
     {"reconnect-max below min", HEAD "mqtt: { reconnect-min: 10, reconnect-max: 5 }\n",
