@@ -362,6 +362,20 @@ int gw_daemon_check(const struct gw_config *cfg)
                             "transport %s gives a %s link",
                             cfg->path, n->name, n->protocol, gw_link_shape_to_string(p_ops->shape),
                             n->transport, gw_link_shape_to_string(t_ops->shape));
+                else if (t_ops && p_ops) {
+                        char why[1024];
+
+                        r = gw_plugin_check_options(t_ops, n->transport_opts, p_ops,
+                                                    n->protocol_opts, why, sizeof(why));
+                        if (r < 0) {
+                                bool proto = strncmp(why, "protocol ", 9) == 0;
+                                const struct gw_config_pos *pos =
+                                    proto ? &n->protocol_pos : &n->transport_pos;
+
+                                ret = gw_log_error_errno(r, "%s:%u:%u: node %s: %s", cfg->path,
+                                                         pos->line, pos->column, n->name, why);
+                        }
+                }
         }
         r = load_provisioned_trust(cfg, &t);
         if (r < 0)

@@ -3,12 +3,16 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gw-config.h"
 #include "gw/log.h"
+#include "gw/loop.h"
+#include "gw/options.h"
 #include "gw/registry.h"
 
 #ifdef GW_BUILTIN_TRANSPORT_UART
@@ -225,4 +229,167 @@ int gw_plugin_load_dir(const char *dir)
         }
         closedir(d);
         return loaded;
+}
+
+/* Option checking. */
+
+static bool key_listed(const char *const *keys, const char *key)
+{
+        for (size_t i = 0; keys[i]; i++)
+                if (strcmp(keys[i], key) == 0)
+                        return true;
+        return false;
+}
+
+/* "port, baud, ..." into buf, truncated to fit. */
+static void join_keys(const char *const *keys, char *buf, size_t n)
+{
+        size_t used = 0;
+
+        buf[0] = '\0';
+        for (size_t i = 0; keys[i] && used < n; i++)
+                used += (size_t) snprintf(buf + used, n - used, "%s%s", i ? ", " : "", keys[i]);
+}
+
+static const char *const *transport_keys(const struct gw_transport_ops *t)
+{
+        return t && t->version >= 3 ? t->options : NULL;
+}
+
+static const char *const *protocol_keys(const struct gw_protocol_ops *p)
+{
+        return p && p->version >= 3 ? p->options : NULL;
+}
+
+/* A key of opts that no list knows, or NULL. A NULL list (a plugin that cannot tell) knows
+ * every key. */
+static const char *unknown_key(const struct gw_options *opts, const char *const *a,
+                               const char *const *b, bool either)
+{
+        if (!a || (either && !b))
+                return NULL;
+        for (size_t i = 0; i < gw_options_count(opts); i++) {
+                const char *key = gw_options_key(opts, i);
+
+                if (!key_listed(a, key) && !(either && key_listed(b, key)))
+                        return key;
+        }
+        return NULL;
+}
+
+/* The host handed to init() for checking: it keeps the reason init() gives. */
+struct check_host {
+        char *why;
+        size_t why_size;
+};
+
+__attribute__((format(printf, 3, 0))) static void check_logv(void *ctx, int level, const char *fmt,
+                                                             va_list ap)
+{
+}
+
+static uint64_t check_now_ms(void *ctx)
+{
+        return gw_now_ms();
+}
+
+static void check_set_deadline(void *ctx, uint64_t at_ms)
+{
+}
+
+static void check_progress(void *ctx, uint64_t done, uint64_t total)
+{
+}
+
+__attribute__((format(printf, 2, 3))) static void check_set_error(void *ctx, const char *fmt, ...)
+{
+        struct check_host *c = ctx;
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(c->why, c->why_size, fmt, ap);
+        va_end(ap);
+}
+
+static int check_protocol_values(const struct gw_protocol_ops *p, const struct gw_options *opts,
+                                 char *why, size_t why_size)
+{
+        struct check_host c = {.why = why, .why_size = why_size};
+        struct gw_proto_host host = {
+            .version = GW_PROTO_HOST_VERSION,
+            .ctx = &c,
+            .logv = check_logv,
+            .now_ms = check_now_ms,
+            .set_deadline = check_set_deadline,
+            .progress = check_progress,
+            .set_error = check_set_error,
+        };
+        void *priv;
+        int r;
+
+        priv = calloc(1, p->priv_size ? p->priv_size : 1);
+        if (!priv)
+                return -ENOMEM;
+        why[0] = '\0';
+        r = p->init(priv, opts, &host);
+        if (r >= 0)
+                p->done(priv);
+        free(priv);
+        if (r < 0 && !why[0])
+                snprintf(why, why_size, "invalid options (%s)", strerror(-r));
+        return r < 0 ? r : 0;
+}
+
+int gw_plugin_check_options(const struct gw_transport_ops *t, const struct gw_options *topts,
+                            const struct gw_protocol_ops *p, const struct gw_options *popts,
+                            char *why, size_t why_size)
+{
+        bool same = topts == popts;
+        char reason[256], keys[512];
+        const char *key;
+        int r;
+
+        if (!t || !p || !topts || !popts || !why || why_size == 0)
+                return -EINVAL;
+        key = unknown_key(topts, transport_keys(t), protocol_keys(p), same);
+        if (key) {
+                join_keys(transport_keys(t), keys, sizeof(keys));
+                if (same) {
+                        char pkeys[512];
+
+                        join_keys(protocol_keys(p), pkeys, sizeof(pkeys));
+                        snprintf(why, why_size,
+                                 "unknown option '%s' (transport %s reads %s; protocol %s reads "
+                                 "%s)",
+                                 key, t->name, keys, p->name, pkeys);
+                } else {
+                        snprintf(why, why_size, "transport %s: unknown option '%s' (it reads %s)",
+                                 t->name, key, keys);
+                }
+                return -EINVAL;
+        }
+        if (!same) {
+                key = unknown_key(popts, protocol_keys(p), NULL, false);
+                if (key) {
+                        join_keys(protocol_keys(p), keys, sizeof(keys));
+                        snprintf(why, why_size, "protocol %s: unknown option '%s' (it reads %s)",
+                                 p->name, key, keys);
+                        return -EINVAL;
+                }
+        }
+        if (t->version >= 3 && t->check) {
+                reason[0] = '\0';
+                r = t->check(topts, reason, sizeof(reason));
+                if (r < 0) {
+                        snprintf(why, why_size, "transport %s: %s", t->name,
+                                 reason[0] ? reason : strerror(-r));
+                        return r;
+                }
+        }
+        r = check_protocol_values(p, popts, reason, sizeof(reason));
+        if (r < 0) {
+                snprintf(why, why_size, "protocol %s: %s", p->name, reason);
+                return r;
+        }
+        return 0;
 }

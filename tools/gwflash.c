@@ -486,8 +486,8 @@ int main(int argc, char **argv)
         const char *transport = NULL, *protocol = NULL, *name = NULL, *usb = NULL, *label;
 #ifdef GW_BUILTIN_TRANSPORT_USB
         struct gw_usb_match usb_match = {0};
-        const char *why = NULL;
 #endif
+        char why[1024];
         const struct gw_transport_ops *t;
         const struct gw_protocol_ops *p;
         struct gw_options *opts = gw_options_new();
@@ -619,11 +619,16 @@ int main(int argc, char **argv)
                 fprintf(stderr, "gwflash: --port is required for transport %s\n", transport);
                 goto usage;
         }
-#ifdef GW_BUILTIN_TRANSPORT_USB
-        if (strcmp(t->name, "usb") == 0 && gw_usb_match_parse(opts, &usb_match, &why) < 0) {
-                fprintf(stderr, "gwflash: --usb VID:PID[,serial=S][,path=P]: %s\n", why);
+        /* Every option, before anything is opened: a typo or a bad value is a usage error. */
+        if (gw_plugin_check_options(t, opts, p, opts, why, sizeof(why)) < 0) {
+                fprintf(stderr, "gwflash: %s\n", why);
+                if (strncmp(why, "transport usb:", 14) == 0)
+                        fprintf(stderr, "gwflash: --usb takes VID:PID[,serial=S][,path=P]\n");
                 goto usage;
         }
+#ifdef GW_BUILTIN_TRANSPORT_USB
+        if (strcmp(t->name, "usb") == 0 && gw_usb_match_parse(opts, &usb_match, NULL) < 0)
+                goto usage; /* the check above said why */
 #endif
         label = gw_options_get(opts, "port")  ? gw_options_get(opts, "port")
                 : gw_options_get(opts, "usb") ? gw_options_get(opts, "usb")

@@ -20,9 +20,10 @@
  * own version, not this. */
 #define GW_PLUGIN_ABI_VERSION 1
 
-/* Version 2 of each added the control link shape (USB). */
-#define GW_TRANSPORT_OPS_VERSION 2
-#define GW_PROTOCOL_OPS_VERSION  2
+/* Version 2 of each added the control link shape (USB); version 3 of the transport and
+ * protocol ops added option checking (options, check). */
+#define GW_TRANSPORT_OPS_VERSION 3
+#define GW_PROTOCOL_OPS_VERSION  3
 #define GW_SERVICES_VERSION      2
 #define GW_PROTO_HOST_VERSION    3
 
@@ -168,6 +169,15 @@ struct gw_transport_ops {
          * which node an attached device is without knowing how the transport names links.
          * NULL = cannot tell. */
         int (*claims)(const struct gw_options *opts, const struct gw_link_info *info);
+
+        /* Version 3: checking a node's options before anything is opened. */
+        /* The option keys open() reads, NULL-terminated: any other key in a node's transport
+         * settings is a mistake the core reports. NULL = cannot tell. */
+        const char *const *options;
+        /* Checks opts as open() would, without I/O: 0, or -EINVAL with the reason (one line
+         * naming the option, e.g. "option baud: expected 50 to 4000000") in why. Pure. NULL =
+         * only open() can tell. */
+        int (*check)(const struct gw_options *opts, char *why, size_t why_size);
 };
 
 /* The image a protocol installs: read at any offset, so a protocol can resend a block.
@@ -285,6 +295,12 @@ struct gw_protocol_ops {
          * counts bytes read, GW_PROTO_DONE when the node ended the upload (a short block) or
          * w->max bytes arrived. NULL = the protocol cannot read back. */
         int (*upload)(void *priv, const struct gw_writer *w);
+
+        /* Version 3: the option keys init() reads (node settings and image options alike),
+         * NULL-terminated: any other key in a node's protocol settings is a mistake the core
+         * reports. NULL = cannot tell. init() checks the values (it touches nothing else): the
+         * core calls it with a host whose set_error() takes the reason. */
+        const char *const *options;
 };
 
 /* Out-of-tree plugins: a shared module in the plugin directory exports

@@ -15,3 +15,12 @@ const struct gw_protocol_ops *gw_protocol_find(const char *name);
 /* Iteration over everything known: NULL past the end. */
 const struct gw_transport_ops *gw_transport_get(size_t i);
 const struct gw_protocol_ops *gw_protocol_get(size_t i);
+
+/* Checks a node's options before anything is opened: keys neither plugin reads (the reason
+ * lists the keys they do read), then the values, as t->check() and p->init() see them.
+ * topts and popts may be the same set (gwflash's): a key is then fine when either plugin
+ * reads it. 0, or -EINVAL with a one-line reason in why. Plugins that cannot tell (older ops
+ * versions, no option list) are given the benefit of the doubt. */
+int gw_plugin_check_options(const struct gw_transport_ops *t, const struct gw_options *topts,
+                            const struct gw_protocol_ops *p, const struct gw_options *popts,
+                            char *why, size_t why_size);

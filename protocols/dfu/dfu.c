@@ -1311,6 +1311,16 @@ static int dfu_identify(void *priv, struct gw_options *ret)
         return succeed(d);
 }
 
+static const char *const dfu_options[] = {"alt",
+                                          "address",
+                                          "leave",
+                                          "transfer-size",
+                                          "poll-max-ms",
+                                          "timeout-ms",
+                                          "transfer-timeout-ms",
+                                          "reenumerate-timeout-ms",
+                                          NULL};
+
 const struct gw_protocol_ops gw_protocol_dfu_ops = {
     .version = GW_PROTOCOL_OPS_VERSION,
     .name = "dfu",
@@ -1327,4 +1337,5 @@ const struct gw_protocol_ops gw_protocol_dfu_ops = {
     .control_done = dfu_control_done,
     .reopened = dfu_reopened,
     .upload = dfu_upload,
+    .options = dfu_options,
 };

@@ -620,6 +620,9 @@ static int ymodem_hangup(void *priv)
                     y->reader ? y->reader->size : 0);
 }
 
+static const char *const ymodem_options[] = {
+    "retries", "ack-timeout-ms", "start-timeout-ms", "final-ack-timeout-ms", "filename", NULL};
+
 const struct gw_protocol_ops gw_protocol_ymodem_ops = {
     .version = GW_PROTOCOL_OPS_VERSION,
     .name = "ymodem",
@@ -633,4 +636,5 @@ const struct gw_protocol_ops gw_protocol_ymodem_ops = {
     .cancel = ymodem_cancel,
     .identify = NULL,
     .hangup = ymodem_hangup,
+    .options = ymodem_options,
 };

@@ -41,6 +41,30 @@ CONF
 "$GWD" --check-config "$work/gatewayd.yaml" >/dev/null 2>"$work/check-config.log" ||
         { echo "FAIL: the test configuration is refused:"; cat "$work/check-config.log"; exit 1; }
 
+# A node's options are checked before anything opens: a misspelt key or a bad value is
+# refused by --check-config and by the daemon itself, each at its line and column, naming the
+# plugin and the option, with the keys the plugin does read.
+sed -e "s/baud: $baud/baudrate: $baud/" -e 's/{ type: ymodem }/{ type: ymodem, ack-timeout-ms: 0 }/' \
+        "$work/gatewayd.yaml" >"$work/bad-options.yaml"
+"$GWD" --check-config "$work/bad-options.yaml" >/dev/null 2>"$work/bad-options.log"
+rc=$?
+check "bad node options: --check-config exits 1 (got $rc)" test "$rc" -eq 1
+check "bad node options: the misspelt transport key is named, with the keys uart reads" \
+        grep -q "bad-options.yaml:1[0-9]:[0-9]*: node node-1: transport uart: unknown option 'baudrate' (it reads port, baud," \
+        "$work/bad-options.log"
+sed "s/baudrate: $baud/baud: $baud/" "$work/bad-options.yaml" >"$work/bad-value.yaml"
+"$GWD" --check-config "$work/bad-value.yaml" >/dev/null 2>"$work/bad-value.log"
+rc=$?
+check "bad protocol value: --check-config exits 1 (got $rc)" test "$rc" -eq 1
+check "bad protocol value: the option and its range are named" \
+        grep -q "node node-1: protocol ymodem: option ack-timeout-ms: expected 1 to 3600000" \
+        "$work/bad-value.log"
+timeout 10 "$GWD" -c "$work/bad-value.yaml" >/dev/null 2>"$work/bad-value-run.log"
+rc=$?
+check "bad protocol value: gatewayd refuses to start (exit $rc)" test "$rc" -eq 1
+check "bad protocol value: ... and says why" grep -q "option ack-timeout-ms" \
+        "$work/bad-value-run.log"
+
 watch_prefix
 
 "$GWD" -c "$work/gatewayd.yaml" 2>"$work/gatewayd.log" &

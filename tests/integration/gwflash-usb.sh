@@ -120,6 +120,21 @@ for bad in "0483" "0483:df11,path=1" "0483:df11,serial=" "0483:df11,colour=red" 
                 fail "--usb $bad: exit $rc, expected 2 with a message about --usb"
         fi
 done
+# Options neither the transport nor the protocol reads, and bad values, before any device is
+# looked at: exit 2 naming the option.
+for bad in "-o baudrate=9600:unknown option 'baudrate'" "-o timeout-ms=0:option timeout-ms" \
+        "--alt=:option alt" "-o leave=perhaps:option leave"; do
+        arg=${bad%%:*}
+        want=${bad#*:}
+        # shellcheck disable=SC2086 # the option and its value are two words
+        "$GWFLASH" --usb 0483:df11 $arg "$work/img.bin" >/dev/null 2>"$work/usage.err"
+        rc=$?
+        if [ $rc -eq 2 ] && grep -qF -- "$want" "$work/usage.err"; then
+                pass "usage error for $arg"
+        else
+                fail "$arg: exit $rc, expected 2 with '$want': $(head -n 1 "$work/usage.err")"
+        fi
+done
 "$GWFLASH" --usb 0483:df11 --transport uart "$work/img.bin" >/dev/null 2>&1
 rc=$?
 if [ $rc -eq 2 ]; then

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "gw/log.h"
+#include "gw/options.h"
 #include "gw/registry.h"
 
 static const char *module(const char *name)
@@ -107,6 +108,141 @@ static void test_load_dir(void **state)
         rmdir(dir);
 }
 
+/* opts from "k=v k=v" (no spaces in values). */
+static struct gw_options *kv(const char *spec)
+{
+        struct gw_options *o = gw_options_new();
+        char buf[512], *save = NULL;
+
+        assert_non_null(o);
+        snprintf(buf, sizeof(buf), "%s", spec);
+        for (char *tok = strtok_r(buf, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
+                char *eq = strchr(tok, '=');
+
+                assert_non_null(eq);
+                *eq = '\0';
+                assert_int_equal(gw_options_set(o, tok, eq + 1), 0);
+        }
+        return o;
+}
+
+/* A node's options checked before anything opens: unknown keys and bad values are refused
+ * with a reason naming the plugin and the option; good ones pass; the transport and the
+ * protocol sets are checked apart, or as one set (gwflash's). */
+static void test_check_options(void **state)
+{
+        static const struct {
+                const char *t, *topts, *p, *popts; /* popts NULL: one set for both */
+                int r;
+                const char *why[3]; /* words the reason must contain */
+        } v[] = {
+            {"uart",
+             "port=/dev/ttyS0 baud=115200 parity=even",
+             "ymodem",
+             "ack-timeout-ms=5000 retries=3",
+             0,
+             {NULL}},
+            {"uart",
+             "port=/dev/ttyS0 baudrate=9600",
+             "ymodem",
+             "",
+             -EINVAL,
+             {"transport uart", "unknown option 'baudrate'", "port, baud"}},
+            {"uart",
+             "port=/dev/ttyS0 baud=9",
+             "ymodem",
+             "",
+             -EINVAL,
+             {"transport uart", "option baud", "50"}},
+            {"uart", "baud=9600", "ymodem", "", -EINVAL, {"transport uart", "option port"}},
+            {"uart", "port=/dev/ttyS0 flow=maybe", "ymodem", "", -EINVAL, {"option flow"}},
+            {"uart",
+             "port=/dev/ttyS0",
+             "ymodem",
+             "ack-timeout=5",
+             -EINVAL,
+             {"protocol ymodem", "unknown option 'ack-timeout'", "ack-timeout-ms"}},
+            {"uart",
+             "port=/dev/ttyS0",
+             "ymodem",
+             "ack-timeout-ms=0",
+             -EINVAL,
+             {"protocol ymodem", "option ack-timeout-ms", "1 to 3600000"}},
+            {"uart", "port=/dev/ttyS0", "ymodem", "filename=a/b", -EINVAL, {"option filename"}},
+            /* A transport key in the protocol's set is a mistake too. */
+            {"uart",
+             "port=/dev/ttyS0",
+             "ymodem",
+             "baud=9600",
+             -EINVAL,
+             {"protocol ymodem", "unknown option 'baud'"}},
+            /* One set for both: a key either reads is fine, one neither reads is not. */
+            {"uart", "port=/dev/ttyS0 baud=9600 retries=2", "ymodem", NULL, 0, {NULL}},
+            {"uart",
+             "port=/dev/ttyS0 colour=red",
+             "ymodem",
+             NULL,
+             -EINVAL,
+             {"unknown option 'colour'", "transport uart reads", "protocol ymodem reads"}},
+            {"uart",
+             "port=/dev/ttyS0 retries=5000",
+             "ymodem",
+             NULL,
+             -EINVAL,
+             {"protocol ymodem", "option retries"}},
+            {"usb", "usb=0483:df11 serial=A1", "dfu", "alt=0 address=0x08000000", 0, {NULL}},
+            {"usb", "usb=0483", "dfu", "", -EINVAL, {"transport usb", "VID:PID"}},
+            {"usb", "usb=0483:df11 dfu-usb=x", "dfu", "", -EINVAL, {"transport usb", "dfu-usb"}},
+            /* The core's own key is not a node's. */
+            {"usb",
+             "usb=0483:df11 reopen-path=1-1",
+             "dfu",
+             "",
+             -EINVAL,
+             {"unknown option 'reopen-path'"}},
+            {"usb",
+             "usb=0483:df11",
+             "dfu",
+             "transfer-size=8192",
+             -EINVAL,
+             {"protocol dfu", "option transfer-size"}},
+            /* An out-of-tree transport that lists no options: given the benefit of the
+             * doubt. */
+            {"dummy", "anything=1", "ymodem", "", 0, {NULL}},
+        };
+        char why[1024];
+
+        /* The dummy module (test_load_and_use loaded it; load it here when run alone). */
+        if (!gw_transport_find("dummy"))
+                assert_int_equal(gw_plugin_load(module("libplugin-dummy.so")), 0);
+        for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+                const struct gw_transport_ops *t = gw_transport_find(v[i].t);
+                const struct gw_protocol_ops *p = gw_protocol_find(v[i].p);
+                struct gw_options *to, *po;
+                int r;
+
+                if (!t || !p) {
+                        print_message("case %zu: %s or %s not built in, skipped\n", i, v[i].t,
+                                      v[i].p);
+                        continue;
+                }
+                to = kv(v[i].topts);
+                po = v[i].popts ? kv(v[i].popts) : to;
+                why[0] = '\0';
+                r = gw_plugin_check_options(t, to, p, po, why, sizeof(why));
+                if (r != v[i].r)
+                        fail_msg("case %zu: got %d (%s), expected %d", i, r, why, v[i].r);
+                for (size_t k = 0; k < 3 && v[i].why[k]; k++)
+                        if (!strstr(why, v[i].why[k]))
+                                fail_msg("case %zu: reason '%s' lacks '%s'", i, why, v[i].why[k]);
+                if (po != to)
+                        gw_options_free(po);
+                gw_options_free(to);
+        }
+        assert_int_equal(gw_plugin_check_options(NULL, NULL, NULL, NULL, why, sizeof(why)),
+                         -EINVAL);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -116,6 +252,7 @@ int main(void)
             cmocka_unit_test(test_missing_file),
             cmocka_unit_test(test_load_and_use),
             cmocka_unit_test(test_load_dir),
+            cmocka_unit_test(test_check_options),
         };
 
         gw_log_set_max_level(getenv("GW_TEST_VERBOSE") ? LOG_DEBUG : LOG_EMERG);

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -97,8 +98,9 @@ static void debug_sp_error(const struct gw_plugin_services *svc, const char *wha
         sp_free_error_message(msg);
 }
 
-static int parse_settings(const struct gw_options *opts, const struct gw_plugin_services *svc,
-                          struct uart_settings *ret)
+/* Reads the settings from opts; on a bad one -EINVAL with the reason in why. Pure. */
+static int parse_settings(const struct gw_options *opts, struct uart_settings *ret, char *why,
+                          size_t why_size)
 {
         struct uart_settings set = {0};
         const char *v;
@@ -106,21 +108,22 @@ static int parse_settings(const struct gw_options *opts, const struct gw_plugin_
 
         set.port = gw_options_get(opts, "port");
         if (!set.port || !*set.port) {
-                debug(svc, "option \"port\" is required");
+                snprintf(why, why_size, "option port is required (the device, e.g. /dev/ttyUSB0)");
                 return -EINVAL;
         }
         if (gw_options_get_u64(opts, "baud", 115200, BAUD_MIN, BAUD_MAX, &u) < 0) {
-                debug(svc, "option \"baud\" must be a number from %d to %d", BAUD_MIN, BAUD_MAX);
+                snprintf(why, why_size, "option baud: expected a number from %d to %d", BAUD_MIN,
+                         BAUD_MAX);
                 return -EINVAL;
         }
         set.baud = (uint32_t) u;
         if (gw_options_get_u64(opts, "data-bits", 8, 5, 8, &u) < 0) {
-                debug(svc, "option \"data-bits\" must be 5 to 8");
+                snprintf(why, why_size, "option data-bits: expected 5 to 8");
                 return -EINVAL;
         }
         set.data_bits = (unsigned) u;
         if (gw_options_get_u64(opts, "stop-bits", 1, 1, 2, &u) < 0) {
-                debug(svc, "option \"stop-bits\" must be 1 or 2");
+                snprintf(why, why_size, "option stop-bits: expected 1 or 2");
                 return -EINVAL;
         }
         set.stop_bits = (unsigned) u;
@@ -133,7 +136,7 @@ static int parse_settings(const struct gw_options *opts, const struct gw_plugin_
         else if (strcmp(v, "odd") == 0)
                 set.parity = PARITY_ODD;
         else {
-                debug(svc, "option \"parity\" must be none, even or odd");
+                snprintf(why, why_size, "option parity: expected none, even or odd");
                 return -EINVAL;
         }
 
@@ -145,11 +148,18 @@ static int parse_settings(const struct gw_options *opts, const struct gw_plugin_
         else if (strcmp(v, "xonxoff") == 0)
                 set.flow = FLOW_XONXOFF;
         else {
-                debug(svc, "option \"flow\" must be none, rtscts or xonxoff");
+                snprintf(why, why_size, "option flow: expected none, rtscts or xonxoff");
                 return -EINVAL;
         }
         *ret = set;
         return 0;
+}
+
+static int uart_check(const struct gw_options *opts, char *why, size_t why_size)
+{
+        struct uart_settings set;
+
+        return parse_settings(opts, &set, why, why_size);
 }
 
 /* The libserialport path: real UARTs and USB-serial adapters. -ENODEV means "not a port
@@ -346,13 +356,16 @@ static int uart_open(void *priv, const struct gw_options *opts,
         struct uart *u = priv;
         struct uart_settings set;
         struct stat st;
+        char why[128];
         int r;
 
         u->svc = svc;
         u->fd = -1;
-        r = parse_settings(opts, svc, &set);
-        if (r < 0)
+        r = parse_settings(opts, &set, why, sizeof(why));
+        if (r < 0) {
+                debug(svc, "%s", why);
                 return r;
+        }
         if (stat(set.port, &st) < 0) {
                 r = -errno;
                 debug(svc, "%s: %s", set.port, strerror(errno));
@@ -494,6 +507,9 @@ static int uart_enumerate(const struct gw_plugin_services *svc, gw_link_enum_cb 
         return r;
 }
 
+static const char *const uart_options[] = {"port",   "baud", "data-bits", "stop-bits",
+                                           "parity", "flow", NULL};
+
 const struct gw_transport_ops gw_transport_uart_ops = {
     .version = GW_TRANSPORT_OPS_VERSION,
     .name = "uart",
@@ -505,4 +521,6 @@ const struct gw_transport_ops gw_transport_uart_ops = {
     .read = uart_read,
     .write = uart_write,
     .enumerate = uart_enumerate,
+    .options = uart_options,
+    .check = uart_check,
 };

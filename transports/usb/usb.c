@@ -1223,6 +1223,21 @@ static int usb_claims(const struct gw_options *opts, const struct gw_link_info *
         return gw_usb_match_device(&m, info->vid, info->pid, info->serial, info->path) ? 1 : 0;
 }
 
+static int usb_check(const struct gw_options *opts, char *why, size_t why_size)
+{
+        struct gw_usb_match m;
+        const char *reason = NULL;
+
+        if (gw_usb_match_parse(opts, &m, &reason) < 0) {
+                snprintf(why, why_size, "%s", reason ? reason : "invalid options");
+                return -EINVAL;
+        }
+        return 0;
+}
+
+/* reopen-path is the core's to set (see GW_OPTION_REOPEN_PATH), not a node's. */
+static const char *const usb_options[] = {"usb", "serial", "path", "dfu-usb", NULL};
+
 const struct gw_transport_ops gw_transport_usb_ops = {
     .version = GW_TRANSPORT_OPS_VERSION,
     .name = "usb",
@@ -1238,4 +1253,6 @@ const struct gw_transport_ops gw_transport_usb_ops = {
     .watch_attach = usb_watch_attach,
     .unwatch_attach = usb_unwatch_attach,
     .claims = usb_claims,
+    .options = usb_options,
+    .check = usb_check,
 };
