@@ -54,8 +54,9 @@ struct node_rt {
         struct node_image rb_cur, rb_prev;
         /* What identify reported (before flashing, then again when checking). */
         struct gw_options *identified;
-        bool active;    /* a job (identify, install, check, revert) is running for it */
-        bool reverting; /* the running install is the rollback */
+        bool active;        /* a job (identify, install, check, revert) is running for it */
+        bool reverting;     /* the running install is the rollback */
+        bool revert_queued; /* an atomic deployment halted: rolls back once a slot is free */
         /* While in a deployment: */
         struct deployment *dep;
         size_t image; /* index into the manifest's images */
@@ -572,7 +573,7 @@ static struct deployment *deployment_free(struct deployment *d)
                 n->identified = gw_options_free(n->identified);
                 node_image_done(&n->rb_cur);
                 node_image_done(&n->rb_prev);
-                n->active = n->reverting = false;
+                n->active = n->reverting = n->revert_queued = false;
                 n->dep = NULL;
         }
         free(d->downloads);
@@ -787,6 +788,25 @@ static void on_flash_progress(void *userdata, uint64_t done, uint64_t total)
         }
 }
 
+static bool node_revert(struct node_rt *n);
+
+/* Starts the rollbacks an atomic failure queued, as many as policy.parallel leaves room for:
+ * a rollback is a flash like any other (the same power, bus and CPU budget). */
+static void revert_more(struct deployment *d)
+{
+        unsigned parallel = d->m->policy.parallel ? d->m->policy.parallel : 1;
+
+        for (size_t i = 0; i < d->n_nodes && d->n_active < parallel; i++) {
+                struct node_rt *n = d->nodes[i];
+
+                if (!n->revert_queued)
+                        continue;
+                n->revert_queued = false;
+                /* A node without a previous image stays as it is. */
+                node_revert(n);
+        }
+}
+
 /* The node's job ended for good in this deployment (success, failed or reverted). */
 static void node_ended(struct node_rt *n)
 {
@@ -794,6 +814,7 @@ static void node_ended(struct node_rt *n)
 
         node_set_active(n, false);
         publish_deployment(d, false);
+        revert_more(d);
         flash_start_more(d);
 }
 
@@ -847,7 +868,8 @@ static bool node_revert(struct node_rt *n)
 }
 
 /* An atomic deployment failed: every node that took its image goes back to its previous one,
- * and no node starts any more. Nodes still running are rolled back when they end. */
+ * no more than policy.parallel at a time, and no node starts any more. Nodes still running are
+ * rolled back when they end. */
 static void deployment_halt(struct deployment *d)
 {
         if (d->halted)
@@ -861,9 +883,9 @@ static void deployment_halt(struct deployment *d)
                 if (n->state != GW_NODE_SUCCESS || n->active)
                         continue;
                 snprintf(n->message, sizeof(n->message), "rolled back: another node failed");
-                /* Active again while it reverts; a node without a previous image stays. */
-                node_revert(n);
+                n->revert_queued = true;
         }
+        revert_more(d);
 }
 
 /* A node failed to take its image (code says how): it is rolled back when the journal and the
@@ -1547,6 +1569,7 @@ static void manifest_ready(struct deployment *d)
                 d->nodes[i]->bytes = d->nodes[i]->total = 0;
                 d->nodes[i]->state = GW_NODE_IDLE;
                 d->nodes[i]->active = d->nodes[i]->reverting = false;
+                d->nodes[i]->revert_queued = false;
                 /* What a rollback restores; without memory it is simply not possible. */
                 if (node_image_copy(&d->nodes[i]->rb_cur, &d->nodes[i]->cur) < 0 ||
                     node_image_copy(&d->nodes[i]->rb_prev, &d->nodes[i]->prev) < 0)

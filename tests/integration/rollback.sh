@@ -3,8 +3,8 @@
 # YMODEM nodes: after v1 is on two nodes, an atomic deployment of v2 in which one node fails
 # (the simulator cancels mid-transfer) reverts that node and the node that already took v2,
 # both ending with v1 byte for byte and the final report failed with the original error and
-# per-node reverted states; without atomic only the failing node reverts; a node with no
-# previous image just fails.
+# per-node reverted states, one rollback at a time as policy.parallel says; without atomic only
+# the failing node reverts; a node with no previous image just fails.
 set -u
 
 : "${GW_SRC:?GW_SRC must name the source directory}"
@@ -130,6 +130,28 @@ check "r2 atomic: node-2 failed flashing and was rolled back ($st)" \
         test "$st" = "queued downloading verifying flashing reverting reverted"
 check "r2 atomic: node-1 did receive v2 before it was rolled back" \
         grep -q '"file":"app-node-1-2.0.0.bin".*"result":"ok"' "$work/node-1.report"
+# policy.parallel is 1: the rollbacks run one after the other, as the flashing did.
+order=$(python3 - "$work/sub.log" "$prefix" <<'PY'
+import json, sys
+prefix = sys.argv[2] + "/nodes/"
+seq = []
+for line in open(sys.argv[1]):
+    parts = line.rstrip("\n").split(" ", 2)
+    if len(parts) < 3 or not parts[1].startswith(prefix):
+        continue
+    try:
+        st = json.loads(parts[2])
+    except ValueError:
+        continue
+    if st.get("deployment") == "r2" and st.get("state") in ("reverting", "reverted"):
+        item = parts[1][len(prefix):].split("/")[0] + ":" + st["state"]
+        if not seq or seq[-1] != item:
+            seq.append(item)
+print(" ".join(seq))
+PY
+)
+check "r2 atomic: one rollback at a time under parallel 1 ($order)" \
+        test "$order" = "node-2:reverting node-2:reverted node-1:reverting node-1:reverted"
 
 # ---- 3. Not atomic: only the failing node reverts --------------------------------------------
 arm node-2
