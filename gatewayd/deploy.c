@@ -1409,6 +1409,40 @@ static int node_check(struct deployment *d, const struct node_rt *n,
         return r;
 }
 
+/* The image's options over the node's protocol settings, as the node's plugins will take
+ * them: an option the protocol does not read or a value it refuses would fail the node at
+ * flashing time, after other nodes took their images, so it refuses the deployment here. Sets
+ * d->error and d->message on refusal. */
+static int node_check_options(struct deployment *d, const struct node_rt *n,
+                              const struct gw_manifest_image *img)
+{
+        const struct gw_transport_ops *t = gw_transport_find(n->cfg->transport);
+        const struct gw_protocol_ops *p = node_protocol(n);
+        struct gw_options *popts;
+        char why[512];
+        int r;
+
+        if (!t || !p)
+                return 0; /* node_open() reports it */
+        popts = gw_options_new();
+        if (!popts)
+                return -ENOMEM;
+        r = gw_options_merge(popts, n->cfg->protocol_opts);
+        if (r >= 0)
+                r = gw_options_merge(popts, img->options);
+        if (r >= 0) {
+                r = gw_plugin_check_options(t, n->cfg->transport_opts, p, popts, why, sizeof(why));
+                if (r < 0) {
+                        d->error = GW_ERR_NODE_INCOMPATIBLE;
+                        snprintf(d->message, sizeof(d->message),
+                                 "image %.64s for node %.64s: %.250s", img->name, n->cfg->name,
+                                 why);
+                }
+        }
+        gw_options_free(popts);
+        return r;
+}
+
 static int map_nodes(struct deployment *d)
 {
         struct gw_engine *e = d->engine;
@@ -1463,6 +1497,8 @@ static int map_nodes(struct deployment *d)
                                         return -EINVAL;
                                 }
                                 r = node_check(d, n, img);
+                                if (r >= 0)
+                                        r = node_check_options(d, n, img);
                                 if (r < 0)
                                         return r;
                                 n->image = i;

@@ -221,6 +221,29 @@ sign "$work/www/f-node.yaml"
 deploy_url f-node
 expect "target node that is not configured" f-node rejected node-unknown "$b"
 
+# An image option the node's protocol does not read, or a value it refuses, would fail that node
+# only once it is flashed, after the others took their images: refused before anything moves.
+{
+        head_ f-optkey
+        img a 1.0 node-1 a.bin
+        img b 1.0 node-2 b.bin
+        echo "    options: { ack-timeout: 5000 }"
+} >"$work/www/f-optkey.yaml"
+sign "$work/www/f-optkey.yaml"
+deploy_url f-optkey
+expect "image option the protocol does not read" f-optkey rejected node-incompatible "$b"
+check "image option the protocol does not read: the message names it" \
+        grep -q "image b for node node-2: protocol ymodem: unknown option 'ack-timeout'" \
+        "$work/gatewayd.log"
+{
+        head_ f-optval
+        img a 1.0 node-1 a.bin
+        echo "    options: { retries: 100000 }"
+} >"$work/www/f-optval.yaml"
+sign "$work/www/f-optval.yaml"
+deploy_url f-optval
+expect "image option value the protocol refuses" f-optval rejected node-incompatible "$b"
+
 # ---- A node that never answers ------------------------------------------------------------------
 { head_ f-silent; img a 1.0 node-1 a.bin; img b 1.0 node-3 b.bin; } >"$work/www/f-silent.yaml"
 sign "$work/www/f-silent.yaml"
