@@ -226,7 +226,7 @@ static bool claims(const struct gw_inventory *inv, const struct inv_node *n,
             .pid = d->pid,
         };
 
-        return inv->usb->claims(n->cfg->transport_opts, &info) > 0;
+        return inv->usb->claims(n->cfg->transport_opts, &info) == 1;
 }
 
 /* Enumerates USB DFU devices: which nodes they are, and the rest. Returns 1 when the answer

@@ -16,9 +16,6 @@
 #include "gw/log.h"
 #include "gw/loop.h"
 #include "gw/registry.h"
-#ifdef GW_BUILTIN_TRANSPORT_USB
-#include "../transports/usb/usb.h"
-#endif
 #ifdef GW_BUILTIN_PROTOCOL_DFU
 #include "../protocols/dfu/dfu-desc.h"
 #endif
@@ -175,12 +172,17 @@ struct list_ctx {
         bool json;
         json_t *arr;
         unsigned n;
+        bool v3; /* the transport fills the version 3 fields of gw_link_info */
 };
+
+static int list_usb_one(const struct gw_link_info *info, struct list_ctx *c);
 
 static int list_one(const struct gw_link_info *info, void *userdata)
 {
         struct list_ctx *c = userdata;
 
+        if (c->v3 && info->usb)
+                return list_usb_one(info, c);
         c->n++;
         if (c->json) {
                 json_t *o =
@@ -208,7 +210,6 @@ static int list_one(const struct gw_link_info *info, void *userdata)
         return 0;
 }
 
-#ifdef GW_BUILTIN_TRANSPORT_USB
 /* bcdDFUVersion as people write it: 0x0110 "1.1", 0x011a "1.1a" (DfuSe). */
 static void dfu_version(unsigned bcd, char *buf, size_t n)
 {
@@ -244,10 +245,10 @@ static bool is_dfu_alt(const struct gw_usb_alt *a)
         return a->class_code == 0xfe && a->subclass == 0x01;
 }
 
-static int list_usb_one(const struct gw_usb_found *f, void *userdata)
+/* A USB device as the transport describes it: ids, mode, and its DFU alt settings. */
+static int list_usb_one(const struct gw_link_info *info, struct list_ctx *c)
 {
-        struct list_ctx *c = userdata;
-        const struct gw_usb_device_info *d = f->dev;
+        const struct gw_usb_device_info *d = info->usb;
         const char *mode = "dfu";
         char id[16];
 
@@ -261,7 +262,7 @@ static int list_usb_one(const struct gw_usb_found *f, void *userdata)
                 json_t *o =
                     json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:s, s:s, s:[]}", "transport", "usb",
                               "path", d->path, "usb", id, "serial", d->serial, "description",
-                              f->product, "node", f->node, "mode", mode, "alts");
+                              info->product, "node", info->node, "mode", mode, "alts");
                 json_t *alts = o ? json_object_get(o, "alts") : NULL;
 
                 for (size_t i = 0; alts && i < d->n_alts; i++) {
@@ -285,8 +286,8 @@ static int list_usb_one(const struct gw_usb_found *f, void *userdata)
                         if (ao)
                                 json_array_append_new(alts, ao);
                 }
-                if (o && f->error < 0)
-                        json_object_set_new(o, "error", json_string(strerror(-f->error)));
+                if (o && info->error < 0)
+                        json_object_set_new(o, "error", json_string(strerror(-info->error)));
                 if (o)
                         json_array_append_new(c->arr, o);
                 return 0;
@@ -294,11 +295,12 @@ static int list_usb_one(const struct gw_usb_found *f, void *userdata)
         printf("%-6s %-24s %s", "usb", d->path, id);
         if (d->serial)
                 printf(" serial=%s", d->serial);
-        printf("  %s (%s mode, %s)\n", f->product ? f->product : "USB device", mode, f->node);
-        if (f->error < 0)
+        printf("  %s (%s mode, %s)\n", info->product ? info->product : "USB device", mode,
+               info->node);
+        if (info->error < 0)
                 printf("       cannot open %s: %s; names and serial unknown (run as root or "
                        "add a udev rule)\n",
-                       f->node, strerror(-f->error));
+                       info->node, strerror(-info->error));
         for (size_t i = 0; i < d->n_alts; i++) {
                 const struct gw_usb_alt *a = &d->alts[i];
                 unsigned bcd, ts;
@@ -312,7 +314,6 @@ static int list_usb_one(const struct gw_usb_found *f, void *userdata)
         }
         return 0;
 }
-#endif
 
 static int cmd_list(int argc, char **argv)
 {
@@ -339,14 +340,7 @@ static int cmd_list(int argc, char **argv)
 
                 if (!t->enumerate)
                         continue;
-#ifdef GW_BUILTIN_TRANSPORT_USB
-                if (strcmp(t->name, "usb") == 0) {
-                        r = gw_usb_scan(NULL, list_usb_one, &c);
-                        if (r < 0)
-                                gw_log_warning_errno(r, "Failed to list USB devices: %m, ignoring");
-                        continue;
-                }
-#endif
+                c.v3 = t->version >= 3;
                 r = t->enumerate(NULL, list_one, &c);
                 if (r < 0)
                         gw_log_warning_errno(r, "Failed to enumerate %s links: %m, ignoring",
@@ -364,52 +358,61 @@ static int cmd_list(int argc, char **argv)
         return 0;
 }
 
-#ifdef GW_BUILTIN_TRANSPORT_USB
 /* "0483:df11 with serial S at path 1-2" for messages about what --usb asked for. */
-static void describe_match(const struct gw_usb_match *m, char *buf, size_t n)
+static void describe_match(const struct gw_options *opts, char *buf, size_t n)
 {
-        size_t used = (size_t) snprintf(buf, n, "%04x:%04x", m->vid, m->pid);
+        const char *dfu = gw_options_get(opts, "dfu-usb"), *serial = gw_options_get(opts, "serial");
+        const char *path = gw_options_get(opts, "path");
+        size_t used = (size_t) snprintf(buf, n, "%s", gw_options_get(opts, "usb"));
 
-        if (m->has_dfu_ids && used < n)
-                used += (size_t) snprintf(buf + used, n - used, " (or %04x:%04x in DFU mode)",
-                                          m->dfu_vid, m->dfu_pid);
-        if (m->serial[0] && used < n)
-                used += (size_t) snprintf(buf + used, n - used, " with serial %s", m->serial);
-        if (m->path[0] && used < n)
-                snprintf(buf + used, n - used, " at path %s", m->path);
+        if (dfu && used < n)
+                used += (size_t) snprintf(buf + used, n - used, " (or %s in DFU mode)", dfu);
+        if (serial && used < n)
+                used += (size_t) snprintf(buf + used, n - used, " with serial %s", serial);
+        if (path && used < n)
+                snprintf(buf + used, n - used, " at path %s", path);
 }
 
+/* The devices the transport says --usb could mean, printed or searched for one that could
+ * not be opened. */
 struct usb_report {
+        const struct gw_transport_ops *t;
+        const struct gw_options *opts;
         bool print;
         unsigned n;
         char node[64];
         uint16_t vid, pid;
 };
 
-static int report_one(const struct gw_usb_found *f, void *userdata)
+static int report_one(const struct gw_link_info *info, void *userdata)
 {
         struct usb_report *u = userdata;
 
+        if (!info->usb || u->t->claims(u->opts, info) < 1)
+                return 0;
         u->n++;
-        if (f->error == -EACCES && !u->node[0]) {
-                snprintf(u->node, sizeof(u->node), "%s", f->node);
-                u->vid = f->dev->vid;
-                u->pid = f->dev->pid;
+        if (info->error == -EACCES && info->node && !u->node[0]) {
+                snprintf(u->node, sizeof(u->node), "%s", info->node);
+                u->vid = info->vid;
+                u->pid = info->pid;
         }
         if (u->print)
-                fprintf(stderr, "  %04x:%04x serial=%s path=%s  %s%s%s\n", f->dev->vid, f->dev->pid,
-                        f->dev->serial ? f->dev->serial : "(unknown)", f->dev->path, f->node,
-                        f->error < 0 ? ": " : "", f->error < 0 ? strerror(-f->error) : "");
+                fprintf(stderr, "  %04x:%04x serial=%s path=%s  %s%s%s\n", info->vid, info->pid,
+                        info->serial ? info->serial : "(unknown)", info->path,
+                        info->node ? info->node : "", info->error < 0 ? ": " : "",
+                        info->error < 0 ? strerror(-info->error) : "");
         return 0;
 }
 
 /* Tells the user what to do when the USB device could not be opened. */
-static void explain_usb_error(int r, const struct gw_usb_match *m)
+static void explain_usb_error(int r, const struct gw_transport_ops *t,
+                              const struct gw_options *opts)
 {
-        struct usb_report u = {0};
+        struct usb_report u = {.t = t, .opts = opts};
+        bool can_list = t->version >= 3 && t->enumerate && t->claims;
         char what[192];
 
-        describe_match(m, what, sizeof(what));
+        describe_match(opts, what, sizeof(what));
         switch (r) {
         case -ENODEV:
         case -ENOENT:
@@ -420,11 +423,13 @@ static void explain_usb_error(int r, const struct gw_usb_match *m)
         case -EEXIST:
                 gw_log_error("Several devices match %s:", what);
                 u.print = true;
-                (void) gw_usb_scan(m, report_one, &u);
+                if (can_list)
+                        (void) t->enumerate(NULL, report_one, &u);
                 fprintf(stderr, "Add ,serial=S or ,path=P to --usb to choose one.\n");
                 return;
         case -EACCES:
-                (void) gw_usb_scan(m, report_one, &u);
+                if (can_list)
+                        (void) t->enumerate(NULL, report_one, &u);
                 if (!u.node[0]) {
                         gw_log_error("Permission denied opening USB device %s: run gwflash as "
                                      "root or add a udev rule giving you access",
@@ -447,7 +452,6 @@ static void explain_usb_error(int r, const struct gw_usb_match *m)
                 gw_log_error_errno(r, "Cannot open USB device %s: %m", what);
         }
 }
-#endif
 
 static int add_kv(struct gw_options *o, const char *kv)
 {
@@ -484,9 +488,6 @@ int main(int argc, char **argv)
             {},
         };
         const char *transport = NULL, *protocol = NULL, *name = NULL, *usb = NULL, *label;
-#ifdef GW_BUILTIN_TRANSPORT_USB
-        struct gw_usb_match usb_match = {0};
-#endif
         char why[1024];
         const struct gw_transport_ops *t;
         const struct gw_protocol_ops *p;
@@ -626,10 +627,6 @@ int main(int argc, char **argv)
                         fprintf(stderr, "gwflash: --usb takes VID:PID[,serial=S][,path=P]\n");
                 goto usage;
         }
-#ifdef GW_BUILTIN_TRANSPORT_USB
-        if (strcmp(t->name, "usb") == 0 && gw_usb_match_parse(opts, &usb_match, NULL) < 0)
-                goto usage; /* the check above said why */
-#endif
         label = gw_options_get(opts, "port")  ? gw_options_get(opts, "port")
                 : gw_options_get(opts, "usb") ? gw_options_get(opts, "usb")
                                               : transport;
@@ -662,12 +659,10 @@ int main(int argc, char **argv)
                 gw_log_error("Protocol %s cannot run over transport %s", protocol, transport);
                 goto out;
         }
-#ifdef GW_BUILTIN_TRANSPORT_USB
         if (r < 0 && strcmp(t->name, "usb") == 0 && r != -EINVAL) {
-                explain_usb_error(r, &usb_match);
+                explain_usb_error(r, t, opts);
                 goto out;
         }
-#endif
         if (r < 0) {
                 gw_log_error_errno(r, "Cannot open %s link %s: %m%s", transport, label,
                                    r == -EINVAL ? " (a bad option? -v says which)" : "");

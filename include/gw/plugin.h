@@ -102,6 +102,13 @@ struct gw_link_info {
         const char *description;
         const char *serial; /* may be NULL */
         uint16_t vid, pid;  /* 0 when not USB */
+
+        /* Filled by transports of ops version 3; read only from those. */
+        const char *node;    /* the device node behind it ("/dev/bus/usb/001/004"), or NULL */
+        const char *product; /* the device's own name (USB iProduct), or NULL */
+        int error;           /* 0, or -errno: it could not be opened to read its strings
+                              * (serial, names), -EACCES most often */
+        const struct gw_usb_device_info *usb; /* USB devices: every alt setting; else NULL */
 };
 typedef int (*gw_link_enum_cb)(const struct gw_link_info *info, void *userdata);
 
@@ -165,9 +172,10 @@ struct gw_transport_ops {
         /* Ends a watch; changed() is not called after it returns. Never fails. */
         void (*unwatch_attach)(void *handle);
         /* Is info (a link enumerate() reported) the one open() would pick with opts? 1 yes,
-         * 0 no, -EINVAL when opts could never open a link. Pure: no I/O. Lets the core tell
-         * which node an attached device is without knowing how the transport names links.
-         * NULL = cannot tell. */
+         * 0 no, 2 perhaps (version 3: opts ask for a serial number and info->error says it
+         * could not be read; all else matches), -EINVAL when opts could never open a link.
+         * Pure: no I/O. Lets the core tell which node an attached device is without knowing
+         * how the transport names links. NULL = cannot tell. */
         int (*claims)(const struct gw_options *opts, const struct gw_link_info *info);
 
         /* Version 3: checking a node's options before anything is opened. */

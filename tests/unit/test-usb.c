@@ -289,6 +289,36 @@ static void test_match_device(void **state)
         assert_false(gw_usb_match_device(&m, 0x0483, 0xdf11, "AB", NULL));
 }
 
+/* claims(): yes, no, and "perhaps" for a device whose serial could not be read. */
+static void test_claims(void **state)
+{
+        struct gw_options *o = options("usb=0483:df11,serial=AB", NULL);
+        struct gw_link_info info = {
+            .transport = "usb", .path = "1-2", .vid = 0x0483, .pid = 0xdf11};
+
+        info.serial = "AB";
+        assert_int_equal(ops->claims(o, &info), 1);
+        info.serial = "CD";
+        assert_int_equal(ops->claims(o, &info), 0);
+        /* Unknown serial: no, unless the device could not be opened to read it. */
+        info.serial = NULL;
+        assert_int_equal(ops->claims(o, &info), 0);
+        info.error = -EACCES;
+        assert_int_equal(ops->claims(o, &info), 2);
+        /* ... and then only when everything else matches. */
+        info.pid = 0xdf12;
+        assert_int_equal(ops->claims(o, &info), 0);
+        gw_options_free(o);
+        /* Without a serial asked for there is no doubt. */
+        o = options("usb=0483:df11", NULL);
+        info.pid = 0xdf11;
+        assert_int_equal(ops->claims(o, &info), 1);
+        gw_options_free(o);
+        o = options("usb=zz", NULL);
+        assert_int_equal(ops->claims(o, &info), -EINVAL);
+        gw_options_free(o);
+}
+
 static void test_errno(void **state)
 {
         static const struct {
@@ -402,8 +432,9 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_parse_id),    cmocka_unit_test(test_check_path),
             cmocka_unit_test(test_match_parse), cmocka_unit_test(test_match_device),
-            cmocka_unit_test(test_errno),       cmocka_unit_test(test_ops_shape),
-            cmocka_unit_test(test_open_errors), cmocka_unit_test(test_enumerate),
+            cmocka_unit_test(test_claims),      cmocka_unit_test(test_errno),
+            cmocka_unit_test(test_ops_shape),   cmocka_unit_test(test_open_errors),
+            cmocka_unit_test(test_enumerate),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

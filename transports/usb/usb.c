@@ -1106,6 +1106,10 @@ static int enum_one(const struct gw_usb_found *f, void *userdata)
             .serial = f->dev->serial,
             .vid = f->dev->vid,
             .pid = f->dev->pid,
+            .node = f->node,
+            .product = f->product,
+            .error = f->error,
+            .usb = f->dev,
         };
 
         describe(f, description, sizeof(description));
@@ -1220,7 +1224,15 @@ static int usb_claims(const struct gw_options *opts, const struct gw_link_info *
 
         if (gw_usb_match_parse(opts, &m, &why) < 0)
                 return -EINVAL;
-        return gw_usb_match_device(&m, info->vid, info->pid, info->serial, info->path) ? 1 : 0;
+        if (gw_usb_match_device(&m, info->vid, info->pid, info->serial, info->path))
+                return 1;
+        /* Its serial number could not be read: everything else may still match. */
+        if (m.serial[0] && !info->serial && info->error < 0) {
+                m.serial[0] = '\0';
+                if (gw_usb_match_device(&m, info->vid, info->pid, NULL, info->path))
+                        return 2;
+        }
+        return 0;
 }
 
 static int usb_check(const struct gw_options *opts, char *why, size_t why_size)
