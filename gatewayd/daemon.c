@@ -162,8 +162,9 @@ static int load_persisted_trust(const struct gw_config *cfg, struct gw_trust **r
 
 /* Fast-forward recovery, the second half of a rotation: manifests signed under the old keys
  * may carry any sequence (a compromised key may have signed a huge one), so the sequence
- * state starts afresh under the new root. The latest trusted time stays: it only ever moves
- * forward. Idempotent: TRUST_APPLIED records the version it was done for. */
+ * state starts afresh under the new root; keys carried over keep their floors. The latest
+ * trusted time stays: it only ever moves forward. Idempotent: TRUST_APPLIED records the
+ * version it was done for. */
 static int trust_finish_rotation(const struct gw_config *cfg, uint64_t version)
 {
         struct gw_manifest_state st = {0};
@@ -183,13 +184,8 @@ static int trust_finish_rotation(const struct gw_config *cfg, uint64_t version)
         if (r < 0)
                 return gw_log_error_errno(r, "Cannot read the manifest state in %s: %m",
                                           cfg->state_dir);
-        if (st.has_sequence)
-                gw_log_info("Trust root version %llu: manifest sequence %llu of the old keys "
-                            "no longer binds",
-                            (unsigned long long) version, (unsigned long long) st.sequence);
-        st.has_sequence = false;
-        st.sequence = 0;
-        memset(st.sha256, 0, sizeof(st.sha256));
+        /* Normally done already by trust_record_floors(), before the new root was written. */
+        gw_manifest_state_rotated(&st, NULL);
         r = gw_manifest_state_save(cfg->state_dir, &st);
         if (r < 0)
                 return gw_log_error_errno(r, "Cannot reset the manifest state in %s: %m",
@@ -248,6 +244,33 @@ static int load_trust(const struct gw_config *cfg, struct gw_trust **ret)
         return 0;
 }
 
+/* The first half of a rotation away from current, before the new root is persisted: each key
+ * of current keeps the last accepted sequence as its floor, and the sequence starts afresh
+ * (gw_manifest_state_rotated). Done first, a crash before the new root is on disk leaves the
+ * old root in force with every one of its keys held to its floor: no replay either way. */
+static int trust_record_floors(const struct gw_config *cfg, const struct gw_trust *current,
+                               uint64_t version)
+{
+        struct gw_manifest_state st = {0};
+        int r;
+
+        r = gw_manifest_state_load(cfg->state_dir, &st);
+        if (r < 0)
+                return gw_log_error_errno(r, "Cannot read the manifest state in %s: %m",
+                                          cfg->state_dir);
+        if (st.has_sequence)
+                gw_log_info("Trust root version %llu: a new manifest sequence starts; manifests "
+                            "signed only by keys kept from version %llu must be above %llu",
+                            (unsigned long long) version, (unsigned long long) (version - 1),
+                            (unsigned long long) st.sequence);
+        gw_manifest_state_rotated(&st, current);
+        r = gw_manifest_state_save(cfg->state_dir, &st);
+        if (r < 0)
+                return gw_log_error_errno(r, "Cannot save the manifest state in %s: %m",
+                                          cfg->state_dir);
+        return 0;
+}
+
 /* Checks buf as a rotation of current and, when valid, persists it and resets the sequence
  * state. On failure err says why (threshold-not-met, keys-rotation-invalid, ...). */
 static int trust_rotate(const struct gw_config *cfg, const struct gw_trust *current,
@@ -270,7 +293,9 @@ static int trust_rotate(const struct gw_config *cfg, const struct gw_trust *curr
                         err->code = GW_ERR_KEYS_ROTATION_INVALID;
                 return r;
         }
-        r = gw_journal_mkdir(cfg->state_dir, "trust");
+        r = trust_record_floors(cfg, current, gw_trust_version(next));
+        if (r >= 0)
+                r = gw_journal_mkdir(cfg->state_dir, "trust");
         if (r >= 0)
                 r = gw_journal_write(cfg->state_dir, TRUST_KEYS, buf, len);
         if (r >= 0)

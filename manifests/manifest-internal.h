@@ -145,3 +145,8 @@ int gw_sigs_count(const struct gw_trust *t, const char *type, const void *body, 
 
 int gw_manifest_from_tree(const struct ynode *root, struct gw_manifest **ret,
                           struct gw_manifest_error *err);
+
+/* The sequence a manifest must beat because every key that signed it was trusted before the
+ * last key rotation (see struct gw_manifest_state): *ret_bound says whether one applies. */
+uint64_t gw_manifest_state_floor(const struct gw_manifest_state *s, const struct gw_manifest *m,
+                                 bool *ret_bound);

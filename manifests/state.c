@@ -1,5 +1,6 @@
-/* What a gateway remembers between manifests: the last accepted sequence and hash, and the
- * latest trusted time, in DIR/manifest-state ("key value" lines), replaced atomically. */
+/* What a gateway remembers between manifests: the last accepted sequence and hash, the latest
+ * trusted time, and the sequence floors of keys carried over key rotations, in
+ * DIR/manifest-state ("key value" lines), replaced atomically. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -11,7 +12,7 @@
 #include "manifest-internal.h"
 
 #define STATE_FILE     "manifest-state"
-#define STATE_MAX_SIZE 4096
+#define STATE_MAX_SIZE 16384
 
 void gw_manifest_state_advance(struct gw_manifest_state *s, const struct gw_manifest *m, time_t now)
 {
@@ -22,11 +23,61 @@ void gw_manifest_state_advance(struct gw_manifest_state *s, const struct gw_mani
                 s->latest_trusted_time = now;
 }
 
-void gw_manifest_state_rotated(struct gw_manifest_state *s)
+static const struct gw_manifest_key_floor *find_floor(const struct gw_manifest_state *s,
+                                                      const char *keyid)
 {
+        for (size_t i = 0; i < s->n_floors; i++)
+                if (strcmp(s->floors[i].keyid, keyid) == 0)
+                        return &s->floors[i];
+        return NULL;
+}
+
+void gw_manifest_state_rotated(struct gw_manifest_state *s, const struct gw_trust *old_root)
+{
+        if (old_root) {
+                struct gw_manifest_key_floor next[GW_MANIFEST_MAX_KEYS];
+                size_t n = 0;
+                const char *id;
+
+                for (size_t i = 0; (id = gw_trust_keyid(old_root, i)) && n < GW_MANIFEST_MAX_KEYS;
+                     i++) {
+                        const struct gw_manifest_key_floor *f = find_floor(s, id);
+                        bool known = f || s->has_sequence;
+
+                        if (!known)
+                                continue; /* nothing was accepted under it: no floor */
+                        snprintf(next[n].keyid, sizeof(next[n].keyid), "%s", id);
+                        next[n].floor = f ? f->floor : 0;
+                        if (s->has_sequence && s->sequence > next[n].floor)
+                                next[n].floor = s->sequence;
+                        n++;
+                }
+                memcpy(s->floors, next, n * sizeof(next[0]));
+                s->n_floors = n;
+        }
         s->has_sequence = false;
         s->sequence = 0;
         memset(s->sha256, 0, sizeof(s->sha256));
+}
+
+uint64_t gw_manifest_state_floor(const struct gw_manifest_state *s, const struct gw_manifest *m,
+                                 bool *ret_bound)
+{
+        uint64_t floor = UINT64_MAX;
+
+        *ret_bound = false;
+        if (!s || s->n_floors == 0 || m->n_signers == 0)
+                return 0;
+        for (size_t i = 0; i < m->n_signers; i++) {
+                const struct gw_manifest_key_floor *f = find_floor(s, m->signers[i]);
+
+                if (!f)
+                        return 0; /* a key the rotation brought: signed after it */
+                if (f->floor < floor)
+                        floor = f->floor;
+        }
+        *ret_bound = true;
+        return floor;
 }
 
 static int parse_u64(const char *s, uint64_t *ret)
@@ -95,6 +146,20 @@ int gw_manifest_state_load(const char *dir, struct gw_manifest_state *ret)
                 } else if (strcmp(line, "sha256") == 0) {
                         r = parse_hex32(value, s.sha256);
                         have_hash = true;
+                } else if (strcmp(line, "key-floor") == 0) {
+                        char *num = strchr(value, ' ');
+                        struct gw_manifest_key_floor *f;
+
+                        if (!num || s.n_floors == GW_MANIFEST_MAX_KEYS ||
+                            (size_t) (num - value) != 64 ||
+                            strspn(value, "0123456789abcdef") != 64) {
+                                r = -EBADMSG;
+                                goto out;
+                        }
+                        *num++ = '\0';
+                        f = &s.floors[s.n_floors++];
+                        memcpy(f->keyid, value, 65);
+                        r = parse_u64(num, &f->floor);
                 } else if (strcmp(line, "latest-trusted-time") == 0) {
                         r = parse_u64(value, &v);
                         if (r >= 0 && v > INT64_MAX)
@@ -118,12 +183,14 @@ out:
 
 int gw_manifest_state_save(const char *dir, const struct gw_manifest_state *s)
 {
-        char path[4096], tmp[4096], hex[65], text[256];
+        char path[4096], tmp[4096], hex[65], text[STATE_MAX_SIZE];
         int fd, dfd, n, r = 0;
 
         if ((size_t) snprintf(path, sizeof(path), "%s/%s", dir, STATE_FILE) >= sizeof(path) ||
             (size_t) snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, STATE_FILE) >= sizeof(tmp))
                 return -ENAMETOOLONG;
+        if (s->n_floors > GW_MANIFEST_MAX_KEYS)
+                return -EINVAL;
         gw_hex(s->sha256, sizeof(s->sha256), hex);
         if (s->has_sequence)
                 n = snprintf(text, sizeof(text),
@@ -132,6 +199,12 @@ int gw_manifest_state_save(const char *dir, const struct gw_manifest_state *s)
         else
                 n = snprintf(text, sizeof(text), "latest-trusted-time %lld\n",
                              (long long) s->latest_trusted_time);
+        for (size_t i = 0; i < s->n_floors && n >= 0 && (size_t) n < sizeof(text); i++) {
+                int k = snprintf(text + n, sizeof(text) - (size_t) n, "key-floor %s %" PRIu64 "\n",
+                                 s->floors[i].keyid, s->floors[i].floor);
+
+                n = k < 0 ? k : n + k;
+        }
         if (n < 0 || (size_t) n >= sizeof(text))
                 return -EOVERFLOW;
 

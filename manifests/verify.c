@@ -272,6 +272,10 @@ int gw_manifest_verify(const struct gw_trust *trust, const struct gw_manifest_ve
         r = gw_manifest_from_tree(root, &m, err);
         if (r < 0)
                 goto fail;
+        /* Who signed it: the sequence check below needs it too. */
+        m->signers = signers;
+        m->n_signers = count;
+        signers = NULL;
         reportf(p->report, p->userdata, "body", GW_ERR_NONE, "%s, sequence %llu, %zu image(s)",
                 m->id, (unsigned long long) m->sequence, m->n_images);
 
@@ -320,6 +324,26 @@ int gw_manifest_verify(const struct gw_trust *trust, const struct gw_manifest_ve
                 reportf(p->report, p->userdata, "sequence", GW_ERR_NONE,
                         "%llu, no earlier manifest", (unsigned long long) m->sequence);
 
+        if (p->state) {
+                bool bound;
+                uint64_t floor = gw_manifest_state_floor(p->state, m, &bound);
+
+                if (bound && m->sequence <= floor) {
+                        r = gw_manifest_fail(
+                            err, GW_ERR_SEQUENCE_ROLLBACK,
+                            "signed only by keys trusted before the last key rotation, and its "
+                            "sequence %llu is not above %llu, the last they signed that was "
+                            "accepted: it may be a replay (sign it with a key of the new root)",
+                            (unsigned long long) m->sequence, (unsigned long long) floor);
+                        goto fail;
+                }
+                if (bound)
+                        reportf(p->report, p->userdata, "sequence", GW_ERR_NONE,
+                                "%llu, above %llu, the floor of its keys from before the last "
+                                "rotation",
+                                (unsigned long long) m->sequence, (unsigned long long) floor);
+        }
+
         if (p->gateway_hardware && m->n_gateway_hardware > 0) {
                 bool found = false;
 
@@ -338,9 +362,6 @@ int gw_manifest_verify(const struct gw_trust *trust, const struct gw_manifest_ve
                 reportf(p->report, p->userdata, "gateway-hardware", GW_ERR_NONE, "%s",
                         m->n_gateway_hardware == 0 ? "any gateway" : "not checked");
 
-        m->signers = signers;
-        m->n_signers = count;
-        signers = NULL;
         gw_ytree_free(root);
         gw_sigs_done(&sigs);
         *ret = m;

@@ -157,11 +157,22 @@ int gw_manifest_parse_body(const void *body, size_t len, struct gw_manifest **re
 
 /* What a gateway persists between deployments (the daemon keeps it in its state dir; see
  * gw_manifest_state_load/save). */
+struct gw_manifest_key_floor {
+        char keyid[65];
+        uint64_t floor; /* the last sequence accepted while this key was trusted, at a rotation */
+};
+
 struct gw_manifest_state {
         bool has_sequence;
         uint64_t sequence;  /* of the last accepted manifest */
         uint8_t sha256[32]; /* its whole-file hash: equal sequence is a retry only if equal */
         time_t latest_trusted_time; /* never moves backwards; 0 = none yet */
+        /* Keys that were trusted before a key rotation reset the sequence. A manifest that only
+         * such keys signed may have been signed before that rotation: it is accepted only with
+         * a sequence above the lowest floor of its signers (replay protection across
+         * rotations). At most GW_MANIFEST_MAX_KEYS. */
+        struct gw_manifest_key_floor floors[GW_MANIFEST_MAX_KEYS];
+        size_t n_floors;
 };
 
 /* Called once per check, in order, as it is decided: check is a short name ("size",
@@ -202,11 +213,16 @@ int gw_manifest_verify(const struct gw_trust *trust, const struct gw_manifest_ve
  * latest trusted time moved forward only. */
 void gw_manifest_state_advance(struct gw_manifest_state *s, const struct gw_manifest *m,
                                time_t now);
-/* After a key rotation was accepted (gw_trust_rotate): forgets the last sequence and its hash,
- * so that the new root starts a sequence of its own (fast-forward recovery: a huge sequence
- * signed with compromised old keys no longer blocks manifests signed by the new ones), and
- * keeps the latest trusted time, which never moves backwards. The caller saves s. */
-void gw_manifest_state_rotated(struct gw_manifest_state *s);
+/* When a key rotation away from old_root is accepted (gw_trust_rotate), before the new root is
+ * persisted: records, for every key of old_root, the last accepted sequence as its floor (the
+ * higher of that and an earlier floor), drops the floors of keys old_root no longer has,
+ * forgets the last sequence and its hash, and keeps the latest trusted time, which never moves
+ * backwards. The new root then starts a sequence of its own (fast-forward recovery: a huge
+ * sequence signed with compromised old keys no longer blocks manifests its new keys sign),
+ * while a manifest signed only by keys carried over from old_root still has to beat their
+ * floor, so none signed before the rotation can be replayed. old_root NULL: only the reset
+ * (a rotation whose floors were already recorded). The caller saves s. */
+void gw_manifest_state_rotated(struct gw_manifest_state *s, const struct gw_trust *old_root);
 /* Reads DIR/manifest-state. A missing file is an empty state (returns 0). -EBADMSG when it
  * does not parse, -errno otherwise. */
 int gw_manifest_state_load(const char *dir, struct gw_manifest_state *ret);

@@ -3,7 +3,8 @@
 # threshold-2 gatewayd/keys root: key compromise (one key alone, a key counted twice, a rotation
 # signed only by its own keys, a valid rotation after which the old keys are refused), fast-
 # forward (a huge sequence signed with compromised keys stops blocking after the rotation),
-# key rotation from a file (gatewayd --rotate-keys) picked up by the running daemon, rollback
+# key rotation from a file (gatewayd --rotate-keys) picked up by the running daemon, replay of
+# a manifest signed before a rotation by a key it kept, rollback
 # (an older manifest replayed after a restart), and indefinite freeze (expired; the clock set
 # back to 1970 with a later latest-trusted-time persisted; a gateway offline past expiry).
 : "${GW_SRC:?GW_SRC must name the source directory}"
@@ -151,6 +152,29 @@ stop_gwd
 start_gwd
 deploy_url r-replay r-old.yaml
 expect "rollback: the older manifest replayed after a restart" r-replay rejected sequence-rollback
+
+# ---- Replay across a rotation that keeps a key ----------------------------------------------------------
+# m1 signed r-withheld (sequence 11) but it was never delivered; r-new (11) was. A rotation to
+# {m1, p1} starts a new sequence, yet what m1 alone signed before it must not come back.
+{ head_ r-withheld "" 11; img f 4.0 "node: node-1" f.bin; } >"$www/r-withheld.yaml"
+sign "$www/r-withheld.yaml" m1
+keygen p1 ed25519
+keys_body 4 1 m1 p1 >"$work/keys-v4.yaml"
+sign "$work/keys-v4.yaml" m1 p1
+out=$("$GWD" -c "$work/gatewayd.yaml" --rotate-keys "$work/keys-v4.yaml" 2>&1)
+rc=$?
+check "replay across a rotation: the rotation keeping m1 is applied ($rc: $out)" \
+        exited_saying 0 "applied: trust root version 4"
+deploy_url r-withheld
+expect "replay across a rotation: an unseen manifest m1 signed before it, sequence 11" \
+        r-withheld rejected sequence-rollback
+check "replay across a rotation: the report says why" \
+        grep -q "signed only by keys trusted before the last key rotation" "$work/gatewayd.log"
+{ head_ r-p1 "" 3; img g 3.0 "node: node-1" g.bin; } >"$www/r-p1.yaml"
+sign "$www/r-p1.yaml" p1
+deploy_url r-p1
+expect_success "replay across a rotation: the new key starts the new sequence (3)" \
+        r-p1 node-1 g.bin g-3.0.bin
 
 # ---- Indefinite freeze ------------------------------------------------------------------------------------
 { head_ expired "$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)" 20; img f 1.0 "node: node-1" f.bin; } \

@@ -529,9 +529,12 @@ static void test_fast_forward_recovered_by_rotation(void **state)
          * daemon resets the sequence when it accepts a rotation, keeping the trusted time. */
         good = sign_with(body_42, KC, &good_len);
         assert_int_equal(verify(next, good, good_len, &p), GW_ERR_SEQUENCE_ROLLBACK);
-        gw_manifest_state_rotated(&st);
+        gw_manifest_state_rotated(&st, old);
         assert_false(st.has_sequence);
         assert_int_equal(st.latest_trusted_time, ltt);
+        /* Key a, retired, keeps the floor it reached: the attacker's sequence. */
+        assert_int_equal(st.n_floors, 1);
+        assert_true(st.floors[0].floor == UINT64_MAX);
         assert_int_equal(verify(next, good, good_len, &p), GW_ERR_NONE);
         /* No state at all is the same as a reset one. */
         p.state = NULL;
@@ -545,6 +548,106 @@ static void test_fast_forward_recovered_by_rotation(void **state)
         free(ff);
         free(doc);
         free(ff_body);
+        gw_trust_free(next);
+        gw_trust_free(old);
+}
+
+/* ---- replay across a rotation: keys carried over keep their floor ---- */
+
+static void test_replay_across_rotation(void **state)
+{
+        struct gw_trust *old = trust_of(KA | KB, 1, 1), *next = NULL;
+        struct gw_manifest_state st = {0}, loaded = {0};
+        struct gw_manifest_verify_params p = {.now = NOW, .state = &st};
+        struct gw_manifest_error err = {0};
+        struct gw_manifest *m = NULL;
+        char *body_10 = replace(body_42, "sequence: 42", "sequence: 10");
+        char *body_43 = replace(body_42, "sequence: 42", "sequence: 43");
+        char *body_7 = replace(body_42, "sequence: 42", "sequence: 7");
+        char *doc = keys_doc(2, 1, KB | KC), *rot, *buf, *old_10, dir[] = "/tmp/gw-floor.XXXXXX";
+        size_t len, old_10_len;
+
+        /* Under root 1 {a, b}: sequence 10 signed by b, then 42 signed by a, accepted. */
+        buf = sign_with(body_10, KB, &len);
+        assert_int_equal(gw_manifest_verify(old, &p, buf, len, &m, &err), 0);
+        gw_manifest_state_advance(&st, m, NOW);
+        m = gw_manifest_free(m);
+        old_10 = buf;
+        old_10_len = len;
+        buf = sign_with(body_42, KA, &len);
+        assert_int_equal(gw_manifest_verify(old, &p, buf, len, &m, &err), 0);
+        gw_manifest_state_advance(&st, m, NOW);
+        m = gw_manifest_free(m);
+        free(buf);
+
+        /* Rotation to root 2 {b, c}: a is retired, b carried over. */
+        rot = sign_with(doc, KA | KB | KC, &len);
+        assert_int_equal(rotate(old, rot, len, &next), GW_ERR_NONE);
+        gw_manifest_state_rotated(&st, old);
+        assert_false(st.has_sequence);
+        assert_int_equal(st.n_floors, 2);
+        assert_true(st.floors[0].floor == 42 && st.floors[1].floor == 42);
+
+        /* The old manifest 10, signed by b alone, is a replay: refused, though the new root
+         * trusts b and the sequence was reset. */
+        assert_int_equal(verify_msg(next, old_10, old_10_len, &p, "may be a replay"),
+                         GW_ERR_SEQUENCE_ROLLBACK);
+        /* b alone must beat its floor: 7 no, 43 yes. */
+        buf = sign_with(body_7, KB, &len);
+        assert_int_equal(verify(next, buf, len, &p), GW_ERR_SEQUENCE_ROLLBACK);
+        free(buf);
+        buf = sign_with(body_43, KB, &len);
+        assert_int_equal(verify(next, buf, len, &p), GW_ERR_NONE);
+        free(buf);
+        /* A signature by c, the new key, says it was signed after the rotation: the new root's
+         * own sequence applies, from nothing. */
+        buf = sign_with(body_7, KC, &len);
+        assert_int_equal(verify(next, buf, len, &p), GW_ERR_NONE);
+        free(buf);
+        buf = sign_with(body_7, KB | KC, &len);
+        assert_int_equal(verify(next, buf, len, &p), GW_ERR_NONE);
+        free(buf);
+
+        /* The floors survive a save and a load, and a corrupt floor line is refused. */
+        assert_non_null(mkdtemp(dir));
+        assert_int_equal(gw_manifest_state_save(dir, &st), 0);
+        assert_int_equal(gw_manifest_state_load(dir, &loaded), 0);
+        assert_int_equal(loaded.n_floors, 2);
+        assert_string_equal(loaded.floors[1].keyid, st.floors[1].keyid);
+        assert_true(loaded.floors[1].floor == 42);
+        assert_false(loaded.has_sequence);
+        {
+                char path[4200];
+                FILE *f;
+
+                snprintf(path, sizeof(path), "%s/manifest-state", dir);
+                f = fopen(path, "a");
+                assert_non_null(f);
+                fputs("key-floor 12zz 5\n", f);
+                fclose(f);
+                assert_int_equal(gw_manifest_state_load(dir, &loaded), -EBADMSG);
+                unlink(path);
+        }
+        rmdir(dir);
+
+        /* A second rotation keeps b's floor (the higher of the old one and the new last
+         * sequence) and drops what the root no longer has. */
+        {
+                struct gw_manifest_state st2 = st;
+
+                gw_manifest_state_advance(&st2, &(struct gw_manifest){.sequence = 5}, NOW);
+                gw_manifest_state_rotated(&st2, next);
+                assert_int_equal(st2.n_floors, 2); /* b (42 stays above 5) and c (5) */
+                for (size_t i = 0; i < st2.n_floors; i++)
+                        assert_true(st2.floors[i].floor == 42 || st2.floors[i].floor == 5);
+        }
+
+        free(old_10);
+        free(rot);
+        free(doc);
+        free(body_10);
+        free(body_43);
+        free(body_7);
         gw_trust_free(next);
         gw_trust_free(old);
 }
@@ -588,7 +691,7 @@ static void test_indefinite_freeze_expiry_and_trusted_time(void **state)
         gw_manifest_state_advance(&st, &(struct gw_manifest){.sequence = 43}, 0);
         assert_int_equal(st.latest_trusted_time, EXPIRES + DAY);
         /* ... and a rotation does not reset it either. */
-        gw_manifest_state_rotated(&st);
+        gw_manifest_state_rotated(&st, NULL);
         assert_int_equal(st.latest_trusted_time, EXPIRES + DAY);
         assert_int_equal(verify(t, buf, len, &p), GW_ERR_EXPIRED);
 
@@ -850,6 +953,7 @@ int main(void)
             cmocka_unit_test(test_endless_data_yaml_bombs),
             cmocka_unit_test(test_extraneous_dependencies_unknown_fields),
             cmocka_unit_test(test_fast_forward_recovered_by_rotation),
+            cmocka_unit_test(test_replay_across_rotation),
             cmocka_unit_test(test_indefinite_freeze_expiry_and_trusted_time),
             cmocka_unit_test(test_mix_and_match_signatures_bound_to_body_and_type),
             cmocka_unit_test(test_rollback_sequence_persisted),
