@@ -1,7 +1,8 @@
 /* Fuzz target for the configuration parser (gatewayd/config.c): the bytes are a gatewayd.yaml.
  * Besides not crashing or leaking, a configuration it accepts must hold what config.h
  * promises (absolute paths, one trust source, consistent pairs, unique node names), and a
- * rejection must come with a "file:line:column: message". */
+ * rejection must come with a "file:line:column: message". Each node's options then go
+ * through its plugins' option check, as --check-config runs it. */
 #include <errno.h>
 #include <limits.h>
 #include <stddef.h>
@@ -11,6 +12,7 @@
 
 #include "config.h"
 #include "fuzz.h"
+#include "gw/registry.h"
 
 #define NAME     "fuzz.yaml"
 #define BASE_DIR "/etc/gatewayd"
@@ -37,6 +39,22 @@ static void check_node(const struct gw_config *c, size_t i)
         fuzz_check(n->hardware && n->transport_opts && n->protocol_opts);
         fuzz_check(n->transport && n->protocol);
         fuzz_check(n->pos.line >= 1);
+        {
+                const struct gw_transport_ops *t = gw_transport_find(n->transport);
+                const struct gw_protocol_ops *p = gw_protocol_find(n->protocol);
+                char why[1024];
+                int r;
+
+                if (t && p) {
+                        why[0] = 'x';
+                        r = gw_plugin_check_options(t, n->transport_opts, p, n->protocol_opts, why,
+                                                    sizeof(why));
+                        fuzz_check(r == 0 || r == -EINVAL);
+                        fuzz_check(memchr(why, '\0', sizeof(why)) != NULL);
+                        if (r < 0)
+                                fuzz_check(why[0] != '\0');
+                }
+        }
 }
 
 static void check_config(const struct gw_config *c)

@@ -2,8 +2,9 @@
  * document as a gateway receives it. They go through the envelope splitter, the body parser
  * (and the per-node version and hardware checks on what it parsed), the full verifier against
  * two fixed one-key trust roots (Ed25519, P-256; the seeds carry valid signatures by both),
- * the keys loader and a key rotation. Each result is checked
- * against the contract in include/gw/manifest.h. */
+ * the keys loader and a key rotation; each image's options go through its protocol's option
+ * check (the protocol's init(), when it is built in), as the daemon runs it when it maps
+ * nodes. Each result is checked against the contract in include/gw/manifest.h. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 
 #include "gw/manifest.h"
 #include "gw/options.h"
+#include "gw/registry.h"
 
 #include "fuzz-manifest-keys.h"
 #include "fuzz.h"
@@ -108,6 +110,35 @@ static void fuzz_keyids(const uint8_t *sigs, size_t len)
         free(keyids);
 }
 
+/* An image's options as the daemon checks them for a node of the image's protocol: with a
+ * transport of the protocol's link shape and minimal settings of its own. Either accepted or
+ * refused with a reason, never anything else. */
+static void check_image_options(const struct gw_manifest_image *im)
+{
+        const struct gw_protocol_ops *p = gw_protocol_find(im->protocol);
+        const struct gw_transport_ops *t;
+        struct gw_options *topts;
+        char why[512];
+        int r;
+
+        if (!p)
+                return;
+        t = gw_transport_find(p->shape == GW_LINK_STREAM ? "uart" : "usb");
+        if (!t || t->shape != p->shape)
+                return;
+        topts = gw_options_new();
+        fuzz_check(topts != NULL);
+        fuzz_check(gw_options_set(topts, p->shape == GW_LINK_STREAM ? "port" : "usb",
+                                  p->shape == GW_LINK_STREAM ? "/dev/null" : "0483:df11") == 0);
+        why[0] = 'x';
+        r = gw_plugin_check_options(t, topts, p, im->options, why, sizeof(why));
+        fuzz_check(r == 0 || r == -EINVAL);
+        fuzz_check(memchr(why, '\0', sizeof(why)) != NULL);
+        if (r < 0)
+                fuzz_check(why[0] != '\0');
+        gw_options_free(topts);
+}
+
 static void check_manifest(const struct gw_manifest *m)
 {
         fuzz_check(m->format == 1);
@@ -150,6 +181,7 @@ static void check_manifest(const struct gw_manifest *m)
                         fuzz_check(gw_manifest_check_hardware(im, o, NULL) == 0);
                         gw_options_free(o);
                 }
+                check_image_options(im);
         }
 }
 

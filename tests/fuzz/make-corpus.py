@@ -104,6 +104,15 @@ def config_seeds():
         "nodes-duplicate": MINIMAL_CONFIG + node + node[len("nodes:\n"):],
         "node-dotdot": MINIMAL_CONFIG + node.replace("node-1", ".."),
         "node-no-transport": MINIMAL_CONFIG + "nodes:\n  - name: n\n    protocol: { type: ymodem }\n",
+        "node-usb-options": MINIMAL_CONFIG + "nodes:\n  - name: b\n"
+                            "    transport: { type: usb, usb: \"0483:df11,serial=A,path=1-2.3\","
+                            " dfu-usb: \"1209:0001\" }\n"
+                            "    protocol: { type: dfu, alt: \"Internal Flash\", address: 0x08004000,"
+                            " leave: false, transfer-size: 2048 }\n",
+        "node-bad-options": MINIMAL_CONFIG + "nodes:\n  - name: c\n"
+                            "    transport: { type: uart, port: /dev/ttyS0, baudrate: 9600,"
+                            " parity: space }\n"
+                            "    protocol: { type: ymodem, retries: -1, ack-timeout: 5 }\n",
         "tls": MINIMAL_CONFIG + "mqtt:\n  tls: { ca: ca.pem, cert: c.pem, key: c.key, insecure: true }\n",
         "tls-cert-only": MINIMAL_CONFIG + "mqtt: { tls: { cert: c.pem } }\n",
         "tls-empty": MINIMAL_CONFIG + "mqtt: { tls: {} }\n",
