@@ -57,6 +57,7 @@ struct node_rt {
         bool active;        /* a job (identify, install, check, revert) is running for it */
         bool reverting;     /* the running install is the rollback */
         bool revert_queued; /* an atomic deployment halted: rolls back once a slot is free */
+        bool canary;        /* one of policy.canary nodes flashed first, not yet ended */
         /* While in a deployment: */
         struct deployment *dep;
         size_t image; /* index into the manifest's images */
@@ -99,6 +100,11 @@ struct deployment {
         /* A node failed in an atomic deployment: no node starts any more, and every node that
          * took its image is rolled back. */
         bool halted;
+        /* policy.canary: the first canary_n nodes flash first; the others start only once each
+         * of those succeeded (canary_left counts those still running), and never when one did
+         * not (canary_failed). */
+        size_t canary_n, canary_left;
+        bool canary_failed;
         /* Every download of the deployment, mirrors included, ends by this gw_now_ms() time
          * (fetch.deadline after it was accepted); 0: no deadline. */
         uint64_t deadline_ms;
@@ -573,7 +579,7 @@ static struct deployment *deployment_free(struct deployment *d)
                 n->identified = gw_options_free(n->identified);
                 node_image_done(&n->rb_cur);
                 node_image_done(&n->rb_prev);
-                n->active = n->reverting = n->revert_queued = false;
+                n->active = n->reverting = n->revert_queued = n->canary = false;
                 n->dep = NULL;
         }
         free(d->downloads);
@@ -807,11 +813,33 @@ static void revert_more(struct deployment *d)
         }
 }
 
+/* A canary node ended: the others may go when every canary succeeded; one that did not stops
+ * the rollout, and the deployment fails with its error. */
+static void canary_ended(struct deployment *d, struct node_rt *n)
+{
+        if (!n->canary)
+                return;
+        n->canary = false;
+        d->canary_left--;
+        if (n->state == GW_NODE_SUCCESS || d->canary_failed)
+                return;
+        d->canary_failed = true;
+        if (!d->error) {
+                d->error = n->error ? n->error : GW_ERR_FLASH_FAILED;
+                snprintf(d->message, sizeof(d->message), "%.64s (canary): %.319s", n->cfg->name,
+                         n->message);
+        }
+        gw_log_warning("Deployment %s: canary node %s did not take its image; the other nodes "
+                       "are not flashed",
+                       d->id, n->cfg->name);
+}
+
 /* The node's job ended for good in this deployment (success, failed or reverted). */
 static void node_ended(struct node_rt *n)
 {
         struct deployment *d = n->dep;
 
+        canary_ended(d, n);
         node_set_active(n, false);
         publish_deployment(d, false);
         revert_more(d);
@@ -1075,15 +1103,21 @@ static void flash_start_more(struct deployment *d)
 {
         unsigned parallel = d->m->policy.parallel ? d->m->policy.parallel : 1;
 
-        while (d->phase == PHASE_FLASH && !d->halted && d->next_flash < d->n_nodes &&
-               d->n_active < parallel) {
-                struct node_rt *n = d->nodes[d->next_flash++];
-                int r = flash_node(d, n);
+        while (d->phase == PHASE_FLASH && !d->halted && !d->canary_failed &&
+               d->next_flash < d->n_nodes && d->n_active < parallel) {
+                struct node_rt *n;
+                int r;
 
+                /* The canaries first, and only them until each of them succeeded. */
+                if (d->next_flash >= d->canary_n && d->canary_left > 0)
+                        break;
+                n = d->nodes[d->next_flash++];
+                r = flash_node(d, n);
                 if (r < 0) {
                         n->error = GW_ERR_NODE_UNREACHABLE;
                         gw_log_error("%s: %s", n->cfg->name, n->message);
                         node_set_state(n, GW_NODE_FAILED);
+                        canary_ended(d, n);
                         if (d->m->policy.atomic && !d->error) {
                                 d->error = n->error;
                                 snprintf(d->message, sizeof(d->message), "%.64s: %.319s",
@@ -1093,7 +1127,7 @@ static void flash_start_more(struct deployment *d)
                 }
         }
         if (d->phase == PHASE_FLASH && d->n_active == 0 &&
-            (d->halted || d->next_flash == d->n_nodes))
+            (d->halted || d->canary_failed || d->next_flash == d->n_nodes))
                 deployment_finish(d);
 }
 
@@ -1103,7 +1137,18 @@ static void flash_phase(struct deployment *d)
          * by one job at a time, so nodes on independent links run in parallel. */
         d->phase = PHASE_FLASH;
         journal_deployment(d, "flashing");
-        gw_log_info("Deployment %s: all images verified, flashing %zu node(s)", d->id, d->n_nodes);
+        d->canary_n = d->m->policy.canary < d->n_nodes ? d->m->policy.canary : 0;
+        d->canary_left = d->canary_n;
+        d->canary_failed = false;
+        for (size_t i = 0; i < d->n_nodes; i++)
+                d->nodes[i]->canary = i < d->canary_n;
+        if (d->canary_n)
+                gw_log_info("Deployment %s: all images verified, flashing %zu canary node(s) "
+                            "first, then %zu more",
+                            d->id, d->canary_n, d->n_nodes - d->canary_n);
+        else
+                gw_log_info("Deployment %s: all images verified, flashing %zu node(s)", d->id,
+                            d->n_nodes);
         flash_start_more(d);
 }
 

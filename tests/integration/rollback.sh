@@ -4,7 +4,8 @@
 # (the simulator cancels mid-transfer) reverts that node and the node that already took v2,
 # both ending with v1 byte for byte and the final report failed with the original error and
 # per-node reverted states, one rollback at a time as policy.parallel says; without atomic only
-# the failing node reverts; a node with no previous image just fails.
+# the failing node reverts; a node with no previous image just fails; policy.canary flashes the
+# first node alone, and the others only once it succeeded.
 set -u
 
 : "${GW_SRC:?GW_SRC must name the source directory}"
@@ -54,14 +55,16 @@ GW_PIDS+=($!)
 seq_no=$(date +%s)
 expires=$(date -u -d '+1 day' +%Y-%m-%dT%H:%M:%SZ)
 # manifest ID ATOMIC VERSION NODE...: app-NODE VERSION (www/app-NODE-VERSION.bin, made here) to
-# each NODE, one node at a time in the order given.
+# each NODE, one node at a time in the order given ($PARALLEL at a time, and policy.canary
+# $CANARY, when set).
 manifest() {
         local id=$1 atomic=$2 v=$3 n f
         shift 3
         seq_no=$((seq_no + 1))
         {
                 printf 'kind: gatewayd/manifest\nformat: 1\nid: %s\nsequence: %s\n' "$id" "$seq_no"
-                printf 'expires: %s\npolicy: { parallel: 1, atomic: %s }\nimages:\n' "$expires" "$atomic"
+                printf 'expires: %s\npolicy: { parallel: %s, atomic: %s%s }\nimages:\n' "$expires" \
+                        "${PARALLEL:-1}" "$atomic" "${CANARY:+, canary: $CANARY}"
                 for n in "$@"; do
                         f=app-$n-$v.bin
                         [ -f "$work/www/$f" ] || head -c $((6000 + RANDOM % 3000)) /dev/urandom >"$work/www/$f"
@@ -179,6 +182,47 @@ rec=$(cat "$work/state/nodes/node-1.json")
 check "journal: node-1 runs 3.0.0 and ran 1.0.0 before, with its hash ($rec)" \
         test "$(q get "$rec" version)/$(q get "$rec" previous_version)/$(q get "$rec" previous_sha256)" = \
         "3.0.0/1.0.0/$(sha256sum "$work/www/app-node-1-1.0.0.bin" | cut -d' ' -f1)"
+
+# ---- 6. Canary: the first node alone, the others only once it succeeded ----------------------
+# received NODE: how many transfers the node's simulator has finished (ok or not) so far.
+received() { wc -l <"$work/$1.report" 2>/dev/null || echo 0; }
+n2=$(received node-2)
+n3=$(received node-3)
+arm node-1
+PARALLEL=3 CANARY=1 manifest c1 false 5.0.0 node-1 node-2 node-3
+final=$(wait_final c1)
+check "c1 canary fails: the deployment fails with node-1's flash-failed (got $(q get "$final" state) $(q get "$final" error.code): $(q get "$final" error.message))" \
+        test "$(q get "$final" state)/$(q get "$final" error.code)" = failed/flash-failed
+check "c1 canary fails: the report names the canary" \
+        eval 'case "$(q get "$final" error.message)" in *"node-1 (canary)"*) true ;; *) false ;; esac'
+for n in node-2 node-3; do
+        st=$(states "$n" c1)
+        check "c1 canary fails: $n was never flashed ($st)" \
+                eval 'case "$st" in *flashing*) false ;; *failed) true ;; *) false ;; esac'
+done
+check "c1 canary fails: no transfer reached node-2 or node-3" \
+        test "$(received node-2)/$(received node-3)" = "$n2/$n3"
+check "c1 canary fails: node-1 went back to its previous image" \
+        test "$(q get "$final" nodes.node-1.state)" = reverted
+
+PARALLEL=3 CANARY=1 manifest c2 false 6.0.0 node-1 node-2 node-3
+final=$(wait_final c2)
+check "c2 canary succeeds: all three take 6.0.0 (got $(q get "$final" state))" \
+        test "$(q get "$final" state)" = success
+for n in node-1 node-2 node-3; do
+        check "c2 canary succeeds: $n holds 6.0.0" holds "$n" 6.0.0
+done
+# In the order the broker saw them: node-1's success before any other node flashing.
+order=$(grep -n "$prefix/nodes/node-[123]/status .*\"deployment\":\"c2\"" "$work/sub.log" |
+        grep -E '"state":"(flashing|success)"' | sed -E 's/^([0-9]+):.*nodes\/(node-[0-9]).*"state":"([a-z]+)".*/\2:\3/' |
+        uniq | tr '\n' ' ')
+# first WORD: the position of WORD's first appearance in $order (0: not there).
+first() { tr ' ' '\n' <<<"$order" | grep -n -x -m 1 "$1" | cut -d: -f1; }
+ok1=$(first node-1:success)
+f2=$(first node-2:flashing)
+f3=$(first node-3:flashing)
+check "c2 canary succeeds: node-1 succeeded before node-2 or node-3 started ($order)" \
+        test -n "$ok1" -a -n "$f2" -a -n "$f3" -a "${ok1:-0}" -lt "${f2:-0}" -a "${ok1:-0}" -lt "${f3:-0}"
 
 if [ "$failures" -ne 0 ]; then
         echo "--- gatewayd log (last 40 lines) ---"
