@@ -2048,25 +2048,31 @@ static void test_cancel(void **state)
         world_end(&w);
 }
 
+/* Busy answers at a fraction of a millisecond, and what a host must wait after each: with the
+ * millisecond clock (wait_ms, counted from the answer in full) and with the microsecond one
+ * (fine_wait_us: exactly the declared time; a declared 0 still waits 1 ms). */
+static const struct poll_case {
+        uint64_t answer_us; /* when the busy answer arrives */
+        uint32_t poll_ms;   /* what it declares */
+        const char *opts;
+        uint32_t wait_ms;
+        uint64_t fine_wait_us;
+} poll_cases[] = {
+    {2000000, 25, NULL, 25, 25000},
+    {2000999, 25, NULL, 25, 25000},
+    {2000500, 1, NULL, 1, 1000},
+    {2000999, 0, NULL, 0, 1000},
+    {2000750, 0xffffff, "poll-max-ms=200", 200, 200000},
+};
+
 /* The device's busy answer comes at a fraction of a millisecond: the timer must not fire
  * before the declared time has passed in full, counted from the answer, and must not wait a
  * tick more than needed. A deadline at now_ms() + declared fires up to 1 ms early. */
 static void test_poll_rounding(void **state)
 {
-        static const struct {
-                uint64_t answer_us; /* when the busy answer arrives */
-                uint32_t poll_ms;   /* what it declares */
-                const char *opts;
-                uint32_t wait_ms; /* what the host must wait */
-        } v[] = {
-            {2000000, 25, NULL, 25},
-            {2000999, 25, NULL, 25},
-            {2000500, 1, NULL, 1},
-            {2000999, 0, NULL, 0},
-            {2000750, 0xffffff, "poll-max-ms=200", 200},
-        };
+        const struct poll_case *v = poll_cases;
 
-        for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        for (size_t i = 0; i < sizeof(poll_cases) / sizeof(poll_cases[0]); i++) {
                 struct world w;
                 uint64_t due_us = v[i].answer_us + (uint64_t) v[i].wait_ms * 1000;
 
@@ -2103,22 +2109,11 @@ static void test_poll_rounding(void **state)
  * exactly, no tick more; a busy answer declaring 0 still waits 1 ms. */
 static void test_poll_fine_clock(void **state)
 {
-        static const struct {
-                uint64_t answer_us;
-                uint32_t poll_ms;
-                const char *opts;
-                uint64_t wait_us;
-        } v[] = {
-            {2000000, 25, NULL, 25000},
-            {2000999, 25, NULL, 25000},
-            {2000500, 1, NULL, 1000},
-            {2000999, 0, NULL, 1000},
-            {2000750, 0xffffff, "poll-max-ms=200", 200000},
-        };
+        const struct poll_case *v = poll_cases;
 
-        for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        for (size_t i = 0; i < sizeof(poll_cases) / sizeof(poll_cases[0]); i++) {
                 struct world w;
-                uint64_t due_us = v[i].answer_us + v[i].wait_us;
+                uint64_t due_us = v[i].answer_us + v[i].fine_wait_us;
 
                 fine_host = true;
                 world_open(&w, &dev_dfu11, 100, v[i].opts);
