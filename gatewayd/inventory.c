@@ -2,12 +2,16 @@
  * services backed by the daemon's loop) trigger a debounced rescan; serial port paths are
  * looked at on a slow timer. The daemon hears only of changes in the answer. */
 #include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "gw-config.h"
 #include "gw/log.h"
@@ -59,6 +63,13 @@ struct gw_inventory {
         struct inv_device *attached;
         size_t n_attached;
         bool attached_truncated;
+
+        /* Serial ports named by path: inotify on their directories reports them coming and
+         * going; when a directory cannot be watched (it does not exist yet, inotify is out of
+         * watches) the ports are polled instead. */
+        int inotify_fd;
+        struct gw_source *inotify_io;
+        bool paths_polled;
 
         struct gw_source *debounce, *poll;
         uint64_t burst_start;
@@ -380,7 +391,7 @@ static int on_poll(struct gw_source *s, uint64_t now_ms, void *userdata)
         struct gw_inventory *inv = userdata;
         int r;
 
-        r = refresh_paths(inv);
+        r = inv->paths_polled ? refresh_paths(inv) : 0;
         /* Without hotplug reports USB is looked at on the same timer. */
         if (inv->usb && !inv->usb_watch) {
                 int u = refresh_usb(inv);
@@ -408,6 +419,87 @@ static void on_attach_changed(void *userdata)
         if (at > inv->burst_start + GW_INVENTORY_DEBOUNCE_MAX_MS)
                 at = inv->burst_start + GW_INVENTORY_DEBOUNCE_MAX_MS;
         gw_source_set_time(inv->debounce, at);
+}
+
+/* Something changed in a directory holding a node's port: read the events away and look
+ * again once the burst settles (udev creates a device node, then its by-id links). */
+static int on_inotify(struct gw_source *s, int fd, short revents, void *userdata)
+{
+        struct gw_inventory *inv = userdata;
+        char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+        bool any = false, lost = false;
+
+        for (;;) {
+                ssize_t n = read(fd, buf, sizeof(buf));
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        break;
+                any = true;
+                for (ssize_t off = 0; off + (ssize_t) sizeof(struct inotify_event) <= n;) {
+                        const struct inotify_event *e = (const void *) (buf + off);
+
+                        /* The directory went (udev removes /dev/serial/by-id with its last
+                         * link): its watch is gone, and nothing tells when it comes back. */
+                        if (e->mask & (IN_IGNORED | IN_Q_OVERFLOW))
+                                lost = true;
+                        off += (ssize_t) sizeof(*e) + (ssize_t) e->len;
+                }
+        }
+        if (lost && !inv->paths_polled) {
+                gw_log_debug("A watched port directory went away: serial ports are polled");
+                inv->paths_polled = true;
+                gw_source_set_time(inv->poll, gw_now_ms() + GW_INVENTORY_POLL_MS);
+        }
+        if (any || (revents & (POLLERR | POLLHUP))) {
+                gw_log_debug("Inventory: a serial port directory changed, looking again");
+                on_attach_changed(inv);
+        }
+        return 0;
+}
+
+/* Watches the directory of every serial node's port; false when one cannot be watched. */
+static bool watch_paths(struct gw_inventory *inv)
+{
+        bool all = true;
+
+        inv->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+        if (inv->inotify_fd < 0) {
+                gw_log_info("No inotify (%m): serial ports are looked for every %d ms",
+                            GW_INVENTORY_POLL_MS);
+                return false;
+        }
+        for (size_t i = 0; i < inv->cfg->n_nodes; i++) {
+                const struct inv_node *n = &inv->nodes[i];
+                char dir[PATH_MAX];
+                const char *port, *slash;
+
+                if (n->kind != LINK_PATH)
+                        continue;
+                port = gw_options_get(n->cfg->transport_opts, "port");
+                slash = strrchr(port, '/');
+                if ((size_t) (slash - port) >= sizeof(dir)) {
+                        all = false;
+                        continue;
+                }
+                memcpy(dir, port, (size_t) (slash - port));
+                dir[slash == port ? 1 : slash - port] = '\0';
+                /* Creation, removal and renames of entries (the port, a link to it), and the
+                 * directory itself going away. */
+                if (inotify_add_watch(inv->inotify_fd, dir,
+                                      IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
+                                          IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR) <
+                    0) {
+                        gw_log_debug("%s: cannot watch %s (%m): its port is polled", n->cfg->name,
+                                     dir);
+                        all = false;
+                }
+        }
+        if (gw_loop_add_io(inv->loop, inv->inotify_fd, POLLIN, on_inotify, inv, &inv->inotify_io) <
+            0)
+                return false;
+        return all;
 }
 
 /* ---- Life cycle ------------------------------------------------------------------------ */
@@ -448,6 +540,7 @@ int gw_inventory_new(struct gw_loop *loop, const struct gw_config *cfg,
 
         if (!inv)
                 return -ENOMEM;
+        inv->inotify_fd = -1;
         inv->loop = loop;
         inv->cfg = cfg;
         inv->changed = changed;
@@ -490,11 +583,12 @@ int gw_inventory_new(struct gw_loop *loop, const struct gw_config *cfg,
                         }
                 }
         }
+        inv->paths_polled = inv->has_paths && !watch_paths(inv);
         r = gw_inventory_refresh(inv);
         if (r < 0)
                 goto fail;
         inv->started = true;
-        if (inv->has_paths || (inv->usb && !inv->usb_watch))
+        if (inv->paths_polled || (inv->usb && !inv->usb_watch))
                 gw_source_set_time(inv->poll, gw_now_ms() + GW_INVENTORY_POLL_MS);
         *ret = inv;
         return 0;
@@ -517,6 +611,9 @@ struct gw_inventory *gw_inventory_free(struct gw_inventory *inv)
                 gw_source_free(w->source);
                 free(w);
         }
+        gw_source_free(inv->inotify_io);
+        if (inv->inotify_fd >= 0)
+                close(inv->inotify_fd);
         gw_source_free(inv->debounce);
         gw_source_free(inv->poll);
         devices_free(inv->attached, inv->n_attached);

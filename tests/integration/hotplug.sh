@@ -150,9 +150,14 @@ check "unclaimed leave: board-1 still present" inv "$present"
 check "unclaimed return: SPARE-2 listed again" gw_wait_for 8 inv "$spare"
 
 # ---- 4. A serial port appears ----------------------------------------------------------------
+seen=$(grep -c "a serial port directory changed" "$work/gatewayd.log")
+t0=$(date +%s%N)
 ln -s /dev/null "$work/tty-1"
 check "serial: tty-1 present once its port exists" \
         gw_wait_for 5 inv 'node["tty-1"].get("present") is True'
+echo "serial: the inventory said so $((($(date +%s%N) - t0) / 1000000)) ms after the port appeared"
+check "serial: gatewayd was told by inotify, not by its 2 s poll" \
+        test "$(grep -c "a serial port directory changed" "$work/gatewayd.log")" -gt "$seen"
 rm -f "$work/tty-1"
 check "serial: tty-1 not present once its port is gone" \
         gw_wait_for 5 inv 'node["tty-1"].get("present") is False'
