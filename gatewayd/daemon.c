@@ -402,6 +402,18 @@ int gw_daemon_check(const struct gw_config *cfg)
                         }
                 }
         }
+        /* TLS files: libmosquitto would only say "invalid function arguments" at start-up. */
+        if (cfg->mqtt.tls) {
+                const char *const files[][2] = {{"ca", cfg->mqtt.tls_ca},
+                                                {"cert", cfg->mqtt.tls_cert},
+                                                {"key", cfg->mqtt.tls_key}};
+
+                for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+                        if (files[i][1] && access(files[i][1], R_OK) < 0)
+                                ret = gw_log_error_errno(-errno,
+                                                         "%s: mqtt.tls.%s: cannot read %s: %m",
+                                                         cfg->path, files[i][0], files[i][1]);
+        }
         r = load_provisioned_trust(cfg, &t);
         if (r < 0)
                 ret = r;

@@ -36,6 +36,9 @@ struct gw_mqtt {
         struct gw_source *probe_io;
         struct gw_mqtt_callbacks cb;
         void *userdata;
+        /* The last error libmosquitto logged (OpenSSL's reason for a failed handshake): it
+         * says more than its return codes. */
+        char lib_error[256];
         bool connected;   /* CONNACK received */
         bool socket_open; /* TCP up, maybe waiting for CONNACK */
         bool stopping;
@@ -120,11 +123,21 @@ static void schedule_reconnect(struct gw_mqtt *m)
         gw_source_set_time(m->timer, m->next_attempt);
 }
 
-static void connection_lost(struct gw_mqtt *m, int r)
+/* rc: libmosquitto's code for it (MOSQ_ERR_*), or MOSQ_ERR_SUCCESS when r says it all. */
+static void connection_lost(struct gw_mqtt *m, int r, int rc)
 {
+        const char *why =
+            rc == MOSQ_ERR_SUCCESS || rc == MOSQ_ERR_ERRNO ? strerror(-r) : mosquitto_strerror(rc);
+
         if (m->connected)
-                gw_log_warning_errno(r, "MQTT: connection to %s:%u lost: %m", m->cfg->host,
-                                     m->cfg->port);
+                gw_log_warning("MQTT: connection to %s:%u lost: %s%s%s", m->cfg->host, m->cfg->port,
+                               why, m->lib_error[0] ? ": " : "", m->lib_error);
+        else if (!m->stopping)
+                /* Before the broker accepted the session: a refused TLS handshake (certificate
+                 * verify failed, host name mismatch), a broker that hung up. */
+                gw_log_warning("MQTT: cannot open a session with %s:%u: %s%s%s", m->cfg->host,
+                               m->cfg->port, why, m->lib_error[0] ? ": " : "", m->lib_error);
+        m->lib_error[0] = '\0';
         m->connected = false;
         m->socket_open = false;
         m->io = gw_source_free(m->io);
@@ -139,14 +152,14 @@ static int on_io(struct gw_source *s, int fd, short revents, void *userdata)
         if (revents & (POLLIN | POLLHUP | POLLERR)) {
                 rc = mosquitto_loop_read(m->mosq, 16);
                 if (rc != MOSQ_ERR_SUCCESS) {
-                        connection_lost(m, gw_mosq_to_errno(rc));
+                        connection_lost(m, gw_mosq_to_errno(rc), rc);
                         return 0;
                 }
         }
         if (m->io && (revents & POLLOUT) && mosquitto_want_write(m->mosq)) {
                 rc = mosquitto_loop_write(m->mosq, 16);
                 if (rc != MOSQ_ERR_SUCCESS) {
-                        connection_lost(m, gw_mosq_to_errno(rc));
+                        connection_lost(m, gw_mosq_to_errno(rc), rc);
                         return 0;
                 }
         }
@@ -175,9 +188,11 @@ static int attempt_connect(struct gw_mqtt *m, const char *addr)
         if (rc != MOSQ_ERR_SUCCESS) {
                 int r = gw_mosq_to_errno(rc);
 
-                gw_log_warning_errno(r, "MQTT: cannot connect to %s:%u: %s", m->cfg->host,
+                gw_log_warning_errno(r, "MQTT: cannot connect to %s:%u: %s%s%s", m->cfg->host,
                                      m->cfg->port,
-                                     rc == MOSQ_ERR_ERRNO ? strerror(-r) : mosquitto_strerror(rc));
+                                     rc == MOSQ_ERR_ERRNO ? strerror(-r) : mosquitto_strerror(rc),
+                                     m->lib_error[0] ? ": " : "", m->lib_error);
+                m->lib_error[0] = '\0';
                 schedule_reconnect(m);
                 return 0;
         }
@@ -393,7 +408,7 @@ static int on_timer(struct gw_source *s, uint64_t now, void *userdata)
                 int rc = mosquitto_loop_misc(m->mosq);
 
                 if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN) {
-                        connection_lost(m, gw_mosq_to_errno(rc));
+                        connection_lost(m, gw_mosq_to_errno(rc), rc);
                         return 0;
                 }
                 update_events(m);
@@ -425,7 +440,7 @@ static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
                 gw_log_error("MQTT: broker %s:%u refused the connection: %s", m->cfg->host,
                              m->cfg->port, mosquitto_reason_string(rc));
                 mosquitto_disconnect(mosq);
-                connection_lost(m, -ECONNREFUSED);
+                connection_lost(m, -ECONNREFUSED, MOSQ_ERR_SUCCESS);
                 return;
         }
         m->connected = true;
@@ -454,9 +469,25 @@ static void on_disconnect(struct mosquitto *mosq, void *obj, int rc, const mosqu
 {
         struct gw_mqtt *m = obj;
 
-        if (m->stopping)
+        /* Reason codes from 0x80 come with a DISCONNECT the broker sent; below, rc is
+         * libmosquitto's own code for a connection that broke, which connection_lost()
+         * reports. */
+        if (m->stopping || rc < 0x80)
                 return;
-        gw_log_warning("MQTT: broker disconnected us (%s)", mosquitto_reason_string(rc));
+        gw_log_warning("MQTT: broker %s:%u disconnected us: %s", m->cfg->host, m->cfg->port,
+                       mosquitto_reason_string(rc));
+}
+
+/* libmosquitto's own log: its errors (OpenSSL's among them) are kept for the next warning. */
+static void on_lib_log(struct mosquitto *mosq, void *obj, int level, const char *str)
+{
+        struct gw_mqtt *m = obj;
+
+        if (!(level & MOSQ_LOG_ERR) || !str)
+                return;
+        gw_log_debug("MQTT: libmosquitto: %s", str);
+        if (!m->lib_error[0])
+                snprintf(m->lib_error, sizeof(m->lib_error), "%s", str);
 }
 
 static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto_message *msg,
@@ -505,6 +536,7 @@ int gw_mqtt_new(struct gw_loop *loop, const struct gw_mqtt_config *cfg, const ch
         mosquitto_int_option(m->mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
         mosquitto_connect_v5_callback_set(m->mosq, on_connect);
         mosquitto_disconnect_v5_callback_set(m->mosq, on_disconnect);
+        mosquitto_log_callback_set(m->mosq, on_lib_log);
         mosquitto_message_v5_callback_set(m->mosq, on_message);
 
         /* The will carries no meaningful time: the broker sends it whenever we vanish. */
@@ -532,8 +564,13 @@ int gw_mqtt_new(struct gw_loop *loop, const struct gw_mqtt_config *cfg, const ch
                 if (rc == MOSQ_ERR_SUCCESS && cfg->tls_insecure)
                         rc = mosquitto_tls_insecure_set(m->mosq, true);
                 if (rc != MOSQ_ERR_SUCCESS) {
-                        r = gw_log_error_errno(gw_mosq_to_errno(rc), "MQTT: bad TLS settings: %s",
-                                               mosquitto_strerror(rc));
+                        r = gw_log_error_errno(
+                            gw_mosq_to_errno(rc),
+                            "MQTT: bad TLS settings (ca %s, cert %s, key %s): %s%s%s",
+                            cfg->tls_ca ? cfg->tls_ca : "the system's",
+                            cfg->tls_cert ? cfg->tls_cert : "none",
+                            cfg->tls_key ? cfg->tls_key : "none", mosquitto_strerror(rc),
+                            m->lib_error[0] ? ": " : "", m->lib_error);
                         goto fail;
                 }
         }
@@ -578,7 +615,7 @@ int gw_mqtt_publish(struct gw_mqtt *m, const char *suffix, const char *payload, 
         if (mosquitto_want_write(m->mosq)) {
                 rc = mosquitto_loop_write(m->mosq, 16);
                 if (rc != MOSQ_ERR_SUCCESS) {
-                        connection_lost(m, gw_mosq_to_errno(rc));
+                        connection_lost(m, gw_mosq_to_errno(rc), rc);
                         return -ECONNRESET;
                 }
         }
