@@ -645,6 +645,22 @@ int gw_daemon_run(const struct gw_config *cfg)
         if (r < 0)
                 return gw_log_error_errno(r, "Cannot create state directory %s: %m",
                                           cfg->state_dir);
+        /* Writes a crash or a power cut interrupted left temporary files behind. */
+        {
+                static const char *const subs[] = {NULL, "trust", "deployments", "nodes", "images"};
+                int swept = 0;
+
+                for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
+                        int k = gw_journal_sweep(cfg->state_dir, subs[i]);
+
+                        if (k > 0)
+                                swept += k;
+                }
+                if (swept > 0)
+                        gw_log_info(
+                            "Removed %d temporary file(s) that interrupted writes left in %s",
+                            swept, cfg->state_dir);
+        }
         r = load_trust(cfg, &d.trust);
         if (r < 0)
                 return r;

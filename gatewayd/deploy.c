@@ -296,24 +296,42 @@ static const char *state_dir(const struct gw_engine *e)
         return e->env.cfg->state_dir;
 }
 
-/* deployments/<id>.json: {"id","manifest_sha256","state","nodes":{name:state}} */
+static int node_image_to_json(json_t *o, const char *prefix, const struct node_image *im);
+
+/* deployments/<id>.json: {"id","manifest_sha256","state","nodes":{name:state},
+ * "rollback":{name:{<image>, "previous_"<image>}}}: rollback holds what each node ran when the
+ * deployment was first accepted, for a run after a crash (see rollback_recorded()). */
 static int journal_deployment(struct deployment *d, const char *state)
 {
         json_t *o = json_pack("{s:s, s:s, s:s}", "id", d->id, "manifest_sha256", d->sha_hex,
                               "state", state);
-        json_t *nodes = json_object();
+        json_t *nodes = json_object(), *rollback = json_object();
         char name[300], *s;
-        int r;
+        int r = 0;
 
-        if (!o || !nodes) {
+        if (!o || !nodes || !rollback) {
                 json_decref(o);
                 json_decref(nodes);
+                json_decref(rollback);
                 return -ENOMEM;
         }
-        for (size_t i = 0; i < d->n_nodes; i++)
-                json_object_set_new(nodes, d->nodes[i]->cfg->name,
-                                    json_string(gw_node_state_to_string(d->nodes[i]->state)));
+        for (size_t i = 0; i < d->n_nodes; i++) {
+                const struct node_rt *n = d->nodes[i];
+                json_t *rb = json_object();
+
+                json_object_set_new(nodes, n->cfg->name,
+                                    json_string(gw_node_state_to_string(n->state)));
+                if (!rb || node_image_to_json(rb, "", &n->rb_cur) < 0 ||
+                    node_image_to_json(rb, "previous_", &n->rb_prev) < 0)
+                        r = -ENOMEM;
+                json_object_set_new(rollback, n->cfg->name, rb);
+        }
         json_object_set_new(o, "nodes", nodes);
+        json_object_set_new(o, "rollback", rollback);
+        if (r < 0) {
+                json_decref(o);
+                return r;
+        }
         if (d->error)
                 json_object_set_new(o, "error", json_string(gw_error_to_string(d->error)));
         s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -350,6 +368,33 @@ static bool journal_done(struct gw_engine *e, const char *id, const char *sha_he
                 json_decref(o);
         }
         return done;
+}
+
+/* The rollback record of a deployment that was accepted before but never ended (a crash, a
+ * power cut, a shutdown): it runs again, and what its nodes ran before it is what it found
+ * then, not what their records say now (a node that took its image before the cut already
+ * names it). NULL when there is none. The caller releases it. */
+static json_t *rollback_recorded(struct gw_engine *e, const char *id, const char *sha_hex)
+{
+        char name[300], *buf = NULL;
+        json_t *o, *rb = NULL;
+
+        snprintf(name, sizeof(name), "deployments/%s.json", id);
+        if (gw_journal_read(state_dir(e), name, JOURNAL_MAX, &buf, NULL) < 0)
+                return NULL;
+        o = json_loads(buf, 0, NULL);
+        free(buf);
+        if (o) {
+                const char *sha = json_string_value(json_object_get(o, "manifest_sha256"));
+
+                rb = json_object_get(o, "rollback");
+                if (sha && strcmp(sha, sha_hex) == 0 && json_is_object(rb))
+                        json_incref(rb);
+                else
+                        rb = NULL;
+                json_decref(o);
+        }
+        return rb;
 }
 
 static void node_image_done(struct node_image *im)
@@ -533,8 +578,14 @@ static void journal_node_installed(struct gw_engine *e, struct node_rt *n,
                                n->cfg->name);
                 return;
         }
-        node_image_done(&n->prev);
-        n->prev = n->cur;
+        /* Taking the image it already runs (a deployment run again after a crash) leaves what
+         * it ran before as it was. */
+        if (n->cur.known && memcmp(n->cur.sha256, im.sha256, 32) == 0) {
+                node_image_done(&n->cur);
+        } else {
+                node_image_done(&n->prev);
+                n->prev = n->cur;
+        }
         n->cur = im;
         journal_node_write(e, n);
 }
@@ -1589,6 +1640,7 @@ static void manifest_ready(struct deployment *d)
         unsigned len = 0;
         const char **names;
         char *json = NULL;
+        json_t *rollback;
         int r;
 
         if (EVP_Digest(d->buf, d->len, sha, &len, EVP_sha256(), NULL) != 1) {
@@ -1643,7 +1695,17 @@ static void manifest_ready(struct deployment *d)
                 deployment_reject(d, GW_ERR_INTERNAL, "cannot persist the manifest state");
                 return;
         }
+        /* A run again after a crash keeps the rollback targets of the first run; a deployment
+         * that ended (journal_done) never gets here. */
+        rollback = rollback_recorded(e, d->id, d->sha_hex);
+        if (rollback)
+                gw_log_info("Deployment %s runs again: it rolls back to what the nodes ran when it "
+                            "was first accepted",
+                            d->id);
         for (size_t i = 0; i < d->n_nodes; i++) {
+                const json_t *rec =
+                    rollback ? json_object_get(rollback, d->nodes[i]->cfg->name) : NULL;
+
                 d->nodes[i]->dep = d;
                 d->nodes[i]->error = GW_ERR_NONE;
                 d->nodes[i]->message[0] = '\0';
@@ -1652,10 +1714,15 @@ static void manifest_ready(struct deployment *d)
                 d->nodes[i]->active = d->nodes[i]->reverting = false;
                 d->nodes[i]->revert_queued = false;
                 /* What a rollback restores; without memory it is simply not possible. */
-                if (node_image_copy(&d->nodes[i]->rb_cur, &d->nodes[i]->cur) < 0 ||
-                    node_image_copy(&d->nodes[i]->rb_prev, &d->nodes[i]->prev) < 0)
+                if (json_is_object(rec)) {
+                        node_image_from_json(&d->nodes[i]->rb_cur, rec, "");
+                        node_image_from_json(&d->nodes[i]->rb_prev, rec, "previous_");
+                } else if (node_image_copy(&d->nodes[i]->rb_cur, &d->nodes[i]->cur) < 0 ||
+                           node_image_copy(&d->nodes[i]->rb_prev, &d->nodes[i]->prev) < 0) {
                         node_image_done(&d->nodes[i]->rb_cur);
+                }
         }
+        json_decref(rollback);
         journal_deployment(d, "accepted");
         names = calloc(d->n_nodes, sizeof(*names));
         if (names) {

@@ -1,8 +1,10 @@
 /* Atomic replacement of small state files: the journal of deployments and the per-node
  * records. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,4 +124,43 @@ int gw_journal_read(const char *dir, const char *name, size_t max, char **ret, s
         if (ret_len)
                 *ret_len = got;
         return 0;
+}
+
+/* A leftover of an interrupted write-then-rename, by the names this program gives them. */
+static bool is_leftover(const char *name)
+{
+        const char *t = strstr(name, ".tmp.");
+        size_t n = strlen(name);
+
+        if (strcmp(name, ".manifest-state.tmp") == 0)
+                return true;
+        /* gw_journal_write(): "<name>.tmp.<pid>" */
+        if (t && t > name && t[5] && strspn(t + 5, "0123456789") == strlen(t + 5))
+                return true;
+        /* gw_store_begin(): ".<64 hex digits>.<6 characters>" */
+        return n == 1 + 64 + 1 + 6 && name[0] == '.' && name[65] == '.' &&
+               strspn(name + 1, "0123456789abcdef") == 64;
+}
+
+int gw_journal_sweep(const char *dir, const char *sub)
+{
+        char path[4096];
+        struct dirent *e;
+        int removed = 0;
+        DIR *d;
+
+        if ((size_t) snprintf(path, sizeof(path), "%s%s%s", dir, sub ? "/" : "", sub ? sub : "") >=
+            sizeof(path))
+                return -ENAMETOOLONG;
+        d = opendir(path);
+        if (!d)
+                return errno == ENOENT ? 0 : -errno;
+        while ((e = readdir(d))) {
+                if (!is_leftover(e->d_name))
+                        continue;
+                if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+                        removed++;
+        }
+        closedir(d);
+        return removed;
 }

@@ -11,3 +11,8 @@ int gw_journal_mkdir(const char *dir, const char *sub);
 int gw_journal_write(const char *dir, const char *name, const void *data, size_t len);
 /* Reads dir/name (at most max bytes, NUL-terminated in *ret). -ENOENT when absent, -EFBIG. */
 int gw_journal_read(const char *dir, const char *name, size_t max, char **ret, size_t *ret_len);
+/* Removes what writes cut short by a crash or a power loss left behind in dir/sub (dir when
+ * sub is NULL): the journal's "<name>.tmp.<pid>", the image store's ".<sha256>.XXXXXX" and
+ * ".manifest-state.tmp". Nothing reads them, but a gateway that keeps losing power would pile
+ * them up. Call it before anything writes there. Returns how many were removed, or -errno. */
+int gw_journal_sweep(const char *dir, const char *sub);

@@ -154,6 +154,42 @@ static void test_journal_roundtrip(void **state)
         assert_true(gw_journal_write(f->dir, "missing/x.json", "{}", 2) < 0);
 }
 
+/* What interrupted writes leave is swept, by the names the writers give it, and nothing else:
+ * a real temporary file of the store (as gw_store_begin makes it, then abandoned), a journal
+ * one, the manifest state's; kept: records, a dotfile, names that only look alike. */
+static void test_sweep_leftovers(void **state)
+{
+        struct fixture *f = *state;
+        static const char *const gone[] = {"x.json.tmp.123", ".manifest-state.tmp"};
+        static const char *const kept[] = {"x.json",    ".keep",   "x.tmp.",
+                                           "x.tmp.12a", ".tmp.1x", ".abc.XXXXXX"};
+        uint8_t sha[32] = {1, 2, 3};
+        char path[256], *tmp = NULL;
+        int fd = -1;
+
+        assert_int_equal(gw_store_begin(f->store, sha, &fd, &tmp), 0);
+        close(fd); /* the power went: neither committed nor aborted */
+        assert_int_equal(gw_journal_mkdir(f->dir, "nodes"), 0);
+        for (size_t i = 0; i < 2; i++) {
+                snprintf(path, sizeof(path), "%s/%s", f->dir, gone[i]);
+                close(open(path, O_CREAT | O_WRONLY, 0600));
+        }
+        for (size_t i = 0; i < sizeof(kept) / sizeof(kept[0]); i++) {
+                snprintf(path, sizeof(path), "%s/nodes/%s", f->dir, kept[i]);
+                close(open(path, O_CREAT | O_WRONLY, 0600));
+        }
+        assert_int_equal(gw_journal_sweep(f->dir, "images"), 1);
+        assert_int_equal(access(tmp, F_OK), -1);
+        assert_int_equal(gw_journal_sweep(f->dir, NULL), 2);
+        assert_int_equal(gw_journal_sweep(f->dir, "nodes"), 0);
+        for (size_t i = 0; i < sizeof(kept) / sizeof(kept[0]); i++) {
+                snprintf(path, sizeof(path), "%s/nodes/%s", f->dir, kept[i]);
+                assert_int_equal(access(path, F_OK), 0);
+        }
+        assert_int_equal(gw_journal_sweep(f->dir, "no-such-dir"), 0);
+        free(tmp);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -161,6 +197,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_mismatches_refused, setup, teardown),
             cmocka_unit_test_setup_teardown(test_rotten_image_not_trusted, setup, teardown),
             cmocka_unit_test_setup_teardown(test_journal_roundtrip, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_sweep_leftovers, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
