@@ -245,14 +245,24 @@ static void publish_deployment(struct deployment *d, bool final)
                 return;
         snprintf(topic, sizeof(topic), "deployments/%s", d->id);
         if (final) {
+                /* Kept, journalled with the verdict and then published (final_publish()), and
+                 * published again on every reconnect. */
                 struct gw_engine *e = d->engine;
 
                 free(e->final_topic);
                 free(e->final_json);
                 e->final_topic = strdup(topic);
-                e->final_json = strdup(json);
+                e->final_json = json;
+                return;
         }
-        publish(d->engine, topic, json, final);
+        publish(d->engine, topic, json, false);
+}
+
+/* The final report kept by publish_deployment(d, true), retained. */
+static void final_publish(struct gw_engine *e)
+{
+        if (e->final_topic && e->final_json && e->env.publish)
+                e->env.publish(e->env.userdata, e->final_topic, e->final_json, true);
 }
 
 static void publish_inventory(struct gw_engine *e)
@@ -328,6 +338,11 @@ static int journal_deployment(struct deployment *d, const char *state)
         }
         json_object_set_new(o, "nodes", nodes);
         json_object_set_new(o, "rollback", rollback);
+        /* The final report, with a final state (see deployment_finish()). */
+        if ((strcmp(state, "success") == 0 || strcmp(state, "failed") == 0) &&
+            d->engine->final_json && d->engine->final_topic &&
+            strcmp(d->engine->final_topic + strlen("deployments/"), d->id) == 0)
+                json_object_set_new(o, "final", json_string(d->engine->final_json));
         if (r < 0) {
                 json_decref(o);
                 return r;
@@ -346,12 +361,15 @@ static int journal_deployment(struct deployment *d, const char *state)
         return r;
 }
 
-/* True when the journal says this id with this manifest already ran to the end. */
-static bool journal_done(struct gw_engine *e, const char *id, const char *sha_hex)
+/* True when the journal says this id with this manifest already ran to the end; *ret_final
+ * then gets its final report when the journal has it (malloc'd; NULL otherwise). */
+static bool journal_done(struct gw_engine *e, const char *id, const char *sha_hex, char **ret_final)
 {
         char name[300], *buf = NULL;
         json_t *o;
         bool done = false;
+
+        *ret_final = NULL;
 
         snprintf(name, sizeof(name), "deployments/%s.json", id);
         if (gw_journal_read(state_dir(e), name, JOURNAL_MAX, &buf, NULL) < 0)
@@ -362,9 +380,13 @@ static bool journal_done(struct gw_engine *e, const char *id, const char *sha_he
                 const char *sha = json_string_value(json_object_get(o, "manifest_sha256"));
                 const char *st = json_string_value(json_object_get(o, "state"));
 
+                const char *final = json_string_value(json_object_get(o, "final"));
+
                 done = sha && st && strcmp(sha, sha_hex) == 0 &&
                        (strcmp(st, "success") == 0 || strcmp(st, "failed") == 0 ||
                         strcmp(st, "rejected") == 0);
+                if (done && final)
+                        *ret_final = strdup(final);
                 json_decref(o);
         }
         return done;
@@ -705,15 +727,17 @@ static void deployment_finish(struct deployment *d)
         if (d->interrupted) {
                 journal_deployment(d, "interrupted");
                 gw_log_warning("Deployment %s interrupted; it runs again after the restart", d->id);
-        } else if (d->error) {
-                journal_deployment(d, "failed");
-                publish_deployment(d, true);
-                gw_log_error("Deployment %s failed: %s: %s", d->id, gw_error_to_string(d->error),
-                             d->message);
         } else {
-                journal_deployment(d, "success");
+                /* The report goes into the journal with the verdict, before it is published: a
+                 * cut in between and the restart publishes it (journal_done()). */
                 publish_deployment(d, true);
-                gw_log_info("Deployment %s succeeded on %zu node(s)", d->id, d->n_nodes);
+                journal_deployment(d, d->error ? "failed" : "success");
+                final_publish(e);
+                if (d->error)
+                        gw_log_error("Deployment %s failed: %s: %s", d->id,
+                                     gw_error_to_string(d->error), d->message);
+                else
+                        gw_log_info("Deployment %s succeeded on %zu node(s)", d->id, d->n_nodes);
         }
         publish_inventory(e);
         e->current = deployment_free(d);
@@ -1639,7 +1663,7 @@ static void manifest_ready(struct deployment *d)
         uint8_t sha[32];
         unsigned len = 0;
         const char **names;
-        char *json = NULL;
+        char *json = NULL, *final = NULL;
         json_t *rollback;
         int r;
 
@@ -1648,9 +1672,21 @@ static void manifest_ready(struct deployment *d)
                 return;
         }
         gw_hex(sha, 32, d->sha_hex);
-        if (journal_done(e, d->id, d->sha_hex)) {
+        if (journal_done(e, d->id, d->sha_hex, &final)) {
                 gw_log_info("Deployment %s with manifest %.12s was already done, ignoring", d->id,
                             d->sha_hex);
+                /* Its report again, retained: the broker may never have had it (a cut between
+                 * the journal and the publication), and it costs nothing when it has. */
+                if (final) {
+                        char topic[300];
+
+                        snprintf(topic, sizeof(topic), "deployments/%s", d->id);
+                        free(e->final_topic);
+                        free(e->final_json);
+                        e->final_topic = strdup(topic);
+                        e->final_json = final;
+                        final_publish(e);
+                }
                 d->phase = PHASE_DONE;
                 e->current = deployment_free(d);
                 engine_next(e);

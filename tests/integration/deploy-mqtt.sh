@@ -171,6 +171,8 @@ check "SIGTERM: gateway state becomes offline, retained" \
 # ---- 3. The same deployment after a restart is not run again --------------------------------
 before_reports=$(reports)
 before_accepted=$(q count "$work/sub.log" "$prefix/deployments/d1" accepted)
+before_final=$(q count "$work/sub.log" "$prefix/deployments/d1" success)
+first_final=$(q final "$work/sub.log" "$prefix/deployments/d1")
 log_lines=$(wc -l <"$work/gatewayd.log")
 start_gw
 online() { retained "$prefix/state" | grep -q '"online"'; }
@@ -188,6 +190,12 @@ check "restart: the same deployment (id and manifest) does not reach the nodes a
 check "restart: the same deployment is not accepted again" \
         test "$(q count "$work/sub.log" "$prefix/deployments/d1" accepted)" -eq "$before_accepted"
 check "restart: gatewayd is still running" kill -0 "$gwpid"
+# ... but its final report is published again, as the journal kept it (a broker that lost it,
+# or a power cut between the journal and the publication, gets it back).
+check "restart: d1's final report is published again ($before_final before)" \
+        test "$(q count "$work/sub.log" "$prefix/deployments/d1" success)" -gt "$before_final"
+check "restart: ... the very report of the run (same ts, same nodes)" \
+        test "$(q final "$work/sub.log" "$prefix/deployments/d1")" = "$first_final"
 
 # ---- 4. An inline base64 manifest with absolute image URLs --------------------------------------
 images d2
