@@ -48,8 +48,10 @@ struct node_rt {
         const struct gw_node_config *cfg;
         enum gw_node_state state;
         char *installed_version;
-        /* The journal record (nodes/<name>.json): what it runs, what it ran before. */
-        struct node_image cur, prev;
+        /* The journal record (nodes/<name>.json): what it runs, what it ran before, and an
+         * image being written or whose writing did not finish (the node may hold part of it;
+         * unknown when none). */
+        struct node_image cur, prev, incomplete;
         /* Both as they were when the deployment started: what a rollback restores. */
         struct node_image rb_cur, rb_prev;
         /* What identify reported (before flashing, then again when checking). */
@@ -283,6 +285,10 @@ static void publish_inventory(struct gw_engine *e)
                     .class_name = c->class_name,
                     .hardware = c->hardware,
                     .version = e->nodes[i].installed_version,
+                    .incomplete_image =
+                        e->nodes[i].incomplete.known ? e->nodes[i].incomplete.name : NULL,
+                    .incomplete_version =
+                        e->nodes[i].incomplete.known ? e->nodes[i].incomplete.version : NULL,
                 };
         }
         if (e->env.inventory)
@@ -574,6 +580,7 @@ static void journal_node_write(struct gw_engine *e, struct node_rt *n)
 
         if (!o || node_image_to_json(o, "", &n->cur) < 0 ||
             node_image_to_json(o, "previous_", &n->prev) < 0 ||
+            node_image_to_json(o, "incomplete_", &n->incomplete) < 0 ||
             !(s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
                 json_decref(o);
                 gw_log_warning("%s: cannot record the installed image: out of memory, ignoring",
@@ -609,6 +616,20 @@ static void journal_node_installed(struct gw_engine *e, struct node_rt *n,
                 n->prev = n->cur;
         }
         n->cur = im;
+        node_image_done(&n->incomplete);
+        journal_node_write(e, n);
+}
+
+/* The node is about to be written with im: until it took it, its record says so, so that a
+ * power cut or a failure mid-write leaves a record that does not claim the old image is whole. */
+static void journal_node_writing(struct gw_engine *e, struct node_rt *n,
+                                 const struct node_image *im)
+{
+        if (node_image_copy(&n->incomplete, im) < 0) {
+                gw_log_warning("%s: cannot record the image being written: out of memory, ignoring",
+                               n->cfg->name);
+                return;
+        }
         journal_node_write(e, n);
 }
 
@@ -628,6 +649,7 @@ static void journal_node_load(struct gw_engine *e, struct node_rt *n)
                 n->installed_version = strdup(json_string_value(json_object_get(o, "version")));
         node_image_from_json(&n->cur, o, "");
         node_image_from_json(&n->prev, o, "previous_");
+        node_image_from_json(&n->incomplete, o, "incomplete_");
         json_decref(o);
 }
 
@@ -955,6 +977,7 @@ static bool node_revert(struct node_rt *n)
                 n->total = im->size;
                 n->t0 = gw_now_ms();
                 n->last_pct = -1;
+                journal_node_writing(d->engine, n, im);
                 r = gw_flash_install(n->flash, &n->reader, &cbs, n);
         }
         if (r < 0) {
@@ -1109,6 +1132,7 @@ static void on_install_finished(void *userdata, int result, const char *reason)
                         /* The record is again what it was before the deployment. */
                         node_image_copy(&n->cur, &n->rb_cur);
                         node_image_copy(&n->prev, &n->rb_prev);
+                        node_image_done(&n->incomplete);
                         journal_node_write(d->engine, n);
                         gw_log_info("%s: rolled back to %s %s", n->cfg->name, im->name,
                                     im->version);
@@ -1164,6 +1188,13 @@ static int flash_node(struct deployment *d, struct node_rt *n)
         n->last_pct = -1;
         node_set_active(n, true);
         node_set_state(n, GW_NODE_FLASHING);
+        {
+                struct node_image im = {0};
+
+                if (node_image_from_manifest(&im, img) >= 0)
+                        journal_node_writing(d->engine, n, &im);
+                node_image_done(&im);
+        }
         r = gw_flash_install(n->flash, &n->reader, &cbs, n);
         if (r < 0) {
                 node_set_active(n, false);
@@ -2046,6 +2077,7 @@ struct gw_engine *gw_engine_free(struct gw_engine *e)
                 free(e->nodes[i].installed_version);
                 node_image_done(&e->nodes[i].cur);
                 node_image_done(&e->nodes[i].prev);
+                node_image_done(&e->nodes[i].incomplete);
         }
         free(e->nodes);
         free(e->final_topic);

@@ -433,6 +433,15 @@ static int set_inventory_nodes(json_t *o, const struct gw_inventory_node *nodes,
                         r = set_string_opt(entry, "version", n->version);
                 if (r >= 0)
                         r = set_presence(entry, n->present);
+                if (r >= 0 && n->incomplete_image && n->incomplete_version) {
+                        json_t *inc = json_object();
+
+                        r = set_new(entry, "incomplete", inc);
+                        if (r >= 0)
+                                r = set_string(inc, "image", n->incomplete_image);
+                        if (r >= 0)
+                                r = set_string(inc, "version", n->incomplete_version);
+                }
         }
         return r;
 }

@@ -109,6 +109,9 @@ struct gw_inventory_node {
         const struct gw_options *hardware; /* NULL: {} */
         const char *version;               /* installed version; NULL omits it */
         enum gw_presence present;          /* UNKNOWN omits "present" */
+        /* An image whose writing did not finish (a failed flash, a power cut mid-flash): the
+         * node may hold part of it. Both NULL omit "incomplete". */
+        const char *incomplete_image, *incomplete_version;
 };
 
 /* A USB device attached that no configured node claims. */
@@ -119,8 +122,8 @@ struct gw_inventory_device {
         const char *description; /* product and DFU alt settings; NULL omits it */
 };
 
-/* {"nodes":[{"name","transport","protocol","class"?,"hardware":{..},"version"?,"present"?}],
- *  "ts"} for <prefix>/inventory. */
+/* {"nodes":[{"name","transport","protocol","class"?,"hardware":{..},"version"?,"present"?,
+ *  "incomplete"?:{"image","version"}}],"ts"} for <prefix>/inventory. */
 int gw_status_inventory_json(const struct gw_inventory_node *nodes, size_t n_nodes, time_t ts,
                              char **ret);
 /* The same with the unclaimed devices after the nodes (every member of docs/mqtt.md):

@@ -160,7 +160,7 @@ for dirpath, _, files in os.walk(root):
             if not isinstance(o, dict):
                 bad.append("%s: not an object: %r" % (rel, o))
                 continue
-            for p in ("", "previous_"):
+            for p in ("", "previous_", "incomplete_"):
                 if p + "version" in o and not (
                         isinstance(o.get(p + "version"), str) and
                         isinstance(o.get(p + "image"), str) and
@@ -376,6 +376,9 @@ for t in "${triggers[@]}"; do
         grep -v '^TEMP\|^OTHER' <<<"$out"
         check "round $round: every file in the state directory is well-formed" test $rc -eq 0
         check "round $round: each node holds the image its journal record names" records_true
+        if grep -q '"incomplete_version"' "$work"/state/nodes/*.json 2>/dev/null; then
+                echo yes >"$work/incomplete-seen"
+        fi
         if q final "$work/sub.log" "$prefix/deployments/pl" >/dev/null; then
                 final=$(q final "$work/sub.log" "$prefix/deployments/pl")
                 [ "$(q get "$final" state)" = success ] ||
@@ -410,7 +413,12 @@ for n in 1 2 3; do
         check "journal: node-$n still remembers 1.0.0 as its previous image (got $(q get "$rec" previous_version))" \
                 test "$(q get "$rec" previous_version)/$(q get "$rec" previous_sha256)" = \
                 "1.0.0/$(sha256sum "$work/www/app-node-$n-1.0.0.bin" | cut -d' ' -f1)"
+        check "journal: node-$n has nothing half-written any more" \
+                test -z "$(q get "$rec" incomplete_version 2>/dev/null)"
 done
+# A cut mid-flash left a record saying so, before the deployment ran again and cleared it.
+check "journal: a power cut mid-flash left a record naming the image as half-written" \
+        test "$(cat "$work/incomplete-seen" 2>/dev/null)" = yes
 check "journal: deployments/pl.json says success" \
         test "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["state"])' \
                 "$work/state/deployments/pl.json" 2>/dev/null)" = success

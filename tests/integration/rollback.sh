@@ -176,9 +176,20 @@ check "r4: node-3 fails (got $(q get "$final" nodes.node-3.state))" \
 check "r4: with flash-failed" test "$(q get "$final" error.code)" = flash-failed
 st=$(states node-3 r4)
 check "r4: node-3 never entered reverting ($st)" test "$st" = "queued downloading verifying flashing failed"
+rec=$(cat "$work/state/nodes/node-3.json")
+check "r4: node-3's record says 1.0.0 was not written whole ($rec)" \
+        test "$(q get "$rec" incomplete_version)" = 1.0.0
+inv=$(mosquitto_sub -h 127.0.0.1 -p "$GW_BROKER_PORT" -C 1 -W 5 -t "$prefix/inventory" 2>/dev/null)
+check "r4: ... and so does the inventory ($inv)" python3 -c '
+import json, sys
+n = {x["name"]: x for x in json.loads(sys.argv[1])["nodes"]}
+sys.exit(0 if n["node-3"].get("incomplete") == {"image": "app-node-3", "version": "1.0.0"}
+         and "incomplete" not in n["node-1"] else 1)' "$inv"
 
 # ---- 5. The journal keeps what a rollback needs ----------------------------------------------
 rec=$(cat "$work/state/nodes/node-1.json")
+check "journal: node-1, rolled back in r2 and flashed in r3, has nothing half-written ($rec)" \
+        test -z "$(q get "$rec" incomplete_version 2>/dev/null)"
 check "journal: node-1 runs 3.0.0 and ran 1.0.0 before, with its hash ($rec)" \
         test "$(q get "$rec" version)/$(q get "$rec" previous_version)/$(q get "$rec" previous_sha256)" = \
         "3.0.0/1.0.0/$(sha256sum "$work/www/app-node-1-1.0.0.bin" | cut -d' ' -f1)"

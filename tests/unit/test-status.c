@@ -250,7 +250,11 @@ static void test_inventory(void **state)
              .class_name = "demo-mcu",
              .hardware = hw,
              .version = "1.4.2"},
-            {.name = "node-2", .transport = "usb", .protocol = "dfu"},
+            {.name = "node-2",
+             .transport = "usb",
+             .protocol = "dfu",
+             .incomplete_image = "fw",
+             .incomplete_version = "2.0.0"},
         };
         char *s = NULL;
 
@@ -262,7 +266,8 @@ static void test_inventory(void **state)
                     "{\"nodes\":[{\"name\":\"node-1\",\"transport\":\"uart\",\"protocol\":"
                     "\"ymodem\",\"class\":\"demo-mcu\",\"hardware\":{\"chip-id\":\"0x413\","
                     "\"rev\":\"B\"},\"version\":\"1.4.2\"},{\"name\":\"node-2\",\"transport\":"
-                    "\"usb\",\"protocol\":\"dfu\",\"hardware\":{}}]," TS_TEXT "}");
+                    "\"usb\",\"protocol\":\"dfu\",\"hardware\":{},\"incomplete\":{\"image\":"
+                    "\"fw\",\"version\":\"2.0.0\"}}]," TS_TEXT "}");
         expect_json(gw_status_inventory_json(NULL, 0, TS, &s), &s, "{\"nodes\":[]," TS_TEXT "}");
 
         nodes[1].protocol = NULL;
