@@ -107,6 +107,8 @@ struct deployment {
          * not (canary_failed). */
         size_t canary_n, canary_left;
         bool canary_failed;
+        /* Run again after a crash or a power cut (its journal had it accepted, not ended). */
+        bool resumed;
         /* Every download of the deployment, mirrors included, ends by this gw_now_ms() time
          * (fetch.deadline after it was accepted); 0: no deadline. */
         uint64_t deadline_ms;
@@ -1171,6 +1173,21 @@ static int flash_node(struct deployment *d, struct node_rt *n)
         const struct gw_manifest_image *img = &d->m->images[n->image];
         int r;
 
+        /* Run again after a cut: a node whose record says it took this very image, whole, is
+         * not written again. Where the protocol can identify it is checked as after a flash
+         * (its link is open from the identify phase); else it is done (returns 1). */
+        if (d->resumed && n->cur.known && !n->incomplete.known &&
+            memcmp(n->cur.sha256, img->sha256, 32) == 0) {
+                gw_log_info("%s: took %s %s before the deployment was interrupted; not flashed "
+                            "again",
+                            n->cfg->name, img->name, img->version);
+                n->bytes = n->total = img->size;
+                if (!can_identify(n) || !n->flash)
+                        return 1;
+                node_set_active(n, true);
+                node_check_start(n);
+                return 0;
+        }
         r = node_reader_open(d, n, img->sha256, img->name, img->version);
         if (r < 0)
                 return r;
@@ -1219,6 +1236,12 @@ static void flash_start_more(struct deployment *d)
                         break;
                 n = d->nodes[d->next_flash++];
                 r = flash_node(d, n);
+                if (r == 1) {
+                        /* Took it before an interruption: success without a slot. */
+                        node_set_state(n, GW_NODE_SUCCESS);
+                        canary_ended(d, n);
+                        continue;
+                }
                 if (r < 0) {
                         n->error = GW_ERR_NODE_UNREACHABLE;
                         gw_log_error("%s: %s", n->cfg->name, n->message);
@@ -1765,6 +1788,7 @@ static void manifest_ready(struct deployment *d)
         /* A run again after a crash keeps the rollback targets of the first run; a deployment
          * that ended (journal_done) never gets here. */
         rollback = rollback_recorded(e, d->id, d->sha_hex);
+        d->resumed = rollback != NULL;
         if (rollback)
                 gw_log_info("Deployment %s runs again: it rolls back to what the nodes ran when it "
                             "was first accepted",

@@ -416,6 +416,9 @@ for n in 1 2 3; do
         check "journal: node-$n has nothing half-written any more" \
                 test -z "$(q get "$rec" incomplete_version 2>/dev/null)"
 done
+# A node that took its image before a cut is not written again when the deployment runs again.
+check "a node that took its image before a cut was not flashed again after the restart" \
+        grep -q "before the deployment was interrupted; not flashed again" "$work"/gatewayd.*.log
 # A cut mid-flash left a record saying so, before the deployment ran again and cleared it.
 check "journal: a power cut mid-flash left a record naming the image as half-written" \
         test "$(cat "$work/incomplete-seen" 2>/dev/null)" = yes
