@@ -82,3 +82,28 @@ require_dfu_sim() {
                 exit 77
         fi
 }
+
+# ymodem_config N [PROTOCOL-OPTIONS [MQTT-LINE]]: $work/gatewayd.yaml for gateway $gw on the
+# test broker, trusting release.pub, with nodes node-1..node-N on the YMODEM simulators' ptys
+# at $baud (PROTOCOL-OPTIONS inside the protocol mapping, e.g. "start-timeout-ms: 3000"; one
+# MQTT-LINE added under mqtt:, e.g. "reconnect-max: 2"). A refused configuration ends the test.
+ymodem_config() {
+        local n=$1 popts=${2:-} mqtt_line=${3:-} i
+        {
+                printf 'gateway:\n  id: %s\nstate-dir: state\nlog-level: info\n' "$gw"
+                printf 'mqtt:\n  host: 127.0.0.1\n  port: %s\n' "$GW_BROKER_PORT"
+                if [ -n "$mqtt_line" ]; then printf '  %s\n' "$mqtt_line"; fi
+                printf 'trust:\n  public-keys: [release.pub]\nnodes:\n'
+                for ((i = 1; i <= n; i++)); do
+                        printf '  - name: node-%d\n' "$i"
+                        printf '    transport: { type: uart, port: %s/node-%d.tty, baud: %s }\n' \
+                                "$work" "$i" "$baud"
+                        printf '    protocol: { type: ymodem%s }\n' "${popts:+, $popts}"
+                done
+        } >"$work/gatewayd.yaml"
+        "$GWD" --check-config "$work/gatewayd.yaml" >/dev/null 2>"$work/check-config.log" || {
+                echo "FAIL: the test configuration is refused:"
+                cat "$work/check-config.log"
+                exit 1
+        }
+}

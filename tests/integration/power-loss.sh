@@ -41,28 +41,7 @@ done
 "$GWM" keygen --type ed25519 --out "$work/release" >/dev/null ||
         { echo "FAIL: gwmanifest keygen"; exit 1; }
 
-cat >"$work/gatewayd.yaml" <<CONF
-gateway:
-  id: $gw
-state-dir: state
-log-level: info
-mqtt:
-  host: 127.0.0.1
-  port: $GW_BROKER_PORT
-  reconnect-max: 2
-trust:
-  public-keys: [release.pub]
-nodes:
-CONF
-for n in 1 2 3; do
-        cat >>"$work/gatewayd.yaml" <<CONF
-  - name: node-$n
-    transport: { type: uart, port: $work/node-$n.tty, baud: $baud }
-    protocol: { type: ymodem, start-timeout-ms: 3000 }
-CONF
-done
-"$GWD" --check-config "$work/gatewayd.yaml" >/dev/null 2>"$work/check-config.log" ||
-        { echo "FAIL: the test configuration is refused:"; cat "$work/check-config.log"; exit 1; }
+ymodem_config 3 "start-timeout-ms: 3000" "reconnect-max: 2"
 
 watch_prefix
 
