@@ -5,8 +5,9 @@
 # reported usb-id) and after (state checking); an image whose hardware map names another usb-id
 # than the board reports fails node-incompatible with nothing flashed on any node; a DfuSe board
 # takes its image at an address offset; a board running its application is detached and found
-# again at its port, though its DFU-mode ids are those of two other boards. Flash dumps are
-# compared byte for byte.
+# again at its port, though its DFU-mode ids are those of two other boards; a deployment
+# stopped after one board took its image and run again does not write that board again but
+# checks it. Flash dumps are compared byte for byte.
 # All four boards are on one emulator (the DfuSe one given its own personality with --device),
 # under one gatewayd: the daemon tells the DFU 1.1 and the DfuSe board apart on the same bus.
 set -u
@@ -253,14 +254,50 @@ blocks dfu >/dev/null
 boards_after=$(per_board dfu)
 check "run-time board: no data block went to A, B or C ($boards_before -> $boards_after)" \
         test "${boards_before% D:*}" = "${boards_after% D:*}"
+# ---- 5. Interrupted after A took its image, B half-way: run again, A is not written again ----
+head -c 2048 /dev/urandom >"$work/www/a5.bin"
+head -c 180000 /dev/urandom >"$work/www/b5.bin"
+{
+        head_ d5
+        img fw-a 5.0.0 dfu-A a5.bin
+        img fw-b 5.0.0 dfu-B b5.bin
+} >"$work/www/d5.yaml"
+sign "$work/www/d5.yaml"
+a_took() { q states "$work/sub.log" "$prefix/nodes/dfu-A/status" d5 | grep -q success; }
+deploy_url d5
+if gw_wait_for 20 a_took; then
+        st_b=$(q states "$work/sub.log" "$prefix/nodes/dfu-B/status" d5)
+        stop_pid "$gwpid"
+        blocks dfu >/dev/null
+        boards_cut=$(per_board dfu)
+        log_lines=$(wc -l <"$work/gatewayd.log")
+        start_gw "$work/gw.yaml" dfu
+        final=$(wait_final d5)
+        check "run again: d5 ends success after the restart (got $(q get "$final" state) $(q get "$final" error.code) $(q get "$final" error.message); B was at '$st_b' when stopped)" \
+                test "$(q get "$final" state)" = success
+        check "run again: dfu-A, which took its image before, is not written again" \
+                eval 'tail -n +$((log_lines + 1)) "$work/gatewayd.log" | grep -q "dfu-A: took fw-a 5.0.0 before the deployment was interrupted; not flashed again"'
+        check "run again: ... but checked by identify, as after a flash" \
+                eval 'tail -n +$((log_lines + 1)) "$work/gatewayd.log" | grep -q "dfu-A: checked"'
+        blocks dfu >/dev/null
+        boards_end=$(per_board dfu)
+        a_cut=${boards_cut#A:dfu11:}
+        a_cut=${a_cut%% *}
+        a_end=${boards_end#A:dfu11:}
+        a_end=${a_end%% *}
+        check "run again: no data block reached A after the restart ($a_cut -> $a_end)" \
+                test -n "$a_end" -a "$a_cut" = "$a_end"
+else
+        fail "run again: dfu-A never took a5.bin"
+fi
 stop_pid "$gwpid"
 stop_pid "$sim_pid"
+check "run again: A's memory holds a5.bin byte for byte" \
+        cmp -s -n "$(stat -c %s "$work/www/a5.bin")" "$work/www/a5.bin" "$work/dfu.dump"
+check "run again: B's memory holds b5.bin byte for byte" \
+        cmp -s -n "$(stat -c %s "$work/www/b5.bin")" "$work/www/b5.bin" "$work/dfu.dump.2"
 check "run-time board: D's memory holds d1.bin byte for byte" \
         cmp -s -n "$(stat -c %s "$work/www/d1.bin")" "$work/www/d1.bin" "$work/dfu.dump.4"
-check "DFU 1.1: board A's memory holds a1.bin byte for byte" \
-        cmp -s -n "$(stat -c %s "$work/www/a1.bin")" "$work/www/a1.bin" "$work/dfu.dump"
-check "DFU 1.1: board B's memory holds b1.bin byte for byte" \
-        cmp -s -n "$(stat -c %s "$work/www/b1.bin")" "$work/www/b1.bin" "$work/dfu.dump.2"
 tail -c +$((0x4000 + 1)) "$work/dfu.dump.3" >"$work/dfuse.at-offset"
 check "DfuSe: the memory at 0x08004000 holds c1.bin byte for byte" \
         cmp -s -n "$(stat -c %s "$work/www/c1.bin")" "$work/www/c1.bin" "$work/dfuse.at-offset"
