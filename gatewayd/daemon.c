@@ -97,47 +97,6 @@ static int load_provisioned_trust(const struct gw_config *cfg, struct gw_trust *
         return 0;
 }
 
-/* Reads a whole file of at most max bytes. -EFBIG when it is bigger. */
-static int read_file(const char *path, size_t max, char **ret, size_t *ret_len)
-{
-        struct stat st;
-        char *buf;
-        size_t got = 0;
-        int fd, r;
-
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        if (fstat(fd, &st) < 0) {
-                r = -errno;
-                close(fd);
-                return r;
-        }
-        if (!S_ISREG(st.st_mode) || (uint64_t) st.st_size > max) {
-                close(fd);
-                return S_ISREG(st.st_mode) ? -EFBIG : -EINVAL;
-        }
-        buf = malloc((size_t) st.st_size + 1);
-        if (!buf) {
-                close(fd);
-                return -ENOMEM;
-        }
-        while (got < (size_t) st.st_size) {
-                ssize_t n = read(fd, buf + got, (size_t) st.st_size - got);
-
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0)
-                        break;
-                got += (size_t) n;
-        }
-        close(fd);
-        buf[got] = '\0';
-        *ret = buf;
-        *ret_len = got;
-        return 0;
-}
-
 static int trust_keys_path(const struct gw_config *cfg, char *buf, size_t n)
 {
         int len = snprintf(buf, n, "%s/%s", cfg->state_dir, TRUST_KEYS);
@@ -333,7 +292,7 @@ int gw_daemon_rotate_keys(const struct gw_config *cfg, const char *path, uint64_
                 snprintf(err->message, sizeof(err->message), "cannot load the current trust root");
                 return r;
         }
-        r = read_file(path, cfg->manifest_size_max, &buf, &len);
+        r = gw_read_whole_file(path, cfg->manifest_size_max, &buf, &len);
         if (r < 0) {
                 err->code = r == -EFBIG ? GW_ERR_MANIFEST_TOO_LARGE : GW_ERR_INTERNAL;
                 snprintf(err->message, sizeof(err->message), "%s: %s", path,

@@ -82,16 +82,13 @@ int gw_journal_write(const char *dir, const char *name, const void *data, size_t
         return fsync_dir_of(path);
 }
 
-int gw_journal_read(const char *dir, const char *name, size_t max, char **ret, size_t *ret_len)
+int gw_read_whole_file(const char *path, size_t max, char **ret, size_t *ret_len)
 {
-        char path[4096];
         struct stat st;
         char *buf;
         size_t got = 0;
-        int fd, r = 0;
+        int fd, r;
 
-        if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int) sizeof(path))
-                return -ENAMETOOLONG;
         fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
                 return -errno;
@@ -100,9 +97,9 @@ int gw_journal_read(const char *dir, const char *name, size_t max, char **ret, s
                 close(fd);
                 return r;
         }
-        if ((uint64_t) st.st_size > max) {
+        if (!S_ISREG(st.st_mode) || (uint64_t) st.st_size > max) {
                 close(fd);
-                return -EFBIG;
+                return S_ISREG(st.st_mode) ? -EFBIG : -EINVAL;
         }
         buf = malloc((size_t) st.st_size + 1);
         if (!buf) {
@@ -124,6 +121,15 @@ int gw_journal_read(const char *dir, const char *name, size_t max, char **ret, s
         if (ret_len)
                 *ret_len = got;
         return 0;
+}
+
+int gw_journal_read(const char *dir, const char *name, size_t max, char **ret, size_t *ret_len)
+{
+        char path[4096];
+
+        if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int) sizeof(path))
+                return -ENAMETOOLONG;
+        return gw_read_whole_file(path, max, ret, ret_len);
 }
 
 /* A leftover of an interrupted write-then-rename, by the names this program gives them. */
