@@ -744,6 +744,16 @@ static int scan(const struct gw_usb_match *m, bool strings, const struct gw_plug
         return r;
 }
 
+/* One device the scan found. Everything is valid for the callback only. */
+struct gw_usb_found {
+        const struct gw_usb_device_info *dev; /* strings NULL when it could not be opened */
+        const char *node;                     /* "/dev/bus/usb/001/002" */
+        const char *product;                  /* iProduct, or NULL */
+        int error;                            /* 0, or why it could not be opened (-EACCES) */
+        bool dfu;                             /* has a DFU interface (class 0xfe, subclass 1) */
+};
+typedef int (*gw_usb_found_cb)(const struct gw_usb_found *found, void *userdata);
+
 struct found_ctx {
         gw_usb_found_cb cb;
         void *userdata;
@@ -761,19 +771,6 @@ static int found_one(libusb_device *dev, struct usb_desc *d, int error, void *us
         };
 
         return c->cb(&f, c->userdata);
-}
-
-int gw_usb_scan(const struct gw_usb_match *m, gw_usb_found_cb cb, void *userdata)
-{
-        struct found_ctx c = {.cb = cb, .userdata = userdata};
-        int r;
-
-        r = ctx_ref(NULL);
-        if (r < 0)
-                return r;
-        r = scan(m, true, NULL, found_one, &c);
-        ctx_unref();
-        return r;
 }
 
 /* Opening a link. */

@@ -45,19 +45,3 @@ int gw_usb_match_parse(const struct gw_options *opts, struct gw_usb_match *ret,
  * match but is unknown does not match. */
 bool gw_usb_match_device(const struct gw_usb_match *m, uint16_t vid, uint16_t pid,
                          const char *serial, const char *path);
-
-/* One device the scan found. Everything is valid for the callback only. */
-struct gw_usb_found {
-        const struct gw_usb_device_info *dev; /* strings NULL when it could not be opened */
-        const char *node;                     /* "/dev/bus/usb/001/002" */
-        const char *product;                  /* iProduct, or NULL */
-        int error;                            /* 0, or why it could not be opened (-EACCES) */
-        bool dfu;                             /* has a DFU interface (class 0xfe, subclass 1) */
-};
-typedef int (*gw_usb_found_cb)(const struct gw_usb_found *found, void *userdata);
-
-/* Calls cb for every attached device that matches m (serial compared only when the device
- * could be opened: one that could not is reported with its error), or with m NULL for every
- * device with a DFU interface. Opens each to read its strings: blocks briefly. Stops early
- * and returns cb's value when it is non-zero; else 0 or -errno. */
-int gw_usb_scan(const struct gw_usb_match *m, gw_usb_found_cb cb, void *userdata);
