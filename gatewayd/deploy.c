@@ -213,6 +213,15 @@ static void publish_rejected(struct gw_engine *e, const char *id, enum gw_error 
         publish(e, topic, json, id != NULL);
 }
 
+/* The last final report (json, taken over) and its topic, republished on every reconnect. */
+static void final_keep(struct gw_engine *e, const char *topic, char *json)
+{
+        free(e->final_topic);
+        free(e->final_json);
+        e->final_topic = strdup(topic);
+        e->final_json = json;
+}
+
 static void publish_deployment(struct deployment *d, bool final)
 {
         struct gw_deployment_node *nodes = calloc(d->n_nodes ? d->n_nodes : 1, sizeof(*nodes));
@@ -251,12 +260,7 @@ static void publish_deployment(struct deployment *d, bool final)
         if (final) {
                 /* Kept, journalled with the verdict and then published (final_publish()), and
                  * published again on every reconnect. */
-                struct gw_engine *e = d->engine;
-
-                free(e->final_topic);
-                free(e->final_json);
-                e->final_topic = strdup(topic);
-                e->final_json = json;
+                final_keep(d->engine, topic, json);
                 return;
         }
         publish(d->engine, topic, json, false);
@@ -317,9 +321,10 @@ static const char *state_dir(const struct gw_engine *e)
 static int node_image_to_json(json_t *o, const char *prefix, const struct node_image *im);
 
 /* deployments/<id>.json: {"id","manifest_sha256","state","nodes":{name:state},
- * "rollback":{name:{<image>, "previous_"<image>}}}: rollback holds what each node ran when the
- * deployment was first accepted, for a run after a crash (see rollback_recorded()). */
-static int journal_deployment(struct deployment *d, const char *state)
+ * "rollback":{name:{<image>, "previous_"<image>}},"final"?}: rollback holds what each node ran
+ * when the deployment was first accepted, for a run after a crash (see rollback_recorded());
+ * final (when given: the verdict's) the final report as published. */
+static int journal_deployment(struct deployment *d, const char *state, const char *final)
 {
         json_t *o = json_pack("{s:s, s:s, s:s}", "id", d->id, "manifest_sha256", d->sha_hex,
                               "state", state);
@@ -346,11 +351,9 @@ static int journal_deployment(struct deployment *d, const char *state)
         }
         json_object_set_new(o, "nodes", nodes);
         json_object_set_new(o, "rollback", rollback);
-        /* The final report, with a final state (see deployment_finish()). */
-        if ((strcmp(state, "success") == 0 || strcmp(state, "failed") == 0) &&
-            d->engine->final_json && d->engine->final_topic &&
-            strcmp(d->engine->final_topic + strlen("deployments/"), d->id) == 0)
-                json_object_set_new(o, "final", json_string(d->engine->final_json));
+        /* The final report, with the verdict (see deployment_finish()). */
+        if (final)
+                json_object_set_new(o, "final", json_string(final));
         if (r < 0) {
                 json_decref(o);
                 return r;
@@ -749,13 +752,13 @@ static void deployment_finish(struct deployment *d)
                 snprintf(d->message, sizeof(d->message), "%.64s: %.319s", n->cfg->name, n->message);
         }
         if (d->interrupted) {
-                journal_deployment(d, "interrupted");
+                journal_deployment(d, "interrupted", NULL);
                 gw_log_warning("Deployment %s interrupted; it runs again after the restart", d->id);
         } else {
                 /* The report goes into the journal with the verdict, before it is published: a
                  * cut in between and the restart publishes it (journal_done()). */
                 publish_deployment(d, true);
-                journal_deployment(d, d->error ? "failed" : "success");
+                journal_deployment(d, d->error ? "failed" : "success", e->final_json);
                 final_publish(e);
                 if (d->error)
                         gw_log_error("Deployment %s failed: %s: %s", d->id,
@@ -1265,7 +1268,7 @@ static void flash_phase(struct deployment *d)
         /* Gateways flash many nodes at once; the manifest may ask for fewer. A node is flashed
          * by one job at a time, so nodes on independent links run in parallel. */
         d->phase = PHASE_FLASH;
-        journal_deployment(d, "flashing");
+        journal_deployment(d, "flashing", NULL);
         d->canary_n = d->m->policy.canary < d->n_nodes ? d->m->policy.canary : 0;
         d->canary_left = d->canary_n;
         d->canary_failed = false;
@@ -1735,10 +1738,7 @@ static void manifest_ready(struct deployment *d)
                         char topic[300];
 
                         snprintf(topic, sizeof(topic), "deployments/%s", d->id);
-                        free(e->final_topic);
-                        free(e->final_json);
-                        e->final_topic = strdup(topic);
-                        e->final_json = final;
+                        final_keep(e, topic, final);
                         final_publish(e);
                 }
                 d->phase = PHASE_DONE;
@@ -1814,7 +1814,7 @@ static void manifest_ready(struct deployment *d)
                 }
         }
         json_decref(rollback);
-        journal_deployment(d, "accepted");
+        journal_deployment(d, "accepted", NULL);
         names = calloc(d->n_nodes, sizeof(*names));
         if (names) {
                 for (size_t i = 0; i < d->n_nodes; i++)
