@@ -8,12 +8,14 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
 
 #include "gw/plugin.h"
 
 #include "dfu-desc.h"
+#include "dfu-file.h"
 
 /* Class requests (DFU 1.1 section 3) and DfuSe commands (AN3156). */
 #define DFU_DETACH    0
@@ -94,6 +96,7 @@ struct dfu {
         bool have_address;
         uint64_t address_opt;
         bool leave;
+        enum gw_dfu_file_format format;
 
         const struct gw_reader *reader; /* install */
         const struct gw_writer *writer; /* upload */
@@ -108,19 +111,33 @@ struct dfu {
         bool cancel_requested;
         unsigned recoveries;
 
-        /* The device as last opened. */
+        /* The image file: a suffix is not sent, a DfuSe container is written element by
+         * element. */
+        struct gw_dfu_file file;
+
+        /* The device as last opened; its run-time ids as it had them before DFU_DETACH. */
         uint8_t interface, alt;
         bool runtime, dfuse;
+        bool have_runtime_ids;
+        uint16_t runtime_vid, runtime_pid;
         struct gw_dfu_functional func;
         uint16_t xfer; /* wTransferSize capped */
         struct gw_dfuse_layout layout;
 
-        /* The download. */
+        /* The download: the regions to write, in address order (one for a plain image, the
+         * chosen alt's elements for a DfuSe container), and how far erasing and writing got. */
+        const struct gw_dfu_element *regions;
+        size_t n_regions;
+        struct gw_dfu_element whole; /* the one region of a plain image */
+        uint64_t total;              /* bytes to write: the regions' sizes */
+        size_t region;               /* the region being written */
+        uint64_t region_off;         /* its bytes the device acknowledged */
+        size_t erase_region;         /* the region being erased */
         enum dfu_command cmd;
         uint16_t cmd_len;
-        uint64_t offset;  /* image bytes the device acknowledged */
+        uint64_t offset;  /* image bytes the device acknowledged, over all regions */
         uint16_t block;   /* DFU 1.1: the next block number */
-        uint32_t address; /* DfuSe: where the image starts */
+        uint32_t address; /* DfuSe: where the image starts (where leaving jumps to) */
         uint64_t erase_cursor;
         bool run_open;        /* DfuSe: SET_ADDRESS done for the current run */
         uint32_t run_blocks;  /* data blocks sent in the current run */
@@ -434,6 +451,11 @@ static int setup_device(struct dfu *d, bool claim)
         if (info->n_alts > 0 && !info->alts)
                 return fail(d, -EINVAL, "the transport lists alternate settings without data");
         alt = choose_alt(d, info, &d->runtime);
+        if (alt && d->runtime) {
+                d->have_runtime_ids = true;
+                d->runtime_vid = info->vid;
+                d->runtime_pid = info->pid;
+        }
         if (!alt) {
                 if (d->alt_is_number)
                         return fail(d, -ENOENT, "%04x:%04x has no DFU alternate setting %" PRIu64,
@@ -484,16 +506,85 @@ static int setup_device(struct dfu *d, bool claim)
         return d->uploading ? check_upload(d) : check_download(d);
 }
 
-/* A download needs bitCanDnload; on DfuSe writable memory for the whole image from option
- * address (default: the first writable segment). */
+/* The ids a file's suffix names, for messages: "0483:df11", "any:df11". */
+static void file_ids(const struct gw_dfu_file *f, char *buf, size_t n)
+{
+        char v[8] = "any", p[8] = "any";
+
+        if (f->suffix.vid != GW_DFU_ID_ANY)
+                snprintf(v, sizeof(v), "%04x", f->suffix.vid);
+        if (f->suffix.pid != GW_DFU_ID_ANY)
+                snprintf(p, sizeof(p), "%04x", f->suffix.pid);
+        snprintf(buf, n, "%s:%s", v, p);
+}
+
+/* The regions of a DfuSe container: the elements of the chosen alt, all of it. */
+static int plan_container(struct dfu *d)
+{
+        const struct gw_dfu_file *f = &d->file;
+        uint64_t bad = 0;
+
+        if (!d->dfuse)
+                return fail(d, -EPROTO,
+                            "the file is a DfuSe container, but the device speaks DFU %x.%02x, "
+                            "not DfuSe (1.1a)",
+                            d->func.bcd_dfu >> 8, d->func.bcd_dfu & 0xff);
+        /* open_file() made sure that option address is not set, and that all elements are
+         * for one alt. */
+        if (f->elements[0].alt != d->alt)
+                return fail(d, -ENOENT,
+                            "the DfuSe file holds an image for alternate setting %u, and alt "
+                            "%u was chosen",
+                            f->elements[0].alt, d->alt);
+        d->regions = f->elements;
+        d->n_regions = f->n_elements;
+        d->total = f->elements_size;
+        for (size_t i = 0; i < d->n_regions; i++) {
+                const struct gw_dfu_element *e = &d->regions[i];
+
+                if (gw_dfuse_check_writable(&d->layout, e->address, e->size, &bad) < 0)
+                        return fail(d, -ENOSPC,
+                                    "the file's element %zu (%" PRIu32 " bytes at 0x%08" PRIx32
+                                    ") does not fit in the writable memory of \"%s\": "
+                                    "0x%08" PRIx64 " is not writable",
+                                    i + 1, e->size, e->address, d->layout.name, bad);
+        }
+        d->address = d->regions[0].address;
+        return 0;
+}
+
+/* A download needs bitCanDnload, and a device the file's suffix allows (its DFU-mode ids or
+ * the run-time ids it had). On DfuSe, writable memory for the whole image: a plain image goes
+ * to option address (default: the first writable segment), a container's elements where they
+ * say. */
 static int check_download(struct dfu *d)
 {
+        const struct gw_usb_device_info *info = d->host->usb_info(d->host->ctx);
         uint64_t bad = 0;
 
         if (!(d->func.attributes & GW_DFU_ATTR_CAN_DNLOAD))
                 return fail(d, -EOPNOTSUPP,
                             "the device does not accept downloads (bitCanDnload "
                             "is clear)");
+        if (!gw_dfu_file_matches(&d->file, info->vid, info->pid) &&
+            !(d->have_runtime_ids &&
+              gw_dfu_file_matches(&d->file, d->runtime_vid, d->runtime_pid))) {
+                char ids[16];
+
+                file_ids(&d->file, ids, sizeof(ids));
+                return fail(d, -ENOEXEC,
+                            "the file's DFU suffix is for %s, and this device is %04x:%04x: "
+                            "not flashed (option format=raw sends the file as it is, suffix "
+                            "and all)",
+                            ids, info->vid, info->pid);
+        }
+        if (d->file.dfuse)
+                return plan_container(d);
+        d->whole.offset = 0;
+        d->whole.size = (uint32_t) d->file.payload_size;
+        d->regions = &d->whole;
+        d->n_regions = 1;
+        d->total = d->file.payload_size;
         if (!d->dfuse) {
                 if (d->have_address)
                         return fail(d, -EINVAL, "option address applies to DfuSe devices only");
@@ -504,11 +595,12 @@ static int check_download(struct dfu *d)
         else if (gw_dfuse_first_writable(&d->layout, &d->address) < 0)
                 return fail(d, -ENOSPC, "the DfuSe layout \"%s\" has no writable memory",
                             d->layout.name);
-        if (gw_dfuse_check_writable(&d->layout, d->address, d->reader->size, &bad) < 0)
+        d->whole.address = d->address;
+        if (gw_dfuse_check_writable(&d->layout, d->address, d->total, &bad) < 0)
                 return fail(d, -ENOSPC,
                             "the image (%" PRIu64 " bytes at 0x%08" PRIx32 ") does not fit "
                             "in the writable memory of \"%s\": 0x%08" PRIx64 " is not writable",
-                            d->reader->size, d->address, d->layout.name, bad);
+                            d->total, d->address, d->layout.name, bad);
         return 0;
 }
 
@@ -585,9 +677,10 @@ static int send_dfuse_command(struct dfu *d, enum dfu_command cmd, uint32_t addr
 
 static int send_data(struct dfu *d, uint16_t value)
 {
-        uint64_t remaining = d->reader->size - d->offset;
+        const struct gw_dfu_element *g = &d->regions[d->region];
+        uint64_t remaining = g->size - d->region_off;
         size_t len = remaining < d->xfer ? (size_t) remaining : d->xfer;
-        int r = read_image(d, d->offset, len);
+        int r = read_image(d, g->offset + d->region_off, len);
 
         if (r < 0)
                 return r;
@@ -601,36 +694,69 @@ static int send_end(struct dfu *d)
 
 static int next_upload(struct dfu *d);
 
+/* The next region with bytes left to write; a new region needs its own SET_ADDRESS. */
+static bool next_region(struct dfu *d)
+{
+        while (d->region < d->n_regions && d->region_off >= d->regions[d->region].size) {
+                d->region++;
+                d->region_off = 0;
+                d->run_open = false;
+        }
+        return d->region < d->n_regions;
+}
+
+/* DfuSe: the next page to erase, in address order over the regions, each page once (two
+ * regions may share one). 1 with its start in *ret_page, 0 when all are erased, or a failure. */
+static int next_erase(struct dfu *d, uint32_t *ret_page)
+{
+        while (d->erase_region < d->n_regions) {
+                const struct gw_dfu_element *g = &d->regions[d->erase_region];
+                uint64_t end = (uint64_t) g->address + g->size, start = 0, page_end = 0;
+                const struct gw_dfuse_segment *seg;
+
+                if (d->erase_cursor < g->address)
+                        d->erase_cursor = g->address;
+                if (d->erase_cursor >= end) {
+                        d->erase_region++;
+                        continue;
+                }
+                seg = gw_dfuse_find_page(&d->layout, (uint32_t) d->erase_cursor, &start, &page_end);
+                if (!seg) /* checked before the download began */
+                        return fail(d, -ENOSPC, "0x%08" PRIx64 " is outside the memory layout",
+                                    d->erase_cursor);
+                d->erase_cursor = page_end;
+                if (seg->type & GW_DFUSE_ERASABLE) {
+                        *ret_page = (uint32_t) start;
+                        return 1;
+                }
+        }
+        return 0;
+}
+
 /* Sends what comes next: DfuSe erases every page the image covers, sets the address once per
- * run of blocks, writes, and leaves; DFU 1.1 writes numbered blocks. */
+ * run of blocks (and for each region), writes, and leaves; DFU 1.1 writes numbered blocks. */
 static int next_step(struct dfu *d)
 {
-        uint64_t size;
+        uint32_t page = 0;
+        int r;
 
         if (d->uploading)
                 return next_upload(d);
-        size = d->reader->size;
         if (!d->dfuse) {
-                if (d->offset < size)
+                if (next_region(d))
                         return send_data(d, d->block);
                 return send_end(d);
         }
-        while (d->erase_cursor < (uint64_t) d->address + size) {
-                uint64_t start = 0, end = 0;
-                const struct gw_dfuse_segment *g =
-                    gw_dfuse_find_page(&d->layout, (uint32_t) d->erase_cursor, &start, &end);
-
-                if (!g) /* checked before the download began */
-                        return fail(d, -ENOSPC, "0x%08" PRIx64 " is outside the memory layout",
-                                    d->erase_cursor);
-                d->erase_cursor = end;
-                if (g->type & GW_DFUSE_ERASABLE)
-                        return send_dfuse_command(d, CMD_ERASE, (uint32_t) start);
-        }
-        if (d->offset < size) {
+        r = next_erase(d, &page);
+        if (r < 0)
+                return r;
+        if (r > 0)
+                return send_dfuse_command(d, CMD_ERASE, page);
+        if (next_region(d)) {
                 if (!d->run_open || d->run_blocks >= DFUSE_RUN_BLOCKS)
-                        return send_dfuse_command(d, CMD_SET_ADDRESS,
-                                                  (uint32_t) (d->address + d->offset));
+                        return send_dfuse_command(
+                            d, CMD_SET_ADDRESS,
+                            (uint32_t) (d->regions[d->region].address + d->region_off));
                 return send_data(d, (uint16_t) (DFUSE_BLOCK_FIRST + d->run_blocks));
         }
         if (d->leave && d->pointer_known && d->pointer == d->address) {
@@ -651,7 +777,7 @@ static void report_progress(struct dfu *d)
 {
         if (d->host->progress)
                 d->host->progress(d->host->ctx, d->offset,
-                                  d->uploading ? d->writer->max : d->reader->size);
+                                  d->uploading ? d->writer->max : d->total);
 }
 
 /* The device finished the DNLOAD in flight (it reports dfuDNLOAD_IDLE). */
@@ -660,6 +786,7 @@ static int command_done(struct dfu *d)
         switch (d->cmd) {
         case CMD_DATA:
                 d->offset += d->cmd_len;
+                d->region_off += d->cmd_len;
                 if (d->dfuse)
                         d->run_blocks++;
                 else
@@ -688,12 +815,15 @@ static int begin_download(struct dfu *d)
 {
         d->offset = 0;
         d->block = 0;
-        d->erase_cursor = d->address;
+        d->region = 0;
+        d->region_off = 0;
+        d->erase_region = 0;
+        d->erase_cursor = 0;
         d->run_open = false;
         d->run_blocks = 0;
         d->pointer_known = false;
-        debug(d, "dfu: downloading %" PRIu64 " bytes in blocks of %u%s", d->reader->size, d->xfer,
-              d->dfuse ? " (DfuSe)" : "");
+        debug(d, "dfu: downloading %" PRIu64 " bytes in %zu region%s, blocks of %u%s", d->total,
+              d->n_regions, d->n_regions == 1 ? "" : "s", d->xfer, d->dfuse ? " (DfuSe)" : "");
         report_progress(d);
         return next_step(d);
 }
@@ -1063,7 +1193,7 @@ static int bad_option(struct dfu *d, const char *key, const char *expected)
 static int dfu_init(void *priv, const struct gw_options *opts, const struct gw_proto_host *host)
 {
         struct dfu *d = priv;
-        const char *alt;
+        const char *alt, *format;
 
         d->host = host;
         d->fine_clock = host->version >= 3 && host->now_us && host->set_deadline_us;
@@ -1103,12 +1233,24 @@ static int dfu_init(void *priv, const struct gw_options *opts, const struct gw_p
         }
         if (gw_options_get_bool(opts, "leave", true, &d->leave) < 0)
                 return bad_option(d, "leave", "true or false");
+        format = gw_options_get(opts, "format");
+        if (!format || strcmp(format, "auto") == 0)
+                d->format = GW_DFU_FORMAT_AUTO;
+        else if (strcmp(format, "raw") == 0)
+                d->format = GW_DFU_FORMAT_RAW;
+        else if (strcmp(format, "dfu") == 0)
+                d->format = GW_DFU_FORMAT_DFU;
+        else
+                return bad_option(d, "format", "auto, raw or dfu");
         return 0;
 }
 
 static void dfu_done(void *priv)
 {
-        /* Nothing allocated: the block buffer lives in priv, reader and writer are the core's. */
+        struct dfu *d = priv;
+
+        /* The block buffer lives in priv, reader and writer are the core's. */
+        gw_dfu_file_free(&d->file);
 }
 
 static bool have_control_link(const struct dfu *d)
@@ -1125,6 +1267,7 @@ static int start_operation(struct dfu *d)
 
         d->recoveries = 0;
         d->cancel_requested = false;
+        d->have_runtime_ids = false;
         d->op_deadline = now(d) + d->timeout_ms * 1000u;
         r = setup_device(d, true);
         if (r < 0)
@@ -1138,9 +1281,58 @@ static int start_operation(struct dfu *d)
         return get_status(d, DFU_STATE_START);
 }
 
+/* Reads what the image file holds before anything reaches the device: a suffix is checked
+ * and not sent, a DfuSe container must be for one alternate setting, which is then the one
+ * used unless option alt names another (refused once the device is seen). */
+static int open_file(struct dfu *d)
+{
+        char why[200] = "";
+        int r;
+
+        gw_dfu_file_free(&d->file);
+        if (d->reader->size == 0)
+                return fail(d, -EINVAL, "the image is empty");
+        if (d->reader->size > UINT32_MAX)
+                return fail(d, -EFBIG, "the image (%" PRIu64 " bytes) is 4 GiB or more",
+                            d->reader->size);
+        r = gw_dfu_file_parse(d->reader, d->format, &d->file, why, sizeof(why));
+        if (r < 0)
+                return fail(d, r, "%s", why[0] ? why : strerror(-r));
+        if (d->file.has_suffix)
+                debug(d,
+                      "dfu: DFU suffix: ids %04x:%04x, bcdDevice %04x, bcdDFU %04x, %u bytes; "
+                      "%" PRIu64 " bytes before it",
+                      d->file.suffix.vid, d->file.suffix.pid, d->file.suffix.bcd_device,
+                      d->file.suffix.bcd_dfu, d->file.suffix.length, d->file.payload_size);
+        if (!d->file.dfuse) {
+                if (d->file.payload_size == 0)
+                        return fail(d, -EINVAL, "the image is empty (a DFU suffix only)");
+                return 0;
+        }
+        if (d->file.n_elements == 0)
+                return fail(d, -EINVAL, "the DfuSe file holds no data");
+        if (d->have_address)
+                return fail(d, -EINVAL,
+                            "option address does not apply to a DfuSe file: its elements "
+                            "carry their own addresses");
+        if (d->file.elements[d->file.n_elements - 1].alt != d->file.elements[0].alt)
+                return fail(d, -EOPNOTSUPP,
+                            "the DfuSe file holds images for alternate settings %u and %u; one "
+                            "install writes one: split it",
+                            d->file.elements[0].alt, d->file.elements[d->file.n_elements - 1].alt);
+        debug(d, "dfu: DfuSe file: %zu element(s), %" PRIu64 " bytes, for alt %u",
+              d->file.n_elements, d->file.elements_size, d->file.elements[0].alt);
+        if (!d->alt_is_number && !d->alt_name[0]) {
+                d->alt_is_number = true;
+                d->alt_number = d->file.elements[0].alt;
+        }
+        return 0;
+}
+
 static int dfu_install(void *priv, const struct gw_reader *reader)
 {
         struct dfu *d = priv;
+        int r;
 
         if (d->state != DFU_STATE_IDLE)
                 return -EBUSY;
@@ -1150,8 +1342,9 @@ static int dfu_install(void *priv, const struct gw_reader *reader)
                 return fail(d, -EPROTO, "the dfu protocol needs a USB control link");
         d->reader = reader;
         d->uploading = false;
-        if (reader->size == 0)
-                return fail(d, -EINVAL, "the image is empty");
+        r = open_file(d);
+        if (r < 0)
+                return r;
         return start_operation(d);
 }
 
@@ -1314,6 +1507,7 @@ static int dfu_identify(void *priv, struct gw_options *ret)
 static const char *const dfu_options[] = {"alt",
                                           "address",
                                           "leave",
+                                          "format",
                                           "transfer-size",
                                           "poll-max-ms",
                                           "timeout-ms",

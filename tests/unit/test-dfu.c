@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <zlib.h>
 
 #include "gw/options.h"
 #include "gw/plugin.h"
@@ -1927,6 +1928,221 @@ static void test_dfuse_runs(void **state)
         free(m);
 }
 
+/* ---- DFU files: a suffix and DfuSe containers, against the model ------------------------ */
+
+struct file_elem {
+        uint8_t alt;
+        uint32_t address;
+        uint32_t size;
+        uint8_t fill; /* the element's bytes: fill + offset */
+};
+
+static void put16(uint8_t *p, uint32_t v)
+{
+        p[0] = (uint8_t) v;
+        p[1] = (uint8_t) (v >> 8);
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+        put16(p, v);
+        put16(p + 2, v >> 16);
+}
+
+/* Appends a DFU suffix (16 bytes, CRC over all before dwCRC) to buf[0..n); the new size. */
+static size_t add_suffix(uint8_t *buf, size_t n, uint16_t vid, uint16_t pid, uint16_t bcd_dfu)
+{
+        put16(buf + n, 0xffff);
+        put16(buf + n + 2, pid);
+        put16(buf + n + 4, vid);
+        put16(buf + n + 6, bcd_dfu);
+        memcpy(buf + n + 8, "UFD", 3);
+        buf[n + 11] = 16;
+        put32(buf + n + 12, ~(uint32_t) crc32(0, buf, (uInt) (n + 12)));
+        return n + 16;
+}
+
+/* A DfuSe container with suffix for 0483:df11: one target per run of elements with the same
+ * alt. buf must be big enough. Its size. */
+static size_t build_dfuse(uint8_t *buf, const struct file_elem *e, size_t n)
+{
+        size_t pos = 11, targets = 0;
+
+        for (size_t i = 0; i < n;) {
+                size_t t = pos, j = i, tsize = 0;
+
+                memset(buf + t, 0, 274);
+                memcpy(buf + t, "Target", 6);
+                buf[t + 6] = e[i].alt;
+                pos += 274;
+                for (; j < n && e[j].alt == e[i].alt; j++) {
+                        put32(buf + pos, e[j].address);
+                        put32(buf + pos + 4, e[j].size);
+                        for (uint32_t k = 0; k < e[j].size; k++)
+                                buf[pos + 8 + k] = (uint8_t) (e[j].fill + k);
+                        pos += 8 + e[j].size;
+                        tsize += 8 + e[j].size;
+                }
+                put32(buf + t + 266, (uint32_t) tsize);
+                put32(buf + t + 270, (uint32_t) (j - i));
+                targets++;
+                i = j;
+        }
+        memcpy(buf, "DfuSe\x01", 6);
+        put32(buf + 6, (uint32_t) pos + 16); /* DFUImageSize: the whole file, suffix too */
+        buf[10] = (uint8_t) targets;
+        return add_suffix(buf, pos, 0x0483, 0xdf11, 0x011a);
+}
+
+/* Opens dev with opts and installs the file buf[0..n). */
+static void world_start_file(struct world *w, const struct gw_usb_device_info *dev,
+                             const uint8_t *buf, size_t n, const char *opts)
+{
+        world_open(w, dev, n, opts);
+        memcpy(w->data, buf, n);
+        fake_usb_install(&w->f, &w->reader);
+}
+
+static struct model *dfuse_model(uint32_t base)
+{
+        struct model *m = calloc(1, sizeof(*m));
+
+        assert_non_null(m);
+        m->dfuse = true;
+        m->base = base;
+        m->xfer = 1024;
+        m->busy_ms = 20;
+        m->state = S_IDLE;
+        return m;
+}
+
+static void expect_file_refused(const struct gw_usb_device_info *dev, const uint8_t *buf, size_t n,
+                                const char *opts, int err, const char *text)
+{
+        struct world w;
+
+        world_start_file(&w, dev, buf, n, opts);
+        if (w.f.last != err || !strstr(w.f.error, text))
+                fail_msg("%d \"%s\", expected %d \"%s\"", w.f.last, w.f.error, err, text);
+        /* Refused before anything was written: at most the GETSTATUS of the start-up. */
+        assert_true(w.f.transfers <= 1);
+        world_end(&w);
+}
+
+static void test_dfu_files(void **state)
+{
+        static uint8_t buf[32 * 1024];
+        /* Flash pages: 1 KiB from 0x08002000, 2 KiB from 0x08004000 (LAYOUT_FLASH). Two
+         * elements share the page at 0x08002400; the third spans two 2 KiB pages. */
+        static const struct file_elem three[] = {
+            {0, 0x08004000, 2500, 0x30},
+            {0, 0x08002000, 1500, 0x10},
+            {0, 0x08002600, 100, 0x20},
+        };
+        static const uint32_t pages[] = {0x08002000, 0x08002400, 0x08004000, 0x08004800};
+        struct world w;
+        struct model *m;
+        size_t n;
+
+        /* Written where the elements say, in address order, each page erased once; a
+         * SET_ADDRESS per element and one more to leave at the lowest address. */
+        n = build_dfuse(buf, three, 3);
+        m = dfuse_model(0x08000000);
+        world_start_file(&w, &dev_dfuse, buf, n, NULL);
+        assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
+        for (size_t i = 0; i < 3; i++)
+                for (uint32_t k = 0; k < three[i].size; k++)
+                        if (m->mem[three[i].address - m->base + k] != (uint8_t) (three[i].fill + k))
+                                fail_msg("element %zu byte %u", i, k);
+        assert_int_equal(m->erases, 4);
+        for (size_t i = 0; i < 4; i++)
+                assert_int_equal(m->erased[i], pages[i]);
+        assert_int_equal(m->set_addresses, 4);
+        assert_true(m->leaving);
+        assert_int_equal(m->leave_addr, 0x08002000);
+        assert_int_equal(w.f.progress_done, 4100);
+        assert_int_equal(w.f.progress_total, 4100);
+        world_end(&w);
+        free(m);
+
+        /* A container for alt 1 (RAM) picks alt 1 by itself: no erase. */
+        {
+                static const struct file_elem ram[] = {{1, 0x20000400, 3000, 0x55}};
+
+                n = build_dfuse(buf, ram, 1);
+                m = dfuse_model(0x20000000);
+                world_start_file(&w, &dev_dfuse, buf, n, NULL);
+                assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
+                for (uint32_t k = 0; k < 3000; k++)
+                        assert_int_equal(m->mem[0x400 + k], (uint8_t) (0x55 + k));
+                assert_int_equal(m->erases, 0);
+                assert_int_equal(m->leave_addr, 0x20000400);
+                world_end(&w);
+                free(m);
+                expect_file_refused(&dev_dfuse, buf, n, "alt=0", -ENOENT,
+                                    "holds an image for alternate setting 1");
+                expect_file_refused(&dev_dfuse, buf, n, "address=0x20000000", -EINVAL,
+                                    "carry their own addresses");
+        }
+
+        /* Refused before any DNLOAD: two alts, a flipped bit, a layout that does not hold it,
+         * a DFU 1.1 device, format=dfu on a raw image, a bad format. */
+        {
+                static const struct file_elem two[] = {{0, 0x08002000, 10, 0},
+                                                       {1, 0x20000000, 10, 0}};
+                static const struct file_elem ro[] = {{0, 0x08000000, 10, 0}};
+
+                n = build_dfuse(buf, two, 2);
+                expect_file_refused(&dev_dfuse, buf, n, NULL, -EOPNOTSUPP,
+                                    "alternate settings 0 and 1");
+                n = build_dfuse(buf, three, 3);
+                buf[400] ^= 1;
+                expect_file_refused(&dev_dfuse, buf, n, NULL, -EBADMSG, "CRC");
+                buf[400] ^= 1;
+                expect_file_refused(&dev_dfu11, buf, n, NULL, -ENOEXEC, "is for 0483:df11");
+                n = build_dfuse(buf, ro, 1);
+                expect_file_refused(&dev_dfuse, buf, n, NULL, -ENOSPC, "not writable");
+                memset(buf, 0x5a, 100);
+                expect_file_refused(&dev_dfuse, buf, 100, "format=dfu", -EBADMSG, "suffix");
+        }
+
+        /* DFU 1.1: a suffix for the device (or for any) is not sent; one for another is refused
+         * unless format=raw, which sends every byte. */
+        {
+                static const struct {
+                        uint16_t vid, pid;
+                        const char *opts;
+                        int result;
+                        size_t written;
+                } v[] = {
+                    {0x1209, 0x2002, NULL, GW_PROTO_DONE, 3000},
+                    {0xffff, 0xffff, NULL, GW_PROTO_DONE, 3000},
+                    {0x1209, 0xffff, "format=dfu", GW_PROTO_DONE, 3000},
+                    {0x1234, 0x2002, NULL, -ENOEXEC, 0},
+                    {0x1234, 0x2002, "format=raw", GW_PROTO_DONE, 3016},
+                };
+
+                for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+                        m = calloc(1, sizeof(*m));
+                        assert_non_null(m);
+                        m->xfer = 64;
+                        m->state = S_IDLE;
+                        for (size_t k = 0; k < 3000; k++)
+                                buf[k] = (uint8_t) (k * 7);
+                        n = add_suffix(buf, 3000, v[i].vid, v[i].pid, 0x0100);
+                        world_start_file(&w, &dev_dfu11, buf, n, v[i].opts);
+                        if (v[i].result == GW_PROTO_DONE)
+                                assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
+                        else
+                                assert_int_equal(w.f.last, v[i].result);
+                        assert_int_equal(m->written, v[i].written);
+                        assert_memory_equal(m->mem, buf, v[i].written);
+                        world_end(&w);
+                        free(m);
+                }
+        }
+}
+
 /* The exact DfuSe wire sequence for a 1500-byte image. */
 static const struct fake_usb_step s_dfuse[] = {
     GETSTATUS,
@@ -2184,7 +2400,7 @@ int main(void)
             cmocka_unit_test(test_cancel),           cmocka_unit_test(test_poll_rounding),
             cmocka_unit_test(test_poll_fine_clock),  cmocka_unit_test(test_early_timeout),
             cmocka_unit_test(test_upload_dfu11),     cmocka_unit_test(test_upload_dfuse),
-            cmocka_unit_test(test_model_upload),
+            cmocka_unit_test(test_model_upload),     cmocka_unit_test(test_dfu_files),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -860,7 +860,10 @@ static int dnload(struct device *d, uint16_t wvalue, const uint8_t *data, size_t
         if (d->state != ST_IDLE && d->state != ST_DNLOAD_IDLE)
                 return -EPIPE;
         if (len == 0) {
-                if (d->state == ST_IDLE)
+                /* DFU 1.1 stalls an empty DNLOAD in dfuIDLE; ST's DfuSe devices take it as
+                 * the leave request there too (their DFU class accepts it in dfuIDLE and
+                 * dfuDNLOAD-IDLE alike), which is how dfu-util leaves after a .dfu file. */
+                if (d->state == ST_IDLE && !d->p.dfuse)
                         return -EPIPE;
                 d->c.zero_length_dnloads++;
                 d->manifest_started = false;
