@@ -4,7 +4,8 @@
 # deployment, each checked by the protocol's identify before flashing (an image requiring the
 # reported usb-id) and after (state checking); an image whose hardware map names another usb-id
 # than the board reports fails node-incompatible with nothing flashed on any node; a DfuSe board
-# takes its image at an address offset; a board running its application is detached and found
+# takes its image at an address offset, then a vendor .dfu file (a DfuSe container) whose
+# elements land where the file says; a board running its application is detached and found
 # again at its port, though its DFU-mode ids are those of two other boards; a deployment
 # stopped after one board took its image and run again does not write that board again but
 # checks it. Flash dumps are compared byte for byte.
@@ -236,6 +237,33 @@ c_after=${c_after%% *}
 check "DfuSe: its data blocks went to the DfuSe board alone ($boards_before -> $boards_after)" \
         test "${boards_before% C:*}" = "${boards_after% C:*}" -a "$blocks_after" -gt "$blocks_before" \
         -a "$((c_after - c_before))" -eq "$((blocks_after - blocks_before))"
+# ---- 3b. A vendor .dfu file (a DfuSe container of two elements, made by dfuse-pack) ----------
+# Each element lands where it says, in sectors 4 and 5, away from c1.bin (checked at the end);
+# the node's progress counts the elements' bytes, not the file's.
+have_dfuse_pack=0
+if command -v dfuse-pack >/dev/null; then
+        have_dfuse_pack=1
+        head -c 3000 /dev/urandom >"$work/e1.bin"
+        head -c 2000 /dev/urandom >"$work/e2.bin"
+        dfuse-pack -b 0x08010000:"$work/e1.bin" -b 0x08020000:"$work/e2.bin" -D 0x0483:0xdf11 \
+                "$work/www/c2.dfu" >/dev/null
+        {
+                head_ d3b
+                img fw-c 1.1.0 dfuse-C c2.dfu '{ usb-id: "0483:df11" }'
+        } >"$work/www/d3b.yaml"
+        sign "$work/www/d3b.yaml"
+        deploy_url d3b
+        final=$(wait_final d3b)
+        check "DfuSe file: d3b ends success (got $(q get "$final" state) $(q get "$final" error.code) $(q get "$final" error.message))" \
+                test "$(q get "$final" state)" = success
+        check "DfuSe file: dfuse-C reported 5000 of 5000 bytes (the elements, not the file)" \
+                grep -q "$prefix/nodes/dfuse-C/status .*\"deployment\":\"d3b\".*\"bytes\":5000,\"total\":5000" \
+                "$work/sub.log"
+        blocks dfu >/dev/null # the report per_board reads next
+else
+        echo "SKIP: the .dfu deployment (3b): dfuse-pack (package dfu-util) is not installed"
+fi
+
 # ---- 4. A board in run-time mode: detached, found again at its port, flashed ----------------
 boards_before=$(per_board dfu)
 head -c 6000 /dev/urandom >"$work/www/d1.bin"
@@ -303,6 +331,11 @@ check "DfuSe: the memory at 0x08004000 holds c1.bin byte for byte" \
         cmp -s -n "$(stat -c %s "$work/www/c1.bin")" "$work/www/c1.bin" "$work/dfuse.at-offset"
 check "DfuSe: the memory before 0x08004000 was not written" \
         test "$(head -c $((0x4000)) "$work/dfu.dump.3" | tr -d '\377' | wc -c)" -eq 0
+if [ "$have_dfuse_pack" = 1 ]; then
+        check "DfuSe file: both elements are in memory where the file put them" \
+                eval 'cmp -s "$work/e1.bin" <(tail -c +$((0x10000 + 1)) "$work/dfu.dump.3" | head -c 3000) &&
+                        cmp -s "$work/e2.bin" <(tail -c +$((0x20000 + 1)) "$work/dfu.dump.3" | head -c 2000)'
+fi
 
 if [ "$failures" -ne 0 ]; then
         echo "--- gatewayd log (last 40 lines) ---"
