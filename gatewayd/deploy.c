@@ -1147,12 +1147,16 @@ static void on_install_finished(void *userdata, int result, const char *reason)
                 return;
         }
         if (result < 0) {
-                /* A node that never acknowledged a byte is unreachable; one that stopped midway
+                /* A node that never acknowledged a byte is unreachable, or incompatible when
+                 * the protocol refused the image for it (-ENOEXEC: a DFU file for other ids,
+                 * seen once a board in run-time mode was detached); one that stopped midway
                  * failed to flash. */
                 code =
                     (result == -ETIMEDOUT && n->bytes == 0) || result == -EPIPE || result == -ENOENT
                         ? GW_ERR_NODE_UNREACHABLE
                         : GW_ERR_FLASH_FAILED;
+                if (result == -ENOEXEC && n->bytes == 0)
+                        code = GW_ERR_NODE_INCOMPATIBLE;
                 if (result == -ECANCELED && d->cancelled)
                         code = GW_ERR_CANCELLED;
                 node_failed(n, code, "%s", reason ? reason : strerror(-result));
@@ -1218,7 +1222,10 @@ static int flash_node(struct deployment *d, struct node_rt *n)
         r = gw_flash_install(n->flash, &n->reader, &cbs, n);
         if (r < 0) {
                 node_set_active(n, false);
-                snprintf(n->message, sizeof(n->message), "cannot start: %s", strerror(-r));
+                const char *why = gw_flash_reason(n->flash);
+
+                snprintf(n->message, sizeof(n->message), "cannot start: %.280s",
+                         why && why[0] ? why : strerror(-r));
                 n->flash = gw_flash_free(n->flash);
                 gw_file_reader_close(&n->reader);
         }
@@ -1246,7 +1253,9 @@ static void flash_start_more(struct deployment *d)
                         continue;
                 }
                 if (r < 0) {
-                        n->error = GW_ERR_NODE_UNREACHABLE;
+                        /* -ENOEXEC: the protocol refuses the image for this board. */
+                        n->error =
+                            r == -ENOEXEC ? GW_ERR_NODE_INCOMPATIBLE : GW_ERR_NODE_UNREACHABLE;
                         gw_log_error("%s: %s", n->cfg->name, n->message);
                         node_set_state(n, GW_NODE_FAILED);
                         canary_ended(d, n);
@@ -1263,10 +1272,58 @@ static void flash_start_more(struct deployment *d)
                 deployment_finish(d);
 }
 
+/* Each node's image as its protocol reads it (a DFU file's CRC, the board its suffix names, a
+ * DfuSe container's addresses), against what the node's identify reported: one the protocol
+ * refuses fails the deployment with nothing written to any node. false then. */
+static bool check_images(struct deployment *d)
+{
+        for (size_t i = 0; i < d->n_nodes; i++) {
+                struct node_rt *n = d->nodes[i];
+                const struct gw_manifest_image *img = &d->m->images[n->image];
+                const struct gw_protocol_ops *p = node_protocol(n);
+                struct gw_reader reader = {0};
+                struct gw_options *popts;
+                char *path = NULL, why[400] = "";
+                int r;
+
+                if (!p || p->version < 4 || !p->check_image)
+                        continue;
+                popts = gw_options_new();
+                r = popts ? gw_options_merge(popts, n->cfg->protocol_opts) : -ENOMEM;
+                if (r >= 0)
+                        r = gw_options_merge(popts, img->options);
+                if (r >= 0)
+                        r = gw_store_path(d->engine->env.store, img->sha256, &path);
+                if (r >= 0)
+                        r = gw_file_reader_open(path, img->name, &reader);
+                if (r >= 0)
+                        r = gw_plugin_check_image(p, popts, &reader, n->identified, why,
+                                                  sizeof(why));
+                else
+                        snprintf(why, sizeof(why), "cannot read it from the store: %s",
+                                 strerror(-r));
+                gw_file_reader_close(&reader);
+                free(path);
+                gw_options_free(popts);
+                if (r < 0) {
+                        n->error = GW_ERR_NODE_INCOMPATIBLE;
+                        snprintf(n->message, sizeof(n->message), "image %.64s: %.240s", img->name,
+                                 why);
+                        node_set_state(n, GW_NODE_FAILED);
+                        deployment_fail(d, n->error, "node %.64s: %.400s", n->cfg->name,
+                                        n->message);
+                        return false;
+                }
+        }
+        return true;
+}
+
 static void flash_phase(struct deployment *d)
 {
         /* Gateways flash many nodes at once; the manifest may ask for fewer. A node is flashed
          * by one job at a time, so nodes on independent links run in parallel. */
+        if (!check_images(d))
+                return;
         d->phase = PHASE_FLASH;
         journal_deployment(d, "flashing", NULL);
         d->canary_n = d->m->policy.canary < d->n_nodes ? d->m->policy.canary : 0;

@@ -311,8 +311,11 @@ __attribute__((format(printf, 2, 3))) static void check_set_error(void *ctx, con
         va_end(ap);
 }
 
-static int check_protocol_values(const struct gw_protocol_ops *p, const struct gw_options *opts,
-                                 char *why, size_t why_size)
+/* Runs init() on a fresh instance with a host that keeps the reason it gives, then, when init()
+ * took the options and reader is set, check_image(). */
+static int check_instance(const struct gw_protocol_ops *p, const struct gw_options *opts,
+                          const struct gw_reader *reader, const struct gw_options *facts, char *why,
+                          size_t why_size)
 {
         struct check_host c = {.why = why, .why_size = why_size};
         struct gw_proto_host host = {
@@ -332,12 +335,33 @@ static int check_protocol_values(const struct gw_protocol_ops *p, const struct g
                 return -ENOMEM;
         why[0] = '\0';
         r = p->init(priv, opts, &host);
-        if (r >= 0)
+        if (r >= 0) {
+                if (reader)
+                        r = p->check_image(priv, reader, facts);
                 p->done(priv);
+        }
         free(priv);
         if (r < 0 && !why[0])
-                snprintf(why, why_size, "invalid options (%s)", strerror(-r));
+                snprintf(why, why_size, "%s (%s)", reader ? "image refused" : "invalid options",
+                         strerror(-r));
         return r < 0 ? r : 0;
+}
+
+static int check_protocol_values(const struct gw_protocol_ops *p, const struct gw_options *opts,
+                                 char *why, size_t why_size)
+{
+        return check_instance(p, opts, NULL, NULL, why, why_size);
+}
+
+int gw_plugin_check_image(const struct gw_protocol_ops *p, const struct gw_options *popts,
+                          const struct gw_reader *reader, const struct gw_options *facts, char *why,
+                          size_t why_size)
+{
+        if (!p || !popts || !reader || !why || why_size == 0)
+                return -EINVAL;
+        if (p->version < 4 || !p->check_image)
+                return 0;
+        return check_instance(p, popts, reader, facts, why, why_size);
 }
 
 int gw_plugin_check_options(const struct gw_transport_ops *t, const struct gw_options *topts,

@@ -21,9 +21,10 @@
 #define GW_PLUGIN_ABI_VERSION 1
 
 /* Version 2 of each added the control link shape (USB); version 3 of the transport and
- * protocol ops added option checking (options, check). */
+ * protocol ops added option checking (options, check); version 4 of the protocol ops added
+ * checking an image before any node is written (check_image). */
 #define GW_TRANSPORT_OPS_VERSION 3
-#define GW_PROTOCOL_OPS_VERSION  3
+#define GW_PROTOCOL_OPS_VERSION  4
 #define GW_SERVICES_VERSION      2
 #define GW_PROTO_HOST_VERSION    3
 
@@ -309,6 +310,19 @@ struct gw_protocol_ops {
          * reports. NULL = cannot tell. init() checks the values (it touches nothing else): the
          * core calls it with a host whose set_error() takes the reason. */
         const char *const *options;
+
+        /* Version 4: the image, before anything is written to any node. */
+        /* Checks reader's image as install() would read it (a file format the protocol parses:
+         * a DFU file's CRC and the ids it names, a DfuSe container's targets and addresses),
+         * and against facts: what identify() reported of the node, or NULL when it was not
+         * asked. Called on an instance init() prepared with the node's and the image's options
+         * and that runs no operation; reads the image (a local file: may block on disk I/O),
+         * touches neither the link nor the timer. 0, or -errno with the reason given through
+         * host->set_error(): the core then writes no node. Facts that cannot decide (a board in
+         * run-time mode, whose DFU-mode ids are not known yet) are no failure: install() checks
+         * again. NULL = nothing to check. */
+        int (*check_image)(void *priv, const struct gw_reader *reader,
+                           const struct gw_options *facts);
 };
 
 /* Out-of-tree plugins: a shared module in the plugin directory exports

@@ -24,3 +24,11 @@ const struct gw_protocol_ops *gw_protocol_get(size_t i);
 int gw_plugin_check_options(const struct gw_transport_ops *t, const struct gw_options *topts,
                             const struct gw_protocol_ops *p, const struct gw_options *popts,
                             char *why, size_t why_size);
+
+/* Checks an image against protocol p before any node is written: p->check_image() on an
+ * instance that p->init() prepared with popts (the node's protocol options merged with the
+ * image's). facts: what the node's identify reported, or NULL. 0, or -errno with a one-line
+ * reason in why; 0 too when p cannot tell (ops version below 4, no check_image). */
+int gw_plugin_check_image(const struct gw_protocol_ops *p, const struct gw_options *popts,
+                          const struct gw_reader *reader, const struct gw_options *facts, char *why,
+                          size_t why_size);

@@ -89,6 +89,7 @@ struct dfu {
 
         /* Options. */
         char alt_name[ALT_NAME_MAX + 1]; /* "alt" when not a number; empty = none */
+        bool alt_given;                  /* option alt is set (else a DfuSe file's alt is used) */
         bool alt_is_number;
         uint64_t alt_number;
         uint64_t poll_max_ms, timeout_ms, transfer_timeout_ms, reenumerate_timeout_ms;
@@ -97,6 +98,7 @@ struct dfu {
         uint64_t address_opt;
         bool leave;
         enum gw_dfu_file_format format;
+        int reset_opt; /* option reset: 1 true, 0 false, -1 unset (reset when detached) */
 
         const struct gw_reader *reader; /* install */
         const struct gw_writer *writer; /* upload */
@@ -120,6 +122,7 @@ struct dfu {
         bool runtime, dfuse;
         bool have_runtime_ids;
         uint16_t runtime_vid, runtime_pid;
+        bool detached; /* this operation sent DFU_DETACH: the board ran its application */
         struct gw_dfu_functional func;
         uint16_t xfer; /* wTransferSize capped */
         struct gw_dfuse_layout layout;
@@ -553,31 +556,29 @@ static int plan_container(struct dfu *d)
         return 0;
 }
 
-/* A download needs bitCanDnload, and a device the file's suffix allows (its DFU-mode ids or
- * the run-time ids it had). On DfuSe, writable memory for the whole image: a plain image goes
- * to option address (default: the first writable segment), a container's elements where they
- * say. */
-static int check_download(struct dfu *d)
+/* Does the file's suffix allow a device with these ids, or the run-time ids it had? */
+static int check_ids(struct dfu *d, uint16_t vid, uint16_t pid)
 {
-        const struct gw_usb_device_info *info = d->host->usb_info(d->host->ctx);
+        char ids[16];
+
+        if (gw_dfu_file_matches(&d->file, vid, pid) ||
+            (d->have_runtime_ids && gw_dfu_file_matches(&d->file, d->runtime_vid, d->runtime_pid)))
+                return 0;
+        file_ids(&d->file, ids, sizeof(ids));
+        return fail(d, -ENOEXEC,
+                    "the file's DFU suffix is for %s, and this device is %04x:%04x: not flashed "
+                    "(option format=raw sends the file as it is, suffix and all)",
+                    ids, vid, pid);
+}
+
+/* Where the image goes, against the device (d->dfuse, d->layout, d->alt): a DFU 1.1 device
+ * takes a plain image as it is; on DfuSe, writable memory for all of it, a plain image at
+ * option address (default: the first writable segment), a container's elements where they
+ * say. */
+static int plan_download(struct dfu *d)
+{
         uint64_t bad = 0;
 
-        if (!(d->func.attributes & GW_DFU_ATTR_CAN_DNLOAD))
-                return fail(d, -EOPNOTSUPP,
-                            "the device does not accept downloads (bitCanDnload "
-                            "is clear)");
-        if (!gw_dfu_file_matches(&d->file, info->vid, info->pid) &&
-            !(d->have_runtime_ids &&
-              gw_dfu_file_matches(&d->file, d->runtime_vid, d->runtime_pid))) {
-                char ids[16];
-
-                file_ids(&d->file, ids, sizeof(ids));
-                return fail(d, -ENOEXEC,
-                            "the file's DFU suffix is for %s, and this device is %04x:%04x: "
-                            "not flashed (option format=raw sends the file as it is, suffix "
-                            "and all)",
-                            ids, info->vid, info->pid);
-        }
         if (d->file.dfuse)
                 return plan_container(d);
         d->whole.offset = 0;
@@ -602,6 +603,22 @@ static int check_download(struct dfu *d)
                             "in the writable memory of \"%s\": 0x%08" PRIx64 " is not writable",
                             d->total, d->address, d->layout.name, bad);
         return 0;
+}
+
+/* A download needs bitCanDnload, a device the file's suffix allows, and room for the image. */
+static int check_download(struct dfu *d)
+{
+        const struct gw_usb_device_info *info = d->host->usb_info(d->host->ctx);
+        int r;
+
+        if (!(d->func.attributes & GW_DFU_ATTR_CAN_DNLOAD))
+                return fail(d, -EOPNOTSUPP,
+                            "the device does not accept downloads (bitCanDnload "
+                            "is clear)");
+        r = check_ids(d, info->vid, info->pid);
+        if (r < 0)
+                return r;
+        return plan_download(d);
 }
 
 /* An upload needs bitCanUpload; on DfuSe also a size, all of it in readable memory from
@@ -692,6 +709,7 @@ static int send_end(struct dfu *d)
         return send_dnload(d, CMD_END, d->dfuse ? DFUSE_BLOCK_FIRST : d->block, 0);
 }
 
+static int finish_in_dfu_mode(struct dfu *d);
 static int next_upload(struct dfu *d);
 
 /* The next region with bytes left to write; a new region needs its own SET_ADDRESS. */
@@ -935,7 +953,7 @@ static int upload_done(struct dfu *d, int status, const uint8_t *data, size_t le
                             (uint64_t) d->address + d->offset, d->offset, d->writer->max);
         debug(d, "dfu: a short block of %zu bytes ended the upload after %" PRIu64 " bytes", n,
               d->offset);
-        return succeed(d);
+        return finish_in_dfu_mode(d);
 }
 
 /* A device that does not tolerate manifestation may reset and vanish once it has the whole
@@ -1035,6 +1053,22 @@ static int on_poll_status(struct dfu *d, const struct gw_dfu_status *st)
         }
 }
 
+/* The operation ended with the device in dfuIDLE. A board this operation detached from its
+ * application is reset so that it runs one again (after an install, the new one), unless
+ * option reset says otherwise. */
+static int finish_in_dfu_mode(struct dfu *d)
+{
+        int r;
+
+        if (d->reset_opt == 0 || (d->reset_opt < 0 && !d->detached))
+                return succeed(d);
+        r = d->host->reset(d->host->ctx);
+        if (r < 0 && r != -ENODEV)
+                return fail(d, r, "resetting the board to leave DFU mode failed: %s", strerror(-r));
+        debug(d, "dfu: board reset to leave DFU mode");
+        return succeed(d);
+}
+
 static int on_manifest_status(struct dfu *d, const struct gw_dfu_status *st)
 {
         if (st->status != GW_DFU_STATUS_OK)
@@ -1042,7 +1076,7 @@ static int on_manifest_status(struct dfu *d, const struct gw_dfu_status *st)
         switch (st->state) {
         case GW_DFU_IDLE:
                 debug(d, "dfu: manifestation complete");
-                return succeed(d);
+                return finish_in_dfu_mode(d);
         case GW_DFU_MANIFEST_SYNC:
         case GW_DFU_MANIFEST:
         case GW_DFU_DNBUSY:
@@ -1170,7 +1204,7 @@ static int handle_done(struct dfu *d, int status, const uint8_t *data, size_t le
                         return fail(d, status, "DFU_ABORT after the upload failed: %s",
                                     strerror(-status));
                 debug(d, "dfu: uploaded %" PRIu64 " bytes, device back in dfuIDLE", d->offset);
-                return succeed(d);
+                return finish_in_dfu_mode(d);
 
         case DFU_STATE_CANCELLING:
                 return fail(d, -ECANCELED, "cancelled");
@@ -1202,6 +1236,7 @@ static int dfu_init(void *priv, const struct gw_options *opts, const struct gw_p
         if (alt) {
                 size_t n = strlen(alt);
 
+                d->alt_given = true;
                 if (n == 0 || n > ALT_NAME_MAX)
                         return bad_option(d, "alt", "a number or a name of 1 to 255 bytes");
                 if (gw_parse_u64(alt, &d->alt_number) == 0) {
@@ -1233,6 +1268,14 @@ static int dfu_init(void *priv, const struct gw_options *opts, const struct gw_p
         }
         if (gw_options_get_bool(opts, "leave", true, &d->leave) < 0)
                 return bad_option(d, "leave", "true or false");
+        d->reset_opt = -1;
+        if (gw_options_get(opts, "reset")) {
+                bool reset;
+
+                if (gw_options_get_bool(opts, "reset", false, &reset) < 0)
+                        return bad_option(d, "reset", "true or false");
+                d->reset_opt = reset;
+        }
         format = gw_options_get(opts, "format");
         if (!format || strcmp(format, "auto") == 0)
                 d->format = GW_DFU_FORMAT_AUTO;
@@ -1268,6 +1311,7 @@ static int start_operation(struct dfu *d)
         d->recoveries = 0;
         d->cancel_requested = false;
         d->have_runtime_ids = false;
+        d->detached = false;
         d->op_deadline = now(d) + d->timeout_ms * 1000u;
         r = setup_device(d, true);
         if (r < 0)
@@ -1276,6 +1320,7 @@ static int start_operation(struct dfu *d)
                 uint16_t t =
                     d->func.detach_timeout_ms ? d->func.detach_timeout_ms : DEFAULT_DETACH_MS;
 
+                d->detached = true;
                 return submit(d, DFU_STATE_DETACHING, REQ_OUT, DFU_DETACH, t, NULL, 0);
         }
         return get_status(d, DFU_STATE_START);
@@ -1363,6 +1408,67 @@ static int dfu_upload(void *priv, const struct gw_writer *w)
         d->writer = w;
         d->uploading = true;
         return start_operation(d);
+}
+
+/* "0483:df11" into its ids. */
+static bool parse_usb_id(const char *s, uint16_t *ret_vid, uint16_t *ret_pid)
+{
+        unsigned v, p;
+        int n = 0;
+
+        if (!s || sscanf(s, "%4x:%4x%n", &v, &p, &n) != 2 || s[n] != '\0')
+                return false;
+        *ret_vid = (uint16_t) v;
+        *ret_pid = (uint16_t) p;
+        return true;
+}
+
+/* The image before any node is written: the file itself, then, when identify() found the board
+ * in DFU mode, its ids, its DFU version and (DfuSe, the alt setting the install will use) its
+ * layout, as install() will check them. A board in run-time mode shows its DFU-mode ids and
+ * layout only once detached: install() checks those. */
+static int dfu_check_image(void *priv, const struct gw_reader *reader,
+                           const struct gw_options *facts)
+{
+        struct dfu *d = priv;
+        const char *mode, *version, *layout, *alt;
+        uint16_t vid = 0, pid = 0;
+        uint64_t alt_no = 0;
+        unsigned major = 0, minor = 0;
+        int r;
+
+        if (d->state != DFU_STATE_IDLE)
+                return -EBUSY;
+        if (!reader || !reader->pread)
+                return -EINVAL;
+        d->reader = reader;
+        r = open_file(d);
+        if (r < 0 || !facts)
+                return r;
+        mode = gw_options_get(facts, "mode");
+        version = gw_options_get(facts, "dfu-version");
+        if (!mode || strcmp(mode, "dfu") != 0 ||
+            !parse_usb_id(gw_options_get(facts, "usb-id"), &vid, &pid) || !version ||
+            sscanf(version, "%x.%x", &major, &minor) != 2 || major > 0xff || minor > 0xff)
+                return 0;
+        r = check_ids(d, vid, pid);
+        if (r < 0)
+                return r;
+        d->func.bcd_dfu = (uint16_t) (major << 8 | minor);
+        d->dfuse = d->func.bcd_dfu == GW_DFU_BCD_DFUSE;
+        if (!d->dfuse)
+                return plan_download(d);
+        layout = gw_options_get(facts, "layout");
+        alt = gw_options_get(facts, "alt");
+        if (!layout || !alt || gw_parse_u64(alt, &alt_no) < 0 || alt_no > 255 ||
+            gw_dfuse_parse_layout(layout, &d->layout) < 0)
+                return 0;
+        /* identify() described the alt the options choose. Without option alt, a container
+         * picks its own, which identify() may not have described: install() checks it. */
+        if (d->file.dfuse && d->file.elements[0].alt != alt_no && !d->alt_given)
+                return 0;
+        d->alt = (uint8_t) alt_no;
+        return plan_download(d);
 }
 
 static int dfu_control_done(void *priv, int status, const uint8_t *data, size_t len)
@@ -1508,6 +1614,7 @@ static const char *const dfu_options[] = {"alt",
                                           "address",
                                           "leave",
                                           "format",
+                                          "reset",
                                           "transfer-size",
                                           "poll-max-ms",
                                           "timeout-ms",
@@ -1532,4 +1639,5 @@ const struct gw_protocol_ops gw_protocol_dfu_ops = {
     .reopened = dfu_reopened,
     .upload = dfu_upload,
     .options = dfu_options,
+    .check_image = dfu_check_image,
 };

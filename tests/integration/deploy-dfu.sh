@@ -3,7 +3,8 @@
 # (tools/sim/dfu-sim). Two DFU 1.1 boards told apart by serial take their images in one signed
 # deployment, each checked by the protocol's identify before flashing (an image requiring the
 # reported usb-id) and after (state checking); an image whose hardware map names another usb-id
-# than the board reports fails node-incompatible with nothing flashed on any node; a DfuSe board
+# than the board reports fails node-incompatible with nothing flashed on any node, and so does a
+# .dfu file whose suffix names another board; a DfuSe board
 # takes its image at an address offset, then a vendor .dfu file (a DfuSe container) whose
 # elements land where the file says; a board running its application is detached and found
 # again at its port, though its DFU-mode ids are those of two other boards; a deployment
@@ -209,6 +210,33 @@ check "usb-id mismatch: no data block reached any board ($blocks_before -> $bloc
 flashing=$(grep -c "\"state\":\"flashing\",\"deployment\":\"d2\"" "$work/sub.log")
 check "usb-id mismatch: no node was reported flashing in d2" test "$flashing" -eq 0
 
+# ---- 2b. A .dfu file whose DFU suffix names another board, B listed first: nothing flashed ---
+# The protocol reads each image before any node is written (check_image): without that, A would
+# take its image and B fail only when its turn came.
+if command -v dfu-suffix >/dev/null; then
+        blocks_before=$(blocks dfu)
+        head -c 3000 /dev/urandom >"$work/www/b2b.dfu"
+        dfu-suffix -v 1234 -p 5678 -a "$work/www/b2b.dfu" >/dev/null
+        {
+                head_ d2b
+                img fw-a 2.0.0 dfu-A a2.bin
+                img fw-b 2.0.0 dfu-B b2b.dfu
+        } >"$work/www/d2b.yaml"
+        sign "$work/www/d2b.yaml"
+        deploy_url d2b
+        final=$(wait_final d2b)
+        msg=$(q get "$final" error.message)
+        check "suffix for another board: d2b ends failed, node-incompatible (got $(q get "$final" state) $(q get "$final" error.code): $msg)" \
+                test "$(q get "$final" state)" = failed -a "$(q get "$final" error.code)" = node-incompatible
+        check "suffix for another board: the message names the node and the ids" \
+                eval 'case $msg in *dfu-B*1234:5678*1d50:6089*) true ;; *) false ;; esac'
+        blocks_after=$(blocks dfu)
+        check "suffix for another board: no data block reached any board ($blocks_before -> $blocks_after)" \
+                test "$blocks_before" = "$blocks_after" -a -n "$blocks_after"
+else
+        echo "SKIP: the .dfu suffix case (2b): dfu-suffix (package dfu-util) is not installed"
+fi
+
 # ---- 3. The DfuSe board beside them, its image at an address offset --------------------------
 blocks_before=$(blocks dfu)
 boards_before=$(per_board dfu)
@@ -282,6 +310,30 @@ blocks dfu >/dev/null
 boards_after=$(per_board dfu)
 check "run-time board: no data block went to A, B or C ($boards_before -> $boards_after)" \
         test "${boards_before% D:*}" = "${boards_after% D:*}"
+# ---- 4b. A .dfu file for other ids to the board in run-time mode: its DFU-mode ids are known only
+# once detached, so the install refuses it there: node-incompatible, nothing written to D.
+if command -v dfu-suffix >/dev/null; then
+        blocks dfu >/dev/null
+        boards_before=$(per_board dfu)
+        head -c 3000 /dev/urandom >"$work/www/d4b.dfu"
+        dfu-suffix -v 1234 -p 5678 -a "$work/www/d4b.dfu" >/dev/null
+        {
+                head_ d4b
+                img fw-d 2.0.0 rt-D d4b.dfu
+        } >"$work/www/d4b.yaml"
+        sign "$work/www/d4b.yaml"
+        deploy_url d4b
+        final=$(wait_final d4b)
+        msg=$(q get "$final" error.message)
+        check "run-time board, suffix for other ids: d4b ends failed, node-incompatible (got $(q get "$final" state) $(q get "$final" error.code): $msg)" \
+                test "$(q get "$final" state)" = failed -a "$(q get "$final" error.code)" = node-incompatible
+        check "run-time board, suffix for other ids: the message says whose ids" \
+                eval 'case $msg in *rt-D*1234:5678*) true ;; *) false ;; esac'
+        blocks dfu >/dev/null
+        boards_after=$(per_board dfu)
+        check "run-time board, suffix for other ids: no data block was written ($boards_before -> $boards_after)" \
+                test "$boards_before" = "$boards_after"
+fi
 # ---- 5. Interrupted after A took its image, B half-way: run again, A is not written again ----
 head -c 2048 /dev/urandom >"$work/www/a5.bin"
 head -c 180000 /dev/urandom >"$work/www/b5.bin"

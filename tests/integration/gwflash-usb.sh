@@ -175,6 +175,25 @@ sim runtime --runtime -- "$GWFLASH" -q --usb 1d50:6088 --dfu-usb 1d50:6089 --alt
 rc=$?
 expect_ok runtime "detach from runtime mode, reopen, download" $rc "$work/img.bin" \
         "$work/runtime.dump"
+# Detached from its application (bitWillDetach: no reset for that), the board is reset once
+# written, so that it runs again: at exit the emulator finds it on its way back to run-time mode
+# (off the bus, or back) after one reset. -o reset=false keeps it in DFU mode.
+mode_of() {
+        python3 -c 'import json,sys; d = json.load(open(sys.argv[1]))["devices"][0]
+print(d["mode"], d["resets"])' "$1"
+}
+case $(mode_of "$work/runtime.json") in
+"runtime 1" | "absent 1") pass "the detached board was reset to leave DFU mode after the download" ;;
+*) fail "the detached board: mode and resets at exit: $(mode_of "$work/runtime.json"), expected a reset" ;;
+esac
+sim runtime-stay --runtime -- "$GWFLASH" -q --usb 1d50:6088 --dfu-usb 1d50:6089 --alt 0 \
+        -o reset=false "$work/img.bin"
+rc=$?
+if [ $rc -eq 0 ] && [ "$(mode_of "$work/runtime-stay.json")" = "dfu 0" ]; then
+        pass "-o reset=false: the board stays in DFU mode"
+else
+        fail "-o reset=false: exit $rc, mode $(mode_of "$work/runtime-stay.json")"
+fi
 # Without --dfu-usb: the board is found again at the port it was on, whatever ids it now has
 # (here 1d50:6089 in DFU mode). Of two boards, the one asked for, not its neighbour.
 sim runtime-port --runtime -- "$GWFLASH" -q --usb 1d50:6088 --alt 0 "$work/img.bin"

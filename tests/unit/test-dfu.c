@@ -15,6 +15,7 @@
 
 #include "gw/options.h"
 #include "gw/plugin.h"
+#include "gw/registry.h"
 
 #include "../../protocols/dfu/dfu-desc.h"
 #include "fake-usb.h"
@@ -137,7 +138,8 @@ static ssize_t mem_pread(void *ctx, void *buf, size_t n, uint64_t off)
         return (ssize_t) n;
 }
 
-static struct gw_options *parse_opts(const char *spec)
+/* "key=value,key=value" (sep ","), or with another separator when values hold commas. */
+static struct gw_options *parse_opts_sep(const char *spec, const char *sep)
 {
         struct gw_options *o = gw_options_new();
         char buf[512], *save = NULL;
@@ -147,7 +149,7 @@ static struct gw_options *parse_opts(const char *spec)
                 return o;
         assert_true(strlen(spec) < sizeof(buf));
         strcpy(buf, spec);
-        for (char *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        for (char *kv = strtok_r(buf, sep, &save); kv; kv = strtok_r(NULL, sep, &save)) {
                 char *eq = strchr(kv, '=');
 
                 assert_non_null(eq);
@@ -155,6 +157,11 @@ static struct gw_options *parse_opts(const char *spec)
                 assert_int_equal(gw_options_set(o, kv, eq + 1), 0);
         }
         return o;
+}
+
+static struct gw_options *parse_opts(const char *spec)
+{
+        return parse_opts_sep(spec, ",");
 }
 
 /* A clock finer than the host's: now_ms() rounds it down, as the core's does. */
@@ -859,7 +866,44 @@ static const struct fake_usb_step s_detach[] = {
     FU_COMPLETE(0),
     GETSTATUS,
     ST(0, 0, S_IDLE),
+    /* Detached from its application: reset once written, to run the new one. */
     FU_RESULT(GW_PROTO_DONE),
+    FU_RESETS(2),
+};
+/* The same with option reset=false: the board stays in DFU mode. */
+static const struct fake_usb_step s_detach_stay[] = {
+    FU_EXPECT(0x21, 0, 500, 1, 0),
+    FU_COMPLETE(0),
+    FU_RESETS(1),
+    FU_REOPEN(10000),
+    FU_REOPENED(0),
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    DNLOAD(0, 64),
+    FU_COMPLETE(64),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    DNLOAD(1, 0),
+    FU_COMPLETE(0),
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    FU_RESULT(GW_PROTO_DONE),
+    FU_RESETS(1),
+};
+/* A board found in DFU mode stays there, unless option reset=true. */
+static const struct fake_usb_step s_dfu_reset[] = {
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    DNLOAD(0, 64),
+    FU_COMPLETE(64),
+    GETSTATUS,
+    ST(0, 0, S_DNIDLE),
+    DNLOAD(1, 0),
+    FU_COMPLETE(0),
+    GETSTATUS,
+    ST(0, 0, S_IDLE),
+    FU_RESULT(GW_PROTO_DONE),
+    FU_RESETS(1),
 };
 /* bitWillDetach: no reset; a device that drops off inside the DETACH is fine. */
 static const struct fake_usb_step s_detach_will[] = {
@@ -895,6 +939,12 @@ static void test_detach(void **state)
         w.f.reopen_info = &dev_dfu11;
         fake_usb_run(&w.f, s_detach_will, sizeof(s_detach_will) / sizeof(s_detach_will[0]));
         world_end(&w);
+
+        world_start(&w, &dev_runtime, 64, "reset=false");
+        w.f.reopen_info = &dev_dfu11;
+        fake_usb_run(&w.f, s_detach_stay, sizeof(s_detach_stay) / sizeof(s_detach_stay[0]));
+        world_end(&w);
+        RUN(&dev_dfu11, 64, "reset=true", s_dfu_reset);
 
         RUN(&dev_runtime, 64, NULL, s_detach_timeout);
         RUN(&dev_runtime, 64, NULL, s_detach_refused);
@@ -2143,6 +2193,81 @@ static void test_dfu_files(void **state)
         }
 }
 
+/* check_image before any node is written: the file alone, then against what identify
+ * reported; facts that cannot decide (run-time mode, another alt) leave it to install(). */
+static struct gw_reader mem_reader(struct world *w, const uint8_t *buf, size_t n)
+{
+        w->data = (uint8_t *) buf;
+        w->size = n;
+        return (struct gw_reader){.size = n, .name = "fw.dfu", .ctx = w, .pread = mem_pread};
+}
+
+static void expect_image(const uint8_t *buf, size_t n, const char *opts, const char *facts, int err,
+                         const char *text)
+{
+        struct world w;
+        struct gw_reader r = mem_reader(&w, buf, n);
+        struct gw_options *o = parse_opts(opts), *f = facts ? parse_opts_sep(facts, ";") : NULL;
+        char why[400] = "";
+        int got = gw_plugin_check_image(&gw_protocol_dfu_ops, o, &r, f, why, sizeof(why));
+
+        if (got != err || (text && !strstr(why, text)))
+                fail_msg("opts %s facts %s: %d \"%s\", expected %d \"%s\"", opts ? opts : "-",
+                         facts ? facts : "-", got, why, err, text ? text : "");
+        gw_options_free(o);
+        gw_options_free(f);
+}
+
+#define FACTS_DFUSE(alt, layout)                                                                   \
+        "mode=dfu;usb-id=0483:df11;dfu-version=1.1a;alt=" alt ";layout=" layout
+#define FACTS_RUNTIME "mode=runtime;usb-id=1209:2001;dfu-version=1.10"
+#define FACTS_DFU11   "mode=dfu;usb-id=0483:df11;dfu-version=1.10"
+
+static void test_check_image(void **state)
+{
+        static uint8_t buf[16 * 1024];
+        static const struct file_elem three[] = {
+            {0, 0x08004000, 2500, 0x30}, {0, 0x08002000, 1500, 0x10}, {0, 0x08002600, 100, 0}};
+        static const struct file_elem ro[] = {{0, 0x08000000, 10, 0}};
+        static const struct file_elem ram[] = {{1, 0x20000000, 10, 0}};
+        size_t n;
+
+        n = build_dfuse(buf, three, 3);
+        expect_image(buf, n, NULL, NULL, 0, NULL);
+        expect_image(buf, n, NULL, FACTS_DFUSE("0", LAYOUT_FLASH), 0, NULL);
+        expect_image(buf, n, NULL, FACTS_RUNTIME, 0, NULL); /* run-time ids: install decides */
+        expect_image(buf, n, NULL, FACTS_DFU11, -EPROTO, "not DfuSe");
+        expect_image(buf, n, "address=0x08002000", NULL, -EINVAL, "carry their own addresses");
+        expect_image(buf, n, "format=raw", FACTS_DFUSE("0", LAYOUT_FLASH), 0, NULL);
+        /* A layout whose flash is read-only there. */
+        expect_image(buf, n, NULL, FACTS_DFUSE("0", "@Internal Flash /0x08000000/32*1Ka"), -ENOSPC,
+                     "not writable");
+        buf[100] ^= 1;
+        expect_image(buf, n, NULL, NULL, -EBADMSG, "CRC");
+        buf[100] ^= 1;
+        /* The suffix names 0483:df11: a board in DFU mode with other ids is refused. */
+        expect_image(buf, n, NULL, "mode=dfu;usb-id=0483:df12;dfu-version=1.1a", -ENOEXEC,
+                     "is for 0483:df11, and this device is 0483:df12");
+
+        n = build_dfuse(buf, ro, 1);
+        expect_image(buf, n, NULL, FACTS_DFUSE("0", LAYOUT_FLASH), -ENOSPC, "not writable");
+
+        /* A container for alt 1: identify described alt 0, so only install can tell; unless
+         * option alt chose 0, which cannot be. */
+        n = build_dfuse(buf, ram, 1);
+        expect_image(buf, n, NULL, FACTS_DFUSE("0", LAYOUT_FLASH), 0, NULL);
+        expect_image(buf, n, "alt=0", FACTS_DFUSE("0", LAYOUT_FLASH), -ENOENT,
+                     "holds an image for alternate setting 1");
+        expect_image(buf, n, "alt=1", FACTS_DFUSE("1", LAYOUT_RAM), 0, NULL);
+
+        /* A plain image that does not fit at option address. */
+        memset(buf, 0, 5000);
+        expect_image(buf, 5000, "address=0x08005000", FACTS_DFUSE("0", LAYOUT_FLASH), -ENOSPC,
+                     "does not fit");
+        expect_image(buf, 5000, "address=0x08004000", FACTS_DFUSE("0", LAYOUT_FLASH), 0, NULL);
+        expect_image(buf, 5000, "format=dfu", NULL, -EBADMSG, "suffix");
+}
+
 /* The exact DfuSe wire sequence for a 1500-byte image. */
 static const struct fake_usb_step s_dfuse[] = {
     GETSTATUS,
@@ -2401,6 +2526,7 @@ int main(void)
             cmocka_unit_test(test_poll_fine_clock),  cmocka_unit_test(test_early_timeout),
             cmocka_unit_test(test_upload_dfu11),     cmocka_unit_test(test_upload_dfuse),
             cmocka_unit_test(test_model_upload),     cmocka_unit_test(test_dfu_files),
+            cmocka_unit_test(test_check_image),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -243,6 +243,49 @@ static void test_check_options(void **state)
                          -EINVAL);
 }
 
+static ssize_t bytes_pread(void *ctx, void *buf, size_t n, uint64_t off)
+{
+        static const uint8_t data[64] = {0};
+
+        if (off >= sizeof(data))
+                return 0;
+        if (n > sizeof(data) - off)
+                n = sizeof(data) - off;
+        memcpy(buf, data + off, n);
+        return (ssize_t) n;
+}
+
+/* gw_plugin_check_image: a protocol without check_image accepts anything; one with it gets an
+ * instance prepared by init(), whose refusal (here a bad option, caught by init()) comes back
+ * with its reason. */
+static void test_check_image(void **state)
+{
+        const struct gw_protocol_ops *y = gw_protocol_find("ymodem");
+        const struct gw_protocol_ops *d = gw_protocol_find("dfu");
+        struct gw_reader r = {.size = 64, .name = "x.bin", .pread = bytes_pread};
+        struct gw_options *o = gw_options_new();
+        char why[256];
+
+        assert_non_null(o);
+        assert_int_equal(gw_plugin_check_image(NULL, o, &r, NULL, why, sizeof(why)), -EINVAL);
+        assert_int_equal(gw_plugin_check_image(y ? y : d, o, NULL, NULL, why, sizeof(why)),
+                         -EINVAL);
+        if (y) {
+                assert_null(y->check_image);
+                assert_int_equal(gw_plugin_check_image(y, o, &r, NULL, why, sizeof(why)), 0);
+        }
+        if (d) {
+                assert_int_equal(gw_plugin_check_image(d, o, &r, NULL, why, sizeof(why)), 0);
+                assert_int_equal(gw_options_set(o, "format", "dfu"), 0);
+                assert_int_equal(gw_plugin_check_image(d, o, &r, NULL, why, sizeof(why)), -EBADMSG);
+                assert_non_null(strstr(why, "suffix"));
+                assert_int_equal(gw_options_set(o, "format", "zip"), 0);
+                assert_int_equal(gw_plugin_check_image(d, o, &r, NULL, why, sizeof(why)), -EINVAL);
+                assert_non_null(strstr(why, "format"));
+        }
+        gw_options_free(o);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -253,6 +296,7 @@ int main(void)
             cmocka_unit_test(test_load_and_use),
             cmocka_unit_test(test_load_dir),
             cmocka_unit_test(test_check_options),
+            cmocka_unit_test(test_check_image),
         };
 
         gw_log_set_max_level(getenv("GW_TEST_VERBOSE") ? LOG_DEBUG : LOG_EMERG);

@@ -15,9 +15,12 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <dirent.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -268,6 +271,7 @@ struct sim {
         char **child_argv;
 
         /* run time */
+        pid_t child; /* the command under test, once started; else 0 */
         pthread_mutex_t lock;
         UMockdevTestbed *tb;
         UMockdevIoctlBase *handler;
@@ -1345,6 +1349,12 @@ static bool bus_reset(struct device *d)
                 schedule_plug(d, PLUG_REENUMERATE, MODE_DFU, at);
                 return true;
         }
+        if (d->state == ST_IDLE && mode_after_manifest(d) != MODE_DFU) {
+                /* DFU 1.1: a reset in dfuIDLE returns a device with a valid firmware to its
+                 * application (what dfu-util -R and hosts that detached it rely on). */
+                schedule_plug(d, PLUG_REENUMERATE, mode_after_manifest(d), at);
+                return true;
+        }
         return false;
 }
 
@@ -1456,6 +1466,58 @@ static char *hex(const uint8_t *b, size_t n)
         return out;
 }
 
+/* umockdev sends each uevent to every event* socket in the testbed's directory, one per client
+ * that listened for uevents (libusb's hotplug), and aborts this process when one refuses it: a
+ * client that has exited or closed its listener leaves its socket file behind. Those are found
+ * (a connect() is refused) and removed before each uevent. */
+static void prune_listeners(struct sim *s)
+{
+        DIR *dir = opendir(s->root_dir);
+        struct dirent *e;
+
+        if (!dir)
+                return;
+        while ((e = readdir(dir))) {
+                struct sockaddr_un a = {.sun_family = AF_UNIX};
+                int fd, r;
+
+                if (strncmp(e->d_name, "event", 5) != 0 ||
+                    snprintf(a.sun_path, sizeof(a.sun_path), "%s/%s", s->root_dir, e->d_name) >=
+                        (int) sizeof(a.sun_path))
+                        continue;
+                fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+                if (fd < 0)
+                        continue;
+                r = connect(fd, (const struct sockaddr *) &a, sizeof(a));
+                if (r < 0 && errno == EPROTOTYPE) {
+                        close(fd);
+                        fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+                        r = fd < 0 ? -1 : connect(fd, (const struct sockaddr *) &a, sizeof(a));
+                }
+                if (r < 0 && errno == ECONNREFUSED && unlink(a.sun_path) == 0)
+                        vlog(s, "removed %s: its listener is gone", e->d_name);
+                if (fd >= 0)
+                        close(fd);
+        }
+        closedir(dir);
+}
+
+/* The command under test may also exit between a pruning and the uevent: once it has, devices
+ * change without telling anyone (its exit is seen without reaping it). */
+static void send_uevent(struct sim *s, const char *syspath, const char *action)
+{
+        siginfo_t info = {0};
+
+        if (s->child > 0 &&
+            (waitid(P_PID, (id_t) s->child, &info, WEXITED | WNOHANG | WNOWAIT) < 0 ||
+             info.si_pid == s->child)) {
+                vlog(s, "%s: %s, not announced: the command has exited", syspath, action);
+                return;
+        }
+        prune_listeners(s);
+        umockdev_testbed_uevent(s->tb, syspath, action);
+}
+
 static int plug_in(struct sim *s, struct device *d, enum mode mode)
 {
         uint8_t desc[18 + 9 + 9 * MAX_ALTS + 9];
@@ -1504,7 +1566,7 @@ static int plug_in(struct sim *s, struct device *d, enum mode mode)
                 fprintf(stderr, "dfu-sim: cannot add %s: %s\n", d->syspath, err->message);
                 return -EIO;
         }
-        umockdev_testbed_uevent(s->tb, d->syspath, "add");
+        send_uevent(s, d->syspath, "add");
         d->plugged = true;
         vlog(s, "%s: plugged in at %s (%s mode, %04x:%04x)", d->serial, d->devnode,
              mode == MODE_RUNTIME ? "runtime" : "DFU", d->p.vid, cur_pid(d));
@@ -1519,7 +1581,7 @@ static void plug_out(struct sim *s, struct device *d)
         if (!d->plugged)
                 return;
         /* The uevent is built from sysfs: it goes out while the device is still there. */
-        umockdev_testbed_uevent(s->tb, d->syspath, "remove");
+        send_uevent(s, d->syspath, "remove");
         umockdev_testbed_remove_device(s->tb, d->syspath);
         umockdev_testbed_detach_ioctl(s->tb, d->devnode, NULL);
         d->plugged = false;
@@ -1987,6 +2049,7 @@ static int spawn_child(struct sim *s, pid_t *ret)
 /* Serves until a signal ends it or the child exits; returns the exit status. */
 static int run(struct sim *s, pid_t child)
 {
+        s->child = child;
         for (;;) {
                 struct pollfd p[3];
                 uint64_t next = run_plugs(s), now = now_ns();
