@@ -99,6 +99,7 @@ struct dfu {
         bool leave;
         enum gw_dfu_file_format format;
         int reset_opt; /* option reset: 1 true, 0 false, -1 unset (reset when detached) */
+        bool verify;   /* option verify: read what was written back before leaving */
 
         const struct gw_reader *reader; /* install */
         const struct gw_writer *writer; /* upload */
@@ -153,7 +154,15 @@ struct dfu {
         /* The upload: offset counts bytes written to the writer, block the UPLOADs. */
         uint64_t up_limit; /* w->max, or UPLOAD_LIMIT when the caller set none */
         bool up_reading;   /* DfuSe: the ABORT after this run's SET_ADDRESS is done */
+        /* Verifying an install: each region is uploaded through verify_writer, which compares
+         * it with the image; verify_region counts the regions done. */
+        bool verifying, verified;
+        size_t verify_region;
+        struct gw_writer verify_writer;
+        uint64_t verify_bad; /* the first address that differs */
+        uint8_t verify_got, verify_want;
         uint8_t buf[GW_DFU_TRANSFER_MAX];
+        uint8_t vbuf[GW_DFU_TRANSFER_MAX]; /* the image's bytes a read-back block is compared to */
 };
 
 static const char *const state_names[_DFU_STATE_MAX] = {
@@ -605,6 +614,29 @@ static int plan_download(struct dfu *d)
         return 0;
 }
 
+/* Option verify reads back what was written: the device must allow uploads, a DFU 1.1 one
+ * must still be there after manifestation, and DfuSe memory must be readable where it goes. */
+static int check_verify(struct dfu *d)
+{
+        uint64_t bad = 0;
+
+        if (!(d->func.attributes & GW_DFU_ATTR_CAN_UPLOAD))
+                return fail(d, -EOPNOTSUPP,
+                            "option verify: the device does not allow uploads (bitCanUpload is "
+                            "clear)");
+        if (!d->dfuse && !(d->func.attributes & GW_DFU_ATTR_MANIFEST_TOLERANT))
+                return fail(d, -EOPNOTSUPP,
+                            "option verify: the device resets once it has the image "
+                            "(bitManifestationTolerant is clear), nothing is left to read back");
+        for (size_t i = 0; d->dfuse && i < d->n_regions; i++)
+                if (gw_dfuse_check_readable(&d->layout, d->regions[i].address, d->regions[i].size,
+                                            &bad) < 0)
+                        return fail(d, -ENOSPC,
+                                    "option verify: 0x%08" PRIx64 " is not readable in \"%s\"", bad,
+                                    d->layout.name);
+        return 0;
+}
+
 /* A download needs bitCanDnload, a device the file's suffix allows, and room for the image. */
 static int check_download(struct dfu *d)
 {
@@ -618,7 +650,10 @@ static int check_download(struct dfu *d)
         r = check_ids(d, info->vid, info->pid);
         if (r < 0)
                 return r;
-        return plan_download(d);
+        r = plan_download(d);
+        if (r < 0 || !d->verify)
+                return r;
+        return check_verify(d);
 }
 
 /* An upload needs bitCanUpload; on DfuSe also a size, all of it in readable memory from
@@ -711,6 +746,8 @@ static int send_end(struct dfu *d)
 
 static int finish_in_dfu_mode(struct dfu *d);
 static int next_upload(struct dfu *d);
+static int begin_verify(struct dfu *d);
+static int verify_region_done(struct dfu *d);
 
 /* The next region with bytes left to write; a new region needs its own SET_ADDRESS. */
 static bool next_region(struct dfu *d)
@@ -777,6 +814,8 @@ static int next_step(struct dfu *d)
                             (uint32_t) (d->regions[d->region].address + d->region_off));
                 return send_data(d, (uint16_t) (DFUSE_BLOCK_FIRST + d->run_blocks));
         }
+        if (d->verify && !d->verified)
+                return begin_verify(d);
         if (d->leave && d->pointer_known && d->pointer == d->address) {
                 /* The leave jumps to the address pointer: already the image's start (one
                  * run, erases before it), so no SET_ADDRESS and no wait for it. */
@@ -793,7 +832,7 @@ static int next_step(struct dfu *d)
  * upload's w->max (0: the caller set no size). */
 static void report_progress(struct dfu *d)
 {
-        if (d->host->progress)
+        if (d->host->progress && !d->verifying)
                 d->host->progress(d->host->ctx, d->offset,
                                   d->uploading ? d->writer->max : d->total);
 }
@@ -833,6 +872,8 @@ static int begin_download(struct dfu *d)
 {
         d->offset = 0;
         d->block = 0;
+        d->verifying = false;
+        d->verified = false;
         d->region = 0;
         d->region_off = 0;
         d->erase_region = 0;
@@ -934,6 +975,12 @@ static int upload_done(struct dfu *d, int status, const uint8_t *data, size_t le
                 if (w != (ssize_t) n) {
                         int r = w < 0 ? (int) w : -EIO;
 
+                        if (d->verifying && r == -EILSEQ)
+                                return fail(d, -EIO,
+                                            "verify failed: 0x%08" PRIx64 " reads back 0x%02x, "
+                                            "the image has 0x%02x there%s",
+                                            d->verify_bad, d->verify_got, d->verify_want,
+                                            d->dfuse ? "; the board stays in DFU mode" : "");
                         return fail(d, r, "writing what was read at %" PRIu64 " failed: %s",
                                     d->offset, strerror(-r));
                 }
@@ -951,6 +998,11 @@ static int upload_done(struct dfu *d, int status, const uint8_t *data, size_t le
                             "the device ended the upload at 0x%08" PRIx64 ", after %" PRIu64
                             " of %" PRIu64 " bytes",
                             (uint64_t) d->address + d->offset, d->offset, d->writer->max);
+        if (d->verifying)
+                return fail(d, -EIO,
+                            "verify failed: the device read back %" PRIu64 " of the %" PRIu64
+                            " bytes written",
+                            d->offset, d->up_limit);
         debug(d, "dfu: a short block of %zu bytes ended the upload after %" PRIu64 " bytes", n,
               d->offset);
         return finish_in_dfu_mode(d);
@@ -1053,6 +1105,80 @@ static int on_poll_status(struct dfu *d, const struct gw_dfu_status *st)
         }
 }
 
+/* The read-back of a verify: each block against the image's bytes of the region. */
+static ssize_t verify_pwrite(void *ctx, const void *buf, size_t n, uint64_t off)
+{
+        struct dfu *d = ctx;
+        const struct gw_dfu_element *g = &d->regions[d->verify_region];
+        const uint8_t *got = buf;
+        size_t done = 0;
+
+        if (off + n > g->size || n > sizeof(d->vbuf))
+                return -EIO;
+        while (done < n) {
+                ssize_t k = d->reader->pread(d->reader->ctx, d->vbuf + done, n - done,
+                                             g->offset + off + done);
+
+                if (k <= 0 || (size_t) k > n - done)
+                        return k < 0 ? k : -EIO;
+                done += (size_t) k;
+        }
+        for (size_t i = 0; i < n; i++)
+                if (got[i] != d->vbuf[i]) {
+                        d->verify_bad = (d->dfuse ? g->address : 0) + off + i;
+                        d->verify_got = got[i];
+                        d->verify_want = d->vbuf[i];
+                        return -EILSEQ;
+                }
+        return (ssize_t) n;
+}
+
+/* Reads the next region back (an upload into verify_writer). */
+static int verify_next_region(struct dfu *d)
+{
+        const struct gw_dfu_element *g = &d->regions[d->verify_region];
+
+        d->verify_writer = (struct gw_writer){.max = g->size, .ctx = d, .pwrite = verify_pwrite};
+        d->writer = &d->verify_writer;
+        d->address = g->address;
+        d->offset = 0;
+        d->block = 0;
+        d->run_open = false;
+        d->run_blocks = 0;
+        d->up_reading = false;
+        d->up_limit = g->size;
+        debug(d, "dfu: verifying %" PRIu32 " bytes%s", g->size, d->dfuse ? " (DfuSe)" : "");
+        return next_upload(d);
+}
+
+/* Option verify: all written, before a DfuSe device leaves (so it never jumps into an image that
+ * did not read back right) or, on DFU 1.1, once a manifestation-tolerant device is back in
+ * dfuIDLE. check_download() made sure the device can upload what was written. */
+static int begin_verify(struct dfu *d)
+{
+        d->verifying = true;
+        d->uploading = true;
+        d->verify_region = 0;
+        return verify_next_region(d);
+}
+
+/* A region read back whole and equal: the next, or back to the install. */
+static int verify_region_done(struct dfu *d)
+{
+        if (++d->verify_region < d->n_regions)
+                return verify_next_region(d);
+        debug(d, "dfu: verified %" PRIu64 " bytes in %zu region(s)", d->total, d->n_regions);
+        d->verifying = false;
+        d->verified = true;
+        d->uploading = false;
+        d->writer = NULL;
+        d->offset = d->total;
+        d->address = d->regions[0].address;
+        if (d->dfuse)
+                return next_step(d);
+        return finish_in_dfu_mode(d);
+}
+
 /* The operation ended with the device in dfuIDLE. A board this operation detached from its
  * application is reset so that it runs one again (after an install, the new one), unless
  * option reset says otherwise. */
@@ -1076,6 +1202,8 @@ static int on_manifest_status(struct dfu *d, const struct gw_dfu_status *st)
         switch (st->state) {
         case GW_DFU_IDLE:
                 debug(d, "dfu: manifestation complete");
+                if (d->verify && !d->verified)
+                        return begin_verify(d);
                 return finish_in_dfu_mode(d);
         case GW_DFU_MANIFEST_SYNC:
         case GW_DFU_MANIFEST:
@@ -1204,6 +1332,8 @@ static int handle_done(struct dfu *d, int status, const uint8_t *data, size_t le
                         return fail(d, status, "DFU_ABORT after the upload failed: %s",
                                     strerror(-status));
                 debug(d, "dfu: uploaded %" PRIu64 " bytes, device back in dfuIDLE", d->offset);
+                if (d->verifying)
+                        return verify_region_done(d);
                 return finish_in_dfu_mode(d);
 
         case DFU_STATE_CANCELLING:
@@ -1276,6 +1406,8 @@ static int dfu_init(void *priv, const struct gw_options *opts, const struct gw_p
                         return bad_option(d, "reset", "true or false");
                 d->reset_opt = reset;
         }
+        if (gw_options_get_bool(opts, "verify", false, &d->verify) < 0)
+                return bad_option(d, "verify", "true or false");
         format = gw_options_get(opts, "format");
         if (!format || strcmp(format, "auto") == 0)
                 d->format = GW_DFU_FORMAT_AUTO;
@@ -1615,6 +1747,7 @@ static const char *const dfu_options[] = {"alt",
                                           "leave",
                                           "format",
                                           "reset",
+                                          "verify",
                                           "transfer-size",
                                           "poll-max-ms",
                                           "timeout-ms",

@@ -5,7 +5,8 @@
 # reported usb-id) and after (state checking); an image whose hardware map names another usb-id
 # than the board reports fails node-incompatible with nothing flashed on any node, and so does a
 # .dfu file whose suffix names another board; a DfuSe board
-# takes its image at an address offset, then a vendor .dfu file (a DfuSe container) whose
+# takes its image at an address offset, read back before it leaves DFU mode (option verify),
+# then a vendor .dfu file (a DfuSe container) whose
 # elements land where the file says; a board running its application is detached and found
 # again at its port, though its DFU-mode ids are those of two other boards; a deployment
 # stopped after one board took its image and run again does not write that board again but
@@ -244,7 +245,7 @@ head -c 20000 /dev/urandom >"$work/www/c1.bin"
 {
         head_ d3
         img fw-c 1.0.0 dfuse-C c1.bin '{ usb-id: "0483:df11", dfu-version: "1.1a" }' \
-                '{ address: 0x08004000 }'
+                '{ address: 0x08004000, verify: true }'
 } >"$work/www/d3.yaml"
 sign "$work/www/d3.yaml"
 deploy_url d3
@@ -253,6 +254,8 @@ check "DfuSe: d3 ends success (got $(q get "$final" state) $(q get "$final" erro
         test "$(q get "$final" state)" = success
 check "DfuSe: the check found the board again after it left DFU mode" \
         grep -q "dfuse-C: link open again" "$work/gatewayd.log"
+check "DfuSe: image option verify read the 20000 bytes back before the board left" \
+        grep -q "dfuse-C: dfu: verified 20000 bytes" "$work/gatewayd.log"
 st=$(q states "$work/sub.log" "$prefix/nodes/dfuse-C/status" d3)
 check "DfuSe: dfuse-C went through flashing then checking ($st)" \
         test "$st" = "queued downloading verifying flashing checking success"

@@ -214,6 +214,17 @@ elif expect 6e err5.json 'd["state"] == "dfuDNBUSY" and d["busy_reports"] > 10';
         ok "6e: a device stuck in dfuDNBUSY never completes ($(j err5.json 'd["busy_reports"]') busy reports in 3 s)"
 fi
 
+# (6f) A block programmed wrong with status OK (--corrupt 3): dfu-util reports success, and its
+# own upload shows the one flipped bit, in the middle of block 3 (1024-byte blocks).
+if sim corrupt --transfer-size 1024 --corrupt 3 -- \
+        sh -c 'dfu-util -a 0 -D fw.bin && dfu-util -a 0 -U up3.bin' &&
+        [ "$(cmp -l fw.bin up3.bin | wc -l)" -eq 1 ] &&
+        [ "$(cmp -l fw.bin up3.bin | awk '{print $1}')" -eq $((2 * 1024 + 512 + 1)) ]; then
+        ok "6f: --corrupt 3: dfu-util succeeds, its read-back differs in one byte of block 3"
+else
+        fail "6f: --corrupt: $(cmp -l fw.bin up3.bin 2>&1 | head -n 3 | tr '\n' ' ')"
+fi
+
 # (7) Runtime mode: dfu-util sends DFU_DETACH (and a USB reset when the device will not detach
 # itself); the device leaves, re-enumerates in DFU mode with the same serial and takes the image.
 for variant in will-detach no-will-detach; do

@@ -238,6 +238,43 @@ sim errwrite --error errWRITE:3 -- "$GWFLASH" -q --usb 1d50:6089 --alt 0 "$work/
 expect_fail errwrite "injected errWRITE: exit 1, mapped message" $? "errWRITE" \
         "cannot write"
 
+# -o verify=true reads back what was written. A block programmed wrong with status OK
+# (--corrupt: a marginal flash) passes unseen without it; with it gwflash fails, names the
+# address, and a DfuSe board is not told to leave (it stays in its bootloader, not in a broken
+# application).
+LAYOUT="@Internal Flash  /0x08000000/64*002Kg"
+sim verify --dfuse --layout "$LAYOUT" -- "$GWFLASH" -q --usb 0483:df11 -o verify=true \
+        "$work/img.bin"
+rc=$?
+if [ $rc -eq 0 ] && same "$work/img.bin" "$work/verify.dump" &&
+        python3 -c 'import json,sys; d = json.load(open(sys.argv[1]))["devices"][0]
+sys.exit(not (d["requests"]["UPLOAD"] == 49 and d["bytes_in"] == 100000 and
+              d["leave_address"] == 0x08000000))' "$work/verify.json"; then
+        pass "verify: 100000 bytes read back in 49 UPLOADs, then the board left"
+else
+        fail "verify: exit $rc, or dump, read-back or leave wrong"
+fi
+sim corrupt-unseen --dfuse --layout "$LAYOUT" --corrupt 7 -- "$GWFLASH" -q --usb 0483:df11 \
+        "$work/img.bin"
+rc=$?
+if [ $rc -eq 0 ] && ! same "$work/img.bin" "$work/corrupt-unseen.dump"; then
+        pass "a block programmed wrong goes unseen without verify (exit 0, memory differs)"
+else
+        fail "--corrupt without verify: exit $rc (expected 0 with the memory differing)"
+fi
+sim corrupt --dfuse --layout "$LAYOUT" --corrupt 7 -- "$GWFLASH" -q --usb 0483:df11 \
+        -o verify=true "$work/img.bin"
+expect_fail corrupt "verify catches it: exit 1, the address named, the board stays in DFU mode" \
+        $? "verify failed: 0x08003400" "stays in DFU mode"
+if ! python3 -c 'import json,sys; d = json.load(open(sys.argv[1]))["devices"][0]
+sys.exit(d["leave_address"] is not None)' "$work/corrupt.json"; then
+        fail "verify failed, yet the board was told to leave"
+fi
+sim verify-nontol --no-manifest-tolerant -- "$GWFLASH" -q --usb 1d50:6089 -o verify=true \
+        "$work/img.bin"
+expect_fail verify-nontol "verify on a device that resets after manifestation: refused first" \
+        $? "bitManifestationTolerant"
+
 # A stall of a DFU request is a failure, never a success.
 sim stall --stall 5 -- "$GWFLASH" -q --usb 1d50:6089 --alt 0 "$work/img.bin"
 rc=$?

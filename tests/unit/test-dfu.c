@@ -1067,6 +1067,9 @@ static void test_bad_options(void **state)
             "address=0x100000000",
             "address=x",
             "leave=maybe",
+            "verify=maybe",
+            "reset=2",
+            "format=zip",
             "reenumerate-timeout-ms=0",
             "transfer-timeout-ms=0",
         };
@@ -1586,6 +1589,10 @@ struct model {
         bool manifested;
         /* Upload: DFU 1.1 sends fw_size bytes of mem, then a short block. */
         size_t fw_size, up_off;
+        /* With corrupt: a write that programs this address (DfuSe: the address, DFU 1.1: the
+         * offset) wrong, with status OK. */
+        bool corrupt;
+        uint32_t corrupt_addr;
         uint16_t next_up_block;
         unsigned uploads, aborts;
 };
@@ -1683,6 +1690,8 @@ static void model_answer(struct fake_usb *f, struct model *m)
                 assert_true(s->value >= 2);
                 assert_true(at >= m->base && at + s->length <= (uint64_t) m->base + MODEL_MEM);
                 memcpy(m->mem + (at - m->base), f->out, s->length);
+                if (m->corrupt && m->corrupt_addr >= at && m->corrupt_addr < at + s->length)
+                        m->mem[m->corrupt_addr - m->base] ^= 0x10;
                 if (at + s->length - m->base > m->written)
                         m->written = (size_t) (at + s->length - m->base);
         } else {
@@ -1690,6 +1699,9 @@ static void model_answer(struct fake_usb *f, struct model *m)
                 m->next_block++;
                 assert_true(m->written + s->length <= MODEL_MEM);
                 memcpy(m->mem + m->written, f->out, s->length);
+                if (m->corrupt && m->corrupt_addr >= m->written &&
+                    m->corrupt_addr < m->written + s->length)
+                        m->mem[m->corrupt_addr] ^= 0x10;
                 m->written += s->length;
         }
         m->state = S_DNSYNC;
@@ -2193,6 +2205,67 @@ static void test_dfu_files(void **state)
         }
 }
 
+/* Option verify: what was written is read back before a DfuSe device leaves (or after a
+ * tolerant DFU 1.1 device manifested); a byte programmed wrong fails the install, and the DfuSe
+ * device is not told to leave. */
+static void test_verify(void **state)
+{
+        static uint8_t buf[16 * 1024];
+        static const struct file_elem three[] = {
+            {0, 0x08004000, 2500, 0x30}, {0, 0x08002000, 1500, 0x10}, {0, 0x08002600, 100, 0}};
+        size_t n = build_dfuse(buf, three, 3);
+
+        for (int corrupt = 0; corrupt < 2; corrupt++) {
+                struct world w;
+                struct model *m = dfuse_model(0x08000000);
+
+                m->corrupt = corrupt;
+                m->corrupt_addr = 0x08002605;
+                world_start_file(&w, &dev_dfuse, buf, n, "verify=true");
+                if (!corrupt) {
+                        assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
+                        /* Every element read back, in blocks, after it was written. */
+                        assert_true(m->uploads >= 4);
+                        assert_true(m->leaving);
+                        assert_int_equal(m->leave_addr, 0x08002000);
+                        assert_int_equal(w.f.progress_done, 4100);
+                } else {
+                        assert_int_equal(model_run(&w.f, m), -EIO);
+                        assert_non_null(strstr(w.f.error, "verify failed: 0x08002605"));
+                        assert_false(m->leaving);
+                }
+                world_end(&w);
+                free(m);
+        }
+
+        /* DFU 1.1, manifestation-tolerant: read back from block 0 once in dfuIDLE. */
+        for (int corrupt = 0; corrupt < 2; corrupt++) {
+                struct world w;
+                struct model *m = calloc(1, sizeof(*m));
+
+                assert_non_null(m);
+                m->xfer = 64;
+                m->state = S_IDLE;
+                m->fw_size = 3000;
+                m->corrupt = corrupt;
+                m->corrupt_addr = 100;
+                world_start(&w, &dev_dfu11, 3000, "verify=true");
+                if (!corrupt) {
+                        assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
+                        assert_int_equal(m->uploads, (3000 + 63) / 64);
+                } else {
+                        assert_int_equal(model_run(&w.f, m), -EIO);
+                        assert_non_null(strstr(w.f.error, "verify failed: 0x00000064"));
+                }
+                world_end(&w);
+                free(m);
+        }
+
+        /* Nothing to read back from: refused before anything is written. */
+        expect_install_fails(&dev_nontol, 64, "verify=true", -EOPNOTSUPP,
+                             "bitManifestationTolerant");
+}
+
 /* check_image before any node is written: the file alone, then against what identify
  * reported; facts that cannot decide (run-time mode, another alt) leave it to install(). */
 static struct gw_reader mem_reader(struct world *w, const uint8_t *buf, size_t n)
@@ -2526,7 +2599,7 @@ int main(void)
             cmocka_unit_test(test_poll_fine_clock),  cmocka_unit_test(test_early_timeout),
             cmocka_unit_test(test_upload_dfu11),     cmocka_unit_test(test_upload_dfuse),
             cmocka_unit_test(test_model_upload),     cmocka_unit_test(test_dfu_files),
-            cmocka_unit_test(test_check_image),
+            cmocka_unit_test(test_check_image),      cmocka_unit_test(test_verify),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

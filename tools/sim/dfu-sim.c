@@ -174,6 +174,7 @@ struct faults {
         uint64_t stall_in;
         uint64_t stuck_in;
         uint64_t disconnect_in;
+        uint64_t corrupt_in;
 };
 
 /* What one device is, beyond its serial: the protocol it speaks, its ids and strings, its memory,
@@ -917,6 +918,11 @@ static int dnload(struct device *d, uint16_t wvalue, const uint8_t *data, size_t
                 d->present = false;
                 schedule_plug(d, PLUG_REMOVE, MODE_DFU, now_ns());
                 return -ENODEV;
+        }
+        if (is_data && fires(&d->f.corrupt_in)) {
+                /* Programmed wrong, reported right: what only a read-back finds. */
+                vlog(s, "%s: fault: this block is programmed with a flipped bit", d->serial);
+                d->blk[len / 2] ^= 0x10;
         }
         if (is_data && fires(&d->f.stuck_in)) {
                 vlog(s, "%s: fault: stuck busy from this block", d->serial);
@@ -1797,7 +1803,8 @@ static int write_dump(struct sim *s)
 
 /* ---- faults and the control FIFO ------------------------------------------------------- */
 
-/* "error errWRITE:3", "stall 2", "stuck-busy 1", "disconnect 4", "reenumerate", "clear". The
+/* "error errWRITE:3", "stall 2", "stuck-busy 1", "disconnect 4", "corrupt 2", "reenumerate",
+ * "clear". The
  * same words as the command-line flags. Applies to every device (caller holds the lock). */
 static int apply_fault(struct sim *s, struct faults *f, const char *cmd, const char *arg)
 {
@@ -1841,6 +1848,8 @@ static int apply_fault(struct sim *s, struct faults *f, const char *cmd, const c
                 f->stuck_in = n;
         else if (strcmp(cmd, "disconnect") == 0)
                 f->disconnect_in = n;
+        else if (strcmp(cmd, "corrupt") == 0)
+                f->corrupt_in = n;
         else
                 return -EINVAL;
         return 0;
@@ -2170,6 +2179,8 @@ static void usage(FILE *f)
             "  --stuck-busy N          dfuDNBUSY for ever from data DNLOAD N (a USB reset\n"
             "                          reboots the device)\n"
             "  --disconnect N          the device vanishes at data DNLOAD N\n"
+            "  --corrupt N             data DNLOAD N is programmed with one bit flipped, its\n"
+            "                          status OK (only reading back finds it)\n"
             "  control only: reenumerate (now), clear (disarm), report (write it now);\n"
             "  a control line may start with @SERIAL to address one device\n",
             f);
@@ -2253,6 +2264,7 @@ static const struct option opts[] = {
     {"stall", required_argument, NULL, OPT_FAULT},
     {"stuck-busy", required_argument, NULL, OPT_FAULT},
     {"disconnect", required_argument, NULL, OPT_FAULT},
+    {"corrupt", required_argument, NULL, OPT_FAULT},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {},
