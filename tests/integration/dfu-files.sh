@@ -8,56 +8,10 @@
 # and a DFU 1.1 device refused with a reason).
 set -u
 
-: "${GW_BUILD:?GW_BUILD must name the build directory}"
-SIM=$GW_BUILD/tools/sim/dfu-sim
-GWFLASH=$GW_BUILD/tools/gwflash
-
-if [ ! -x "$GWFLASH" ]; then
-        echo "FAIL: $GWFLASH was not built"
-        exit 1
-fi
-if "$GWFLASH" --usb 1:1 /dev/null 2>&1 | grep -q "built without the usb transport"; then
-        echo "SKIP: gwflash was built without the usb transport (libusb-1.0 missing)"
-        exit 77
-fi
-if [ ! -x "$SIM" ]; then
-        echo "SKIP: tools/sim/dfu-sim was not built (umockdev development files missing)"
-        exit 77
-fi
-if ! ldconfig -p 2>/dev/null | grep -q libumockdev-preload.so.0; then
-        echo "SKIP: libumockdev-preload.so.0 is not installed (package umockdev)"
-        exit 77
-fi
-for prog in timeout cmp python3 dfu-util dfu-suffix dfuse-pack; do
-        if ! command -v "$prog" >/dev/null; then
-                echo "SKIP: $prog is not installed (packages dfu-util, python3, coreutils)"
-                exit 77
-        fi
-done
-
-work=$(mktemp -d /tmp/gw-dfu-files.XXXXXX)
-failures=0
-cleanup() {
-        if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "Work directory kept: $work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-pass() { echo "PASS: $*"; }
-fail() {
-        echo "FAIL: $*"
-        failures=$((failures + 1))
-}
-
-# sim NAME [SIM OPTIONS...] -- COMMAND...: runs COMMAND under a fresh emulator, bounded;
-# output to $work/NAME.out and .err, alt 0's memory to $work/NAME.dump, counters to
-# $work/NAME.json. Returns COMMAND's status.
-sim() {
-        local name=$1
-        shift
-        timeout 120 "$SIM" --dump "$work/$name.dump" --report "$work/$name.json" "$@" \
-                >"$work/$name.out" 2>"$work/$name.err"
-}
+GWFLASH_TEST=dfu-files
+GWFLASH_TEST_PROGS="dfu-util dfu-suffix dfuse-pack"
+# shellcheck source=gwflash-lib.sh
+. "$(dirname "$0")/gwflash-lib.sh"
 
 # holds NAME EXPR: the Python expression over NAME's report holds (d: its first device).
 holds() {

@@ -8,62 +8,9 @@
 # the device is busy.
 set -u
 
-: "${GW_BUILD:?GW_BUILD must name the build directory}"
-SIM=$GW_BUILD/tools/sim/dfu-sim
-GWFLASH=$GW_BUILD/tools/gwflash
-
-if [ ! -x "$GWFLASH" ]; then
-        echo "FAIL: $GWFLASH was not built"
-        exit 1
-fi
-if "$GWFLASH" --usb 1:1 /dev/null 2>&1 | grep -q "built without the usb transport"; then
-        echo "SKIP: gwflash was built without the usb transport (libusb-1.0 missing)"
-        exit 77
-fi
-if [ ! -x "$SIM" ]; then
-        echo "SKIP: tools/sim/dfu-sim was not built (umockdev development files missing)"
-        exit 77
-fi
-if ! ldconfig -p 2>/dev/null | grep -q libumockdev-preload.so.0; then
-        echo "SKIP: libumockdev-preload.so.0 is not installed (package umockdev)"
-        exit 77
-fi
-for prog in timeout cmp python3; do
-        if ! command -v "$prog" >/dev/null; then
-                echo "SKIP: $prog is not installed"
-                exit 77
-        fi
-done
-
-work=$(mktemp -d /tmp/gw-gwflash-usb.XXXXXX)
-failures=0
-sim_pid=
-
-cleanup() {
-        if [ -n "$sim_pid" ]; then
-                kill "$sim_pid" 2>/dev/null
-                wait "$sim_pid" 2>/dev/null
-        fi
-        if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "Work directory kept: $work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-pass() { echo "PASS: $*"; }
-fail() {
-        echo "FAIL: $*"
-        failures=$((failures + 1))
-}
-
-# sim NAME [SIM OPTIONS...] -- COMMAND...: runs COMMAND under a fresh emulator, bounded;
-# stdout to $work/NAME.out, stderr to $work/NAME.err, the memory dump to $work/NAME.dump,
-# counters to $work/NAME.json. Returns COMMAND's status.
-sim() {
-        local name=$1
-        shift
-        timeout 120 "$SIM" --dump "$work/$name.dump" --report "$work/$name.json" "$@" \
-                >"$work/$name.out" 2>"$work/$name.err"
-}
+GWFLASH_TEST=gwflash-usb
+# shellcheck source=gwflash-lib.sh
+. "$(dirname "$0")/gwflash-lib.sh"
 
 # same IMAGE DUMP: the dump starts with exactly the image's bytes.
 same() {

@@ -18,26 +18,10 @@ for b in "$GWD" "$GWM" "$GW_BUILD/tools/sim/ymodem-sim"; do
         [ -x "$b" ] || { echo "FAIL: $b was not built"; exit 1; }
 done
 
-work=$(mktemp -d "/tmp/gw-$E2E_NAME.XXXXXX")
-failures=0
-finish() {
-        gw_cleanup
-        if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "Work directory kept: $work"; fi
-}
-trap finish EXIT
-trap 'exit 130' INT TERM
-
-pass() { echo "PASS: $*"; }
-fail() {
-        echo "FAIL: $*"
-        failures=$((failures + 1))
-}
-# check NAME COMMAND...: one case.
-check() {
-        local name=$1
-        shift
-        if "$@"; then pass "$name"; else fail "$name"; fi
-}
+CASES_NAME=$E2E_NAME
+cases_cleanup() { gw_cleanup; }
+# shellcheck source=cases.sh
+. "$GW_SRC/tests/integration/cases.sh"
 
 q() { python3 "$GW_SRC/tests/integration/q.py" "$@"; }
 
