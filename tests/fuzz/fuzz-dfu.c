@@ -9,7 +9,18 @@
  * transfer, the timer or a reopen) is always pending while the operation continues, success
  * comes only after the whole image was acknowledged (or the upload's size arrived, or a short
  * block ended it), and the operation ends within a bounded number of steps once the device
- * falls silent. */
+ * falls silent.
+ * Bit 6 of the size's high byte (the size is its low 14 bits and the low byte) wraps an install's
+ * image into a file: the byte after the layout chooses a DfuSe container of 1-3 elements (at
+ * addresses that the next bytes place after the first writable address of the device's
+ * layout, in address order or not, maybe with an empty one) or a plain image with a DFU
+ * suffix, and the ids the suffix names (the device's, wildcards, or others: then it must
+ * fail). There, and for a plain image, the host also checks that every data block carries the
+ * bytes of the region being written at its offset (and, DfuSe, lands at the address pointer
+ * plus (wValue - 2) * transfer size, the region's address there), that no DfuSe data goes out
+ * before a SET_ADDRESS, that no page is erased twice, that the final DNLOAD comes only after
+ * every region was acknowledged (and, DfuSe, with the pointer at the lowest region), so that
+ * the suffix is never sent and success means every byte of every element went out. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -19,11 +30,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <zlib.h>
+
 #include "gw/options.h"
 #include "gw/plugin.h"
 #include "gw/registry.h"
 
 #include "../../protocols/dfu/dfu-desc.h"
+#include "../../protocols/dfu/dfu-file.h"
 #include "fuzz.h"
 
 #define IMAGE_MAX  (20 * 1024)
@@ -32,6 +46,28 @@
 
 enum { SETUP_MODES, SETUP_SIZE_LO, SETUP_SIZE_HI, SETUP_LEN };
 #define SIZE_HI_UPLOAD 0x80
+#define SIZE_HI_WRAP   0x40
+
+/* The wrap byte. */
+#define WRAP_CONTAINER 0x01
+#define WRAP_IDS_SHIFT 1    /* 2 bits: 0483:df11, any:any, any:df11, 0483:df12 (wrong) */
+#define WRAP_N_SHIFT   3    /* 2 bits: 1, 2, 3, 3 elements */
+#define WRAP_ALT1      0x20 /* the container's target is for alt 1 */
+/* container: elements in the file in reverse address order; plain: bcdDFU 0x011a */
+#define WRAP_REVERSE 0x40
+#define WRAP_EMPTY   0x80 /* container: an empty element first */
+#define WRAP_ARGS    6    /* the wrap byte, two split points, three gaps */
+
+#define REGIONS_MAX 3
+#define ERASED_MAX  256
+#define FILE_MAX    (11 + 274 + (REGIONS_MAX + 1) * 8 + IMAGE_MAX + GW_DFU_SUFFIX_LEN)
+
+/* What the install must write: bytes of the file, at a DfuSe address. */
+struct region {
+        uint32_t address;
+        uint64_t offset;
+        uint32_t size;
+};
 
 struct host {
         struct gw_proto_host h;
@@ -42,7 +78,21 @@ struct host {
         struct gw_usb_alt alts[2];
         struct gw_usb_device_info info;
         const uint8_t *image;
-        uint64_t size;
+        uint64_t size; /* the bytes to write: the regions' sizes, or the upload's max */
+        /* An install: the file the reader reads, the regions it must write in this order. */
+        const uint8_t *file;
+        size_t file_size;
+        struct region reg[REGIONS_MAX];
+        size_t n_reg;
+        bool must_fail; /* the wrapped file is not for this device */
+        /* The device as the host sees it: DfuSe, its transfer size, where the address pointer
+         * is (known only after a SET_ADDRESS), the pages erased. */
+        bool dfuse, know_xfer;
+        uint16_t xfer;
+        bool pointer_valid;
+        uint32_t pointer;
+        uint32_t erased[ERASED_MAX];
+        size_t n_erased;
         uint64_t progress_done;
         bool error_set;
         /* Upload: size is w->max; what the UPLOAD completing now delivers. */
@@ -53,14 +103,18 @@ struct host {
 };
 
 static uint8_t image[IMAGE_MAX];
+static uint8_t file_buf[FILE_MAX];
 static const struct gw_protocol_ops *ops;
 
 __attribute__((format(printf, 3, 0))) static void host_logv(void *ctx, int level, const char *fmt,
                                                             va_list ap)
 {
+        const char *v = getenv("GW_FUZZ_VERBOSE");
         char buf[512];
 
         vsnprintf(buf, sizeof(buf), fmt, ap);
+        if (v && strcmp(v, "2") == 0) /* and with 2, what the protocol logs */
+                fprintf(stderr, "  %s\n", buf);
 }
 
 static uint64_t host_now_ms(void *ctx)
@@ -114,6 +168,61 @@ static int host_select_alt(void *ctx, uint8_t interface, uint8_t alt)
         return h->reopening ? -ENODEV : 0;
 }
 
+/* DfuSe ERASE and SET_ADDRESS: the pointer, pages erased once each. */
+static void check_dfuse_command(struct host *h, const struct gw_control_setup *setup)
+{
+        uint32_t addr = (uint32_t) h->out[1] | (uint32_t) h->out[2] << 8 |
+                        (uint32_t) h->out[3] << 16 | (uint32_t) h->out[4] << 24;
+
+        fuzz_check(setup->length == 5 && (h->out[0] == 0x21 || h->out[0] == 0x41));
+        if (h->out[0] == 0x21) {
+                h->pointer = addr;
+                h->pointer_valid = true;
+                return;
+        }
+        /* Erases come before any data, each page once. */
+        fuzz_check(h->progress_done == 0);
+        h->pointer_valid = false;
+        for (size_t k = 0; k < h->n_erased; k++)
+                fuzz_check(h->erased[k] != addr);
+        if (h->n_erased < ERASED_MAX)
+                h->erased[h->n_erased++] = addr;
+}
+
+/* A DNLOAD of an install: a DfuSe command, a data block carrying the region being written
+ * right after what the device acknowledged of it, or the final empty one after all. */
+static void check_dnload(struct host *h, const struct gw_control_setup *setup)
+{
+        uint64_t start = 0, off;
+        size_t k = 0;
+
+        if (h->dfuse && setup->value == 0 && setup->length > 0) {
+                check_dfuse_command(h, setup);
+                return;
+        }
+        if (setup->length == 0) {
+                fuzz_check(h->progress_done == h->size);
+                /* DfuSe leaves to the pointer: the image's lowest address. */
+                if (h->dfuse && h->n_reg > 0)
+                        fuzz_check(h->pointer_valid && h->pointer == h->reg[0].address);
+                return;
+        }
+        fuzz_check(!h->dfuse || setup->value >= 2);
+        while (k < h->n_reg && h->progress_done >= start + h->reg[k].size)
+                start += h->reg[k++].size;
+        fuzz_check(k < h->n_reg);
+        off = h->progress_done - start;
+        fuzz_check(setup->length <= h->reg[k].size - off);
+        fuzz_check(memcmp(h->out, h->file + h->reg[k].offset + off, setup->length) == 0);
+        if (h->dfuse) {
+                fuzz_check(h->pointer_valid);
+                if (h->know_xfer)
+                        fuzz_check((uint64_t) h->pointer +
+                                       (uint64_t) (setup->value - 2) * h->xfer ==
+                                   (uint64_t) h->reg[k].address + off);
+        }
+}
+
 static int host_control(void *ctx, const struct gw_control_setup *setup, const void *data,
                         unsigned timeout_ms)
 {
@@ -134,11 +243,8 @@ static int host_control(void *ctx, const struct gw_control_setup *setup, const v
                 fuzz_check(data != NULL);
                 memcpy(h->out, data, setup->length);
         }
-        /* A DFU 1.1 data block, or a DfuSe one (wValue >= 2), carries the image right after
-         * what the device acknowledged. */
-        if (setup->request == 1 && setup->length > 0 && !(setup->length == 5 && setup->value == 0))
-                fuzz_check(h->progress_done + setup->length <= h->size &&
-                           memcmp(h->out, h->image + h->progress_done, setup->length) == 0);
+        if (setup->request == 1 && !h->upload)
+                check_dnload(h, setup);
         h->in_flight = true;
         return 0;
 }
@@ -160,8 +266,8 @@ static ssize_t reader_pread(void *ctx, void *buf, size_t n, uint64_t off)
 {
         struct host *h = ctx;
 
-        fuzz_check(n >= 1 && off < h->size && n <= h->size - off);
-        memcpy(buf, h->image + off, n);
+        fuzz_check(n >= 1 && off < h->file_size && n <= h->file_size - off);
+        memcpy(buf, h->file + off, n);
         return (ssize_t) n;
 }
 
@@ -176,6 +282,7 @@ static int host_reopen(void *ctx, uint64_t timeout_ms)
 
         fuzz_check(!h->in_flight);
         h->reopening = true;
+        h->pointer_valid = false; /* a device that comes back starts afresh */
         return 0;
 }
 
@@ -191,7 +298,7 @@ static bool check_result(struct host *h, int r)
                 if (h->upload)
                         fuzz_check((h->size > 0 && h->written == h->size) || h->up_short);
                 else
-                        fuzz_check(h->progress_done == h->size);
+                        fuzz_check(h->progress_done == h->size && h->size > 0 && !h->must_fail);
                 return true;
         }
         fuzz_check(r < 0 && h->error_set);
@@ -250,7 +357,128 @@ static void set_descriptors(struct host *h, uint8_t modes, const uint8_t *extra,
             .vid = 0x0483, .pid = 0xdf11, .serial = "S", .alts = h->alts, .n_alts = 2};
 }
 
-/* GW_FUZZ_VERBOSE=1 tells how each input ended: a check that the seeds reach their paths. */
+static void put16(uint8_t *p, uint16_t v)
+{
+        p[0] = (uint8_t) v;
+        p[1] = (uint8_t) (v >> 8);
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+        put16(p, (uint16_t) v);
+        put16(p + 2, (uint16_t) (v >> 16));
+}
+
+/* Ends the file at *pos with a DFU suffix naming these ids, its CRC right. */
+static void add_suffix(uint8_t *f, size_t *pos, const uint16_t ids[2], uint16_t bcd_dfu)
+{
+        uint8_t *s = f + *pos;
+
+        put16(s, 0xffff);
+        put16(s + 2, ids[1]);
+        put16(s + 4, ids[0]);
+        put16(s + 6, bcd_dfu);
+        memcpy(s + 8, "UFD", 3);
+        s[11] = GW_DFU_SUFFIX_LEN;
+        *pos += GW_DFU_SUFFIX_LEN;
+        put32(f + *pos - 4, (uint32_t) ~crc32(crc32(0L, Z_NULL, 0), f, (uInt) (*pos - 4)));
+}
+
+/* Wraps the image's first h->size bytes into file_buf as the wrap bytes a[] say (see the top),
+ * the regions in address order starting at base; sets what the install must write. */
+static void wrap_image(struct host *h, const uint8_t a[WRAP_ARGS], uint32_t base)
+{
+        static const uint16_t ids[4][2] = {
+            {0x0483, 0xdf11}, {0xffff, 0xffff}, {0xffff, 0xdf11}, {0x0483, 0xdf12}};
+        const uint16_t *id = ids[(a[0] >> WRAP_IDS_SHIFT) & 3];
+        uint32_t sizes[REGIONS_MAX], lo, hi;
+        uint64_t cursor = base, src = 0;
+        size_t n = 1 + ((a[0] >> WRAP_N_SHIFT) & 3), pos = 0, nb = 0;
+        uint8_t *f = file_buf;
+
+        h->file = f;
+        h->must_fail = (a[0] >> WRAP_IDS_SHIFT & 3) == 3;
+        if (!(a[0] & WRAP_CONTAINER)) {
+                memcpy(f, image, h->size);
+                pos = h->size;
+                add_suffix(f, &pos, id, a[0] & WRAP_REVERSE ? 0x011a : 0x0100);
+                h->file_size = pos;
+                h->reg[0] =
+                    (struct region){.address = base, .offset = 0, .size = (uint32_t) h->size};
+                h->n_reg = 1;
+                return;
+        }
+        if (n > REGIONS_MAX)
+                n = REGIONS_MAX;
+        lo = (uint32_t) (a[1] * h->size / 255);
+        hi = (uint32_t) (a[2] * h->size / 255);
+        if (lo > hi) {
+                uint32_t t = lo;
+
+                lo = hi;
+                hi = t;
+        }
+        if (n == 1) {
+                sizes[0] = (uint32_t) h->size;
+        } else if (n == 2) {
+                sizes[0] = lo;
+                sizes[1] = (uint32_t) h->size - lo;
+        } else {
+                sizes[0] = lo;
+                sizes[1] = hi - lo;
+                sizes[2] = (uint32_t) h->size - hi;
+        }
+        /* The regions, in address order, each a gap of a[3 + k] * 256 bytes after the last. */
+        h->n_reg = 0;
+        for (size_t k = 0; k < n; k++) {
+                uint64_t addr = cursor + a[3 + k] * 256u;
+
+                cursor = addr + sizes[k];
+                if (cursor > UINT32_MAX)
+                        h->must_fail = true; /* past 4 GiB: the file is refused */
+                if (sizes[k] == 0)
+                        continue;
+                h->reg[h->n_reg++] =
+                    (struct region){.address = (uint32_t) addr, .offset = src, .size = sizes[k]};
+                src += sizes[k];
+        }
+        /* Prefix, one target, its elements (in the file maybe reversed), the suffix. */
+        memcpy(f, "DfuSe", 5);
+        f[5] = 1;
+        f[10] = 1;
+        pos = 11;
+        memset(f + pos, 0, 274);
+        memcpy(f + pos, "Target", 6);
+        f[pos + 6] = a[0] & WRAP_ALT1 ? 1 : 0;
+        pos += 274;
+        if (a[0] & WRAP_EMPTY) {
+                memset(f + pos, 0, 8);
+                pos += 8;
+                nb++;
+        }
+        for (size_t j = 0; j < h->n_reg; j++) {
+                struct region *r = &h->reg[a[0] & WRAP_REVERSE ? h->n_reg - 1 - j : j];
+                uint64_t from = r->offset;
+
+                put32(f + pos, r->address);
+                put32(f + pos + 4, r->size);
+                pos += 8;
+                memcpy(f + pos, image + from, r->size);
+                r->offset = pos;
+                pos += r->size;
+                nb++;
+        }
+        put32(f + 11 + 266, (uint32_t) (pos - 11 - 274));
+        put32(f + 11 + 270, (uint32_t) nb);
+        put32(f + 6, (uint32_t) (pos + GW_DFU_SUFFIX_LEN));
+        add_suffix(f, &pos, id, 0x011a);
+        h->file_size = pos;
+        if (h->n_reg == 0 || !h->dfuse)
+                h->must_fail = true;
+}
+
+/* GW_FUZZ_VERBOSE=1 tells how each input ended: a check that the seeds reach their paths
+ * (=2: with the protocol's log). */
 static void report(int r, const char *how)
 {
         if (getenv("GW_FUZZ_VERBOSE"))
@@ -367,7 +595,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const char *layout_p = NULL;
         size_t extra_len = 0, i = SETUP_LEN;
         uint8_t *priv;
-        uint8_t modes;
+        uint8_t modes, wrap_args[WRAP_ARGS] = {0};
+        struct gw_dfu_functional func;
+        struct gw_dfuse_layout dev_layout;
+        bool wrap, have_layout = false;
+        uint32_t base = 0;
         int r;
 
         if (size < SETUP_LEN + 2)
@@ -399,6 +631,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                         i += n;
                         layout_p = layout;
                 }
+        }
+        wrap = (data[SETUP_SIZE_HI] & SIZE_HI_WRAP) && !(data[SETUP_SIZE_HI] & SIZE_HI_UPLOAD);
+        if (wrap) {
+                size_t n = size - i < WRAP_ARGS ? size - i : WRAP_ARGS;
+
+                memcpy(wrap_args, data + i, n);
+                i += n;
         }
 
         /* The decoders on their own. */
@@ -440,15 +679,41 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         h.image = image;
         h.upload = data[SETUP_SIZE_HI] & SIZE_HI_UPLOAD;
         h.size =
-            (data[SETUP_SIZE_LO] | (uint64_t) (data[SETUP_SIZE_HI] & 0x7f) << 8) % (IMAGE_MAX + 1);
+            (data[SETUP_SIZE_LO] | (uint64_t) (data[SETUP_SIZE_HI] & 0x3f) << 8) % (IMAGE_MAX + 1);
         set_descriptors(&h, modes, extra_p, extra_len, layout_p, valid_extra);
+        /* What the protocol will find: alt 0's functional descriptor (alt 1 has none), the
+         * layout both alts name. */
+        if (gw_dfu_parse_functional(h.alts[0].extra, h.alts[0].extra_len, &func) == 0) {
+                h.dfuse = func.bcd_dfu == GW_DFU_BCD_DFUSE;
+                h.know_xfer = true;
+                h.xfer = func.transfer_size < GW_DFU_TRANSFER_MAX ? func.transfer_size
+                                                                  : GW_DFU_TRANSFER_MAX;
+        }
+        if (h.dfuse && gw_dfuse_parse_layout(h.alts[0].name, &dev_layout) == 0) {
+                have_layout = true;
+                if (gw_dfuse_first_writable(&dev_layout, &base) < 0)
+                        base = 0;
+        }
+        h.file = image;
+        h.file_size = h.size;
+        h.reg[0] = (struct region){.address = base, .offset = 0, .size = (uint32_t) h.size};
+        h.n_reg = 1;
+        if (wrap)
+                wrap_image(&h, wrap_args, base);
+        /* A region outside writable memory must be refused. */
+        for (size_t k = 0; have_layout && k < h.n_reg; k++) {
+                uint64_t bad = 0;
+
+                if (gw_dfuse_check_writable(&dev_layout, h.reg[k].address, h.reg[k].size, &bad) < 0)
+                        h.must_fail = true;
+        }
 
         opts = gw_options_new();
         fuzz_check(opts);
         fuzz_check(gw_options_set(opts, "timeout-ms", "60000") == 0);
         if (modes & 0x80)
                 fuzz_check(gw_options_set(opts, "leave", "false") == 0);
-        rd.size = h.size;
+        rd.size = h.file_size;
         rd.ctx = &h;
         rd.pread = reader_pread;
         priv = calloc(1, ops->priv_size);
