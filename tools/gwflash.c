@@ -16,9 +16,6 @@
 #include "gw/log.h"
 #include "gw/loop.h"
 #include "gw/registry.h"
-#ifdef GW_BUILTIN_PROTOCOL_DFU
-#include "../protocols/dfu/dfu-desc.h"
-#endif
 
 struct run {
         struct gw_loop *loop;
@@ -223,25 +220,43 @@ static void dfu_version(unsigned bcd, char *buf, size_t n)
                 snprintf(buf, n, "%x.%x", (bcd >> 8) & 0xff, (bcd >> 4) & 0xf);
 }
 
-/* "DFU 1.1a, 2048-byte transfers" from an alt setting's functional descriptor. */
-static void dfu_facts(const struct gw_usb_alt *a, char *buf, size_t n, unsigned *ret_bcd,
-                      unsigned *ret_transfer)
+/* What the dfu protocol reads in an alt setting's descriptors (its describe op): "DFU 1.1a
+ * (DfuSe), 2048-byte transfers", bcdDFU and wTransferSize; all empty or 0 when it cannot tell. */
+static void dfu_facts(const struct gw_usb_device_info *d, const struct gw_usb_alt *a, char *buf,
+                      size_t n, unsigned *ret_bcd, unsigned *ret_transfer)
 {
+        const struct gw_protocol_ops *p = gw_protocol_find("dfu");
+        struct gw_options *o;
+        const char *bcd, *ts, *variant;
+        unsigned long b, t;
+        char *end;
+
         buf[0] = '\0';
         *ret_bcd = *ret_transfer = 0;
-#ifdef GW_BUILTIN_PROTOCOL_DFU
-        struct gw_dfu_functional fd;
-
-        if (a->extra && gw_dfu_parse_functional(a->extra, a->extra_len, &fd) == 0) {
-                *ret_bcd = fd.bcd_dfu;
-                *ret_transfer = fd.transfer_size;
-                char v[16];
-
-                dfu_version(fd.bcd_dfu, v, sizeof(v));
-                snprintf(buf, n, "DFU %s%s, %u-byte transfers", v,
-                         fd.bcd_dfu == GW_DFU_BCD_DFUSE ? " (DfuSe)" : "", fd.transfer_size);
+        if (!p || p->version < 4 || !p->describe)
+                return;
+        o = gw_options_new();
+        if (!o || p->describe(d, a, o) < 0) {
+                gw_options_free(o);
+                return;
         }
-#endif
+        bcd = gw_options_get(o, "bcd-dfu");
+        ts = gw_options_get(o, "transfer-size");
+        variant = gw_options_get(o, "variant");
+        if (bcd && ts && variant) {
+                b = strtoul(bcd, &end, 16);
+                t = *end ? 0 : strtoul(ts, &end, 10);
+                if (!*end && b <= 0xffff && t <= 0xffff) {
+                        char v[16];
+
+                        *ret_bcd = (unsigned) b;
+                        *ret_transfer = (unsigned) t;
+                        dfu_version(*ret_bcd, v, sizeof(v));
+                        snprintf(buf, n, "DFU %s%s, %u-byte transfers", v,
+                                 strcmp(variant, "dfuse") == 0 ? " (DfuSe)" : "", *ret_transfer);
+                }
+        }
+        gw_options_free(o);
 }
 
 static bool is_dfu_alt(const struct gw_usb_alt *a)
@@ -277,7 +292,7 @@ static int list_usb_one(const struct gw_link_info *info, struct list_ctx *c)
 
                         if (!is_dfu_alt(a))
                                 continue;
-                        dfu_facts(a, facts, sizeof(facts), &bcd, &ts);
+                        dfu_facts(d, a, facts, sizeof(facts), &bcd, &ts);
                         ao = json_pack("{s:i, s:i, s:s?}", "interface", a->interface, "alt", a->alt,
                                        "name", a->name);
                         if (ao && bcd) {
@@ -312,7 +327,7 @@ static int list_usb_one(const struct gw_link_info *info, struct list_ctx *c)
 
                 if (!is_dfu_alt(a))
                         continue;
-                dfu_facts(a, facts, sizeof(facts), &bcd, &ts);
+                dfu_facts(d, a, facts, sizeof(facts), &bcd, &ts);
                 printf("       alt %u (interface %u) \"%s\"%s%s\n", a->alt, a->interface,
                        a->name ? a->name : "", facts[0] ? "  " : "", facts);
         }

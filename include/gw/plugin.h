@@ -22,7 +22,8 @@
 
 /* Version 2 of each added the control link shape (USB); version 3 of the transport and
  * protocol ops added option checking (options, check); version 4 of the protocol ops added
- * checking an image before any node is written (check_image). */
+ * checking an image before any node is written (check_image) and describing what a device's
+ * descriptors say to the protocol (describe). */
 #define GW_TRANSPORT_OPS_VERSION 3
 #define GW_PROTOCOL_OPS_VERSION  4
 #define GW_SERVICES_VERSION      2
@@ -323,6 +324,14 @@ struct gw_protocol_ops {
          * again. NULL = nothing to check. */
         int (*check_image)(void *priv, const struct gw_reader *reader,
                            const struct gw_options *facts);
+        /* Control links: what alt, one alternate setting of dev, offers this protocol, as
+         * key/value pairs added to ret, for listings (gwflash list); for dfu: variant ("dfu",
+         * "dfuse"), bcd-dfu ("0x011a"), transfer-size (as declared), detach-timeout-ms,
+         * attributes ("0x0b"). Nothing added: the alt is not for this protocol, or its
+         * descriptors are unreadable. Pure: no instance, no I/O. 0 or -ENOMEM. NULL = cannot
+         * tell. */
+        int (*describe)(const struct gw_usb_device_info *dev, const struct gw_usb_alt *alt,
+                        struct gw_options *ret);
 };
 
 /* Out-of-tree plugins: a shared module in the plugin directory exports

@@ -1742,6 +1742,34 @@ static int dfu_identify(void *priv, struct gw_options *ret)
         return succeed(d);
 }
 
+/* The functional descriptor of alt, for listings: nothing when alt is no DFU interface or has
+ * no readable descriptor. */
+static int dfu_describe(const struct gw_usb_device_info *dev, const struct gw_usb_alt *alt,
+                        struct gw_options *ret)
+{
+        struct gw_dfu_functional fd;
+        char buf[16];
+        int r;
+
+        if (!dev || !alt || !ret || alt->class_code != CLASS_APP_SPECIFIC ||
+            alt->subclass != SUBCLASS_DFU || find_functional(dev, alt, &fd) < 0)
+                return 0;
+        r = add_option(ret, "variant", fd.bcd_dfu == GW_DFU_BCD_DFUSE ? "dfuse" : "dfu");
+        snprintf(buf, sizeof(buf), "0x%04x", fd.bcd_dfu);
+        if (r >= 0)
+                r = add_option(ret, "bcd-dfu", buf);
+        snprintf(buf, sizeof(buf), "%u", fd.transfer_size);
+        if (r >= 0)
+                r = add_option(ret, "transfer-size", buf);
+        snprintf(buf, sizeof(buf), "%u", fd.detach_timeout_ms);
+        if (r >= 0)
+                r = add_option(ret, "detach-timeout-ms", buf);
+        snprintf(buf, sizeof(buf), "0x%02x", fd.attributes);
+        if (r >= 0)
+                r = add_option(ret, "attributes", buf);
+        return r;
+}
+
 static const char *const dfu_options[] = {"alt",
                                           "address",
                                           "leave",
@@ -1773,4 +1801,5 @@ const struct gw_protocol_ops gw_protocol_dfu_ops = {
     .upload = dfu_upload,
     .options = dfu_options,
     .check_image = dfu_check_image,
+    .describe = dfu_describe,
 };

@@ -2266,6 +2266,30 @@ static void test_verify(void **state)
                              "bitManifestationTolerant");
 }
 
+/* describe: what an alt setting's descriptors say, without an instance; nothing for an alt
+ * that is not DFU. */
+static void test_describe(void **state)
+{
+        static const struct gw_usb_alt vendor = {.class_code = 0xff};
+        struct gw_options *o = gw_options_new();
+
+        assert_non_null(o);
+        assert_int_equal(gw_protocol_dfu_ops.describe(&dev_dfuse, &dev_dfuse.alts[0], o), 0);
+        assert_string_equal(gw_options_get(o, "variant"), "dfuse");
+        assert_string_equal(gw_options_get(o, "bcd-dfu"), "0x011a");
+        assert_string_equal(gw_options_get(o, "transfer-size"), "1024");
+        assert_string_equal(gw_options_get(o, "attributes"), "0x0b");
+        gw_options_free(o);
+        o = gw_options_new();
+        assert_non_null(o);
+        assert_int_equal(gw_protocol_dfu_ops.describe(&dev_dfu11, &dev_dfu11.alts[0], o), 0);
+        assert_string_equal(gw_options_get(o, "variant"), "dfu");
+        assert_string_equal(gw_options_get(o, "bcd-dfu"), "0x0110");
+        assert_int_equal(gw_protocol_dfu_ops.describe(&dev_dfu11, &vendor, o), 0);
+        assert_int_equal(gw_options_count(o), 5);
+        gw_options_free(o);
+}
+
 /* check_image before any node is written: the file alone, then against what identify
  * reported; facts that cannot decide (run-time mode, another alt) leave it to install(). */
 static struct gw_reader mem_reader(struct world *w, const uint8_t *buf, size_t n)
@@ -2600,6 +2624,7 @@ int main(void)
             cmocka_unit_test(test_upload_dfu11),     cmocka_unit_test(test_upload_dfuse),
             cmocka_unit_test(test_model_upload),     cmocka_unit_test(test_dfu_files),
             cmocka_unit_test(test_check_image),      cmocka_unit_test(test_verify),
+            cmocka_unit_test(test_describe),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
