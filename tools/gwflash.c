@@ -54,6 +54,9 @@ static void usage(FILE *out)
             "  -a, --alt N|NAME       DFU alternate setting: number, name or DfuSe layout name\n"
             "      --address A        DfuSe: where the image starts (default: the first\n"
             "                         writable segment of the layout)\n"
+            "      --verify           dfu: read the image back before the board leaves DFU\n"
+            "                         mode (-o verify=true); -o reset=false keeps a board\n"
+            "                         that was running its application in DFU mode\n"
             "      --dfu-usb VID:PID  the ids the board has in DFU mode, when it runs with\n"
             "                         others and must be detached first (optional: the\n"
             "                         board is looked for again at the same port)\n"
@@ -494,6 +497,7 @@ int main(int argc, char **argv)
             {"alt", required_argument, NULL, 'a'},
             {"address", required_argument, NULL, 'A'},
             {"dfu-usb", required_argument, NULL, 'D'},
+            {"verify", no_argument, NULL, 'K'},
             {"protocol", required_argument, NULL, 'P'},
             {"option", required_argument, NULL, 'o'},
             {"name", required_argument, NULL, 'n'},
@@ -549,6 +553,9 @@ int main(int argc, char **argv)
                         break;
                 case 'D':
                         r = gw_options_set(opts, "dfu-usb", optarg);
+                        break;
+                case 'K':
+                        r = gw_options_set(opts, "verify", "true");
                         break;
                 case 'P':
                         protocol = optarg;

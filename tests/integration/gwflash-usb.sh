@@ -210,7 +210,7 @@ else
         fail "--corrupt without verify: exit $rc (expected 0 with the memory differing)"
 fi
 sim corrupt --dfuse --layout "$LAYOUT" --corrupt 7 -- "$GWFLASH" -q --usb 0483:df11 \
-        -o verify=true "$work/img.bin"
+        --verify "$work/img.bin"
 expect_fail corrupt "verify catches it: exit 1, the address named, the board stays in DFU mode" \
         $? "verify failed: 0x08003400" "stays in DFU mode"
 if ! python3 -c 'import json,sys; d = json.load(open(sys.argv[1]))["devices"][0]
