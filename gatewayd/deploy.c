@@ -1284,6 +1284,7 @@ static bool check_images(struct deployment *d)
                 struct gw_reader reader = {0};
                 struct gw_options *popts;
                 char *path = NULL, why[400] = "";
+                bool checked = false; /* the protocol read it: a failure is its refusal */
                 int r;
 
                 if (!p || p->version < 4 || !p->check_image)
@@ -1296,17 +1297,19 @@ static bool check_images(struct deployment *d)
                         r = gw_store_path(d->engine->env.store, img->sha256, &path);
                 if (r >= 0)
                         r = gw_file_reader_open(path, img->name, &reader);
-                if (r >= 0)
+                if (r >= 0) {
+                        checked = true;
                         r = gw_plugin_check_image(p, popts, &reader, n->identified, why,
                                                   sizeof(why));
-                else
+                } else {
                         snprintf(why, sizeof(why), "cannot read it from the store: %s",
                                  strerror(-r));
+                }
                 gw_file_reader_close(&reader);
                 free(path);
                 gw_options_free(popts);
                 if (r < 0) {
-                        n->error = GW_ERR_NODE_INCOMPATIBLE;
+                        n->error = checked ? GW_ERR_NODE_INCOMPATIBLE : GW_ERR_INTERNAL;
                         snprintf(n->message, sizeof(n->message), "image %.64s: %.240s", img->name,
                                  why);
                         node_set_state(n, GW_NODE_FAILED);

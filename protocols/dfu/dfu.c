@@ -591,6 +591,7 @@ static int plan_download(struct dfu *d)
         if (d->file.dfuse)
                 return plan_container(d);
         d->whole.offset = 0;
+        d->whole.address = 0; /* DfuSe: set below */
         d->whole.size = (uint32_t) d->file.payload_size;
         d->regions = &d->whole;
         d->n_regions = 1;
