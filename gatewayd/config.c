@@ -649,8 +649,8 @@ static int parse_plugin_ref(struct parser *p, const struct cnode *node, const ch
 
 static int parse_node(struct parser *p, const struct cnode *n, struct gw_node_config *node)
 {
-        static const char *const keys[] = {"name",      "class",    "hardware",
-                                           "transport", "protocol", NULL};
+        static const char *const keys[] = {"name",     "class",   "hardware", "transport",
+                                           "protocol", "retries", NULL};
         const struct cnode *hw;
         int r;
 
@@ -671,6 +671,9 @@ static int parse_node(struct parser *p, const struct cnode *n, struct gw_node_co
         if (r < 0)
                 return r;
         r = get_string(p, n, "class", &node->class_name);
+        if (r < 0)
+                return r;
+        r = get_unsigned(p, n, "retries", 0, GW_NODE_RETRIES_MAX, &node->retries);
         if (r < 0)
                 return r;
         hw = map_get(n, "hardware");

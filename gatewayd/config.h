@@ -23,6 +23,8 @@ struct gw_config_pos {
         unsigned line, column;
 };
 
+#define GW_NODE_RETRIES_MAX 10
+
 struct gw_node_config {
         struct gw_config_pos pos;           /* the node's entry */
         struct gw_config_pos transport_pos; /* its transport: mapping */
@@ -34,6 +36,8 @@ struct gw_node_config {
         struct gw_options *transport_opts;  /* the other transport keys; never NULL */
         char *protocol;                     /* protocol.type */
         struct gw_options *protocol_opts;   /* the other protocol keys; never NULL */
+        unsigned retries; /* "retries": installs tried again after one fails on the way
+                           * (0..10, default 0) */
 };
 
 struct gw_mqtt_config {

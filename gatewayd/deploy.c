@@ -23,6 +23,7 @@
 
 /* Node status is republished at most this often while bytes move. */
 #define PROGRESS_INTERVAL_MS 250
+#define RETRY_DELAY_MS       1000 /* before an install is tried again (node retries) */
 /* A journal record is a few hundred bytes per node. */
 #define JOURNAL_MAX (1024u * 1024u)
 
@@ -65,6 +66,8 @@ struct node_rt {
         size_t image; /* index into the manifest's images */
         struct gw_flash *flash;
         struct gw_reader reader;
+        unsigned attempts;             /* installs of this deployment's image that failed */
+        struct gw_source *retry_timer; /* armed: the next attempt starts when it fires */
         uint64_t bytes, total;
         uint64_t t0, last_publish;
         int last_pct;
@@ -135,6 +138,7 @@ struct gw_engine {
 
 static void engine_next(struct gw_engine *e);
 static void deployment_finish(struct deployment *d);
+static void node_set_active(struct node_rt *n, bool active);
 
 /* ---- Publishing ---------------------------------------------------------------------- */
 
@@ -675,6 +679,8 @@ static struct deployment *deployment_free(struct deployment *d)
                 struct node_rt *n = d->nodes[i];
 
                 n->flash = gw_flash_free(n->flash);
+                n->retry_timer = gw_source_free(n->retry_timer);
+                n->attempts = 0;
                 gw_file_reader_close(&n->reader);
                 n->identified = gw_options_free(n->identified);
                 node_image_done(&n->rb_cur);
@@ -729,6 +735,11 @@ static void deployment_finish(struct deployment *d)
                 if (n->flash) {
                         /* Still running: stop it; its finished() sees PHASE_DONE. */
                         gw_flash_cancel(n->flash);
+                }
+                if (n->retry_timer) {
+                        /* Waiting to try again: it does not. */
+                        n->retry_timer = gw_source_free(n->retry_timer);
+                        node_set_active(n, false);
                 }
                 if (n->state != GW_NODE_SUCCESS && n->state != GW_NODE_FAILED &&
                     n->state != GW_NODE_REVERTED) {
@@ -1103,6 +1114,57 @@ static void node_check_start(struct node_rt *n)
                             strerror(-r));
 }
 
+static int flash_node(struct deployment *d, struct node_rt *n);
+
+/* The retry timer fired: the link is opened again (a USB board may have come back elsewhere)
+ * and the install starts over; the node kept its slot. */
+static int on_retry_timer(struct gw_source *s, uint64_t now_ms, void *userdata)
+{
+        struct node_rt *n = userdata;
+        struct deployment *d = n->dep;
+        int r;
+
+        n->retry_timer = gw_source_free(n->retry_timer);
+        n->flash = gw_flash_free(n->flash);
+        if (d->phase != PHASE_FLASH)
+                return 0;
+        gw_log_info("%s: attempt %u of %u", n->cfg->name, n->attempts + 1, n->cfg->retries + 1);
+        r = flash_node(d, n);
+        if (r == 1) {
+                node_set_state(n, GW_NODE_SUCCESS);
+                node_ended(n);
+        } else if (r < 0) {
+                node_set_active(n, true); /* flash_node() gave the slot up; node_failed() ends it */
+                node_failed(n, r == -ENOEXEC ? GW_ERR_NODE_INCOMPATIBLE : GW_ERR_NODE_UNREACHABLE,
+                            "%s", n->message);
+        }
+        return 0;
+}
+
+/* A failure on the way (the link, the transfer, a read-back that differed), with attempts
+ * left in the node's retries: the install runs again after RETRY_DELAY_MS, unless the
+ * deployment is stopping. true then. The node never counts as having taken the image before
+ * an attempt succeeds, so a rollback only follows the last failure. */
+static bool node_retry(struct node_rt *n, enum gw_error code, const char *why)
+{
+        struct deployment *d = n->dep;
+        int r;
+
+        if ((code != GW_ERR_FLASH_FAILED && code != GW_ERR_NODE_UNREACHABLE) || d->cancelled ||
+            d->halted || d->canary_failed || n->attempts >= n->cfg->retries)
+                return false;
+        r = gw_loop_add_timer(d->engine->env.loop, gw_now_ms() + RETRY_DELAY_MS, on_retry_timer, n,
+                              &n->retry_timer);
+        if (r < 0)
+                return false;
+        n->attempts++;
+        n->bytes = 0;
+        gw_log_warning("%s: attempt %u of %u failed (%s): %s; trying again in %u ms", n->cfg->name,
+                       n->attempts, n->cfg->retries + 1, gw_error_to_string(code), why,
+                       RETRY_DELAY_MS);
+        return true;
+}
+
 static void on_install_finished(void *userdata, int result, const char *reason)
 {
         struct node_rt *n = userdata;
@@ -1159,6 +1221,8 @@ static void on_install_finished(void *userdata, int result, const char *reason)
                         code = GW_ERR_NODE_INCOMPATIBLE;
                 if (result == -ECANCELED && d->cancelled)
                         code = GW_ERR_CANCELLED;
+                if (node_retry(n, code, reason ? reason : strerror(-result)))
+                        return;
                 node_failed(n, code, "%s", reason ? reason : strerror(-result));
                 return;
         }

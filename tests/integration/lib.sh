@@ -67,12 +67,13 @@ require_dfu_sim() {
         fi
 }
 
-# ymodem_config N [PROTOCOL-OPTIONS [MQTT-LINE]]: $work/gatewayd.yaml for gateway $gw on the
-# test broker, trusting release.pub, with nodes node-1..node-N on the YMODEM simulators' ptys
-# at $baud (PROTOCOL-OPTIONS inside the protocol mapping, e.g. "start-timeout-ms: 3000"; one
-# MQTT-LINE added under mqtt:, e.g. "reconnect-max: 2"). A refused configuration ends the test.
+# ymodem_config N [PROTOCOL-OPTIONS [MQTT-LINE [NODE-LINE]]]: $work/gatewayd.yaml for gateway
+# $gw on the test broker, trusting release.pub, with nodes node-1..node-N on the YMODEM
+# simulators' ptys at $baud (PROTOCOL-OPTIONS inside the protocol mapping, e.g.
+# "start-timeout-ms: 3000"; one MQTT-LINE added under mqtt:, e.g. "reconnect-max: 2"; one
+# NODE-LINE added to every node, e.g. "retries: 1"). A refused configuration ends the test.
 ymodem_config() {
-        local n=$1 popts=${2:-} mqtt_line=${3:-} i
+        local n=$1 popts=${2:-} mqtt_line=${3:-} node_line=${4:-} i
         {
                 printf 'gateway:\n  id: %s\nstate-dir: state\nlog-level: info\n' "$gw"
                 printf 'mqtt:\n  host: 127.0.0.1\n  port: %s\n' "$GW_BROKER_PORT"
@@ -83,6 +84,7 @@ ymodem_config() {
                         printf '    transport: { type: uart, port: %s/node-%d.tty, baud: %s }\n' \
                                 "$work" "$i" "$baud"
                         printf '    protocol: { type: ymodem%s }\n' "${popts:+, $popts}"
+                        if [ -n "$node_line" ]; then printf '    %s\n' "$node_line"; fi
                 done
         } >"$work/gatewayd.yaml"
         "$GWD" --check-config "$work/gatewayd.yaml" >/dev/null 2>"$work/check-config.log" || {

@@ -30,7 +30,8 @@ ymodem_config 3 "start-timeout-ms: 3000"
 
 watch_prefix
 "$GWD" -c "$work/gatewayd.yaml" 2>"$work/gatewayd.log" &
-GW_PIDS+=($!)
+gwpid=$!
+GW_PIDS+=("$gwpid")
 
 seq_no=$(date +%s)
 expires=$(date -u -d '+1 day' +%Y-%m-%dT%H:%M:%SZ)
@@ -214,6 +215,30 @@ f2=$(first node-2:flashing)
 f3=$(first node-3:flashing)
 check "c2 canary succeeds: node-1 succeeded before node-2 or node-3 started ($order)" \
         test -n "$ok1" -a -n "$f2" -a -n "$f3" -a "${ok1:-0}" -lt "${f2:-0}" -a "${ok1:-0}" -lt "${f3:-0}"
+
+# ---- 7. Node retries: an install that fails on the way is run again --------------------------
+# gatewayd again, now with retries: 1 on every node. node-2 cancels its first v7 transfer; the
+# second attempt takes it, and the atomic deployment succeeds with no node rolled back.
+kill "$gwpid"
+wait "$gwpid" 2>/dev/null
+ymodem_config 3 "start-timeout-ms: 3000" "" "retries: 1"
+"$GWD" -c "$work/gatewayd.yaml" 2>>"$work/gatewayd.log" &
+gwpid=$!
+GW_PIDS+=("$gwpid")
+arm node-2
+PARALLEL=2 manifest t1 true 7.0.0 node-1 node-2
+final=$(wait_final t1)
+check "t1 retries: the atomic deployment succeeds (got $(q get "$final" state) $(q get "$final" error.code): $(q get "$final" error.message))" \
+        test "$(q get "$final" state)" = success
+check "t1 retries: node-1 holds 7.0.0" holds node-1 7.0.0
+check "t1 retries: node-2 holds 7.0.0, taken at the second attempt" holds node-2 7.0.0
+check "t1 retries: gatewayd logged the failed first attempt of node-2" \
+        grep -q "node-2: attempt 1 of 2 failed (flash-failed)" "$work/gatewayd.log"
+st=$(states node-2 t1)
+check "t1 retries: node-2 stayed flashing through the retry, then success ($st)" \
+        test "$st" = "queued downloading verifying flashing success"
+check "t1 retries: no node was rolled back" \
+        test "$(q get "$final" nodes.node-1.state)/$(q get "$final" nodes.node-2.state)" = success/success
 
 if [ "$failures" -ne 0 ]; then
         echo "--- gatewayd log (last 40 lines) ---"

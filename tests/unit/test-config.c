@@ -57,6 +57,7 @@ static const char full_yaml[] =
     "    hardware: { chip-id: \"0x413\", rev: 2 }\n"
     "    transport: { type: uart, port: /dev/ttyUSB0, baud: 115200 }\n"
     "    protocol: { type: ymodem, ack-timeout-ms: 5000 }\n"
+    "    retries: 3\n"
     "  - name: node.2\n"
     "    transport:\n"
     "      type: can\n"
@@ -128,6 +129,7 @@ static void test_full(void **state)
         assert_int_equal(n->pos.column, 5);
         assert_int_equal(n->transport_pos.line, 35);
         assert_int_equal(n->transport_pos.column, 16);
+        assert_int_equal(n->retries, 3);
 
         n = gw_config_find_node(c, "node.2");
         assert_ptr_equal(n, &c->nodes[1]);
@@ -137,7 +139,8 @@ static void test_full(void **state)
         assert_int_equal(gw_options_count(n->transport_opts), 0);
         assert_string_equal(n->protocol, "uds");
         assert_string_equal(gw_options_get(n->protocol_opts, "tx-id"), "0x7e0");
-        assert_int_equal(n->protocol_pos.line, 41);
+        assert_int_equal(n->retries, 0);
+        assert_int_equal(n->protocol_pos.line, 42);
         assert_int_equal(n->protocol_pos.column, 7);
 
         assert_null(gw_config_find_node(c, "node-3"));
@@ -221,6 +224,8 @@ static const struct bad_case bad_cases[] = {
     {"unknown key", HEAD "mqtt:\n  tls:\n    ca: ca.pem\n    bad: 1\n",
      "/etc/gw/t.yaml:8:5: mqtt.tls: unknown key 'bad'"},
     {"unknown top-level key", HEAD "extra: 1\n", "/etc/gw/t.yaml:5:1: unknown key 'extra'"},
+    {"retries out of range", HEAD "nodes:\n" NODE_A "    retries: 11\n",
+     "/etc/gw/t.yaml:9:14: nodes[0].retries: 11 is out of range (0..10)"},
     {"unknown node key", HEAD "nodes:\n" NODE_A "  - name: b\n    colour: red\n",
      "/etc/gw/t.yaml:10:5: nodes[1]: unknown key 'colour'"},
     {"duplicate key", "gateway:\n  id: gw-1\n  id: gw-2\ntrust:\n  keys: k\n",
