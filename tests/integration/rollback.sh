@@ -5,7 +5,8 @@
 # both ending with v1 byte for byte and the final report failed with the original error and
 # per-node reverted states, one rollback at a time as policy.parallel says; without atomic only
 # the failing node reverts; a node with no previous image just fails; policy.canary flashes the
-# first node alone, and the others only once it succeeded.
+# first node alone, and the others only once it succeeded; with a node's retries, a cancelled
+# transfer is run again and the atomic deployment succeeds, and a cancel during the wait stops it.
 set -u
 
 : "${GW_SRC:?GW_SRC must name the source directory}"
@@ -239,6 +240,23 @@ check "t1 retries: node-2 stayed flashing through the retry, then success ($st)"
         test "$st" = "queued downloading verifying flashing success"
 check "t1 retries: no node was rolled back" \
         test "$(q get "$final" nodes.node-1.state)/$(q get "$final" nodes.node-2.state)" = success/success
+
+# Cancelled while node-2 waits for its second attempt: the deployment ends cancelled at once,
+# and node-2 is not written again.
+arm node-2
+log_lines=$(wc -l <"$work/gatewayd.log")
+PARALLEL=2 manifest t2 false 8.0.0 node-2
+gw_wait_for 20 sh -c "tail -n +$((log_lines + 1)) '$work/gatewayd.log' | grep -q 'node-2: attempt 1 of 2 failed'" ||
+        fail "t2: node-2's first attempt did not fail"
+mosquitto_pub -h 127.0.0.1 -p "$GW_BROKER_PORT" -q 1 -t "$prefix/cancel" -m '{"id":"t2"}'
+final=$(wait_final t2)
+check "t2 cancelled during the retry wait: ends failed, cancelled (got $(q get "$final" state) $(q get "$final" error.code))" \
+        test "$(q get "$final" state)/$(q get "$final" error.code)" = failed/cancelled
+sleep 1.5 # past the retry's time: nothing may start then
+check "t2 cancelled during the retry wait: no second attempt started" \
+        eval '! tail -n +$((log_lines + 1)) "$work/gatewayd.log" | grep -q "node-2: attempt 2 of 2"'
+check "t2 cancelled during the retry wait: node-2 received no v8 whole" \
+        eval '! grep -q "app-node-2-8.0.0.bin.*\"result\":\"ok\"" "$work/node-2.report"'
 
 if [ "$failures" -ne 0 ]; then
         echo "--- gatewayd log (last 40 lines) ---"
