@@ -180,6 +180,8 @@ static void publish_node(struct gw_engine *e, struct node_rt *n)
                         s.progress = (int) (n->bytes * 100 / n->total);
                         s.rate_bps = el > 0 ? (int64_t) (n->bytes * 1000 / el) : 0;
                 }
+                if (n->attempts > 0 && n->state == GW_NODE_FLASHING)
+                        s.attempt = (int) n->attempts + 1;
         } else if (n->installed_version) {
                 s.version = n->installed_version;
         }

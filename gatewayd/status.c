@@ -223,6 +223,7 @@ void gw_node_status_init(struct gw_node_status *s, enum gw_node_state state)
             .bytes = -1,
             .total = -1,
             .rate_bps = -1,
+            .attempt = -1,
             .error = GW_ERR_NONE,
         };
 }
@@ -252,6 +253,8 @@ int gw_status_node_json(const struct gw_node_status *s, time_t ts, char **ret)
                 r = set_int_opt(o, "total", s->total);
         if (r >= 0)
                 r = set_int_opt(o, "rate_bps", s->rate_bps);
+        if (r >= 0 && s->attempt > 1)
+                r = set_int_opt(o, "attempt", s->attempt);
         if (r >= 0 && s->state == GW_NODE_FAILED && s->error != GW_ERR_NONE)
                 r = set_error(o, s->error, s->error_message);
         return finish(o, r, ts, ret);

@@ -51,10 +51,11 @@ struct gw_node_status {
         const char *deployment;
         const char *image;
         const char *version;
-        int progress;              /* 0..100 or -1 */
-        int64_t bytes;             /* or -1 */
-        int64_t total;             /* or -1 */
-        int64_t rate_bps;          /* or -1 */
+        int progress;     /* 0..100 or -1 */
+        int64_t bytes;    /* or -1 */
+        int64_t total;    /* or -1 */
+        int64_t rate_bps; /* or -1 */
+        int attempt; /* 2, 3, ...: the install runs again (node retries); below 2: not reported */
         enum gw_error error;       /* reported only in state failed, and only when not NONE */
         const char *error_message; /* NULL: "" */
 };
@@ -62,7 +63,7 @@ struct gw_node_status {
 /* Fills s with "everything unknown" for the given state. */
 void gw_node_status_init(struct gw_node_status *s, enum gw_node_state state);
 
-/* {"state","deployment","image","version","progress","bytes","total","rate_bps",
+/* {"state","deployment","image","version","progress","bytes","total","rate_bps","attempt",
  *  "error":{"code","message"},"ts"} for <prefix>/nodes/<node>/status. */
 int gw_status_node_json(const struct gw_node_status *s, time_t ts, char **ret);
 

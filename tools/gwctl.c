@@ -117,11 +117,12 @@ struct node {
         /* From the latest node status, or from a deployment report. */
         char *state, *deployment, *image, *version, *err_code, *err_msg, *ts;
         int progress; /* -1 when unknown */
+        int attempt;  /* 2, 3, ...: the install runs again (node retries); -1: first or unknown */
         int64_t bytes, total, rate;
         bool in_inventory, has_status;
         /* Plain output: what was printed last for this node. */
         char *shown_state;
-        int shown_decile;
+        int shown_decile, shown_attempt;
 };
 
 struct ctl {
@@ -314,6 +315,7 @@ static void node_reset_status(struct node *n)
         set_field(&n->err_msg, NULL, 0);
         set_field(&n->ts, NULL, 0);
         n->progress = -1;
+        n->attempt = -1;
         n->bytes = n->total = n->rate = -1;
 }
 
@@ -335,8 +337,13 @@ static struct node *node_get(struct ctl *c, const char *name)
                 return NULL;
         c->nodes = grown;
         n = &c->nodes[c->n_nodes];
-        *n =
-            (struct node){.progress = -1, .bytes = -1, .total = -1, .rate = -1, .shown_decile = -1};
+        *n = (struct node){.progress = -1,
+                           .attempt = -1,
+                           .bytes = -1,
+                           .total = -1,
+                           .rate = -1,
+                           .shown_decile = -1,
+                           .shown_attempt = -1};
         n->name = strdup(name);
         if (!n->name)
                 return NULL;
@@ -378,6 +385,7 @@ static void node_apply_status(struct node *n, const json_t *st)
         n->bytes = int_member(st, "bytes", INT64_C(1) << 53);
         n->total = int_member(st, "total", INT64_C(1) << 53);
         n->rate = int_member(st, "rate_bps", INT64_C(1) << 53);
+        n->attempt = (int) int_member(st, "attempt", 100);
         node_set_error(n, json_object_get(st, "error"));
         n->has_status = true;
 }
@@ -460,7 +468,7 @@ static void table_draw(struct ctl *c)
         for (size_t i = 0; i < c->n_nodes; i++) {
                 const struct node *n = &c->nodes[i];
                 char name[32], bar[BAR_MAX + 1], pct[16] = "", done[32] = "", total[32] = "",
-                                                 amount[72] = "", rate[40] = "";
+                                                 amount[72] = "", rate[40] = "", state[32];
                 int fill;
 
                 if (c->drawn >= max_lines - 1 && i + 1 < c->n_nodes) {
@@ -487,15 +495,19 @@ static void table_draw(struct ctl *c)
                         fmt_bytes(rate, sizeof(rate), n->rate);
                         strcat(rate, "/s");
                 }
+                /* "flashing#2": the second attempt (node retries). */
+                snprintf(state, sizeof(state), "%.20s", n->state ? n->state : "-");
+                if (n->attempt > 1)
+                        snprintf(state, sizeof(state), "%.16s#%d", n->state ? n->state : "-",
+                                 n->attempt);
                 if (n->err_code)
                         snprintf(line, sizeof(line), "%-*s %-11s [%s] %4s  %s: %s",
-                                 (int) (name_w + strlen(name) - display_len(name)), name,
-                                 n->state ? n->state : "-", bar, pct, n->err_code,
-                                 n->err_msg ? n->err_msg : "");
+                                 (int) (name_w + strlen(name) - display_len(name)), name, state,
+                                 bar, pct, n->err_code, n->err_msg ? n->err_msg : "");
                 else
                         snprintf(line, sizeof(line), "%-*s %-11s [%s] %4s %19s %11s",
-                                 (int) (name_w + strlen(name) - display_len(name)), name,
-                                 n->state ? n->state : "-", bar, pct, amount, rate);
+                                 (int) (name_w + strlen(name) - display_len(name)), name, state,
+                                 bar, pct, amount, rate);
                 fit(line, (size_t) cols - 1);
                 fprintf(m, "%s\n", line);
                 c->drawn++;
@@ -531,7 +543,8 @@ __attribute__((format(printf, 2, 3))) static void say(struct ctl *c, const char 
 static void node_report_plain(struct ctl *c, struct node *n)
 {
         int decile = n->progress >= 0 ? n->progress / 10 : -1;
-        bool changed = !n->shown_state || !n->state || strcmp(n->shown_state, n->state) != 0;
+        bool changed = !n->shown_state || !n->state || strcmp(n->shown_state, n->state) != 0 ||
+                       n->attempt != n->shown_attempt;
         char line[1024], done[32], total[32], rate[32];
         size_t len;
 
@@ -541,7 +554,11 @@ static void node_report_plain(struct ctl *c, struct node *n)
                 return;
         set_field(&n->shown_state, n->state, FIELD_MAX);
         n->shown_decile = decile;
+        n->shown_attempt = n->attempt;
         len = (size_t) snprintf(line, sizeof(line), "%s: %s", n->name, n->state);
+        if (n->attempt > 1 && len < sizeof(line))
+                len +=
+                    (size_t) snprintf(line + len, sizeof(line) - len, " (attempt %d)", n->attempt);
         if (n->progress >= 0 && len < sizeof(line))
                 len += (size_t) snprintf(line + len, sizeof(line) - len, " %d%%", n->progress);
         if (n->total >= 0 && len < sizeof(line)) {

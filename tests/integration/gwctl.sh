@@ -195,6 +195,18 @@ check "watch: the final result is shown" grep -q "^deployment w1: success" out
 check "watch: stale statuses of other deployments are ignored" bash -c "! grep -q 'old-node\|idle-node' out"
 check "watch: no escape sequences through a pipe" bash -c "! grep -q \$'\\033' out"
 
+# A node's install tried again (node retries): the status says attempt 2, progress starts over,
+# and watch prints a line for it.
+"$GWCTL" watch "${B[@]}" --gateway gw-w --id w9 --timeout 20 >out9 2>err9 &
+pid=$!
+wait_for out9 "watching deployment w9"
+pub -r -t $P/nodes/node-1/status -m "$(status_msg w9 flashing 60)"
+pub -r -t $P/nodes/node-1/status -m '{"state":"flashing","deployment":"w9","image":"fw","version":"1.4.2","progress":0,"bytes":0,"total":131072,"attempt":2,"ts":"2026-11-22T00:00:00Z"}'
+pub -r -t $P/deployments/w9 -m '{"id":"w9","state":"success","nodes":{"node-1":{"state":"success","image":"fw","version":"1.4.2"}},"ts":"2026-11-22T00:00:00Z"}'
+finish $pid
+check "watch: a second attempt is shown, its progress from 0" \
+        grep -q "^node-1: flashing (attempt 2) 0% (0 B of 128.0 KiB)" out9
+
 # A watch that starts after the end: the retained final is the answer.
 "$GWCTL" watch "${B[@]}" --gateway gw-w --id w1 --timeout 5 >out 2>err
 check "watch: a retained final result is accepted (exit 0)" [ $? = 0 ]

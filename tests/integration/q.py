@@ -48,7 +48,7 @@ elif cmd == "get":  # JSON PATH: one member, dotted path; empty when absent
         v = None
     print("" if v is None else (json.dumps(v) if isinstance(v, (dict, list)) else v))
 elif cmd == "states":  # LOG TOPIC DEPLOYMENT: the node's states in that deployment, in order
-    seq, last_state, last_pct, ok = [], None, -1, True
+    seq, last_state, last_pct, last_attempt, ok = [], None, -1, None, True
     for _, p in messages(sys.argv[2], sys.argv[3]):
         if not isinstance(p, dict) or p.get("deployment") != sys.argv[4]:
             continue
@@ -56,6 +56,8 @@ elif cmd == "states":  # LOG TOPIC DEPLOYMENT: the node's states in that deploym
         if st != last_state:
             seq.append(st)
             last_state, last_pct = st, -1
+        if p.get("attempt") != last_attempt:  # a retry starts over
+            last_attempt, last_pct = p.get("attempt"), -1
         pct = p.get("progress")
         if pct is not None:
             if not isinstance(pct, int) or pct < last_pct or pct > 100:

@@ -238,6 +238,8 @@ check "t1 retries: gatewayd logged the failed first attempt of node-2" \
 st=$(states node-2 t1)
 check "t1 retries: node-2 stayed flashing through the retry, then success ($st)" \
         test "$st" = "queued downloading verifying flashing success"
+check "t1 retries: node-2's status said it was at attempt 2" \
+        grep -q "$prefix/nodes/node-2/status .*\"deployment\":\"t1\".*\"attempt\":2" "$work/sub.log"
 check "t1 retries: no node was rolled back" \
         test "$(q get "$final" nodes.node-1.state)/$(q get "$final" nodes.node-2.state)" = success/success
 

@@ -107,6 +107,15 @@ static void test_node(void **state)
         expect_json(
             gw_status_node_json(&st, TS, &s), &s,
             "{\"state\":\"flashing\",\"progress\":0,\"bytes\":0,\"total\":5000000000," TS_TEXT "}");
+        /* A second attempt (node retries) says so; the first does not. */
+        st.attempt = 2;
+        expect_json(gw_status_node_json(&st, TS, &s), &s,
+                    "{\"state\":\"flashing\",\"progress\":0,\"bytes\":0,\"total\":5000000000,"
+                    "\"attempt\":2," TS_TEXT "}");
+        st.attempt = 1;
+        expect_json(
+            gw_status_node_json(&st, TS, &s), &s,
+            "{\"state\":\"flashing\",\"progress\":0,\"bytes\":0,\"total\":5000000000," TS_TEXT "}");
 
         gw_node_status_init(&st, GW_NODE_FAILED);
         st.deployment = "d1";
