@@ -1130,6 +1130,15 @@ static int on_retry_timer(struct gw_source *s, uint64_t now_ms, void *userdata)
         n->flash = gw_flash_free(n->flash);
         if (d->phase != PHASE_FLASH)
                 return 0;
+        if (d->halted || d->canary_failed) {
+                /* Another node failed meanwhile: this one ends with its own last failure (and
+                 * is rolled back like any node that failed on the way). */
+                char why[sizeof(n->message)];
+
+                snprintf(why, sizeof(why), "%s", n->message);
+                node_failed(n, n->error, "%s", why);
+                return 0;
+        }
         gw_log_info("%s: attempt %u of %u", n->cfg->name, n->attempts + 1, n->cfg->retries + 1);
         r = flash_node(d, n);
         if (r == 1) {
@@ -1161,6 +1170,8 @@ static bool node_retry(struct node_rt *n, enum gw_error code, const char *why)
                 return false;
         n->attempts++;
         n->bytes = 0;
+        n->error = code;
+        snprintf(n->message, sizeof(n->message), "%s", why);
         gw_log_warning("%s: attempt %u of %u failed (%s): %s; trying again in %u ms", n->cfg->name,
                        n->attempts, n->cfg->retries + 1, gw_error_to_string(code), why,
                        RETRY_DELAY_MS);
