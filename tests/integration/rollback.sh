@@ -80,8 +80,8 @@ PY
         [ "$last" = "app-$1-$2.bin" ] &&
                 cmp -s "$work/www/app-$1-$2.bin" "$work/$1.out/app-$1-$2.bin"
 }
-# arm NODE: the node cancels its next transfer after data block 2.
-arm() { timeout 5 sh -c "printf 'cancel-after 2\\n' >'$work/$1.ctl'" || fail "cannot arm $1"; }
+# arm NODE [N]: the node cancels its next transfer after data block N (default 2).
+arm() { timeout 5 sh -c "printf 'cancel-after ${2:-2}\\n' >'$work/$1.ctl'" || fail "cannot arm $1"; }
 states() { q states "$work/sub.log" "$prefix/nodes/$1/status" "$2"; }
 
 # ---- 1. v1 on node-1 and node-2 ---------------------------------------------------------------
@@ -259,6 +259,34 @@ check "t2 cancelled during the retry wait: no second attempt started" \
         eval '! tail -n +$((log_lines + 1)) "$work/gatewayd.log" | grep -q "node-2: attempt 2 of 2"'
 check "t2 cancelled during the retry wait: node-2 received no v8 whole" \
         eval '! grep -q "app-node-2-8.0.0.bin.*\"result\":\"ok\"" "$work/node-2.report"'
+
+# Atomic, retries on node-1 only: node-1 fails once and waits for its retry; meanwhile node-2
+# (no retries) fails and halts the deployment. node-1 does not start again: it ends with its own
+# failure and goes back to 7.0.0, as node-2 does.
+kill "$gwpid"
+wait "$gwpid" 2>/dev/null
+ymodem_config 3 "start-timeout-ms: 3000"
+sed -i 's/^  - name: node-1$/&\n    retries: 1/' "$work/gatewayd.yaml"
+"$GWD" --check-config "$work/gatewayd.yaml" >/dev/null 2>&1 || fail "t3: configuration refused"
+"$GWD" -c "$work/gatewayd.yaml" 2>>"$work/gatewayd.log" &
+gwpid=$!
+GW_PIDS+=("$gwpid")
+log_lines=$(wc -l <"$work/gatewayd.log")
+# node-1 fails at its first block, node-2 at its fifth: node-1 is waiting when node-2 fails.
+arm node-1 1
+arm node-2 5
+PARALLEL=2 manifest t3 true 9.0.0 node-1 node-2
+final=$(wait_final t3)
+check "t3 halted during node-1's retry wait: the deployment fails (got $(q get "$final" state))" \
+        test "$(q get "$final" state)" = failed
+check "t3: node-1 failed once and waited for its retry" \
+        eval 'tail -n +$((log_lines + 1)) "$work/gatewayd.log" | grep -q "node-1: attempt 1 of 2 failed"'
+check "t3: node-1 never started a second attempt" \
+        eval '! tail -n +$((log_lines + 1)) "$work/gatewayd.log" | grep -q "node-1: attempt 2 of 2"'
+check "t3: both nodes went back to 7.0.0 (got $(q get "$final" nodes.node-1.state)/$(q get "$final" nodes.node-2.state))" \
+        test "$(q get "$final" nodes.node-1.state)/$(q get "$final" nodes.node-2.state)" = reverted/reverted
+check "t3: node-1 holds 7.0.0 again" holds node-1 7.0.0
+check "t3: node-2 holds 7.0.0 again" holds node-2 7.0.0
 
 if [ "$failures" -ne 0 ]; then
         echo "--- gatewayd log (last 40 lines) ---"
