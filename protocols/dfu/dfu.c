@@ -98,8 +98,9 @@ struct dfu {
         uint64_t address_opt;
         bool leave;
         enum gw_dfu_file_format format;
-        int reset_opt; /* option reset: 1 true, 0 false, -1 unset (reset when detached) */
-        bool verify;   /* option verify: read what was written back before leaving */
+        int reset_opt;   /* option reset: 1 true, 0 false, -1 unset (reset when detached) */
+        bool verify;     /* option verify: read what was written back before leaving */
+        bool mass_erase; /* option mass-erase: DfuSe, one erase of everything, not per page */
 
         const struct gw_reader *reader; /* install */
         const struct gw_writer *writer; /* upload */
@@ -137,6 +138,7 @@ struct dfu {
         size_t region;               /* the region being written */
         uint64_t region_off;         /* its bytes the device acknowledged */
         size_t erase_region;         /* the region being erased */
+        bool mass_erased;            /* option mass-erase: done */
         enum dfu_command cmd;
         uint16_t cmd_len;
         uint64_t offset;  /* image bytes the device acknowledged, over all regions */
@@ -599,6 +601,8 @@ static int plan_download(struct dfu *d)
         if (!d->dfuse) {
                 if (d->have_address)
                         return fail(d, -EINVAL, "option address applies to DfuSe devices only");
+                if (d->mass_erase)
+                        return fail(d, -EINVAL, "option mass-erase applies to DfuSe devices only");
                 return 0;
         }
         if (d->have_address)
@@ -762,9 +766,12 @@ static bool next_region(struct dfu *d)
 }
 
 /* DfuSe: the next page to erase, in address order over the regions, each page once (two
- * regions may share one). 1 with its start in *ret_page, 0 when all are erased, or a failure. */
+ * regions may share one). 1 with its start in *ret_page, 0 when all are erased, or a failure.
+ * With option mass-erase the one mass erase did it all. */
 static int next_erase(struct dfu *d, uint32_t *ret_page)
 {
+        if (d->mass_erase)
+                return 0;
         while (d->erase_region < d->n_regions) {
                 const struct gw_dfu_element *g = &d->regions[d->erase_region];
                 uint64_t end = (uint64_t) g->address + g->size, start = 0, page_end = 0;
@@ -802,6 +809,12 @@ static int next_step(struct dfu *d)
                 if (next_region(d))
                         return send_data(d, d->block);
                 return send_end(d);
+        }
+        if (d->mass_erase && !d->mass_erased) {
+                /* ERASE without an address: the whole memory, in one (long) busy time. */
+                d->buf[0] = DFUSE_ERASE;
+                debug(d, "dfu: DfuSe mass erase");
+                return send_dnload(d, CMD_ERASE, 0, 1);
         }
         r = next_erase(d, &page);
         if (r < 0)
@@ -861,6 +874,8 @@ static int command_done(struct dfu *d)
                 return send_end(d);
         case CMD_ERASE:
                 d->pointer_known = false;
+                if (d->cmd_len == 1)
+                        d->mass_erased = true;
                 break;
         case CMD_END:
         case CMD_UPLOAD: /* never polled: its completion carries the data */
@@ -878,6 +893,7 @@ static int begin_download(struct dfu *d)
         d->region = 0;
         d->region_off = 0;
         d->erase_region = 0;
+        d->mass_erased = false;
         d->erase_cursor = 0;
         d->run_open = false;
         d->run_blocks = 0;
@@ -1409,6 +1425,8 @@ static int dfu_init(void *priv, const struct gw_options *opts, const struct gw_p
         }
         if (gw_options_get_bool(opts, "verify", false, &d->verify) < 0)
                 return bad_option(d, "verify", "true or false");
+        if (gw_options_get_bool(opts, "mass-erase", false, &d->mass_erase) < 0)
+                return bad_option(d, "mass-erase", "true or false");
         format = gw_options_get(opts, "format");
         if (!format || strcmp(format, "auto") == 0)
                 d->format = GW_DFU_FORMAT_AUTO;
@@ -1777,6 +1795,7 @@ static const char *const dfu_options[] = {"alt",
                                           "format",
                                           "reset",
                                           "verify",
+                                          "mass-erase",
                                           "transfer-size",
                                           "poll-max-ms",
                                           "timeout-ms",

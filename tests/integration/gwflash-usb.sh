@@ -9,6 +9,7 @@
 set -u
 
 GWFLASH_TEST=gwflash-usb
+GWFLASH_TEST_PROGS=dfu-util # the mass-erase cross-check
 # shellcheck source=gwflash-lib.sh
 . "$(dirname "$0")/gwflash-lib.sh"
 
@@ -217,6 +218,23 @@ if ! python3 -c 'import json,sys; d = json.load(open(sys.argv[1]))["devices"][0]
 sys.exit(d["leave_address"] is not None)' "$work/corrupt.json"; then
         fail "verify failed, yet the board was told to leave"
 fi
+# -o mass-erase=true: one ERASE of the whole memory instead of the image's pages; on memory
+# filled with 0x00 the result is exactly what dfu-util's :mass-erase:force leaves.
+sim mass --dfuse --fill 0 --layout "$LAYOUT" -- "$GWFLASH" -q --usb 0483:df11 \
+        -o mass-erase=true "$work/img.bin"
+rc=$?
+sim mass-util --dfuse --fill 0 --layout "$LAYOUT" -- dfu-util -a 0 -s 0x08000000:mass-erase:force \
+        -D "$work/img.bin"
+rc_util=$?
+if [ $rc -eq 0 ] && [ $rc_util -eq 0 ] && cmp -s "$work/mass.dump" "$work/mass-util.dump" &&
+        python3 -c 'import json,sys; d = json.load(open(sys.argv[1]))["devices"][0]
+sys.exit(not (d["mass_erase"] == 1 and d["erase_page"] == 0 and d["pages_erased"] == 64))' \
+                "$work/mass.json"; then
+        pass "mass-erase: one ERASE, all 64 pages erased, the same memory as dfu-util's mass erase"
+else
+        fail "mass-erase: exit $rc (dfu-util $rc_util), or counters or memory differ"
+fi
+
 sim verify-nontol --no-manifest-tolerant -- "$GWFLASH" -q --usb 1d50:6089 -o verify=true \
         "$work/img.bin"
 expect_fail verify-nontol "verify on a device that resets after manifestation: refused first" \

@@ -1581,7 +1581,7 @@ struct model {
         uint16_t next_block;
         size_t written;
         uint32_t addr;
-        unsigned set_addresses, erases, dnloads, getstatus;
+        unsigned set_addresses, erases, dnloads, getstatus, mass_erases;
         uint32_t erased[64];
         uint64_t waited;
         bool leaving;
@@ -1665,7 +1665,11 @@ static void model_answer(struct fake_usb *f, struct model *m)
                 fake_usb_complete(f, 0, NULL, 0);
                 return;
         }
-        if (m->dfuse && s->value == 0) {
+        if (m->dfuse && s->value == 0 && s->length == 1) {
+                assert_int_equal(f->out[0], 0x41); /* mass erase */
+                m->mass_erases++;
+                memset(m->mem, 0xff, MODEL_MEM);
+        } else if (m->dfuse && s->value == 0) {
                 uint32_t a = (uint32_t) f->out[1] | (uint32_t) f->out[2] << 8 |
                              (uint32_t) f->out[3] << 16 | (uint32_t) f->out[4] << 24;
 
@@ -1829,6 +1833,28 @@ static void test_model_dfuse(void **state)
                 assert_false(m->leaving);
                 world_end(&w);
                 free(m);
+        }
+
+        /* mass-erase=true: one ERASE without an address instead of the pages. */
+        {
+                struct world w;
+                struct model *m = calloc(1, sizeof(*m));
+
+                assert_non_null(m);
+                m->dfuse = true;
+                m->base = 0x08000000;
+                m->xfer = 1024;
+                m->busy_ms = 20;
+                m->state = S_IDLE;
+                world_start(&w, &dev_dfuse, 5000, "mass-erase=true");
+                assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
+                assert_memory_equal(m->mem + 0x2000, w.data, 5000);
+                assert_int_equal(m->mass_erases, 1);
+                assert_int_equal(m->erases, 0);
+                world_end(&w);
+                free(m);
+                expect_install_fails(&dev_dfu11, 64, "mass-erase=true", -EINVAL,
+                                     "DfuSe devices only");
         }
 
         /* RAM: writable, not erasable: no ERASE at all. */
