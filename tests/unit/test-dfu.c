@@ -1763,6 +1763,20 @@ static void test_model_dfu11(void **state)
         }
 }
 
+/* A DfuSe model device with memory at base, 1 KiB transfers, 20 ms busy per command. */
+static struct model *dfuse_model(uint32_t base)
+{
+        struct model *m = calloc(1, sizeof(*m));
+
+        assert_non_null(m);
+        m->dfuse = true;
+        m->base = base;
+        m->xfer = 1024;
+        m->busy_ms = 20;
+        m->state = S_IDLE;
+        return m;
+}
+
 /* DfuSe: erase exactly the pages the image covers (1 KiB pages, then 2 KiB ones), one
  * SET_ADDRESS for the run, blocks from 2, then the leave request. */
 static void test_model_dfuse(void **state)
@@ -1838,14 +1852,8 @@ static void test_model_dfuse(void **state)
         /* mass-erase=true: one ERASE without an address instead of the pages. */
         {
                 struct world w;
-                struct model *m = calloc(1, sizeof(*m));
+                struct model *m = dfuse_model(0x08000000);
 
-                assert_non_null(m);
-                m->dfuse = true;
-                m->base = 0x08000000;
-                m->xfer = 1024;
-                m->busy_ms = 20;
-                m->state = S_IDLE;
                 world_start(&w, &dev_dfuse, 5000, "mass-erase=true");
                 assert_int_equal(model_run(&w.f, m), GW_PROTO_DONE);
                 assert_memory_equal(m->mem + 0x2000, w.data, 5000);
@@ -2089,19 +2097,6 @@ static void world_start_file(struct world *w, const struct gw_usb_device_info *d
         world_open(w, dev, n, opts);
         memcpy(w->data, buf, n);
         fake_usb_install(&w->f, &w->reader);
-}
-
-static struct model *dfuse_model(uint32_t base)
-{
-        struct model *m = calloc(1, sizeof(*m));
-
-        assert_non_null(m);
-        m->dfuse = true;
-        m->base = base;
-        m->xfer = 1024;
-        m->busy_ms = 20;
-        m->state = S_IDLE;
-        return m;
 }
 
 static void expect_file_refused(const struct gw_usb_device_info *dev, const uint8_t *buf, size_t n,
