@@ -1,5 +1,5 @@
-# PASS/FAIL bookkeeping for the integration tests and a work directory kept only on failure,
-# shared by lib.sh (the end-to-end tests) and gwflash-lib.sh. Set CASES_NAME (the directory's
+# PASS/FAIL bookkeeping for the integration tests, a work directory kept only on failure, and
+# the USB emulator's requirements; shared by lib.sh (the end-to-end tests) and gwflash-lib.sh. Set CASES_NAME (the directory's
 # name) first; a test may define cases_cleanup, run at exit before the directory goes.
 # shellcheck shell=bash
 work=$(mktemp -d "/tmp/gw-$CASES_NAME.XXXXXX")
@@ -21,4 +21,18 @@ check() {
         local name=$1
         shift
         if "$@"; then pass "$name"; else fail "$name"; fi
+}
+
+# require_dfu_sim: sets SIM to the USB DFU emulator, or skips the test (exit 77) when it
+# cannot run here.
+require_dfu_sim() {
+        SIM=${GW_BUILD:?GW_BUILD must name the build directory}/tools/sim/dfu-sim
+        if [ ! -x "$SIM" ]; then
+                echo "SKIP: tools/sim/dfu-sim was not built (umockdev development files missing)"
+                exit 77
+        fi
+        if ! ldconfig -p 2>/dev/null | grep -q libumockdev-preload.so.0; then
+                echo "SKIP: libumockdev-preload.so.0 is not installed (package umockdev)"
+                exit 77
+        fi
 }

@@ -4,32 +4,7 @@
 # work directory's name) and GWFLASH_TEST_PROGS (programs the test needs besides) first.
 # shellcheck shell=bash
 : "${GW_BUILD:?GW_BUILD must name the build directory}"
-SIM=$GW_BUILD/tools/sim/dfu-sim
 GWFLASH=$GW_BUILD/tools/gwflash
-
-if [ ! -x "$GWFLASH" ]; then
-        echo "FAIL: $GWFLASH was not built"
-        exit 1
-fi
-if "$GWFLASH" --usb 1:1 /dev/null 2>&1 | grep -q "built without the usb transport"; then
-        echo "SKIP: gwflash was built without the usb transport (libusb-1.0 missing)"
-        exit 77
-fi
-if [ ! -x "$SIM" ]; then
-        echo "SKIP: tools/sim/dfu-sim was not built (umockdev development files missing)"
-        exit 77
-fi
-if ! ldconfig -p 2>/dev/null | grep -q libumockdev-preload.so.0; then
-        echo "SKIP: libumockdev-preload.so.0 is not installed (package umockdev)"
-        exit 77
-fi
-for prog in timeout cmp python3 ${GWFLASH_TEST_PROGS:-}; do
-        if ! command -v "$prog" >/dev/null; then
-                echo "SKIP: $prog is not installed"
-                exit 77
-        fi
-done
-
 sim_pid= # an emulator the test serves from in the background, stopped at the end
 cases_cleanup() {
         if [ -n "$sim_pid" ]; then
@@ -40,6 +15,22 @@ cases_cleanup() {
 CASES_NAME=$GWFLASH_TEST
 # shellcheck source=cases.sh
 . "$(dirname "${BASH_SOURCE[0]}")/cases.sh"
+
+if [ ! -x "$GWFLASH" ]; then
+        echo "FAIL: $GWFLASH was not built"
+        exit 1
+fi
+if "$GWFLASH" --usb 1:1 /dev/null 2>&1 | grep -q "built without the usb transport"; then
+        echo "SKIP: gwflash was built without the usb transport (libusb-1.0 missing)"
+        exit 77
+fi
+require_dfu_sim
+for prog in timeout cmp python3 ${GWFLASH_TEST_PROGS:-}; do
+        if ! command -v "$prog" >/dev/null; then
+                echo "SKIP: $prog is not installed"
+                exit 77
+        fi
+done
 
 # sim NAME [SIM OPTIONS...] -- COMMAND...: runs COMMAND under a fresh emulator, bounded;
 # stdout to $work/NAME.out, stderr to $work/NAME.err, alt 0's memory to $work/NAME.dump,

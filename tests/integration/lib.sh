@@ -53,18 +53,14 @@ watch_prefix() {
         GW_PIDS+=($!)
 }
 
-# require_dfu_sim: sets SIM to the USB DFU emulator, or skips the test (exit 77) when it
-# cannot run here.
-require_dfu_sim() {
-        SIM=$GW_BUILD/tools/sim/dfu-sim
-        if [ ! -x "$SIM" ]; then
-                echo "SKIP: tools/sim/dfu-sim was not built (umockdev development files missing)"
-                exit 77
-        fi
-        if ! ldconfig -p 2>/dev/null | grep -q libumockdev-preload.so.0; then
-                echo "SKIP: libumockdev-preload.so.0 is not installed (package umockdev)"
-                exit 77
-        fi
+# stop_within NAME SECONDS: SIGTERM, then whether gatewayd exited with status 0 in time.
+stop_within() {
+        local st t0=$SECONDS
+        kill -TERM "$gwpid"
+        gw_wait_pid "$gwpid" "$2"
+        st=$?
+        echo "  ($1: exit status $st after $((SECONDS - t0)) s)"
+        [ "$st" -eq 0 ]
 }
 
 # ymodem_config N [PROTOCOL-OPTIONS [MQTT-LINE [NODE-LINE]]]: $work/gatewayd.yaml for gateway

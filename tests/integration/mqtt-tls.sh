@@ -158,15 +158,6 @@ start_gw() {
         gwpid=$!
         GW_PIDS+=("$gwpid")
 }
-# stop_within NAME SECONDS: SIGTERM, then whether gatewayd exited with status 0 in time.
-stop_within() {
-        local st t0=$SECONDS
-        kill -TERM "$gwpid"
-        gw_wait_pid "$gwpid" "$2"
-        st=$?
-        echo "  ($1: exit status $st after $((SECONDS - t0)) s)"
-        [ "$st" -eq 0 ]
-}
 logged() { grep -Eq -- "$2" "$work/$1/gatewayd.log"; }
 never_connected() { ! logged "$1" "MQTT: connected to"; }
 broker_log() { grep -Ec -- "$2" "$work/broker-$1/mosquitto.log"; }

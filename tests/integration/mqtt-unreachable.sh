@@ -49,15 +49,6 @@ logged() { grep -Eq -- "$2" "$work/$1/gatewayd.log"; }
 # logged_times NAME PATTERN N: at least N such lines.
 logged_times() { [ "$(grep -Ec -- "$2" "$work/$1/gatewayd.log")" -ge "$3" ]; }
 
-# stop_within NAME SECONDS: SIGTERM, then whether gatewayd exited with status 0 in time.
-stop_within() {
-        local st t0=$SECONDS
-        kill -TERM "$gwpid"
-        gw_wait_pid "$gwpid" "$2"
-        st=$?
-        echo "  ($1: exit status $st after $((SECONDS - t0)) s)"
-        [ "$st" -eq 0 ]
-}
 
 # ---- a. A SYN black hole on loopback ----------------------------------------------------------
 # A listener with backlog 0 whose accept queue is filled by connections nobody accepts: the
