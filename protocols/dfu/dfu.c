@@ -1711,9 +1711,23 @@ static int dfu_cancel(void *priv)
         }
 }
 
-static int add_option(struct gw_options *ret, const char *key, const char *value)
+/* Adds key with a printf-formatted value. 0 or -ENOMEM. */
+static int add_option(struct gw_options *ret, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int add_option(struct gw_options *ret, const char *key, const char *fmt, ...)
 {
-        return gw_options_set(ret, key, value) < 0 ? -ENOMEM : 0;
+        char *value = NULL;
+        va_list ap;
+        int n, r;
+
+        va_start(ap, fmt);
+        n = vasprintf(&value, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+                return -ENOMEM;
+        r = gw_options_set(ret, key, value) < 0 ? -ENOMEM : 0;
+        free(value);
+        return r;
 }
 
 /* What the device tells without a transfer: its ids, mode, DFU version and transfer size,
@@ -1722,7 +1736,6 @@ static int dfu_identify(void *priv, struct gw_options *ret)
 {
         struct dfu *d = priv;
         const struct gw_usb_device_info *info;
-        char buf[64];
         int r;
 
         if (d->state != DFU_STATE_IDLE)
@@ -1733,26 +1746,23 @@ static int dfu_identify(void *priv, struct gw_options *ret)
         if (r < 0)
                 return r;
         info = d->host->usb_info(d->host->ctx);
-        snprintf(buf, sizeof(buf), "%04x:%04x", info->vid, info->pid);
-        r = add_option(ret, "usb-id", buf);
+        r = add_option(ret, "usb-id", "%04x:%04x", info->vid, info->pid);
         if (r >= 0 && info->serial)
-                r = add_option(ret, "serial", info->serial);
+                r = add_option(ret, "serial", "%s", info->serial);
         if (r >= 0)
-                r = add_option(ret, "mode", d->runtime ? "runtime" : "dfu");
-        snprintf(buf, sizeof(buf), "%x.%02x", d->func.bcd_dfu >> 8, d->func.bcd_dfu & 0xff);
+                r = add_option(ret, "mode", "%s", d->runtime ? "runtime" : "dfu");
         if (r >= 0)
-                r = add_option(ret, "dfu-version", buf);
-        snprintf(buf, sizeof(buf), "%u", d->xfer);
+                r = add_option(ret, "dfu-version", "%x.%02x", d->func.bcd_dfu >> 8,
+                               d->func.bcd_dfu & 0xff);
         if (r >= 0)
-                r = add_option(ret, "transfer-size", buf);
-        snprintf(buf, sizeof(buf), "%u", d->alt);
+                r = add_option(ret, "transfer-size", "%u", d->xfer);
         if (r >= 0)
-                r = add_option(ret, "alt", buf);
+                r = add_option(ret, "alt", "%u", d->alt);
         if (r >= 0 && d->dfuse) {
                 for (size_t i = 0; i < info->n_alts; i++)
                         if (info->alts[i].interface == d->interface &&
                             info->alts[i].alt == d->alt && info->alts[i].name) {
-                                r = add_option(ret, "layout", info->alts[i].name);
+                                r = add_option(ret, "layout", "%s", info->alts[i].name);
                                 break;
                         }
         }
@@ -1767,25 +1777,20 @@ static int dfu_describe(const struct gw_usb_device_info *dev, const struct gw_us
                         struct gw_options *ret)
 {
         struct gw_dfu_functional fd;
-        char buf[16];
         int r;
 
         if (!dev || !alt || !ret || alt->class_code != CLASS_APP_SPECIFIC ||
             alt->subclass != SUBCLASS_DFU || find_functional(dev, alt, &fd) < 0)
                 return 0;
-        r = add_option(ret, "variant", fd.bcd_dfu == GW_DFU_BCD_DFUSE ? "dfuse" : "dfu");
-        snprintf(buf, sizeof(buf), "0x%04x", fd.bcd_dfu);
+        r = add_option(ret, "variant", "%s", fd.bcd_dfu == GW_DFU_BCD_DFUSE ? "dfuse" : "dfu");
         if (r >= 0)
-                r = add_option(ret, "bcd-dfu", buf);
-        snprintf(buf, sizeof(buf), "%u", fd.transfer_size);
+                r = add_option(ret, "bcd-dfu", "0x%04x", fd.bcd_dfu);
         if (r >= 0)
-                r = add_option(ret, "transfer-size", buf);
-        snprintf(buf, sizeof(buf), "%u", fd.detach_timeout_ms);
+                r = add_option(ret, "transfer-size", "%u", fd.transfer_size);
         if (r >= 0)
-                r = add_option(ret, "detach-timeout-ms", buf);
-        snprintf(buf, sizeof(buf), "0x%02x", fd.attributes);
+                r = add_option(ret, "detach-timeout-ms", "%u", fd.detach_timeout_ms);
         if (r >= 0)
-                r = add_option(ret, "attributes", buf);
+                r = add_option(ret, "attributes", "0x%02x", fd.attributes);
         return r;
 }
 
