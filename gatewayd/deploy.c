@@ -219,12 +219,13 @@ static void publish_rejected(struct gw_engine *e, const char *id, enum gw_error 
         publish(e, topic, json, id != NULL);
 }
 
-/* The last final report (json, taken over) and its topic, republished on every reconnect. */
+/* The last final report (json, taken over) and its topic, republished on every reconnect;
+ * NULL, NULL forgets it. */
 static void final_keep(struct gw_engine *e, const char *topic, char *json)
 {
         free(e->final_topic);
         free(e->final_json);
-        e->final_topic = strdup(topic);
+        e->final_topic = topic ? strdup(topic) : NULL;
         e->final_json = json;
 }
 
@@ -235,6 +236,10 @@ static void publish_deployment(struct deployment *d, bool final)
         bool success = !d->error;
         int r;
 
+        /* The previous deployment's report is never taken for this one's, even when building
+         * this one fails. */
+        if (final)
+                final_keep(d->engine, NULL, NULL);
         if (!nodes)
                 return;
         for (size_t i = 0; i < d->n_nodes; i++) {
@@ -842,6 +847,26 @@ static void node_set_active(struct node_rt *n, bool active)
                 n->dep->n_active--;
 }
 
+/* The node's protocol settings with opts (an image's options, may be NULL) on top, in *ret. */
+static int node_protocol_opts(const struct node_rt *n, const struct gw_options *opts,
+                              struct gw_options **ret)
+{
+        struct gw_options *o = gw_options_new();
+        int r;
+
+        if (!o)
+                return -ENOMEM;
+        r = gw_options_merge(o, n->cfg->protocol_opts);
+        if (r >= 0)
+                r = gw_options_merge(o, opts);
+        if (r < 0) {
+                gw_options_free(o);
+                return r;
+        }
+        *ret = o;
+        return 0;
+}
+
 /* Opens the node's link with the node's protocol settings and opts (an image's options) on
  * top. Sets n->message on failure. */
 static int node_open(struct deployment *d, struct node_rt *n, const struct gw_options *opts)
@@ -857,15 +882,11 @@ static int node_open(struct deployment *d, struct node_rt *n, const struct gw_op
                          n->cfg->protocol);
                 return -ENOPROTOOPT;
         }
-        popts = gw_options_new();
-        if (!popts)
-                return -ENOMEM;
-        r = gw_options_merge(popts, n->cfg->protocol_opts);
-        if (r >= 0)
-                r = gw_options_merge(popts, opts);
-        if (r >= 0)
-                r = gw_flash_new(d->engine->env.loop, n->cfg->name, t, n->cfg->transport_opts, p,
-                                 popts, &n->flash);
+        r = node_protocol_opts(n, opts, &popts);
+        if (r < 0)
+                return r;
+        r = gw_flash_new(d->engine->env.loop, n->cfg->name, t, n->cfg->transport_opts, p, popts,
+                         &n->flash);
         gw_options_free(popts);
         if (r < 0)
                 snprintf(n->message, sizeof(n->message), "cannot open %s link: %s",
@@ -964,7 +985,10 @@ static void node_ended(struct node_rt *n)
 static void on_install_finished(void *userdata, int result, const char *reason);
 
 /* Reflashes the image the node ran before this deployment. False when there is none to
- * reflash (no record of one, or it is gone from the store): the node then just fails. */
+ * reflash (no record of one, or it is gone from the store), or the rollback could not start:
+ * the node then just fails, and the caller ends it. Never ends the node itself: a rollback
+ * that fails at once inside revert_more() must not finish (and free) the deployment under its
+ * caller. */
 static bool node_revert(struct node_rt *n)
 {
         static const struct gw_flash_callbacks cbs = {
@@ -1006,7 +1030,8 @@ static bool node_revert(struct node_rt *n)
                 if (!n->error)
                         n->error = GW_ERR_FLASH_FAILED;
                 node_set_state(n, GW_NODE_FAILED);
-                node_ended(n);
+                node_set_active(n, false);
+                return false;
         }
         return true;
 }
@@ -1359,17 +1384,14 @@ static bool check_images(struct deployment *d)
                 const struct gw_manifest_image *img = &d->m->images[n->image];
                 const struct gw_protocol_ops *p = node_protocol(n);
                 struct gw_reader reader = {0};
-                struct gw_options *popts;
+                struct gw_options *popts = NULL;
                 char *path = NULL, why[400] = "";
                 bool checked = false; /* the protocol read it: a failure is its refusal */
                 int r;
 
                 if (!p || p->version < 4 || !p->check_image)
                         continue;
-                popts = gw_options_new();
-                r = popts ? gw_options_merge(popts, n->cfg->protocol_opts) : -ENOMEM;
-                if (r >= 0)
-                        r = gw_options_merge(popts, img->options);
+                r = node_protocol_opts(n, img->options, &popts);
                 if (r >= 0)
                         r = gw_store_path(d->engine->env.store, img->sha256, &path);
                 if (r >= 0)
@@ -1738,20 +1760,14 @@ static int node_check_options(struct deployment *d, const struct node_rt *n,
 
         if (!t || !p)
                 return 0; /* node_open() reports it */
-        popts = gw_options_new();
-        if (!popts)
-                return -ENOMEM;
-        r = gw_options_merge(popts, n->cfg->protocol_opts);
-        if (r >= 0)
-                r = gw_options_merge(popts, img->options);
-        if (r >= 0) {
-                r = gw_plugin_check_options(t, n->cfg->transport_opts, p, popts, why, sizeof(why));
-                if (r < 0) {
-                        d->error = GW_ERR_NODE_INCOMPATIBLE;
-                        snprintf(d->message, sizeof(d->message),
-                                 "image %.64s for node %.64s: %.250s", img->name, n->cfg->name,
-                                 why);
-                }
+        r = node_protocol_opts(n, img->options, &popts);
+        if (r < 0)
+                return r;
+        r = gw_plugin_check_options(t, n->cfg->transport_opts, p, popts, why, sizeof(why));
+        if (r < 0) {
+                d->error = GW_ERR_NODE_INCOMPATIBLE;
+                snprintf(d->message, sizeof(d->message), "image %.64s for node %.64s: %.250s",
+                         img->name, n->cfg->name, why);
         }
         gw_options_free(popts);
         return r;
@@ -2166,8 +2182,7 @@ void gw_engine_connected(struct gw_engine *e)
         publish_inventory(e);
         for (size_t i = 0; i < e->n_nodes; i++)
                 publish_node(e, &e->nodes[i]);
-        if (e->final_topic && e->final_json && e->env.publish)
-                e->env.publish(e->env.userdata, e->final_topic, e->final_json, true);
+        final_publish(e);
 }
 
 void gw_engine_shutdown(struct gw_engine *e)
