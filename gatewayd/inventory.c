@@ -474,6 +474,7 @@ static bool watch_paths(struct gw_inventory *inv)
                 const struct inv_node *n = &inv->nodes[i];
                 char dir[PATH_MAX];
                 const char *port, *slash;
+                size_t len;
 
                 if (n->kind != LINK_PATH)
                         continue;
@@ -483,8 +484,9 @@ static bool watch_paths(struct gw_inventory *inv)
                         all = false;
                         continue;
                 }
-                memcpy(dir, port, (size_t) (slash - port));
-                dir[slash == port ? 1 : slash - port] = '\0';
+                len = slash == port ? 1 : (size_t) (slash - port); /* "/tty0": "/" */
+                memcpy(dir, port, len);
+                dir[len] = '\0';
                 /* Creation, removal and renames of entries (the port, a link to it), and the
                  * directory itself going away. */
                 if (inotify_add_watch(inv->inotify_fd, dir,
