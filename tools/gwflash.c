@@ -282,7 +282,7 @@ static int list_usb_one(const struct gw_link_info *info, struct list_ctx *c)
                         mode = "runtime";
         if (c->json) {
                 json_t *o =
-                    json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:s, s:s, s:[]}", "transport", "usb",
+                    json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:s?, s:s, s:[]}", "transport", "usb",
                               "path", d->path, "usb", id, "serial", d->serial, "description",
                               info->product, "node", info->node, "mode", mode, "alts");
                 json_t *alts = o ? json_object_get(o, "alts") : NULL;
@@ -318,11 +318,11 @@ static int list_usb_one(const struct gw_link_info *info, struct list_ctx *c)
         if (d->serial)
                 printf(" serial=%s", d->serial);
         printf("  %s (%s mode, %s)\n", info->product ? info->product : "USB device", mode,
-               info->node);
+               info->node ? info->node : "no device node");
         if (info->error < 0)
                 printf("       cannot open %s: %s; names and serial unknown (run as root or "
                        "add a udev rule)\n",
-                       info->node, strerror(-info->error));
+                       info->node ? info->node : "it", strerror(-info->error));
         for (size_t i = 0; i < d->n_alts; i++) {
                 const struct gw_usb_alt *a = &d->alts[i];
                 unsigned bcd, ts;
