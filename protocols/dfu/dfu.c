@@ -78,6 +78,7 @@ enum dfu_state {
 enum dfu_command {
         CMD_DATA,
         CMD_ERASE,
+        CMD_MASS_ERASE,
         CMD_SET_ADDRESS,
         CMD_LEAVE_ADDRESS, /* DfuSe: the start address again, before leaving */
         CMD_END,           /* the empty DNLOAD: end of the image, manifestation follows */
@@ -89,7 +90,6 @@ struct dfu {
 
         /* Options. */
         char alt_name[ALT_NAME_MAX + 1]; /* "alt" when not a number; empty = none */
-        bool alt_given;                  /* option alt is set (else a DfuSe file's alt is used) */
         bool alt_is_number;
         uint64_t alt_number;
         uint64_t poll_max_ms, timeout_ms, transfer_timeout_ms, reenumerate_timeout_ms;
@@ -122,9 +122,8 @@ struct dfu {
         /* The device as last opened; its run-time ids as it had them before DFU_DETACH. */
         uint8_t interface, alt;
         bool runtime, dfuse;
-        bool have_runtime_ids;
+        bool have_runtime_ids; /* the board ran its application: the operation detached it */
         uint16_t runtime_vid, runtime_pid;
-        bool detached; /* this operation sent DFU_DETACH: the board ran its application */
         struct gw_dfu_functional func;
         uint16_t xfer; /* wTransferSize capped */
         struct gw_dfuse_layout layout;
@@ -156,15 +155,11 @@ struct dfu {
         /* The upload: offset counts bytes written to the writer, block the UPLOADs. */
         uint64_t up_limit; /* w->max, or UPLOAD_LIMIT when the caller set none */
         bool up_reading;   /* DfuSe: the ABORT after this run's SET_ADDRESS is done */
-        /* Verifying an install: each region is uploaded through verify_writer, which compares
-         * it with the image; verify_region counts the regions done. */
+        /* Verifying an install: each region is uploaded and compared with the image block by
+         * block; verify_region counts the regions done. */
         bool verifying, verified;
         size_t verify_region;
-        struct gw_writer verify_writer;
-        uint64_t verify_bad; /* the first address that differs */
-        uint8_t verify_got, verify_want;
         uint8_t buf[GW_DFU_TRANSFER_MAX];
-        uint8_t vbuf[GW_DFU_TRANSFER_MAX]; /* the image's bytes a read-back block is compared to */
 };
 
 static const char *const state_names[_DFU_STATE_MAX] = {
@@ -203,6 +198,8 @@ static const char *command_name(enum dfu_command c)
                 return "DNLOAD";
         case CMD_ERASE:
                 return "ERASE";
+        case CMD_MASS_ERASE:
+                return "mass ERASE";
         case CMD_SET_ADDRESS:
         case CMD_LEAVE_ADDRESS:
                 return "SET_ADDRESS";
@@ -814,7 +811,7 @@ static int next_step(struct dfu *d)
                 /* ERASE without an address: the whole memory, in one (long) busy time. */
                 d->buf[0] = DFUSE_ERASE;
                 debug(d, "dfu: DfuSe mass erase");
-                return send_dnload(d, CMD_ERASE, 0, 1);
+                return send_dnload(d, CMD_MASS_ERASE, 0, 1);
         }
         r = next_erase(d, &page);
         if (r < 0)
@@ -872,10 +869,11 @@ static int command_done(struct dfu *d)
                 break;
         case CMD_LEAVE_ADDRESS:
                 return send_end(d);
+        case CMD_MASS_ERASE:
+                d->mass_erased = true;
+                /* fall through */
         case CMD_ERASE:
                 d->pointer_known = false;
-                if (d->cmd_len == 1)
-                        d->mass_erased = true;
                 break;
         case CMD_END:
         case CMD_UPLOAD: /* never polled: its completion carries the data */
@@ -932,7 +930,7 @@ static int send_upload(struct dfu *d)
 static int next_upload(struct dfu *d)
 {
         if (d->offset >= d->up_limit) {
-                if (d->writer->max == 0)
+                if (!d->verifying && d->writer->max == 0)
                         return fail(d, -EFBIG,
                                     "the device sent %" PRIu64 " bytes without ending the upload "
                                     "with a short block: give a size",
@@ -973,6 +971,25 @@ static int begin_upload(struct dfu *d)
         return next_upload(d);
 }
 
+/* A verify's read-back block of n bytes at d->offset of the region against the image's bytes
+ * there (read into d->buf, idle during an upload). */
+static int verify_block(struct dfu *d, const uint8_t *got, size_t n)
+{
+        const struct gw_dfu_element *g = &d->regions[d->verify_region];
+        int r = read_image(d, g->offset + d->offset, n);
+
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++)
+                if (got[i] != d->buf[i])
+                        return fail(d, -EIO,
+                                    "verify failed: 0x%08" PRIx64 " reads back 0x%02x, the image "
+                                    "has 0x%02x there%s",
+                                    (d->dfuse ? g->address : 0) + d->offset + i, got[i], d->buf[i],
+                                    d->dfuse ? "; the board stays in DFU mode" : "");
+        return 0;
+}
+
 /* An UPLOAD brought n bytes: they go to the writer at the offset. A short block ends a DFU 1.1
  * upload (the device is back in dfuIDLE); on DfuSe, whose memory the layout said is readable,
  * it is a failure. */
@@ -986,18 +1003,17 @@ static int upload_done(struct dfu *d, int status, const uint8_t *data, size_t le
         if (n > len || (n > 0 && !data))
                 return fail(d, -EIO, "the UPLOAD reported %zu bytes but delivered %zu", n,
                             data ? len : 0);
-        if (n > 0) {
+        if (n > 0 && d->verifying) {
+                int r = verify_block(d, data, n);
+
+                if (r < 0)
+                        return r;
+        } else if (n > 0) {
                 ssize_t w = d->writer->pwrite(d->writer->ctx, data, n, d->offset);
 
                 if (w != (ssize_t) n) {
                         int r = w < 0 ? (int) w : -EIO;
 
-                        if (d->verifying && r == -EILSEQ)
-                                return fail(d, -EIO,
-                                            "verify failed: 0x%08" PRIx64 " reads back 0x%02x, "
-                                            "the image has 0x%02x there%s",
-                                            d->verify_bad, d->verify_got, d->verify_want,
-                                            d->dfuse ? "; the board stays in DFU mode" : "");
                         return fail(d, r, "writing what was read at %" PRIu64 " failed: %s",
                                     d->offset, strerror(-r));
                 }
@@ -1014,7 +1030,7 @@ static int upload_done(struct dfu *d, int status, const uint8_t *data, size_t le
                 return fail(d, -EIO,
                             "the device ended the upload at 0x%08" PRIx64 ", after %" PRIu64
                             " of %" PRIu64 " bytes",
-                            (uint64_t) d->address + d->offset, d->offset, d->writer->max);
+                            (uint64_t) d->address + d->offset, d->offset, d->up_limit);
         if (d->verifying)
                 return fail(d, -EIO,
                             "verify failed: the device read back %" PRIu64 " of the %" PRIu64
@@ -1122,41 +1138,11 @@ static int on_poll_status(struct dfu *d, const struct gw_dfu_status *st)
         }
 }
 
-/* The read-back of a verify: each block against the image's bytes of the region. */
-static ssize_t verify_pwrite(void *ctx, const void *buf, size_t n, uint64_t off)
-{
-        struct dfu *d = ctx;
-        const struct gw_dfu_element *g = &d->regions[d->verify_region];
-        const uint8_t *got = buf;
-        size_t done = 0;
-
-        if (off + n > g->size || n > sizeof(d->vbuf))
-                return -EIO;
-        while (done < n) {
-                ssize_t k = d->reader->pread(d->reader->ctx, d->vbuf + done, n - done,
-                                             g->offset + off + done);
-
-                if (k <= 0 || (size_t) k > n - done)
-                        return k < 0 ? k : -EIO;
-                done += (size_t) k;
-        }
-        for (size_t i = 0; i < n; i++)
-                if (got[i] != d->vbuf[i]) {
-                        d->verify_bad = (d->dfuse ? g->address : 0) + off + i;
-                        d->verify_got = got[i];
-                        d->verify_want = d->vbuf[i];
-                        return -EILSEQ;
-                }
-        return (ssize_t) n;
-}
-
-/* Reads the next region back (an upload into verify_writer). */
+/* Reads the next region back (an upload; upload_done() compares each block). */
 static int verify_next_region(struct dfu *d)
 {
         const struct gw_dfu_element *g = &d->regions[d->verify_region];
 
-        d->verify_writer = (struct gw_writer){.max = g->size, .ctx = d, .pwrite = verify_pwrite};
-        d->writer = &d->verify_writer;
         d->address = g->address;
         d->offset = 0;
         d->block = 0;
@@ -1188,7 +1174,6 @@ static int verify_region_done(struct dfu *d)
         d->verifying = false;
         d->verified = true;
         d->uploading = false;
-        d->writer = NULL;
         d->offset = d->total;
         d->address = d->regions[0].address;
         if (d->dfuse)
@@ -1203,7 +1188,7 @@ static int finish_in_dfu_mode(struct dfu *d)
 {
         int r;
 
-        if (d->reset_opt == 0 || (d->reset_opt < 0 && !d->detached))
+        if (d->reset_opt == 0 || (d->reset_opt < 0 && !d->have_runtime_ids))
                 return succeed(d);
         r = d->host->reset(d->host->ctx);
         if (r < 0 && r != -ENODEV)
@@ -1383,7 +1368,6 @@ static int dfu_init(void *priv, const struct gw_options *opts, const struct gw_p
         if (alt) {
                 size_t n = strlen(alt);
 
-                d->alt_given = true;
                 if (n == 0 || n > ALT_NAME_MAX)
                         return bad_option(d, "alt", "a number or a name of 1 to 255 bytes");
                 if (gw_parse_u64(alt, &d->alt_number) == 0) {
@@ -1444,7 +1428,7 @@ static void dfu_done(void *priv)
         struct dfu *d = priv;
 
         /* The block buffer lives in priv, reader and writer are the core's. */
-        gw_dfu_file_free(&d->file);
+        gw_dfu_file_done(&d->file);
 }
 
 static bool have_control_link(const struct dfu *d)
@@ -1462,7 +1446,6 @@ static int start_operation(struct dfu *d)
         d->recoveries = 0;
         d->cancel_requested = false;
         d->have_runtime_ids = false;
-        d->detached = false;
         d->op_deadline = now(d) + d->timeout_ms * 1000u;
         r = setup_device(d, true);
         if (r < 0)
@@ -1471,7 +1454,6 @@ static int start_operation(struct dfu *d)
                 uint16_t t =
                     d->func.detach_timeout_ms ? d->func.detach_timeout_ms : DEFAULT_DETACH_MS;
 
-                d->detached = true;
                 return submit(d, DFU_STATE_DETACHING, REQ_OUT, DFU_DETACH, t, NULL, 0);
         }
         return get_status(d, DFU_STATE_START);
@@ -1485,7 +1467,7 @@ static int open_file(struct dfu *d)
         char why[200] = "";
         int r;
 
-        gw_dfu_file_free(&d->file);
+        gw_dfu_file_done(&d->file);
         if (d->reader->size == 0)
                 return fail(d, -EINVAL, "the image is empty");
         if (d->reader->size > UINT32_MAX)
@@ -1586,6 +1568,8 @@ static int dfu_check_image(void *priv, const struct gw_reader *reader,
         uint16_t vid = 0, pid = 0;
         uint64_t alt_no = 0;
         unsigned major = 0, minor = 0;
+        /* Option alt, before open_file() lets a DfuSe file's alt stand in for it. */
+        bool alt_given = d->alt_is_number || d->alt_name[0];
         int r;
 
         if (d->state != DFU_STATE_IDLE)
@@ -1616,7 +1600,7 @@ static int dfu_check_image(void *priv, const struct gw_reader *reader,
                 return 0;
         /* identify() described the alt the options choose. Without option alt, a container
          * picks its own, which identify() may not have described: install() checks it. */
-        if (d->file.dfuse && d->file.elements[0].alt != alt_no && !d->alt_given)
+        if (d->file.dfuse && d->file.elements[0].alt != alt_no && !alt_given)
                 return 0;
         d->alt = (uint8_t) alt_no;
         return plan_download(d);
