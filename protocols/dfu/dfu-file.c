@@ -430,7 +430,7 @@ int gw_dfu_file_parse(const struct gw_reader *r, enum gw_dfu_file_format format,
         return 0;
 }
 
-void gw_dfu_file_free(struct gw_dfu_file *f)
+void gw_dfu_file_done(struct gw_dfu_file *f)
 {
         if (!f)
                 return;

@@ -58,12 +58,12 @@ struct gw_dfu_file {
  * disagree with each other or with the file, with a wrong signature, more than
  * GW_DFUSE_FILE_ELEMENTS_MAX elements, overlapping elements or one past 4 GiB, or without a
  * suffix declaring bcdDFU 0x011a), -ENOMEM, or the reader's -errno. ret is written only on
- * success; free it with gw_dfu_file_free(). */
+ * success; release it with gw_dfu_file_done(). */
 int gw_dfu_file_parse(const struct gw_reader *r, enum gw_dfu_file_format format,
                       struct gw_dfu_file *ret, char *why, size_t why_size);
 
 /* Frees what gw_dfu_file_parse() allocated and zeroes f. f may be zeroed already. */
-void gw_dfu_file_free(struct gw_dfu_file *f);
+void gw_dfu_file_done(struct gw_dfu_file *f);
 
 /* Does the suffix allow a device with these ids (its DFU-mode ids, or the run-time ids it had
  * before it was detached)? true when the file has no suffix, or each of its ids is

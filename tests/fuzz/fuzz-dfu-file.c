@@ -155,8 +155,8 @@ static int run(const uint8_t *data, size_t size, enum gw_dfu_file_format format,
                         fuzz_check(x->alt == y->alt && x->address == y->address &&
                                    x->size == y->size && x->offset == y->offset);
                 }
-                gw_dfu_file_free(&f);
-                gw_dfu_file_free(&g);
+                gw_dfu_file_done(&f);
+                gw_dfu_file_done(&g);
                 fuzz_check(!f.elements && f.n_elements == 0);
         }
         return ret;
@@ -343,7 +343,7 @@ static int expected_without_facts(const struct gw_reader *r, enum gw_dfu_file_fo
                 ret = -EINVAL;
         else if (f.elements[0].alt != f.elements[f.n_elements - 1].alt)
                 ret = -EOPNOTSUPP;
-        gw_dfu_file_free(&f);
+        gw_dfu_file_done(&f);
         return ret;
 }
 
@@ -363,7 +363,7 @@ static void run_check(const uint8_t *data, size_t size, const struct ctl *c)
         parsed = gw_dfu_file_parse(&r, format, &f, NULL, 0) == 0;
         facts = make_facts(c, &f, parsed, &dfu_mode);
         if (parsed)
-                gw_dfu_file_free(&f);
+                gw_dfu_file_done(&f);
 
         plain = check_image(opts, &r, NULL);
         if (bad)

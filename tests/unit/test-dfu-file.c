@@ -344,7 +344,7 @@ static void test_golden_suffix(void **state)
                 assert_memory_equal(p, bin, nbin);
                 assert_null(f.elements);
                 assert_int_equal(f.n_elements, 0);
-                gw_dfu_file_free(&f);
+                gw_dfu_file_done(&f);
         }
 
         /* RAW ignores the suffix. */
@@ -389,7 +389,7 @@ static void test_golden_dfuse(void **state)
         expect_bytes(p, &f.elements[0], "a.bin");
         expect_bytes(p, &f.elements[1], "b.bin");
         assert_int_equal(f.elements_size, 1300);
-        gw_dfu_file_free(&f);
+        gw_dfu_file_done(&f);
         assert_null(f.elements);
         assert_int_equal(f.n_elements, 0);
         free(p);
@@ -408,7 +408,7 @@ static void test_golden_dfuse(void **state)
         expect_bytes(p, &f.elements[1], "b.bin");
         expect_bytes(p, &f.elements[2], "ob.bin");
         assert_int_equal(f.elements_size, 1316);
-        gw_dfu_file_free(&f);
+        gw_dfu_file_done(&f);
 
         /* RAW sends the container as it is. */
         expect_ok(p, n, GW_DFU_FORMAT_RAW, &f);
@@ -527,9 +527,9 @@ static void test_args(void **state)
 
         /* Freeing a zeroed struct, twice. */
         memset(&f, 0, sizeof(f));
-        gw_dfu_file_free(&f);
-        gw_dfu_file_free(&f);
-        gw_dfu_file_free(NULL);
+        gw_dfu_file_done(&f);
+        gw_dfu_file_done(&f);
+        gw_dfu_file_done(NULL);
 }
 
 /* ---- DfuSe containers ------------------------------------------------------------------- */
@@ -553,7 +553,7 @@ static void test_dfuse_built(void **state)
                 assert_true(f.elements[i].offset + f.elements[i].size <= f.payload_size);
                 check_pattern(b.p, &f.elements[i]);
         }
-        gw_dfu_file_free(&f);
+        gw_dfu_file_done(&f);
         buf_free(&b);
 
         /* Only empty elements, and no target at all. */
@@ -737,7 +737,7 @@ static void test_dfuse_limits(void **state)
                         assert_int_equal(f.elements[i].address, 0x20000000 + 2 * i);
                         check_pattern(b.p, &f.elements[i]);
                 }
-                gw_dfu_file_free(&f);
+                gw_dfu_file_done(&f);
                 buf_free(&b);
         }
         /* One more, in a third target (even an empty element counts). */
@@ -770,7 +770,7 @@ static void test_dfuse_limits(void **state)
                 make_dfuse(&b, t_top, 1);
                 expect_ok(b.p, b.n, GW_DFU_FORMAT_AUTO, &f);
                 assert_int_equal(f.elements[0].address, 0xffffff00);
-                gw_dfu_file_free(&f);
+                gw_dfu_file_done(&f);
                 buf_free(&b);
                 make_dfuse(&b, t_past, 1);
                 expect_bad(b.p, b.n, GW_DFU_FORMAT_AUTO, "0xffffff00 + 257 reaches past 4 GiB");
@@ -817,7 +817,7 @@ static void test_dfuse_overlap(void **state)
                 expect_ok(b.p, b.n, GW_DFU_FORMAT_AUTO, &f);
                 assert_int_equal(f.n_elements, 2);
                 assert_int_equal(f.elements[0].address, 0x08000000);
-                gw_dfu_file_free(&f);
+                gw_dfu_file_done(&f);
                 buf_free(&b);
         }
         /* In different alts they may. */
@@ -833,7 +833,7 @@ static void test_dfuse_overlap(void **state)
                 assert_int_equal(f.elements[2].alt, 2);
                 for (size_t i = 0; i < f.n_elements; i++)
                         check_pattern(b.p, &f.elements[i]);
-                gw_dfu_file_free(&f);
+                gw_dfu_file_done(&f);
                 buf_free(&b);
         }
 }
@@ -863,9 +863,9 @@ static void test_short_reads(void **state)
                         assert_int_equal(f.elements[i].offset, ref.elements[i].offset);
                 }
                 assert_int_equal(f.suffix.crc, ref.suffix.crc);
-                gw_dfu_file_free(&f);
+                gw_dfu_file_done(&f);
         }
-        gw_dfu_file_free(&ref);
+        gw_dfu_file_done(&ref);
         buf_free(&b);
 }
 
@@ -883,7 +883,7 @@ static void test_reader_fails(void **state)
 
                 m0.chunk = chunk;
                 assert_int_equal(gw_dfu_file_parse(&r0, GW_DFU_FORMAT_AUTO, &ok, NULL, 0), 0);
-                gw_dfu_file_free(&ok);
+                gw_dfu_file_done(&ok);
                 calls = m0.calls;
                 assert_true(calls > 3);
                 for (unsigned i = 1; i <= calls; i++) {
