@@ -905,6 +905,13 @@ static const struct fake_usb_step s_dfu_reset[] = {
     FU_RESULT(GW_PROTO_DONE),
     FU_RESETS(1),
 };
+/* The same with a reset the transport refuses: written, but not back in the application, so
+ * the install fails and says so. */
+static const struct fake_usb_step s_dfu_reset_fails[] = {
+    GETSTATUS, ST(0, 0, S_IDLE),   DNLOAD(0, 64),   FU_COMPLETE(64),
+    GETSTATUS, ST(0, 0, S_DNIDLE), DNLOAD(1, 0),    FU_COMPLETE(0),
+    GETSTATUS, ST(0, 0, S_IDLE),   FU_RESULT(-EIO), FU_ERROR("to leave DFU mode failed"),
+};
 /* bitWillDetach: no reset; a device that drops off inside the DETACH is fine. */
 static const struct fake_usb_step s_detach_will[] = {
     DETACH(500), FU_COMPLETE(-ENODEV), FU_RESETS(0),          FU_REOPEN(2000), FU_REOPENED(0),
@@ -945,6 +952,11 @@ static void test_detach(void **state)
         fake_usb_run(&w.f, s_detach_stay, sizeof(s_detach_stay) / sizeof(s_detach_stay[0]));
         world_end(&w);
         RUN(&dev_dfu11, 64, "reset=true", s_dfu_reset);
+        world_start(&w, &dev_dfu11, 64, "reset=true");
+        w.f.reset_error = -EIO;
+        fake_usb_run(&w.f, s_dfu_reset_fails,
+                     sizeof(s_dfu_reset_fails) / sizeof(s_dfu_reset_fails[0]));
+        world_end(&w);
 
         RUN(&dev_runtime, 64, NULL, s_detach_timeout);
         RUN(&dev_runtime, 64, NULL, s_detach_refused);
@@ -2175,9 +2187,13 @@ static void test_dfu_files(void **state)
                                                        {1, 0x20000000, 10, 0}};
                 static const struct file_elem ro[] = {{0, 0x08000000, 10, 0}};
 
+                static const struct file_elem empty[] = {{0, 0x08002000, 0, 0}};
+
                 n = build_dfuse(buf, two, 2);
                 expect_file_refused(&dev_dfuse, buf, n, NULL, -EOPNOTSUPP,
                                     "alternate settings 0 and 1");
+                n = build_dfuse(buf, empty, 1);
+                expect_file_refused(&dev_dfuse, buf, n, NULL, -EINVAL, "holds no data");
                 n = build_dfuse(buf, three, 3);
                 buf[400] ^= 1;
                 expect_file_refused(&dev_dfuse, buf, n, NULL, -EBADMSG, "CRC");
