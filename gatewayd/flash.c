@@ -14,6 +14,7 @@
 
 #include "gw/flash.h"
 #include "gw/log.h"
+#include "gw/registry.h"
 
 /* A protocol queues a block or two at a time; more than this is a protocol bug. */
 #define OUT_QUEUE_MAX (256u * 1024u)
@@ -411,6 +412,15 @@ static int flash_reset(void *ctx)
         return f->t->reset ? f->t->reset(f->tpriv) : -EOPNOTSUPP;
 }
 
+static int flash_set_lines(void *ctx, unsigned mask, unsigned values)
+{
+        struct gw_flash *f = ctx;
+
+        if (!f->link_open)
+                return -ENODEV;
+        return f->t->set_lines(f->tpriv, mask, values);
+}
+
 static void link_close(struct gw_flash *f)
 {
         if (!f->link_open)
@@ -533,6 +543,8 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
             .now_us = flash_now_us,
             .set_deadline_us = flash_set_deadline_us,
         };
+        if (t->shape == GW_LINK_STREAM && t->version >= 4 && t->set_lines)
+                f->host.set_lines = flash_set_lines;
         if (t->shape == GW_LINK_CONTROL) {
                 f->host.write = NULL;
                 f->host.flush_input = NULL;
@@ -542,15 +554,17 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
                 f->host.reset = flash_reset;
                 f->host.reopen = flash_reopen;
         }
-        f->topts = gw_options_new();
+        /* The protocol's link defaults (stm32: even parity) under the node's own settings. */
+        r = gw_plugin_link_options(p, topts, &f->topts);
+        if (r < 0)
+                goto fail;
         f->popts = gw_options_new();
-        if (!f->topts || gw_options_merge(f->topts, topts) < 0 || !f->popts ||
-            gw_options_merge(f->popts, popts) < 0) {
+        if (!f->popts || gw_options_merge(f->popts, popts) < 0) {
                 r = -ENOMEM;
                 goto fail;
         }
 
-        r = t->open(f->tpriv, topts, &f->svc);
+        r = t->open(f->tpriv, f->topts, &f->svc);
         if (r < 0)
                 goto fail;
         f->link_open = true;

@@ -311,11 +311,18 @@ __attribute__((format(printf, 2, 3))) static void check_set_error(void *ctx, con
         va_end(ap);
 }
 
+/* What check_instance() runs on the instance init() prepared. */
+enum check_op {
+        CHECK_OPTIONS,   /* init() alone */
+        CHECK_IMAGE,     /* check_image() */
+        CHECK_INSTALLED, /* installed() */
+};
+
 /* Runs init() on a fresh instance with a host that keeps the reason it gives, then, when init()
- * took the options and reader is set, check_image(). */
+ * took the options, the op. Returns what the op returned (installed(): 0 or 1), or -errno. */
 static int check_instance(const struct gw_protocol_ops *p, const struct gw_options *opts,
-                          const struct gw_reader *reader, const struct gw_options *facts, char *why,
-                          size_t why_size)
+                          enum check_op op, const struct gw_reader *reader,
+                          const struct gw_options *facts, char *why, size_t why_size)
 {
         struct check_host c = {.why = why, .why_size = why_size};
         struct gw_proto_host host = {
@@ -336,21 +343,25 @@ static int check_instance(const struct gw_protocol_ops *p, const struct gw_optio
         why[0] = '\0';
         r = p->init(priv, opts, &host);
         if (r >= 0) {
-                if (reader)
+                if (op == CHECK_IMAGE)
                         r = p->check_image(priv, reader, facts);
+                else if (op == CHECK_INSTALLED)
+                        r = p->installed(priv, reader, facts);
                 p->done(priv);
         }
         free(priv);
         if (r < 0 && !why[0])
-                snprintf(why, why_size, "%s (%s)", reader ? "image refused" : "invalid options",
-                         strerror(-r));
-        return r < 0 ? r : 0;
+                snprintf(why, why_size, "%s (%s)",
+                         op == CHECK_OPTIONS ? "invalid options" : "image refused", strerror(-r));
+        if (r < 0)
+                return r;
+        return op == CHECK_INSTALLED ? (r > 0) : 0;
 }
 
 static int check_protocol_values(const struct gw_protocol_ops *p, const struct gw_options *opts,
                                  char *why, size_t why_size)
 {
-        return check_instance(p, opts, NULL, NULL, why, why_size);
+        return check_instance(p, opts, CHECK_OPTIONS, NULL, NULL, why, why_size);
 }
 
 int gw_plugin_check_image(const struct gw_protocol_ops *p, const struct gw_options *popts,
@@ -361,7 +372,45 @@ int gw_plugin_check_image(const struct gw_protocol_ops *p, const struct gw_optio
                 return -EINVAL;
         if (p->version < 4 || !p->check_image)
                 return 0;
-        return check_instance(p, popts, reader, facts, why, why_size);
+        return check_instance(p, popts, CHECK_IMAGE, reader, facts, why, why_size);
+}
+
+int gw_plugin_installed(const struct gw_protocol_ops *p, const struct gw_options *popts,
+                        const struct gw_reader *reader, const struct gw_options *facts, char *why,
+                        size_t why_size)
+{
+        if (!p || !popts || !reader || !why || why_size == 0)
+                return -EINVAL;
+        if (p->version < 5 || !p->installed || !facts)
+                return 0;
+        return check_instance(p, popts, CHECK_INSTALLED, reader, facts, why, why_size);
+}
+
+int gw_plugin_link_options(const struct gw_protocol_ops *p, const struct gw_options *topts,
+                           struct gw_options **ret)
+{
+        struct gw_options *o = gw_options_new();
+        int r = o ? 0 : -ENOMEM;
+
+        if (r >= 0 && p && p->version >= 5 && p->link_defaults)
+                for (size_t i = 0; p->link_defaults[i] && r >= 0; i++) {
+                        const char *kv = p->link_defaults[i], *eq = strchr(kv, '=');
+                        char key[64];
+
+                        if (!eq || eq == kv || (size_t) (eq - kv) >= sizeof(key))
+                                continue; /* a malformed default of the plugin's: ignored */
+                        memcpy(key, kv, (size_t) (eq - kv));
+                        key[eq - kv] = '\0';
+                        r = gw_options_set(o, key, eq + 1);
+                }
+        if (r >= 0)
+                r = gw_options_merge(o, topts);
+        if (r < 0) {
+                gw_options_free(o);
+                return r;
+        }
+        *ret = o;
+        return 0;
 }
 
 int gw_plugin_check_options(const struct gw_transport_ops *t, const struct gw_options *topts,
@@ -402,8 +451,14 @@ int gw_plugin_check_options(const struct gw_transport_ops *t, const struct gw_op
                 }
         }
         if (t->version >= 3 && t->check) {
+                struct gw_options *linked;
+
+                r = gw_plugin_link_options(p, topts, &linked);
+                if (r < 0)
+                        return r;
                 reason[0] = '\0';
-                r = t->check(topts, reason, sizeof(reason));
+                r = t->check(linked, reason, sizeof(reason));
+                gw_options_free(linked);
                 if (r < 0) {
                         snprintf(why, why_size, "transport %s: %s", t->name,
                                  reason[0] ? reason : strerror(-r));

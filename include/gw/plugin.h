@@ -23,11 +23,14 @@
 /* Version 2 of each added the control link shape (USB); version 3 of the transport and
  * protocol ops added option checking (options, check); version 4 of the protocol ops added
  * checking an image before any node is written (check_image) and describing what a device's
- * descriptors say to the protocol (describe). */
-#define GW_TRANSPORT_OPS_VERSION 3
-#define GW_PROTOCOL_OPS_VERSION  4
+ * descriptors say to the protocol (describe); version 4 of the transport ops and of the host
+ * added modem-control lines (set_lines); version 5 of the protocol ops added the transport
+ * settings a protocol needs by default (link_defaults) and telling a node that already runs
+ * an image (installed). */
+#define GW_TRANSPORT_OPS_VERSION 4
+#define GW_PROTOCOL_OPS_VERSION  5
 #define GW_SERVICES_VERSION      2
-#define GW_PROTO_HOST_VERSION    3
+#define GW_PROTO_HOST_VERSION    4
 
 enum gw_link_shape {
         GW_LINK_STREAM = 1, /* a byte stream: UART, pty, TCP serial bridge */
@@ -42,6 +45,11 @@ const char *gw_link_shape_to_string(enum gw_link_shape s);
  * then takes the board at that port with the node's ids, or, when the node names no DFU-mode
  * ids, any board there that is in DFU mode; its serial number may have changed too. */
 #define GW_OPTION_REOPEN_PATH "reopen-path"
+
+/* Modem-control lines of a stream link, for set_lines(): a bootloader entered by driving
+ * BOOT0 and NRST from an adapter's DTR and RTS. */
+#define GW_LINE_DTR (1u << 0)
+#define GW_LINE_RTS (1u << 1)
 
 /* Services the core hands every plugin instance. */
 struct gw_plugin_services {
@@ -188,6 +196,13 @@ struct gw_transport_ops {
          * naming the option, e.g. "option baud: expected 50 to 4000000") in why. Pure. NULL =
          * only open() can tell. */
         int (*check)(const struct gw_options *opts, char *why, size_t why_size);
+
+        /* Version 4: modem-control lines (stream shape). */
+        /* Sets each line in mask (GW_LINE_DTR, GW_LINE_RTS) to asserted when its bit is set in
+         * values, else to deasserted; lines outside mask keep their level. A quick ioctl, never
+         * waits. 0, -ENOTTY (this link has no modem lines: a pseudo-terminal, a TCP bridge),
+         * -ENODEV (the adapter is gone), -EIO. NULL = the transport has no lines. */
+        int (*set_lines)(void *priv, unsigned mask, unsigned values);
 };
 
 /* The image a protocol installs: read at any offset, so a protocol can resend a block.
@@ -252,6 +267,10 @@ struct gw_proto_host {
         uint64_t (*now_us)(void *ctx);
         /* As set_deadline(): timeout() is called once now_us() >= at_us; 0 disarms. */
         void (*set_deadline_us)(void *ctx, uint64_t at_us);
+
+        /* Version 4: stream links whose transport has modem-control lines; NULL otherwise. As
+         * the transport's set_lines(). The protocol times a sequence with its own deadline. */
+        int (*set_lines)(void *ctx, unsigned mask, unsigned values);
 };
 
 /* Returned by install(), input() and timeout(): negative errno = failed (the core stops the
@@ -332,6 +351,22 @@ struct gw_protocol_ops {
          * tell. */
         int (*describe)(const struct gw_usb_device_info *dev, const struct gw_usb_alt *alt,
                         struct gw_options *ret);
+
+        /* Version 5. */
+        /* Transport settings the protocol needs unless the node's own settings say otherwise,
+         * as "key=value" strings, NULL-terminated (stm32: {"parity=even", NULL}: the STM32 ROM
+         * bootloader speaks 8E1). The core adds each under the node's transport options before
+         * it checks or opens the link, so a node may still override it (parity: none on a
+         * link that cannot carry parity). NULL = none. */
+        const char *const *link_defaults;
+        /* Does the node already run reader's image, going by facts (what identify() reported)?
+         * 1 yes: the core does not write it (gatewayd counts the node as updated, gwflash says
+         * so and exits 0); 0 no, or facts cannot tell; -errno when the image cannot be read.
+         * Same instance rules as check_image(): reads the image, touches neither link nor
+         * timer. For smp: the image's own SHA-256 TLV against the hash of the confirmed image
+         * the node runs. NULL = cannot tell. */
+        int (*installed)(void *priv, const struct gw_reader *reader,
+                         const struct gw_options *facts);
 };
 
 /* Out-of-tree plugins: a shared module in the plugin directory exports

@@ -32,3 +32,14 @@ int gw_plugin_check_options(const struct gw_transport_ops *t, const struct gw_op
 int gw_plugin_check_image(const struct gw_protocol_ops *p, const struct gw_options *popts,
                           const struct gw_reader *reader, const struct gw_options *facts, char *why,
                           size_t why_size);
+
+/* Does the node already run reader's image? p->installed() on an instance p->init() prepared
+ * with popts, against facts (what the node's identify reported). 1 yes, 0 no or cannot tell
+ * (ops version below 5, no installed op, facts NULL), or -errno with a one-line reason in why. */
+int gw_plugin_installed(const struct gw_protocol_ops *p, const struct gw_options *popts,
+                        const struct gw_reader *reader, const struct gw_options *facts, char *why,
+                        size_t why_size);
+/* The transport options a link for protocol p is opened with: p's link_defaults, then topts
+ * over them (the node's settings win). *ret is new. 0 or -ENOMEM. p may be NULL. */
+int gw_plugin_link_options(const struct gw_protocol_ops *p, const struct gw_options *topts,
+                           struct gw_options **ret);

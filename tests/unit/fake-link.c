@@ -91,6 +91,21 @@ __attribute__((format(printf, 2, 3))) static void host_set_error(void *ctx, cons
         va_end(ap);
 }
 
+static int host_set_lines(void *ctx, unsigned mask, unsigned values)
+{
+        struct fake_link *f = ctx;
+
+        if (f->lines_error < 0)
+                return f->lines_error;
+        f->lines = (f->lines & ~mask) | (values & mask);
+        if (f->n_line_log < sizeof(f->line_log) / sizeof(f->line_log[0])) {
+                f->line_log[f->n_line_log].at = f->now;
+                f->line_log[f->n_line_log].lines = f->lines;
+                f->n_line_log++;
+        }
+        return 0;
+}
+
 void fake_link_init(struct fake_link *f, const struct gw_protocol_ops *ops)
 {
         memset(f, 0, sizeof(*f));
@@ -107,6 +122,7 @@ void fake_link_init(struct fake_link *f, const struct gw_protocol_ops *ops)
             .flush_input = host_flush_input,
             .progress = host_progress,
             .set_error = host_set_error,
+            .set_lines = host_set_lines,
         };
         f->last_checked = true;
 }

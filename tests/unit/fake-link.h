@@ -29,6 +29,17 @@ struct fake_link {
         unsigned progress_calls;
         char error[256]; /* the last set_error() */
 
+        /* Modem-control lines (host->set_lines): the levels now (GW_LINE_* bits), and every
+         * change with the virtual time it happened at. lines_error < 0 makes set_lines() fail
+         * with it (a pty has no lines: -ENOTTY). */
+        unsigned lines;
+        struct {
+                uint64_t at;
+                unsigned lines;
+        } line_log[64];
+        size_t n_line_log;
+        int lines_error;
+
         int last;          /* what the last install/input/timeout/cancel returned */
         bool last_checked; /* a FAKE_RESULT step looked at it */
         bool verbose;      /* GW_TEST_VERBOSE is set: print the instance's log */

@@ -286,6 +286,88 @@ static void test_check_image(void **state)
         gw_options_free(o);
 }
 
+/* A protocol of ops version 5 as a plugin would declare it: link defaults, and installed()
+ * saying yes when the facts' "hash" is "same". */
+static int v5_init(void *priv, const struct gw_options *opts, const struct gw_proto_host *host)
+{
+        return 0;
+}
+
+static void v5_done(void *priv)
+{
+}
+
+static int v5_installed(void *priv, const struct gw_reader *reader, const struct gw_options *facts)
+{
+        const char *h = gw_options_get(facts, "hash");
+
+        if (h && strcmp(h, "unreadable") == 0)
+                return -EIO;
+        return h && strcmp(h, "same") == 0;
+}
+
+static const char *const v5_defaults[] = {"parity=even", "baud=57600", "=x", "novalue", NULL};
+static const char *const v5_keys[] = {NULL};
+
+static const struct gw_protocol_ops v5_ops = {
+    .version = 5,
+    .name = "v5",
+    .shape = GW_LINK_STREAM,
+    .priv_size = 8,
+    .init = v5_init,
+    .done = v5_done,
+    .options = v5_keys,
+    .link_defaults = v5_defaults,
+    .installed = v5_installed,
+};
+
+/* gw_plugin_link_options: a protocol's defaults go under the node's settings, which win;
+ * malformed defaults are ignored; older protocols add nothing. check_options sees the
+ * defaults (a default the transport refuses is reported). gw_plugin_installed asks
+ * installed() only with facts. */
+static void test_link_defaults_and_installed(void **state)
+{
+        struct gw_options *t = gw_options_new(), *o = NULL, *facts = gw_options_new();
+        struct gw_reader r = {.size = 64, .name = "x.bin", .pread = bytes_pread};
+        struct gw_protocol_ops old = v5_ops;
+        char why[256];
+
+        assert_non_null(t);
+        assert_non_null(facts);
+        assert_int_equal(gw_options_set(t, "port", "/dev/ttyS0"), 0);
+        assert_int_equal(gw_options_set(t, "baud", "115200"), 0);
+        assert_int_equal(gw_plugin_link_options(&v5_ops, t, &o), 0);
+        assert_string_equal(gw_options_get(o, "parity"), "even");
+        assert_string_equal(gw_options_get(o, "baud"), "115200");
+        assert_string_equal(gw_options_get(o, "port"), "/dev/ttyS0");
+        assert_int_equal(gw_options_count(o), 3);
+        o = gw_options_free(o);
+        old.version = 4;
+        assert_int_equal(gw_plugin_link_options(&old, t, &o), 0);
+        assert_null(gw_options_get(o, "parity"));
+        o = gw_options_free(o);
+        assert_int_equal(gw_plugin_link_options(NULL, t, &o), 0);
+        assert_int_equal(gw_options_count(o), 2);
+        o = gw_options_free(o);
+
+        if (gw_transport_find("uart")) {
+                assert_int_equal(gw_plugin_check_options(gw_transport_find("uart"), t, &v5_ops,
+                                                         facts, why, sizeof(why)),
+                                 0);
+        }
+
+        assert_int_equal(gw_plugin_installed(&v5_ops, t, &r, NULL, why, sizeof(why)), 0);
+        assert_int_equal(gw_plugin_installed(&v5_ops, t, &r, facts, why, sizeof(why)), 0);
+        assert_int_equal(gw_options_set(facts, "hash", "same"), 0);
+        assert_int_equal(gw_plugin_installed(&v5_ops, t, &r, facts, why, sizeof(why)), 1);
+        assert_int_equal(gw_plugin_installed(&old, t, &r, facts, why, sizeof(why)), 0);
+        assert_int_equal(gw_options_set(facts, "hash", "unreadable"), 0);
+        assert_int_equal(gw_plugin_installed(&v5_ops, t, &r, facts, why, sizeof(why)), -EIO);
+        assert_true(why[0] != '\0');
+        gw_options_free(facts);
+        gw_options_free(t);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -297,6 +379,7 @@ int main(void)
             cmocka_unit_test(test_load_dir),
             cmocka_unit_test(test_check_options),
             cmocka_unit_test(test_check_image),
+            cmocka_unit_test(test_link_defaults_and_installed),
         };
 
         gw_log_set_max_level(getenv("GW_TEST_VERBOSE") ? LOG_DEBUG : LOG_EMERG);

@@ -305,6 +305,21 @@ static void test_enumerate(void **state)
         assert_int_equal(r, n > 0 ? 42 : 0);
 }
 
+/* A pty has no modem lines: set_lines says so (-ENOTTY) instead of pretending; a line the ABI
+ * does not name is refused. */
+static void test_set_lines_pty(void **state)
+{
+        struct fixture *f = *state;
+
+        assert_non_null(ops->set_lines);
+        assert_int_equal(open_with(f, f->slave, NULL), 0);
+        assert_int_equal(ops->set_lines(f->priv, GW_LINE_DTR, GW_LINE_DTR), -ENOTTY);
+        assert_int_equal(ops->set_lines(f->priv, GW_LINE_RTS, 0), -ENOTTY);
+        assert_int_equal(ops->set_lines(f->priv, 1u << 7, 0), -EINVAL);
+        /* Nothing asked: nothing touched. */
+        assert_int_equal(ops->set_lines(f->priv, 0, 0), 0);
+}
+
 static void test_ops_table(void **state)
 {
         (void) state;
@@ -331,6 +346,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_option_errors, setup, teardown),
             cmocka_unit_test_setup_teardown(test_missing_and_wrong_paths, setup, teardown),
             cmocka_unit_test(test_enumerate),
+            cmocka_unit_test_setup_teardown(test_set_lines_pty, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

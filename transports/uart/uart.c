@@ -472,6 +472,37 @@ static ssize_t uart_write(void *priv, const void *buf, size_t n)
         return r == -EIO ? -EPIPE : r;
 }
 
+static int uart_set_lines(void *priv, unsigned mask, unsigned values)
+{
+        const struct uart *u = priv;
+        static const struct {
+                unsigned line;
+                int tiocm;
+        } lines[] = {{GW_LINE_DTR, TIOCM_DTR}, {GW_LINE_RTS, TIOCM_RTS}};
+
+        if (mask & ~(GW_LINE_DTR | GW_LINE_RTS))
+                return -EINVAL;
+        if (u->fd < 0)
+                return -ENODEV;
+        /* One path for both kinds of port: libserialport's sp_set_dtr() would rewrite the whole
+         * configuration for one bit; TIOCMBIS/TIOCMBIC change just the line. */
+        for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+                int bits = lines[i].tiocm;
+
+                if (!(mask & lines[i].line))
+                        continue;
+                if (ioctl(u->fd, (values & lines[i].line) ? TIOCMBIS : TIOCMBIC, &bits) < 0) {
+                        int r = -errno;
+
+                        debug(u->svc, "setting %s: %s",
+                              lines[i].line == GW_LINE_DTR ? "DTR" : "RTS", strerror(errno));
+                        /* A pty answers EINVAL or ENOTTY: either way it has no lines. */
+                        return r == -EINVAL ? -ENOTTY : (r == -EIO ? -ENODEV : r);
+                }
+        }
+        return 0;
+}
+
 static int uart_enumerate(const struct gw_plugin_services *svc, gw_link_enum_cb cb, void *userdata)
 {
         struct sp_port **ports = NULL;
@@ -523,4 +554,5 @@ const struct gw_transport_ops gw_transport_uart_ops = {
     .enumerate = uart_enumerate,
     .options = uart_options,
     .check = uart_check,
+    .set_lines = uart_set_lines,
 };
