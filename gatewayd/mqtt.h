@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "gw/loop.h"
+#include "gw/mosquitto-errno.h"
 
 struct gw_mqtt;
 
@@ -40,6 +41,3 @@ bool gw_mqtt_is_connected(const struct gw_mqtt *m);
  * flushes, waiting at most timeout_ms. */
 void gw_mqtt_stop(struct gw_mqtt *m, int timeout_ms);
 struct gw_mqtt *gw_mqtt_free(struct gw_mqtt *m);
-
-/* libmosquitto's MOSQ_ERR_* as a negative errno (MOSQ_ERR_SUCCESS: 0). */
-int gw_mosq_to_errno(int rc);

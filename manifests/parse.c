@@ -1,5 +1,5 @@
 /* The gatewayd/manifest body: a strict schema over the bounded YAML tree, into the plain
- * structs of include/gw/manifest.h. Unknown, missing, duplicate and mistyped fields are
+ * structs of manifests/gw/manifest.h. Unknown, missing, duplicate and mistyped fields are
  * refused with the path of the field. */
 #include <errno.h>
 #include <stdlib.h>

@@ -24,7 +24,7 @@
 
 #include "gw/log.h"
 #include "gw/loop.h"
-#include "mqtt.h"
+#include "gw/mosquitto-errno.h"
 
 #ifndef GWCTL_VERSION
 #define GWCTL_VERSION "unknown"

@@ -1,7 +1,7 @@
 /* The plugin ABI: transports (links to nodes) and protocols (update protocols spoken over a
  * link). Each ops struct starts with its own version; fields are only ever appended, and an
  * op added in version N is called only after checking ops->version >= N. Built-ins are listed
- * in one static table (gatewayd/plugin.c); out-of-tree plugins are shared modules exporting
+ * in one static table (core/plugin.c); out-of-tree plugins are shared modules exporting
  * GW_PLUGIN_ENTRY_SYMBOL, refused when their ABI does not match.
  *
  * Threading: everything is called from the one thread that runs the loop. No op may sleep.

@@ -4,7 +4,7 @@
  * two fixed one-key trust roots (Ed25519, P-256; the seeds carry valid signatures by both),
  * the keys loader and a key rotation; each image's options go through its protocol's option
  * check (the protocol's init(), when it is built in), as the daemon runs it when it maps
- * nodes. Each result is checked against the contract in include/gw/manifest.h. */
+ * nodes. Each result is checked against the contract in manifests/gw/manifest.h. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>

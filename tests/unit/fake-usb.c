@@ -86,7 +86,7 @@ static int host_control(void *ctx, const struct gw_control_setup *setup, const v
 {
         struct fake_usb *f = ctx;
 
-        /* The same limits as the core (gatewayd/flash.c): one in flight, 4096 bytes. */
+        /* The same limits as the core (core/flash.c): one in flight, 4096 bytes. */
         assert_false(f->in_flight);
         if (f->reopening)
                 return -ENODEV;

@@ -1,4 +1,4 @@
-/* The stable strings behind enum gw_error (include/gw/error.h): what the daemon reports
+/* The stable strings behind enum gw_error (core/gw/error.h): what the daemon reports
  * upstream and what the tools print as "error: <code>: <message>". */
 #include <errno.h>
 #include <string.h>
