@@ -37,6 +37,7 @@ static void usage(FILE *out)
             "Usage: gwflash [OPTIONS] FILE\n"
             "       gwflash --usb VID:PID[,serial=S][,path=P] --alt N|NAME [OPTIONS] FILE\n"
             "       gwflash --usb VID:PID ... --upload FILE [--size N]\n"
+            "       gwflash -t TRANSPORT -p PORT -P PROTOCOL --identify\n"
             "       gwflash list [--json]\n"
             "\n"
             "Flash FILE to one node through a transport and a protocol plugin, or read the\n"
@@ -61,6 +62,9 @@ static void usage(FILE *out)
             "                         others and must be detached first (optional: the\n"
             "                         board is looked for again at the same port)\n"
             "  -P, --protocol NAME    update protocol (built in: ymodem, dfu)\n"
+            "      --identify         only ask the node what it runs (chip, bootloader,\n"
+            "                         image version and hash, as the protocol can tell)\n"
+            "      --force            flash even when the node already runs the image\n"
             "  -o, --option KEY=VAL   extra transport or protocol option (repeatable),\n"
             "                         e.g. -o ack-timeout-ms=3000 -o parity=even\n"
             "  -n, --name NAME        file name announced to the node (default: FILE's)\n"
@@ -72,8 +76,13 @@ static void usage(FILE *out)
             "  -v, --verbose          debug logging (protocol state changes)\n"
             "  -h, --help             this text\n"
             "\n"
-            "Exit status: 0 when the node took the whole image (or the upload completed),\n"
-            "1 when flashing failed, 2 on a usage error.\n"
+            "Before flashing, a protocol that can identify the node is asked what it runs:\n"
+            "the answer is printed, the image is checked against it (a chip it was not\n"
+            "built for is refused before anything is written), and a node that already\n"
+            "runs exactly this image is left alone unless --force.\n"
+            "\n"
+            "Exit status: 0 when the node took the whole image (or already ran it, or the\n"
+            "upload or identify completed), 1 when flashing failed, 2 on a usage error.\n"
             "\n"
             "Examples:\n"
             "  gwflash --transport uart --port /dev/ttyUSB0 --baud 115200 --protocol ymodem "
@@ -146,6 +155,123 @@ static void on_progress(void *userdata, uint64_t done, uint64_t total)
                 fprintf(stderr, "progress %d%% %llu/%llu bytes\n", pct, (unsigned long long) done,
                         (unsigned long long) total);
         }
+}
+
+static void on_finished(void *userdata, int result, const char *reason);
+
+/* Runs the loop until the operation just started reports finished(); its result. */
+static int wait_finished(struct run *run)
+{
+        int r = 0;
+
+        if (!run->finished)
+                r = gw_loop_run(run->loop);
+        return r < 0 ? r : run->result;
+}
+
+/* What identify reported: one line on stderr, or an "identify" event with --json. */
+static void print_facts(const struct run *run, const struct gw_options *facts)
+{
+        if (run->json) {
+                json_t *o = json_object(), *f = json_object();
+                char *s;
+
+                for (size_t i = 0; o && f && i < gw_options_count(facts); i++)
+                        json_object_set_new(f, gw_options_key(facts, i),
+                                            json_string(gw_options_value(facts, i)));
+                if (!o || !f) {
+                        json_decref(o);
+                        json_decref(f);
+                        return;
+                }
+                json_object_set_new(o, "event", json_string("identify"));
+                json_object_set_new(o, "facts", f);
+                s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+                printf("%s\n", s ? s : "");
+                fflush(stdout);
+                free(s);
+                json_decref(o);
+                return;
+        }
+        if (run->quiet)
+                return;
+        fprintf(stderr, "Node:");
+        for (size_t i = 0; i < gw_options_count(facts); i++)
+                fprintf(stderr, "%s %s=%s", i ? "," : "", gw_options_key(facts, i),
+                        gw_options_value(facts, i));
+        fprintf(stderr, "%s\n", gw_options_count(facts) ? "" : " (nothing reported)");
+}
+
+/* The final --json line of a run that wrote nothing: identify only, or an image the node runs
+ * already. */
+static void print_result_event(const char *result, const char *error)
+{
+        json_t *o = json_pack("{s:s, s:s}", "event", "result", "result", result);
+        char *s;
+
+        if (o && error)
+                json_object_set_new(o, "error", json_string(error));
+        s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        printf("%s\n", s ? s : "");
+        free(s);
+        json_decref(o);
+}
+
+/* Asks the node what it runs (protocols with identify), prints it, and checks the image against
+ * it. Returns 0 to go on flashing, 1 when the node already runs the image (and !force), or
+ * -errno with the error reported. facts stays the caller's. */
+static int identify_node(struct run *run, const struct gw_protocol_ops *p,
+                         const struct gw_options *opts, const struct gw_reader *reader,
+                         struct gw_options *facts, bool force)
+{
+        static const struct gw_flash_callbacks cbs = {.finished = on_finished};
+        char why[512];
+        int r;
+
+        run->finished = false;
+        run->result = 0;
+        run->reason[0] = '\0';
+        r = gw_flash_identify(run->flash, facts, &cbs, run);
+        if (r >= 0)
+                r = wait_finished(run);
+        if (r < 0) {
+                const char *reason = run->reason[0] ? run->reason : gw_flash_reason(run->flash);
+
+                if (!reason[0])
+                        reason = strerror(-r);
+                if (run->json)
+                        print_result_event("failed", reason);
+                gw_log_error("Cannot identify the node: %s", reason);
+                return r;
+        }
+        print_facts(run, facts);
+        if (!reader)
+                return 0;
+        r = gw_plugin_check_image(p, opts, reader, facts, why, sizeof(why));
+        if (r < 0) {
+                if (run->json)
+                        print_result_event("failed", why);
+                gw_log_error("Not flashing %s: %s", reader->name, why);
+                return r;
+        }
+        r = gw_plugin_installed(p, opts, reader, facts, why, sizeof(why));
+        if (r < 0) {
+                if (run->json)
+                        print_result_event("failed", why);
+                gw_log_error("Cannot read %s: %s", reader->name, why);
+                return r;
+        }
+        if (r == 1 && !force) {
+                if (run->json)
+                        print_result_event("unchanged", NULL);
+                else if (!run->quiet)
+                        fprintf(stderr,
+                                "The node already runs %s; not flashed (--force flashes "
+                                "it anyway)\n",
+                                reader->name);
+                return 1;
+        }
+        return 0;
 }
 
 static void on_finished(void *userdata, int result, const char *reason)
@@ -508,6 +634,8 @@ int main(int argc, char **argv)
             {"verbose", no_argument, NULL, 'v'},
             {"help", no_argument, NULL, 'h'},
             {"version", no_argument, NULL, 'V'},
+            {"identify", no_argument, NULL, 'I'},
+            {"force", no_argument, NULL, 'F'},
             {},
         };
         const char *transport = NULL, *protocol = NULL, *name = NULL, *usb = NULL, *label;
@@ -517,6 +645,8 @@ int main(int argc, char **argv)
         struct gw_options *opts = gw_options_new();
         struct gw_reader reader = {0};
         struct gw_writer writer = {0};
+        struct gw_options *facts = NULL;
+        bool identify_only = false, force = false;
         const char *upload = NULL;
         uint64_t upload_size = 0;
         struct run run = {.last_decile = -1};
@@ -583,6 +713,12 @@ int main(int argc, char **argv)
                 case 'j':
                         run.json = true;
                         break;
+                case 'I':
+                        identify_only = true;
+                        break;
+                case 'F':
+                        force = true;
+                        break;
                 case 'q':
                         run.quiet = true;
                         break;
@@ -605,7 +741,11 @@ int main(int argc, char **argv)
                 fprintf(stderr, "gwflash: --upload FILE takes no other FILE\n");
                 goto usage;
         }
-        if (!upload && optind != argc - 1) {
+        if (identify_only && (upload || optind != argc)) {
+                fprintf(stderr, "gwflash: --identify takes no FILE and no --upload\n");
+                goto usage;
+        }
+        if (!upload && !identify_only && optind != argc - 1) {
                 fprintf(stderr, "gwflash: expected exactly one FILE to flash\n");
                 goto usage;
         }
@@ -613,7 +753,7 @@ int main(int argc, char **argv)
                 fprintf(stderr, "gwflash: --size goes with --upload\n");
                 goto usage;
         }
-        run.file = upload ? upload : argv[optind];
+        run.file = upload ? upload : identify_only ? NULL : argv[optind];
         /* --usb VID:PID means the usb transport and, unless told otherwise, DFU. */
         if (usb) {
                 if (transport && strcmp(transport, "usb") != 0) {
@@ -657,7 +797,13 @@ int main(int argc, char **argv)
                 : gw_options_get(opts, "usb") ? gw_options_get(opts, "usb")
                                               : transport;
 
-        if (upload) {
+        if (identify_only && !p->identify) {
+                fprintf(stderr, "gwflash: protocol %s cannot identify a node\n", p->name);
+                goto usage;
+        }
+        if (identify_only) {
+                /* Nothing to read or write. */
+        } else if (upload) {
                 if (!p->upload) {
                         fprintf(stderr, "gwflash: protocol %s cannot read a node back\n", p->name);
                         goto usage;
@@ -695,6 +841,21 @@ int main(int argc, char **argv)
                 goto out;
         }
         run.tty = isatty(STDERR_FILENO);
+        if (p->identify && !upload) {
+                facts = gw_options_new();
+                r = facts
+                        ? identify_node(&run, p, opts, identify_only ? NULL : &reader, facts, force)
+                        : -ENOMEM;
+                if (r < 0)
+                        goto out;
+                if (r == 1 || identify_only) {
+                        ret = 0;
+                        goto out;
+                }
+                run.finished = false;
+                run.result = 0;
+                run.reason[0] = '\0';
+        }
         run.t0 = gw_now_ms();
         if (!run.quiet && !run.json && upload)
                 fprintf(stderr, "Reading %s back into %s with %s over %s\n", label, upload,
@@ -772,6 +933,7 @@ int main(int argc, char **argv)
         }
         ret = run.result == 0 ? 0 : 1;
 out:
+        gw_options_free(facts);
         gw_flash_free(run.flash);
         gw_loop_free(run.loop);
         gw_file_reader_close(&reader);

@@ -104,6 +104,34 @@ else
         fail "DFU 1.1 --json result line: $(tail -n 1 "$work/dfu11.out")"
 fi
 
+# The identify event comes first on --json: what the board reports before anything is written.
+if head -n 1 "$work/dfu11.out" | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+f = r["facts"]
+sys.exit(0 if r["event"] == "identify" and f["usb-id"] == "1d50:6089" and f["mode"] == "dfu"
+         and f["alt"] == "0" else 1)'; then
+        pass "DFU 1.1 --json identify event before the transfer"
+else
+        fail "DFU 1.1 --json identify event: $(head -n 1 "$work/dfu11.out")"
+fi
+
+# --identify alone: the facts, nothing written (the dump stays erased), exit 0.
+sim identify --dfuse -- "$GWFLASH" --usb 0483:df11 --alt 0 --identify
+rc=$?
+if [ "$rc" = 0 ] && grep -q "^Node: usb-id=0483:df11, .*mode=dfu.*layout=" "$work/identify.err" &&
+        ! grep -q "Flashing" "$work/identify.err"; then
+        pass "--identify prints the board's facts and writes nothing"
+else
+        fail "--identify: exit $rc, $(cat "$work/identify.err")"
+fi
+if "$GWFLASH" --usb 0483:df11 --identify "$work/img.bin" >/dev/null 2>&1; then
+        fail "--identify with a FILE was accepted"
+else
+        [ $? = 2 ] && pass "--identify with a FILE is a usage error" ||
+                fail "--identify with a FILE: not exit 2"
+fi
+
 # DfuSe: erase, SET_ADDRESS, download, then leave DFU mode (the device resets and vanishes).
 sim dfuse --dfuse -- "$GWFLASH" -q --usb 0483:df11 --alt 0 --address 0x08000000 "$work/big.bin"
 rc=$?
