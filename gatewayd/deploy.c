@@ -61,6 +61,9 @@ struct node_rt {
         bool reverting;     /* the running install is the rollback */
         bool revert_queued; /* an atomic deployment halted: rolls back once a slot is free */
         bool canary;        /* one of policy.canary nodes flashed first, not yet ended */
+        /* Its protocol says it already runs this deployment's image (installed()): it is not
+         * written, and nothing is rolled back on it. */
+        bool unchanged;
         /* While in a deployment: */
         struct deployment *dep;
         size_t image; /* index into the manifest's images */
@@ -168,7 +171,7 @@ static void publish_node(struct gw_engine *e, struct node_rt *n)
                 }
                 /* Rolling back: the image it is given (and then runs) again. */
                 if ((n->state == GW_NODE_REVERTING || n->state == GW_NODE_REVERTED) &&
-                    n->rb_cur.known) {
+                    n->rb_cur.known && !n->unchanged) {
                         s.image = n->rb_cur.name;
                         s.version = n->rb_cur.version;
                 }
@@ -182,6 +185,7 @@ static void publish_node(struct gw_engine *e, struct node_rt *n)
                 }
                 if (n->attempts > 0 && n->state == GW_NODE_FLASHING)
                         s.attempt = (int) n->attempts + 1;
+                s.unchanged = n->unchanged;
         } else if (n->installed_version) {
                 s.version = n->installed_version;
         }
@@ -245,7 +249,7 @@ static void publish_deployment(struct deployment *d, bool final)
         for (size_t i = 0; i < d->n_nodes; i++) {
                 struct node_rt *n = d->nodes[i];
                 const struct gw_manifest_image *img = &d->m->images[n->image];
-                bool reverted = n->state == GW_NODE_REVERTED && n->rb_cur.known;
+                bool reverted = n->state == GW_NODE_REVERTED && n->rb_cur.known && !n->unchanged;
 
                 nodes[i] = (struct gw_deployment_node){
                     .name = n->cfg->name,
@@ -253,6 +257,7 @@ static void publish_deployment(struct deployment *d, bool final)
                     .progress = final ? -1 : (n->total ? (int) (n->bytes * 100 / n->total) : 0),
                     .image = final ? (reverted ? n->rb_cur.name : img->name) : NULL,
                     .version = final ? (reverted ? n->rb_cur.version : img->version) : NULL,
+                    .unchanged = n->unchanged,
                     .error = final && (n->state == GW_NODE_FAILED || n->state == GW_NODE_REVERTED)
                                  ? n->error
                                  : GW_ERR_NONE,
@@ -692,7 +697,7 @@ static struct deployment *deployment_free(struct deployment *d)
                 n->identified = gw_options_free(n->identified);
                 node_image_done(&n->rb_cur);
                 node_image_done(&n->rb_prev);
-                n->active = n->reverting = n->revert_queued = n->canary = false;
+                n->active = n->reverting = n->revert_queued = n->canary = n->unchanged = false;
                 n->dep = NULL;
         }
         free(d->downloads);
@@ -1051,6 +1056,14 @@ static void deployment_halt(struct deployment *d)
 
                 if (n->state != GW_NODE_SUCCESS || n->active)
                         continue;
+                if (n->unchanged) {
+                        /* It ran this image before the deployment: that is what it goes back
+                         * to. */
+                        snprintf(n->message, sizeof(n->message),
+                                 "rolled back: another node failed; it ran this image before");
+                        node_set_state(n, GW_NODE_REVERTED);
+                        continue;
+                }
                 snprintf(n->message, sizeof(n->message), "rolled back: another node failed");
                 n->revert_queued = true;
         }
@@ -1297,6 +1310,16 @@ static int flash_node(struct deployment *d, struct node_rt *n)
                 node_check_start(n);
                 return 0;
         }
+        if (n->unchanged) {
+                gw_log_info("%s: already runs %s %s (its protocol says so); not flashed",
+                            n->cfg->name, img->name, img->version);
+                snprintf(n->message, sizeof(n->message), "already ran %.64s %.64s; not flashed",
+                         img->name, img->version);
+                n->bytes = n->total = img->size;
+                journal_node_installed(d->engine, n, img);
+                n->flash = gw_flash_free(n->flash);
+                return 1;
+        }
         r = node_reader_open(d, n, img->sha256, img->name, img->version);
         if (r < 0)
                 return r;
@@ -1376,7 +1399,8 @@ static void flash_start_more(struct deployment *d)
 
 /* Each node's image as its protocol reads it (a DFU file's CRC, the board its suffix names, a
  * DfuSe container's addresses), against what the node's identify reported: one the protocol
- * refuses fails the deployment with nothing written to any node. false then. */
+ * refuses fails the deployment with nothing written to any node. false then. A node whose
+ * protocol tells from the same facts that it already runs the image is marked unchanged. */
 static bool check_images(struct deployment *d)
 {
         for (size_t i = 0; i < d->n_nodes; i++) {
@@ -1387,9 +1411,12 @@ static bool check_images(struct deployment *d)
                 struct gw_options *popts = NULL;
                 char *path = NULL, why[400] = "";
                 bool checked = false; /* the protocol read it: a failure is its refusal */
+                bool check, installed;
                 int r;
 
-                if (!p || p->version < 4 || !p->check_image)
+                check = p && p->version >= 4 && p->check_image;
+                installed = p && p->version >= 5 && p->installed && n->identified;
+                if (!check && !installed)
                         continue;
                 r = node_protocol_opts(n, img->options, &popts);
                 if (r >= 0)
@@ -1403,6 +1430,10 @@ static bool check_images(struct deployment *d)
                 } else {
                         snprintf(why, sizeof(why), "cannot read it from the store: %s",
                                  strerror(-r));
+                }
+                if (r >= 0 && installed) {
+                        r = gw_plugin_installed(p, popts, &reader, n->identified, why, sizeof(why));
+                        n->unchanged = r == 1;
                 }
                 gw_file_reader_close(&reader);
                 free(path);

@@ -255,6 +255,8 @@ int gw_status_node_json(const struct gw_node_status *s, time_t ts, char **ret)
                 r = set_int_opt(o, "rate_bps", s->rate_bps);
         if (r >= 0 && s->attempt > 1)
                 r = set_int_opt(o, "attempt", s->attempt);
+        if (r >= 0 && s->unchanged)
+                r = json_object_set_new(o, "unchanged", json_true()) < 0 ? -ENOMEM : 0;
         if (r >= 0 && s->state == GW_NODE_FAILED && s->error != GW_ERR_NONE)
                 r = set_error(o, s->error, s->error_message);
         return finish(o, r, ts, ret);
@@ -352,6 +354,8 @@ static int set_deployment_nodes(json_t *o, const struct gw_deployment_node *node
                         r = set_string_opt(entry, "image", n->image);
                 if (r >= 0 && final)
                         r = set_string_opt(entry, "version", n->version);
+                if (r >= 0 && final && n->unchanged)
+                        r = json_object_set_new(entry, "unchanged", json_true()) < 0 ? -ENOMEM : 0;
                 if (r >= 0 && final && n->error != GW_ERR_NONE)
                         r = set_error(entry, n->error, n->error_message);
         }

@@ -56,7 +56,8 @@ struct gw_node_status {
         int64_t total;    /* or -1 */
         int64_t rate_bps; /* or -1 */
         int attempt; /* 2, 3, ...: the install runs again (node retries); below 2: not reported */
-        enum gw_error error;       /* reported only in state failed, and only when not NONE */
+        bool unchanged;      /* it already ran the image and was not written: "unchanged": true */
+        enum gw_error error; /* reported only in state failed, and only when not NONE */
         const char *error_message; /* NULL: "" */
 };
 
@@ -64,7 +65,7 @@ struct gw_node_status {
 void gw_node_status_init(struct gw_node_status *s, enum gw_node_state state);
 
 /* {"state","deployment","image","version","progress","bytes","total","rate_bps","attempt",
- *  "error":{"code","message"},"ts"} for <prefix>/nodes/<node>/status. */
+ *  "unchanged","error":{"code","message"},"ts"} for <prefix>/nodes/<node>/status. */
 int gw_status_node_json(const struct gw_node_status *s, time_t ts, char **ret);
 
 /* One node's line in a deployment report. */
@@ -74,6 +75,7 @@ struct gw_deployment_node {
         int progress;              /* progress reports only; -1 omits it */
         const char *image;         /* final reports only; NULL omits it */
         const char *version;       /* final reports only; NULL omits it */
+        bool unchanged;            /* final reports only: "unchanged": true, not written */
         enum gw_error error;       /* final reports only; NONE omits it */
         const char *error_message; /* NULL: "" */
 };

@@ -116,6 +116,11 @@ static void test_node(void **state)
         expect_json(
             gw_status_node_json(&st, TS, &s), &s,
             "{\"state\":\"flashing\",\"progress\":0,\"bytes\":0,\"total\":5000000000," TS_TEXT "}");
+        /* A node that already ran the image and was not written says so. */
+        gw_node_status_init(&st, GW_NODE_SUCCESS);
+        st.unchanged = true;
+        expect_json(gw_status_node_json(&st, TS, &s), &s,
+                    "{\"state\":\"success\",\"unchanged\":true," TS_TEXT "}");
 
         gw_node_status_init(&st, GW_NODE_FAILED);
         st.deployment = "d1";
@@ -231,6 +236,14 @@ static void test_deployment(void **state)
                     "\"state\":\"success\",\"image\":\"motor-ctrl\",\"version\":\"1.4.2\"},"
                     "\"node-2\":{\"state\":\"success\",\"image\":\"motor-ctrl\",\"version\":"
                     "\"1.4.2\"}}," TS_TEXT "}");
+        nodes[1].unchanged = true;
+        expect_json(
+            gw_status_deployment_final_json("spring-r3", true, GW_ERR_NONE, NULL, nodes, 2, TS, &s),
+            &s,
+            "{\"id\":\"spring-r3\",\"state\":\"success\",\"nodes\":{\"node-1\":{"
+            "\"state\":\"success\",\"image\":\"motor-ctrl\",\"version\":\"1.4.2\"},"
+            "\"node-2\":{\"state\":\"success\",\"image\":\"motor-ctrl\",\"version\":"
+            "\"1.4.2\",\"unchanged\":true}}," TS_TEXT "}");
 
         /* Refused inputs. */
         assert_int_equal(gw_status_deployment_rejected_json("d", GW_ERR_NONE, "x", TS, &s),
