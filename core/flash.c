@@ -289,6 +289,38 @@ static int on_io(struct gw_source *s, int fd, short revents, void *userdata)
         return 0;
 }
 
+/* Frames links: every frame the transport holds for this link, to the protocol. */
+static int on_frames(struct gw_source *s, int fd, short revents, void *userdata)
+{
+        struct gw_flash *f = userdata;
+        struct gw_can_frame frame;
+
+        if (!f->running)
+                return 0;
+        /* Bounded, so that a chattering bus cannot hold the loop; the fd stays readable. */
+        for (int i = 0; i < 256; i++) {
+                int r = f->t->recv_frame(f->tpriv, &frame);
+
+                if (r == -EAGAIN || r == 0)
+                        break;
+                if (r < 0) {
+                        if (r == -EPIPE && f->p->hangup) {
+                                handle_result(f, f->p->hangup(f->ppriv));
+                                if (!f->running)
+                                        return 0;
+                        }
+                        flash_set_error(f, "link lost: %s",
+                                        r == -ENETDOWN ? "the CAN bus or adapter is down"
+                                                       : strerror(-r));
+                        finish(f, r);
+                        return 0;
+                }
+                if (handle_result(f, f->p->frame(f->ppriv, &frame)))
+                        return 0;
+        }
+        return 0;
+}
+
 static int on_timer(struct gw_source *s, uint64_t now, void *userdata)
 {
         struct gw_flash *f = userdata;
@@ -421,6 +453,22 @@ static int flash_set_lines(void *ctx, unsigned mask, unsigned values)
         return f->t->set_lines(f->tpriv, mask, values);
 }
 
+static const struct gw_can_link_info *flash_can_info(void *ctx)
+{
+        struct gw_flash *f = ctx;
+
+        return f->link_open ? f->t->can_info(f->tpriv) : NULL;
+}
+
+static int flash_send_frame(void *ctx, const struct gw_can_frame *frame)
+{
+        struct gw_flash *f = ctx;
+
+        if (!f->link_open)
+                return -EPIPE;
+        return f->t->send_frame(f->tpriv, frame);
+}
+
 static void link_close(struct gw_flash *f)
 {
         if (!f->link_open)
@@ -502,8 +550,11 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
                 return gw_log_debug_errno(
                     -EPROTO, "%s: protocol %s needs a %s link, transport %s is %s", name, p->name,
                     gw_link_shape_to_string(p->shape), t->name, gw_link_shape_to_string(t->shape));
-        if (t->shape != GW_LINK_STREAM && t->shape != GW_LINK_CONTROL)
-                return -EOPNOTSUPP;
+        if (t->shape == GW_LINK_FRAMES &&
+            (t->version < 5 || !t->can_info || !t->send_frame || !t->recv_frame ||
+             !t->get_fd || p->version < 6 || !p->frame))
+                return gw_log_debug_errno(-EPROTO, "%s: %s/%s lack the frame link ops", name,
+                                          t->name, p->name);
         if (t->shape == GW_LINK_CONTROL &&
             (t->version < 2 || !t->control || !t->usb_info || p->version < 2 || !p->control_done))
                 return gw_log_debug_errno(-EPROTO, "%s: %s/%s lack the control link ops", name,
@@ -545,6 +596,12 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
         };
         if (t->shape == GW_LINK_STREAM && t->version >= 4 && t->set_lines)
                 f->host.set_lines = flash_set_lines;
+        if (t->shape == GW_LINK_FRAMES) {
+                f->host.write = NULL;
+                f->host.flush_input = NULL;
+                f->host.can_info = flash_can_info;
+                f->host.send_frame = flash_send_frame;
+        }
         if (t->shape == GW_LINK_CONTROL) {
                 f->host.write = NULL;
                 f->host.flush_input = NULL;
@@ -581,6 +638,8 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
                 goto fail;
         if (t->shape == GW_LINK_STREAM)
                 r = gw_loop_add_io(loop, t->get_fd(f->tpriv), 0, on_io, f, &f->io);
+        else if (t->shape == GW_LINK_FRAMES)
+                r = gw_loop_add_io(loop, t->get_fd(f->tpriv), POLLIN, on_frames, f, &f->io);
         else {
                 r = gw_loop_add_timer(loop, 0, on_deliver, f, &f->deliver);
                 if (r >= 0)

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -26,11 +27,12 @@
  * descriptors say to the protocol (describe); version 4 of the transport ops and of the host
  * added modem-control lines (set_lines); version 5 of the protocol ops added the transport
  * settings a protocol needs by default (link_defaults) and telling a node that already runs
- * an image (installed). */
-#define GW_TRANSPORT_OPS_VERSION 4
-#define GW_PROTOCOL_OPS_VERSION  5
+ * an image (installed); version 5 of the transport ops and of the host and version 6 of the
+ * protocol ops added the frames link shape (CAN). */
+#define GW_TRANSPORT_OPS_VERSION 5
+#define GW_PROTOCOL_OPS_VERSION  6
 #define GW_SERVICES_VERSION      2
-#define GW_PROTO_HOST_VERSION    4
+#define GW_PROTO_HOST_VERSION    5
 
 enum gw_link_shape {
         GW_LINK_STREAM = 1, /* a byte stream: UART, pty, TCP serial bridge */
@@ -50,6 +52,35 @@ const char *gw_link_shape_to_string(enum gw_link_shape s);
  * BOOT0 and NRST from an adapter's DTR and RTS. */
 #define GW_LINE_DTR (1u << 0)
 #define GW_LINE_RTS (1u << 1)
+
+/* A CAN or CAN FD frame, for the frames link shape. */
+#define GW_CAN_EFF       (1u << 0) /* a 29-bit identifier; else 11-bit */
+#define GW_CAN_FD        (1u << 1) /* a CAN FD frame (len up to 64) */
+#define GW_CAN_BRS       (1u << 2) /* CAN FD: the data phase at the data bitrate */
+#define GW_CAN_RTR       (1u << 3) /* a remote request (classic frames only), no data */
+#define GW_CAN_FRAME_MAX 64
+
+struct gw_can_frame {
+        uint32_t id;   /* 0..0x7ff, or 0..0x1fffffff with GW_CAN_EFF */
+        uint8_t flags; /* GW_CAN_* */
+        uint8_t len;   /* data bytes: 0..8; with GW_CAN_FD also 12, 16, 20, 24, 32, 48, 64 */
+        uint8_t data[GW_CAN_FRAME_MAX];
+};
+
+/* What a frames link is: the node's place on its bus, from the node's transport settings.
+ * Owned by the transport, valid from open() to close(). */
+struct gw_can_link_info {
+        uint32_t tx_id;         /* the id frames to the node are sent with */
+        uint32_t rx_id;         /* the id the node answers with; the link receives only it */
+        uint32_t functional_id; /* a functional (broadcast) request id, or UINT32_MAX: none */
+        bool extended;          /* 29-bit ids */
+        bool fd;                /* CAN FD frames may be sent */
+        uint8_t tx_dl;          /* the largest frame data length to send: 8, or up to 64 (FD) */
+        uint32_t bitrate;       /* the nominal bitrate, bit/s (0: unknown, a SocketCAN interface
+                                 * set up outside) */
+        uint32_t data_bitrate;  /* CAN FD data phase, bit/s; 0 = none or unknown */
+        const char *bus;        /* the bus's name: "can0", "/dev/ttyACM0" (slcan) */
+};
 
 /* Services the core hands every plugin instance. */
 struct gw_plugin_services {
@@ -203,6 +234,22 @@ struct gw_transport_ops {
          * waits. 0, -ENOTTY (this link has no modem lines: a pseudo-terminal, a TCP bridge),
          * -ENODEV (the adapter is gone), -EIO. NULL = the transport has no lines. */
         int (*set_lines)(void *priv, unsigned mask, unsigned values);
+
+        /* Version 5: frames shape (CAN). NULL on other shapes. get_fd() is then readable
+         * (POLLIN) whenever recv_frame() has a frame or the link failed; links to several
+         * nodes on one bus share it inside the transport (one writer per bus, however many
+         * nodes), and each link receives only its node's frames. */
+        /* The node's ids and the bus's settings. Never NULL after a successful open(). */
+        const struct gw_can_link_info *(*can_info)(void *priv);
+        /* Queues one frame for the bus and returns at once; the transport sends queued frames
+         * in order, as fast as the bus, the adapter and its bus-load limit allow. f is copied.
+         * 0, -ENOBUFS (its queue is full: more than a protocol ever has in flight, a bug),
+         * -EINVAL (an id or length the link cannot carry: FD on a classic link, 29-bit on an
+         * 11-bit one), -ENETDOWN (the adapter or interface is down or bus-off), -EPIPE (gone). */
+        int (*send_frame)(void *priv, const struct gw_can_frame *f);
+        /* Non-blocking: takes the next frame received for this link into *ret. 1 (a frame),
+         * -EAGAIN (none), -ENETDOWN, -EPIPE. */
+        int (*recv_frame)(void *priv, struct gw_can_frame *ret);
 };
 
 /* The image a protocol installs: read at any offset, so a protocol can resend a block.
@@ -271,6 +318,11 @@ struct gw_proto_host {
         /* Version 4: stream links whose transport has modem-control lines; NULL otherwise. As
          * the transport's set_lines(). The protocol times a sequence with its own deadline. */
         int (*set_lines)(void *ctx, unsigned mask, unsigned values);
+
+        /* Version 5: frames links (CAN). NULL on other shapes. As the transport's ops of the
+         * same names; frames received arrive as ops->frame(). */
+        const struct gw_can_link_info *(*can_info)(void *ctx);
+        int (*send_frame)(void *ctx, const struct gw_can_frame *f);
 };
 
 /* Returned by install(), input() and timeout(): negative errno = failed (the core stops the
@@ -367,6 +419,10 @@ struct gw_protocol_ops {
          * the node runs. NULL = cannot tell. */
         int (*installed)(void *priv, const struct gw_reader *reader,
                          const struct gw_options *facts);
+
+        /* Version 6: frames links (CAN). A frame received for this link (only the node's rx id
+         * reaches it). f is the caller's, valid for the call. Driven like input(). */
+        int (*frame)(void *priv, const struct gw_can_frame *f);
 };
 
 /* Out-of-tree plugins: a shared module in the plugin directory exports
