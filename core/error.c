@@ -30,6 +30,8 @@ static const char *const error_table[_GW_ERR_MAX] = {
     [GW_ERR_NODE_UNKNOWN] = "node-unknown",
     [GW_ERR_CANCELLED] = "cancelled",
     [GW_ERR_INTERNAL] = "internal",
+    [GW_ERR_DECRYPT_FAILED] = "decrypt-failed",
+    [GW_ERR_DECODE_FAILED] = "decode-failed",
 };
 
 const char *gw_error_to_string(enum gw_error e)

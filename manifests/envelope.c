@@ -32,6 +32,8 @@ int gw_manifest_errno(enum gw_error code)
                 return -ENODEV;
         case GW_ERR_INTERNAL:
                 return -ENOMEM;
+        case GW_ERR_DECRYPT_FAILED:
+                return -EKEYREJECTED;
         default:
                 return -EBADMSG;
         }

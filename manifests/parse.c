@@ -30,6 +30,8 @@ static void image_done(struct gw_manifest_image *img)
         gw_options_free(img->options);
         free(img->url);
         gw_strv_free(img->mirrors, img->n_mirrors);
+        free(img->delta_url);
+        free(img->recipients);
 }
 
 struct gw_manifest *gw_manifest_free(struct gw_manifest *m)
@@ -258,13 +260,247 @@ static int parse_targets(const struct ynode *n, const char *path, struct gw_mani
         return 0;
 }
 
+/* Exactly len bytes of strict base64 into ret. */
+static int parse_base64(const struct ynode *n, const char *path, uint8_t *ret, size_t len,
+                        struct gw_manifest_error *err)
+{
+        uint8_t *v = NULL;
+        size_t vlen = 0;
+
+        if (n->type != YNODE_SCALAR || gw_base64_decode(n->value, n->len, &v, &vlen) < 0 ||
+            vlen != len) {
+                free(v);
+                return gw_manifest_fail(err, GW_ERR_SCHEMA_INVALID,
+                                        "%s: expected base64 of %zu bytes (line %u)", path, len,
+                                        n->line);
+        }
+        memcpy(ret, v, len);
+        free(v);
+        return 0;
+}
+
+/* size, sha256 and (for encrypted images) nonce of a blob, in map n. */
+static int parse_blob(const struct ynode *n, const char *path, struct gw_manifest_blob *b,
+                      struct gw_manifest_error *err)
+{
+        char sub[GW_PATH_MAX];
+        const struct ynode *v;
+        int r;
+
+        gw_path_key(sub, path, "size");
+        r = gw_schema_u64(gw_ynode_get(n, "size"), sub, 1, UINT64_MAX, &b->size, err);
+        if (r < 0)
+                return r;
+        gw_path_key(sub, path, "sha256");
+        r = parse_sha256(gw_ynode_get(n, "sha256"), sub, b->sha256, err);
+        if (r < 0)
+                return r;
+        v = gw_ynode_get(n, "nonce");
+        if (v) {
+                gw_path_key(sub, path, "nonce");
+                r = parse_base64(v, sub, b->nonce, GW_IMAGE_NONCE_SIZE, err);
+                if (r < 0)
+                        return r;
+                b->has_nonce = true;
+        }
+        return 0;
+}
+
+static int parse_transfer(const struct ynode *n, const char *path, struct gw_manifest_image *img,
+                          struct gw_manifest_error *err)
+{
+        static const struct gw_field fields[] = {
+            {"size", true},   {"sha256", true}, {"compression", false},
+            {"nonce", false}, {NULL, false},
+        };
+        char sub[GW_PATH_MAX];
+        const struct ynode *v;
+        int r;
+
+        r = gw_schema_map(n, path, fields, err);
+        if (r < 0)
+                return r;
+        r = parse_blob(n, path, &img->transfer_blob, err);
+        if (r < 0)
+                return r;
+        v = gw_ynode_get(n, "compression");
+        if (v) {
+                gw_path_key(sub, path, "compression");
+                if (v->type != YNODE_SCALAR || strcmp(v->value, "zstd") != 0)
+                        return gw_manifest_fail(err, GW_ERR_SCHEMA_INVALID,
+                                                "%s: expected zstd (line %u)", sub, v->line);
+                img->compression = GW_COMPRESSION_ZSTD;
+        }
+        img->has_transfer = true;
+        return 0;
+}
+
+static int parse_delta(const struct ynode *n, const char *path, struct gw_manifest_image *img,
+                       struct gw_manifest_error *err)
+{
+        static const struct gw_field fields[] = {
+            {"base-sha256", true}, {"base-size", true}, {"url", true}, {"size", true},
+            {"sha256", true},      {"nonce", false},    {NULL, false},
+        };
+        char sub[GW_PATH_MAX];
+        int r;
+
+        r = gw_schema_map(n, path, fields, err);
+        if (r < 0)
+                return r;
+        gw_path_key(sub, path, "base-sha256");
+        r = parse_sha256(gw_ynode_get(n, "base-sha256"), sub, img->delta_base_sha256, err);
+        if (r < 0)
+                return r;
+        gw_path_key(sub, path, "base-size");
+        r = gw_schema_u64(gw_ynode_get(n, "base-size"), sub, 1, UINT64_MAX, &img->delta_base_size,
+                          err);
+        if (r < 0)
+                return r;
+        gw_path_key(sub, path, "url");
+        r = gw_schema_string(gw_ynode_get(n, "url"), sub, URL_MAX_LEN, GW_CHARSET_TOKEN,
+                             &img->delta_url, err);
+        if (r < 0)
+                return r;
+        r = parse_blob(n, path, &img->delta_blob, err);
+        if (r < 0)
+                return r;
+        img->has_delta = true;
+        return 0;
+}
+
+static int parse_recipient(const struct ynode *n, const char *path,
+                           struct gw_manifest_recipient *rc, struct gw_manifest_error *err)
+{
+        static const struct gw_field fields[] = {
+            {"keyid", true},
+            {"ephemeral", true},
+            {"wrapped-key", true},
+            {NULL, false},
+        };
+        char sub[GW_PATH_MAX];
+        const struct ynode *v;
+        uint8_t *der = NULL;
+        size_t der_len = 0;
+        int r;
+
+        r = gw_schema_map(n, path, fields, err);
+        if (r < 0)
+                return r;
+        gw_path_key(sub, path, "keyid");
+        v = gw_ynode_get(n, "keyid");
+        if (v->type != YNODE_SCALAR || v->len != 64 || strspn(v->value, "0123456789abcdef") != 64)
+                return gw_manifest_fail(err, GW_ERR_SCHEMA_INVALID,
+                                        "%s: expected 64 lowercase hex digits (line %u)", sub,
+                                        v->line);
+        memcpy(rc->keyid, v->value, 65);
+        gw_path_key(sub, path, "ephemeral");
+        v = gw_ynode_get(n, "ephemeral");
+        if (v->type != YNODE_SCALAR || gw_base64_decode(v->value, v->len, &der, &der_len) < 0 ||
+            der_len == 0 || der_len > GW_IMAGE_EPHEMERAL_MAX) {
+                free(der);
+                return gw_manifest_fail(err, GW_ERR_SCHEMA_INVALID,
+                                        "%s: expected base64 of a public key (DER, at most %d "
+                                        "bytes) (line %u)",
+                                        sub, GW_IMAGE_EPHEMERAL_MAX, v->line);
+        }
+        memcpy(rc->ephemeral, der, der_len);
+        rc->ephemeral_len = der_len;
+        free(der);
+        gw_path_key(sub, path, "wrapped-key");
+        return parse_base64(gw_ynode_get(n, "wrapped-key"), sub, rc->wrapped, GW_IMAGE_WRAPPED_SIZE,
+                            err);
+}
+
+static int parse_encryption(const struct ynode *n, const char *path, struct gw_manifest_image *img,
+                            struct gw_manifest_error *err)
+{
+        static const struct gw_field fields[] = {
+            {"cipher", true},
+            {"recipients", true},
+            {NULL, false},
+        };
+        char sub[GW_PATH_MAX];
+        const struct ynode *v, *list;
+        int r;
+
+        r = gw_schema_map(n, path, fields, err);
+        if (r < 0)
+                return r;
+        gw_path_key(sub, path, "cipher");
+        v = gw_ynode_get(n, "cipher");
+        if (v->type != YNODE_SCALAR || strcmp(v->value, "aes-256-gcm") != 0)
+                return gw_manifest_fail(err, GW_ERR_SCHEMA_INVALID,
+                                        "%s: expected aes-256-gcm (line %u)", sub, v->line);
+        gw_path_key(sub, path, "recipients");
+        list = gw_ynode_get(n, "recipients");
+        r = gw_schema_seq(list, sub, 1, GW_MANIFEST_MAX_RECIPIENTS, err);
+        if (r < 0)
+                return r;
+        img->recipients = calloc(list->n, sizeof(*img->recipients));
+        if (!img->recipients)
+                return gw_manifest_fail(err, GW_ERR_INTERNAL, "out of memory");
+        for (size_t i = 0; i < list->n; i++) {
+                char item[GW_PATH_MAX];
+
+                gw_path_index(item, sub, i);
+                r = parse_recipient(list->items[i], item, &img->recipients[i], err);
+                if (r < 0)
+                        return r;
+                img->n_recipients = i + 1;
+        }
+        return 0;
+}
+
+/* The travel fields together: encryption needs a transfer, and every blob its nonce; a
+ * transfer must change something; a delta's base is not the image itself. */
+static int check_travel(const char *path, const struct gw_manifest_image *img,
+                        struct gw_manifest_error *err)
+{
+        bool enc = img->n_recipients > 0;
+
+        if (enc && !img->has_transfer)
+                return gw_manifest_fail(err, GW_ERR_SCHEMA_INVALID,
+                                        "%s: encryption needs transfer (its size, sha256 and "
+                                        "nonce)",
+                                        path);
+        if (img->has_transfer && img->transfer_blob.has_nonce != enc)
+                return gw_manifest_fail(err, GW_ERR_SCHEMA_INVALID, "%s.transfer: %s", path,
+                                        enc ? "an encrypted image needs a nonce"
+                                            : "a nonce without encryption");
+        if (img->has_delta && img->delta_blob.has_nonce != enc)
+                return gw_manifest_fail(err, GW_ERR_SCHEMA_INVALID, "%s.delta: %s", path,
+                                        enc ? "an encrypted image needs a nonce"
+                                            : "a nonce without encryption");
+        if (img->has_transfer && !enc && img->compression == GW_COMPRESSION_NONE)
+                return gw_manifest_fail(err, GW_ERR_SCHEMA_INVALID,
+                                        "%s.transfer: neither compressed nor encrypted", path);
+        if (enc && img->has_transfer && img->has_delta &&
+            memcmp(img->transfer_blob.nonce, img->delta_blob.nonce, GW_IMAGE_NONCE_SIZE) == 0)
+                return gw_manifest_fail(err, GW_ERR_SCHEMA_INVALID,
+                                        "%s: transfer and delta share a nonce (GCM forbids it)",
+                                        path);
+        if (img->has_delta && memcmp(img->delta_base_sha256, img->sha256, 32) == 0)
+                return gw_manifest_fail(err, GW_ERR_SCHEMA_INVALID,
+                                        "%s.delta: the base is the image itself", path);
+        for (size_t i = 0; i < img->n_recipients; i++)
+                for (size_t j = 0; j < i; j++)
+                        if (strcmp(img->recipients[i].keyid, img->recipients[j].keyid) == 0)
+                                return gw_manifest_fail(err, GW_ERR_SCHEMA_INVALID,
+                                                        "%s.encryption.recipients[%zu]: keyid "
+                                                        "listed twice",
+                                                        path, i);
+        return 0;
+}
+
 static int parse_image(const struct ynode *n, const char *path, struct gw_manifest_image *img,
                        struct gw_manifest_error *err)
 {
         static const struct gw_field fields[] = {
-            {"name", true},     {"version", true},  {"targets", true}, {"hardware", false},
-            {"protocol", true}, {"options", false}, {"size", true},    {"sha256", true},
-            {"url", true},      {"mirrors", false}, {NULL, false},
+            {"name", true},        {"version", true},  {"targets", true},   {"hardware", false},
+            {"protocol", true},    {"options", false}, {"size", true},      {"sha256", true},
+            {"url", true},         {"mirrors", false}, {"transfer", false}, {"delta", false},
+            {"encryption", false}, {NULL, false},
         };
         char sub[GW_PATH_MAX];
         const struct ynode *v;
@@ -331,7 +567,28 @@ static int parse_image(const struct ynode *n, const char *path, struct gw_manife
                 if (r < 0)
                         return r;
         }
-        return 0;
+        v = gw_ynode_get(n, "transfer");
+        if (v) {
+                gw_path_key(sub, path, "transfer");
+                r = parse_transfer(v, sub, img, err);
+                if (r < 0)
+                        return r;
+        }
+        v = gw_ynode_get(n, "delta");
+        if (v) {
+                gw_path_key(sub, path, "delta");
+                r = parse_delta(v, sub, img, err);
+                if (r < 0)
+                        return r;
+        }
+        v = gw_ynode_get(n, "encryption");
+        if (v) {
+                gw_path_key(sub, path, "encryption");
+                r = parse_encryption(v, sub, img, err);
+                if (r < 0)
+                        return r;
+        }
+        return check_travel(path, img, err);
 }
 
 static int parse_policy(const struct ynode *n, struct gw_manifest_policy *p,

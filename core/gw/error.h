@@ -29,6 +29,10 @@ enum gw_error {
         GW_ERR_NODE_UNKNOWN,      /* "node-unknown": a target names no configured node */
         GW_ERR_CANCELLED,         /* "cancelled" */
         GW_ERR_INTERNAL,          /* "internal" */
+        GW_ERR_DECRYPT_FAILED,    /* "decrypt-failed": no key for this gateway, a wrong key, or
+                                   * ciphertext that does not authenticate */
+        GW_ERR_DECODE_FAILED,     /* "decode-failed": a compressed stream or delta that does not
+                                   * decode (truncated, corrupt, over its window) */
         _GW_ERR_MAX,
 };
 

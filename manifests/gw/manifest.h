@@ -102,6 +102,38 @@ struct gw_manifest_hw {
         char *value;
 };
 
+/* How the image travels, when its URL does not give the image itself. */
+enum gw_compression {
+        GW_COMPRESSION_NONE = 0,
+        GW_COMPRESSION_ZSTD, /* one or more zstd frames of the image */
+};
+
+#define GW_IMAGE_NONCE_SIZE        12 /* AES-256-GCM's IV */
+#define GW_IMAGE_KEY_SIZE          32 /* AES-256 */
+#define GW_IMAGE_TAG_SIZE          16 /* AES-256-GCM's tag, after the ciphertext */
+#define GW_IMAGE_WRAPPED_SIZE      (GW_IMAGE_KEY_SIZE + GW_IMAGE_TAG_SIZE)
+#define GW_IMAGE_EPHEMERAL_MAX     256 /* DER SubjectPublicKeyInfo of an X25519 or P-256 key */
+#define GW_MANIFEST_MAX_RECIPIENTS 64
+
+/* What a URL gives: the bytes fetched, capped at size and checked against sha256 before
+ * anything else reads them. */
+struct gw_manifest_blob {
+        uint64_t size;
+        uint8_t sha256[32];
+        bool has_nonce; /* encrypted images: the blob's AES-256-GCM IV */
+        uint8_t nonce[GW_IMAGE_NONCE_SIZE];
+};
+
+/* The image's data key, wrapped for one gateway: an ephemeral key pair of the gateway key's
+ * type (X25519 or P-256), ECDH with the gateway's public key, HKDF-SHA256 into a key that
+ * encrypts the data key with AES-256-GCM (docs/manifest.md says exactly how). */
+struct gw_manifest_recipient {
+        char keyid[65]; /* SHA-256 of the gateway key's SubjectPublicKeyInfo DER, hex */
+        uint8_t ephemeral[GW_IMAGE_EPHEMERAL_MAX]; /* the ephemeral public key, DER SPKI */
+        size_t ephemeral_len;
+        uint8_t wrapped[GW_IMAGE_WRAPPED_SIZE]; /* the data key's ciphertext and tag */
+};
+
 struct gw_manifest_image {
         char *name;    /* [A-Za-z0-9._-]{1,128}, unique within the manifest */
         char *version; /* verbatim, printable, <= 128 */
@@ -117,6 +149,23 @@ struct gw_manifest_image {
         char *url; /* verbatim; relative URLs are relative to the manifest's URL */
         char **mirrors;
         size_t n_mirrors;
+
+        /* transfer: the URL gives transfer_blob, not the image: compressed (compression) and/or
+         * encrypted (n_recipients > 0). size and sha256 above stay the image's own. */
+        bool has_transfer;
+        struct gw_manifest_blob transfer_blob;
+        enum gw_compression compression;
+        /* delta: a zstd patch against an older image (delta_base_sha256, delta_base_size): a
+         * gateway whose store holds the base fetches delta_url instead of url. */
+        bool has_delta;
+        uint8_t delta_base_sha256[32];
+        uint64_t delta_base_size;
+        char *delta_url;
+        struct gw_manifest_blob delta_blob;
+        /* encryption (aes-256-gcm): every blob the image travels as is encrypted with one data
+         * key, wrapped for each gateway that may read it. */
+        struct gw_manifest_recipient *recipients;
+        size_t n_recipients;
 };
 
 struct gw_manifest_policy {
@@ -305,3 +354,28 @@ int gw_document_type(const void *buf, size_t len, const char **ret, struct gw_ma
  * document. Negative errno with err. */
 int gw_manifest_sign(const struct gw_signer *s, const void *buf, size_t len, size_t max_size,
                      char **ret, size_t *ret_len, struct gw_manifest_error *err);
+
+/* ---- Encrypted images -------------------------------------------------------------------- */
+
+/* A gateway's own key pair (X25519 or P-256), which encrypted images are wrapped for. */
+struct gw_gateway_key;
+
+/* Loads a PEM private key file (at most 16 KiB). 0, -EBADMSG (not a PEM private key),
+ * -EPROTONOSUPPORT (neither X25519 nor P-256), -errno from reading it. */
+int gw_gateway_key_load(const char *path, struct gw_gateway_key **ret);
+struct gw_gateway_key *gw_gateway_key_free(struct gw_gateway_key *k);
+/* Its keyid: SHA-256 of its SubjectPublicKeyInfo DER, 64 lowercase hex digits. */
+const char *gw_gateway_key_id(const struct gw_gateway_key *k);
+
+/* A fresh random data key, and a fresh random nonce for one blob. 0 or -EIO. */
+int gw_image_key_new(uint8_t ret[static GW_IMAGE_KEY_SIZE]);
+int gw_image_nonce_new(uint8_t ret[static GW_IMAGE_NONCE_SIZE]);
+/* Wraps key for the gateway whose public key is pub_pem (PEM SubjectPublicKeyInfo, X25519 or
+ * P-256): *ret is the recipient entry. 0, -EBADMSG, -EPROTONOSUPPORT, -EIO. */
+int gw_image_key_wrap(const void *pub_pem, size_t len, const uint8_t key[static GW_IMAGE_KEY_SIZE],
+                      struct gw_manifest_recipient *ret);
+/* The data key of an encrypted image, unwrapped with the gateway's key k (NULL: none
+ * configured). decrypt-failed with a message naming the reason: no key, no recipient entry
+ * for k, a wrapped key that does not authenticate. */
+int gw_image_key_unwrap(const struct gw_gateway_key *k, const struct gw_manifest_image *img,
+                        uint8_t ret[static GW_IMAGE_KEY_SIZE], struct gw_manifest_error *err);
