@@ -887,9 +887,9 @@ static int parse_trust(struct parser *p, const struct cnode *t, const char *base
 static int parse_root(struct parser *p, const struct cnode *root, const char *base_dir,
                       struct gw_config *c)
 {
-        static const char *const keys[] = {"gateway", "state-dir", "plugin-dir", "log-level",
-                                           "mqtt",    "trust",     "limits",     "fetch",
-                                           "nodes",   NULL};
+        static const char *const keys[] = {"gateway", "state-dir",      "plugin-dir", "log-level",
+                                           "mqtt",    "trust",          "limits",     "fetch",
+                                           "nodes",   "decryption-key", NULL};
         static const char *const gw_keys[] = {"id", "hardware", NULL};
         static const char *const limit_keys[] = {"manifest-size", "image-size", NULL};
         static const char *const fetch_keys[] = {"min-rate", "rate-window", "deadline",
@@ -918,6 +918,9 @@ static int parse_root(struct parser *p, const struct cnode *root, const char *ba
         if (r < 0)
                 return r;
         r = get_path(p, root, "plugin-dir", base_dir, &c->plugin_dir);
+        if (r < 0)
+                return r;
+        r = get_path(p, root, "decryption-key", base_dir, &c->decryption_key);
         if (r < 0)
                 return r;
         v = map_get(root, "log-level");
@@ -1216,6 +1219,7 @@ struct gw_config *gw_config_free(struct gw_config *c)
         free(c->gateway_hardware);
         free(c->state_dir);
         free(c->plugin_dir);
+        free(c->decryption_key);
         free(c);
         return NULL;
 }

@@ -72,6 +72,8 @@ struct gw_config {
         char *gateway_hardware; /* NULL when not given */
         char *state_dir;        /* default /var/lib/gatewayd */
         char *plugin_dir;       /* NULL when not given */
+        char *decryption_key;   /* the gateway's X25519 or P-256 private key (PEM) that
+                                 * encrypted images are wrapped for; NULL when not given */
         int log_level;          /* LOG_DEBUG .. LOG_ERR, default LOG_INFO */
         struct gw_mqtt_config mqtt;
         struct gw_trust_config trust;

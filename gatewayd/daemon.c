@@ -42,6 +42,7 @@ struct daemon {
         struct gw_mqtt *mqtt;
         struct gw_engine *engine;
         struct gw_inventory *inventory;
+        struct gw_gateway_key *decrypt_key; /* decryption-key, or NULL */
         /* TRUST_KEYS as last looked at, to notice a gatewayd --rotate-keys run beside us. */
         struct stat keys_st;
         bool has_keys_st;
@@ -314,6 +315,25 @@ int gw_daemon_rotate_keys(const struct gw_config *cfg, const char *path, uint64_
         return r;
 }
 
+/* The gateway's key for encrypted images (decryption-key). */
+static int load_decryption_key(const struct gw_config *cfg, struct gw_gateway_key **ret)
+{
+        int r = gw_gateway_key_load(cfg->decryption_key, ret);
+
+        if (r == -EBADMSG)
+                return gw_log_error_errno(r, "%s: decryption-key: %s is not a PEM private key",
+                                          cfg->path, cfg->decryption_key);
+        if (r == -EPROTONOSUPPORT)
+                return gw_log_error_errno(r,
+                                          "%s: decryption-key: %s is neither an X25519 nor a "
+                                          "P-256 key",
+                                          cfg->path, cfg->decryption_key);
+        if (r < 0)
+                return gw_log_error_errno(r, "%s: decryption-key: cannot read %s: %m", cfg->path,
+                                          cfg->decryption_key);
+        return 0;
+}
+
 int gw_daemon_check(const struct gw_config *cfg)
 {
         struct gw_trust *t = NULL;
@@ -377,6 +397,14 @@ int gw_daemon_check(const struct gw_config *cfg)
         if (r < 0)
                 ret = r;
         gw_trust_free(t);
+        if (cfg->decryption_key) {
+                struct gw_gateway_key *k = NULL;
+
+                r = load_decryption_key(cfg, &k);
+                if (r < 0)
+                        ret = r;
+                gw_gateway_key_free(k);
+        }
         return ret;
 }
 
@@ -628,6 +656,13 @@ int gw_daemon_run(const struct gw_config *cfg)
                     gw_trust_threshold(d.trust));
         /* What is on disk now is what we loaded. */
         keys_file_changed(&d);
+        if (cfg->decryption_key) {
+                r = load_decryption_key(cfg, &d.decrypt_key);
+                if (r < 0)
+                        goto out;
+                gw_log_info("Encrypted images: key %.16s from %s", gw_gateway_key_id(d.decrypt_key),
+                            cfg->decryption_key);
+        }
         r = gw_store_open(cfg->state_dir, &d.store);
         if (r < 0) {
                 gw_log_error_errno(r, "Cannot open the image store in %s: %m", cfg->state_dir);
@@ -659,6 +694,7 @@ int gw_daemon_run(const struct gw_config *cfg)
             .publish = publish_cb,
             .userdata = &d,
             .inventory = d.inventory,
+            .decrypt_key = d.decrypt_key,
         };
         r = gw_engine_new(&env, &d.engine);
         if (r < 0) {
@@ -686,6 +722,7 @@ out:
         gw_fetcher_free(d.fetcher);
         gw_store_free(d.store);
         gw_trust_free(d.trust);
+        gw_gateway_key_free(d.decrypt_key);
         free(d.keys_status);
         gw_loop_free(d.loop);
         return r;

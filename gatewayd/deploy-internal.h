@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "decode.h"
 #include "deploy.h"
 #include "gw/error.h"
 #include "gw/flash.h"
@@ -81,6 +82,15 @@ struct download {
         uint64_t bytes;
         uint64_t last_publish;
         bool done;
+        /* This attempt fetches the image's delta (the store holds its base); a delta that
+         * fails falls back to the full image. */
+        bool delta;
+        /* What the URL gives when it is not the image itself (compressed, encrypted, a
+         * delta), decoded into out_fd/out_tmp; NULL: the image. */
+        const struct gw_manifest_blob *blob;
+        struct gw_decode *decode;
+        int out_fd;
+        char *out_tmp;
 };
 
 struct deployment {
@@ -235,3 +245,5 @@ void gw_deploy_identify_phase(struct deployment *d);
 
 /* deploy-fetch.c */
 void gw_deploy_download_phase(struct deployment *d);
+/* Stops what a download still runs (fetch, decode) and drops its temporary files. */
+void gw_deploy_download_stop(struct download *dl);

@@ -30,12 +30,8 @@ static struct deployment *deployment_free(struct deployment *d)
         if (!d)
                 return NULL;
         gw_fetch_cancel(d->manifest_fetch);
-        for (size_t i = 0; d->downloads && d->m && i < d->m->n_images; i++) {
-                gw_fetch_cancel(d->downloads[i].fetch);
-                if (d->downloads[i].tmp)
-                        gw_store_abort(d->downloads[i].fd, d->downloads[i].tmp);
-                free(d->downloads[i].tmp);
-        }
+        for (size_t i = 0; d->downloads && d->m && i < d->m->n_images; i++)
+                gw_deploy_download_stop(&d->downloads[i]);
         for (size_t i = 0; i < d->n_nodes; i++) {
                 struct node_rt *n = d->nodes[i];
 
@@ -82,10 +78,8 @@ void gw_deploy_deployment_finish(struct deployment *d)
         if (d->phase == PHASE_DONE)
                 return;
         d->phase = PHASE_DONE;
-        for (size_t i = 0; d->downloads && i < d->m->n_images; i++) {
-                gw_fetch_cancel(d->downloads[i].fetch);
-                d->downloads[i].fetch = NULL;
-        }
+        for (size_t i = 0; d->downloads && i < d->m->n_images; i++)
+                gw_deploy_download_stop(&d->downloads[i]);
         for (size_t i = 0; i < d->n_nodes; i++) {
                 struct node_rt *n = d->nodes[i];
 

@@ -32,6 +32,9 @@ struct gw_engine_env {
         /* What is attached: adds each node's presence and the unclaimed devices to
          * <prefix>/inventory. NULL: the inventory says nothing of them. Stays the caller's. */
         const struct gw_inventory *inventory;
+        /* The gateway's key for encrypted images (decryption-key), or NULL: an encrypted image
+         * then fails the deployment with decrypt-failed. Stays the caller's. */
+        const struct gw_gateway_key *decrypt_key;
 };
 
 int gw_engine_new(const struct gw_engine_env *env, struct gw_engine **ret);
