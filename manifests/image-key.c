@@ -307,3 +307,54 @@ out:
         free(gw_der);
         return r;
 }
+
+/* PEM of pkey's private (PKCS#8) or public (SPKI) half, malloc'd. */
+static int pem_of(EVP_PKEY *pkey, bool private_half, char **ret)
+{
+        BIO *mem = BIO_new(BIO_s_mem());
+        char *data = NULL, *s;
+        long n;
+        int ok;
+
+        if (!mem)
+                return -ENOMEM;
+        ok = private_half ? PEM_write_bio_PrivateKey(mem, pkey, NULL, NULL, 0, NULL, NULL)
+                          : PEM_write_bio_PUBKEY(mem, pkey);
+        n = ok == 1 ? BIO_get_mem_data(mem, &data) : 0;
+        s = n > 0 ? strndup(data, (size_t) n) : NULL;
+        if (n > 0)
+                OPENSSL_cleanse(data, (size_t) n);
+        BIO_free(mem);
+        if (!s)
+                return ok == 1 ? -ENOMEM : -EIO;
+        *ret = s;
+        return 0;
+}
+
+int gw_gateway_key_generate(bool p256, char **ret_private_pem, char **ret_public_pem,
+                            char ret_keyid[static 65])
+{
+        EVP_PKEY *pkey = p256 ? EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256")
+                              : EVP_PKEY_Q_keygen(NULL, NULL, "X25519");
+        char *priv = NULL, *pub = NULL;
+        int r;
+
+        if (!pkey)
+                return -EIO;
+        r = spki(pkey, NULL, NULL, ret_keyid);
+        if (r >= 0)
+                r = pem_of(pkey, true, &priv);
+        if (r >= 0)
+                r = pem_of(pkey, false, &pub);
+        EVP_PKEY_free(pkey);
+        if (r < 0) {
+                if (priv)
+                        OPENSSL_cleanse(priv, strlen(priv));
+                free(priv);
+                free(pub);
+                return r;
+        }
+        *ret_private_pem = priv;
+        *ret_public_pem = pub;
+        return 0;
+}

@@ -20,6 +20,7 @@
 #include "gw/error.h"
 #include "gw/manifest.h"
 #include "gw/options.h"
+#include "gwmanifest-travel.h"
 
 #define EXIT_USAGE 2
 
@@ -336,8 +337,8 @@ static int cmd_keygen(int argc, char **argv)
         enum gw_key_type type = 0;
         const char *out = NULL;
         struct gw_signer *s = NULL;
-        char *priv = NULL, *pub = NULL, *pub_path = NULL;
-        bool force = false;
+        char *priv = NULL, *pub = NULL, *pub_path = NULL, keyid[65] = "";
+        bool force = false, x25519 = false;
         int c, r;
 
         while ((c = getopt_long(argc, argv, "t:o:fh", opts, NULL)) >= 0) {
@@ -347,8 +348,11 @@ static int cmd_keygen(int argc, char **argv)
                                 type = GW_KEY_ED25519;
                         else if (strcmp(optarg, "p256") == 0)
                                 type = GW_KEY_P256;
+                        else if (strcmp(optarg, "x25519") == 0)
+                                x25519 = true;
                         else
-                                return usage_error("keygen: --type must be ed25519 or p256");
+                                return usage_error(
+                                    "keygen: --type must be ed25519, p256 or x25519");
                         break;
                 case 'o':
                         out = optarg;
@@ -357,25 +361,35 @@ static int cmd_keygen(int argc, char **argv)
                         force = true;
                         break;
                 case 'h':
-                        printf("Usage: %s keygen --type ed25519|p256 --out NAME [--force]\n\n"
-                               "Writes NAME (the private key, PKCS#8 PEM, mode 0600) and NAME.pub\n"
-                               "(the public key, SubjectPublicKeyInfo PEM) and prints the keyid.\n"
-                               "Existing files are kept unless --force is given.\n",
-                               prog);
+                        printf(
+                            "Usage: %s keygen --type ed25519|p256|x25519 --out NAME [--force]\n\n"
+                            "Writes NAME (the private key, PKCS#8 PEM, mode 0600) and NAME.pub\n"
+                            "(the public key, SubjectPublicKeyInfo PEM) and prints the keyid.\n"
+                            "Existing files are kept unless --force is given. ed25519 and p256\n"
+                            "keys sign manifests; x25519 (or p256) keys are a gateway's\n"
+                            "decryption-key, which add-image --encrypt-for NAME.pub encrypts\n"
+                            "images for.\n",
+                            prog);
                         return EXIT_SUCCESS;
                 default:
                         return usage_error("keygen: bad option");
                 }
         }
-        if (!type || !out || optind != argc)
+        if ((!type && !x25519) || !out || optind != argc)
                 return usage_error("keygen: needs --type and --out, and no other argument");
 
-        r = gw_signer_generate(type, &s);
-        if (r < 0)
-                return fail_errno(r, "key generation failed");
-        r = gw_signer_private_pem(s, &priv);
-        if (r >= 0)
-                r = gw_signer_public_pem(s, &pub);
+        if (x25519) {
+                r = gw_gateway_key_generate(false, &priv, &pub, keyid);
+        } else {
+                r = gw_signer_generate(type, &s);
+                if (r < 0)
+                        return fail_errno(r, "key generation failed");
+                r = gw_signer_private_pem(s, &priv);
+                if (r >= 0)
+                        r = gw_signer_public_pem(s, &pub);
+                if (r >= 0)
+                        snprintf(keyid, sizeof(keyid), "%s", gw_signer_keyid(s));
+        }
         if (r < 0) {
                 fail_errno(r, "PEM encoding failed");
                 goto out;
@@ -396,7 +410,7 @@ static int cmd_keygen(int argc, char **argv)
                 (void) unlink(out);
                 goto out;
         }
-        printf("%s\n", gw_signer_keyid(s));
+        printf("%s\n", keyid);
 out:
         if (priv)
                 explicit_bzero(priv, strlen(priv));
@@ -662,16 +676,235 @@ static int find_images(const char *body, size_t len, size_t *ret_line, size_t *r
         return -ENOENT;
 }
 
+/* What add-image's --compress, --delta-from and --encrypt-for ask for, and what they made. */
+struct travel {
+        bool compress;
+        const char *delta_from, *delta_url;
+        const char **encrypt_for; /* public key files */
+        size_t n_encrypt_for;
+
+        bool has_transfer, has_delta;
+        char *transfer_path, *delta_path; /* the blobs written next to the image */
+        char transfer_sha[65], delta_sha[65], base_sha[65];
+        uint64_t transfer_size, delta_size, base_size;
+        char transfer_nonce[32], delta_nonce[32]; /* base64 of 12 bytes */
+        struct gw_manifest_recipient *recipients;
+};
+
+static void travel_done(struct travel *t)
+{
+        free(t->transfer_path);
+        free(t->delta_path);
+        free(t->recipients);
+}
+
+static int nonce_b64(uint8_t nonce[static GW_IMAGE_NONCE_SIZE], char ret[static 32])
+{
+        char *s = NULL;
+        int r = gw_image_nonce_new(nonce);
+
+        if (r >= 0)
+                r = gw_base64_encode(nonce, GW_IMAGE_NONCE_SIZE, &s);
+        if (r < 0)
+                return r;
+        snprintf(ret, 32, "%s", s);
+        free(s);
+        return 0;
+}
+
+/* Writes blob to path, with its size and SHA-256. */
+static int travel_emit(const char *path, const struct gw_travel_buf *blob, uint64_t *ret_size,
+                       char ret_sha[static 65])
+{
+        int r = gw_travel_write(path, blob);
+
+        if (r < 0)
+                return r;
+        *ret_size = blob->len;
+        return gw_travel_sha256_hex(blob, ret_sha);
+}
+
+/* Makes the blobs add-image was asked for, next to image: IMAGE.zst, IMAGE[.zst].enc,
+ * IMAGE.delta-<base>[.enc]. Reports what failed on stderr. */
+static int travel_make(const char *image, struct travel *t)
+{
+        struct gw_travel_buf img = {0}, base = {0}, z = {0}, enc = {0}, d = {0}, denc = {0};
+        uint8_t key[GW_IMAGE_KEY_SIZE], img_sha[32], nonce[GW_IMAGE_NONCE_SIZE];
+        const struct gw_travel_buf *transfer = NULL;
+        bool encrypt = t->n_encrypt_for > 0;
+        char hex[65];
+        int r;
+
+        r = gw_travel_read(image, &img);
+        if (r < 0)
+                return fail_errno(r, image), r;
+        r = gw_travel_sha256_hex(&img, hex);
+        for (size_t i = 0; r >= 0 && i < 32; i++) {
+                unsigned v;
+
+                sscanf(hex + 2 * i, "%2x", &v);
+                img_sha[i] = (uint8_t) v;
+        }
+        if (r >= 0 && encrypt) {
+                r = gw_image_key_new(key);
+                t->recipients = calloc(t->n_encrypt_for, sizeof(*t->recipients));
+                if (r >= 0 && !t->recipients)
+                        r = -ENOMEM;
+                for (size_t i = 0; r >= 0 && i < t->n_encrypt_for; i++) {
+                        char *pem = NULL;
+                        size_t len = 0;
+
+                        r = read_all(t->encrypt_for[i], 16384, &pem, &len);
+                        if (r >= 0)
+                                r = gw_image_key_wrap(pem, len, key, &t->recipients[i]);
+                        free(pem);
+                        if (r < 0) {
+                                fprintf(stderr, "error: %s: %s\n", t->encrypt_for[i],
+                                        r == -EPROTONOSUPPORT ? "not an X25519 or P-256 public key"
+                                        : r == -EBADMSG       ? "not a PEM public key"
+                                                              : strerror(-r));
+                                goto out;
+                        }
+                }
+        }
+        if (r >= 0 && t->compress) {
+                r = gw_travel_zstd(&img, NULL, &z);
+                transfer = &z;
+        }
+        if (r >= 0 && encrypt) {
+                r = nonce_b64(nonce, t->transfer_nonce);
+                if (r >= 0)
+                        r = gw_travel_encrypt(transfer ? transfer : &img, key, nonce, img_sha,
+                                              &enc);
+                transfer = &enc;
+        }
+        if (r >= 0 && transfer) {
+                if (asprintf(&t->transfer_path, "%s%s%s", image, t->compress ? ".zst" : "",
+                             encrypt ? ".enc" : "") < 0)
+                        r = -ENOMEM;
+                if (r >= 0)
+                        r = travel_emit(t->transfer_path, transfer, &t->transfer_size,
+                                        t->transfer_sha);
+                t->has_transfer = r >= 0;
+        }
+        if (r >= 0 && t->delta_from) {
+                r = gw_travel_read(t->delta_from, &base);
+                if (r < 0) {
+                        fail_errno(r, t->delta_from);
+                        goto out;
+                }
+                t->base_size = base.len;
+                r = gw_travel_sha256_hex(&base, t->base_sha);
+                if (r >= 0 && strcmp(t->base_sha, hex) == 0) {
+                        fprintf(stderr, "error: %s is the image itself: no delta to make\n",
+                                t->delta_from);
+                        r = -EINVAL;
+                        goto out;
+                }
+                if (r >= 0)
+                        r = gw_travel_zstd(&img, &base, &d);
+                if (r >= 0 && encrypt) {
+                        r = nonce_b64(nonce, t->delta_nonce);
+                        if (r >= 0)
+                                r = gw_travel_encrypt(&d, key, nonce, img_sha, &denc);
+                }
+                if (r >= 0 && asprintf(&t->delta_path, "%s.delta-%.12s%s", image, t->base_sha,
+                                       encrypt ? ".enc" : "") < 0)
+                        r = -ENOMEM;
+                if (r >= 0)
+                        r = travel_emit(t->delta_path, encrypt ? &denc : &d, &t->delta_size,
+                                        t->delta_sha);
+                t->has_delta = r >= 0;
+        }
+        if (r < 0)
+                fail_errno(r, "add-image");
+out:
+        OPENSSL_cleanse(key, sizeof(key));
+        gw_travel_buf_done(&img);
+        gw_travel_buf_done(&base);
+        gw_travel_buf_done(&z);
+        gw_travel_buf_done(&enc);
+        gw_travel_buf_done(&d);
+        gw_travel_buf_done(&denc);
+        return r;
+}
+
+/* The manifest lines for what travel_make() made. */
+static int travel_print(FILE *f, unsigned indent, const struct travel *t)
+{
+        int r = 0;
+
+        if (t->has_transfer) {
+                fprintf(f, "%*stransfer: { size: %llu, sha256: %s", indent, "",
+                        (unsigned long long) t->transfer_size, t->transfer_sha);
+                if (t->compress)
+                        fputs(", compression: zstd", f);
+                if (t->n_encrypt_for)
+                        fprintf(f, ", nonce: \"%s\"", t->transfer_nonce);
+                fputs(" }\n", f);
+        }
+        if (t->has_delta) {
+                char *base = strdup(t->delta_path);
+                const char *url = t->delta_url;
+
+                if (!base)
+                        return -ENOMEM;
+                if (!url)
+                        url = basename(base);
+                fprintf(f, "%*sdelta:\n%*sbase-sha256: %s\n%*sbase-size: %llu\n%*surl: ", indent,
+                        "", indent + 2, "", t->base_sha, indent + 2, "",
+                        (unsigned long long) t->base_size, indent + 2, "");
+                r = put_scalar(f, url);
+                fprintf(f, "\n%*ssize: %llu\n%*ssha256: %s\n", indent + 2, "",
+                        (unsigned long long) t->delta_size, indent + 2, "", t->delta_sha);
+                if (t->n_encrypt_for)
+                        fprintf(f, "%*snonce: \"%s\"\n", indent + 2, "", t->delta_nonce);
+                free(base);
+        }
+        if (t->n_encrypt_for && r >= 0) {
+                fprintf(f, "%*sencryption:\n%*scipher: aes-256-gcm\n%*srecipients:\n", indent, "",
+                        indent + 2, "", indent + 2, "");
+                for (size_t i = 0; r >= 0 && i < t->n_encrypt_for; i++) {
+                        const struct gw_manifest_recipient *rc = &t->recipients[i];
+                        char *eph = NULL, *wrapped = NULL;
+
+                        r = gw_base64_encode(rc->ephemeral, rc->ephemeral_len, &eph);
+                        if (r >= 0)
+                                r = gw_base64_encode(rc->wrapped, sizeof(rc->wrapped), &wrapped);
+                        if (r >= 0)
+                                fprintf(f,
+                                        "%*s- keyid: %s\n%*sephemeral: \"%s\"\n%*swrapped-key: "
+                                        "\"%s\"\n",
+                                        indent + 4, "", rc->keyid, indent + 6, "", eph, indent + 6,
+                                        "", wrapped);
+                        free(eph);
+                        free(wrapped);
+                }
+        }
+        return r;
+}
+
 static int cmd_add_image(int argc, char **argv)
 {
         static const struct option opts[] = {
-            {"name", required_argument, NULL, 'n'},   {"version", required_argument, NULL, 'v'},
-            {"node", required_argument, NULL, 'N'},   {"nodes", required_argument, NULL, 'M'},
-            {"class", required_argument, NULL, 'c'},  {"protocol", required_argument, NULL, 'p'},
-            {"option", required_argument, NULL, 'O'}, {"hardware", required_argument, NULL, 'H'},
-            {"url", required_argument, NULL, 'u'},    {"mirror", required_argument, NULL, 'm'},
-            {"help", no_argument, NULL, 'h'},         {},
+            {"name", required_argument, NULL, 'n'},
+            {"version", required_argument, NULL, 'v'},
+            {"node", required_argument, NULL, 'N'},
+            {"nodes", required_argument, NULL, 'M'},
+            {"class", required_argument, NULL, 'c'},
+            {"protocol", required_argument, NULL, 'p'},
+            {"option", required_argument, NULL, 'O'},
+            {"hardware", required_argument, NULL, 'H'},
+            {"url", required_argument, NULL, 'u'},
+            {"mirror", required_argument, NULL, 'm'},
+            {"help", no_argument, NULL, 'h'},
+            {"compress", no_argument, NULL, 'z'},
+            {"delta-from", required_argument, NULL, 'd'},
+            {"delta-url", required_argument, NULL, 'D'},
+            {"encrypt-for", required_argument, NULL, 'e'},
+            {},
         };
+        struct travel travel = {0};
         struct gw_manifest_error err = {0};
         struct gw_manifest *old = NULL, *m = NULL;
         struct kv_list options = {0}, hardware = {0};
@@ -688,8 +921,12 @@ static int cmd_add_image(int argc, char **argv)
         int c, r, ret = EXIT_FAILURE;
 
         mirrors = calloc((size_t) argc + 1, sizeof(*mirrors));
-        if (!mirrors)
+        travel.encrypt_for = calloc((size_t) argc + 1, sizeof(*travel.encrypt_for));
+        if (!mirrors || !travel.encrypt_for) {
+                free(mirrors);
+                free(travel.encrypt_for);
                 return fail_errno(-ENOMEM, "add-image");
+        }
         while ((c = getopt_long(argc, argv, "n:v:N:M:c:p:O:H:u:m:h", opts, NULL)) >= 0) {
                 switch (c) {
                 case 'n':
@@ -727,17 +964,41 @@ static int cmd_add_image(int argc, char **argv)
                 case 'm':
                         mirrors[n_mirrors++] = optarg;
                         break;
+                case 'z':
+                        travel.compress = true;
+                        break;
+                case 'd':
+                        travel.delta_from = optarg;
+                        break;
+                case 'D':
+                        travel.delta_url = optarg;
+                        break;
+                case 'e':
+                        travel.encrypt_for[travel.n_encrypt_for++] = optarg;
+                        break;
                 case 'h':
                         printf("Usage: %s add-image IMAGE --name NAME --version V\n"
                                "          (--node X | --nodes A,B,... | --class C) --protocol P\n"
                                "          [--option KEY=VALUE]... [--hardware KEY=VALUE]...\n"
-                               "          [--url URL] [--mirror URL]... MANIFEST\n\n"
+                               "          [--url URL] [--mirror URL]...\n"
+                               "          [--compress] [--delta-from OLD [--delta-url URL]]\n"
+                               "          [--encrypt-for GATEWAY.pub]... MANIFEST\n\n"
                                "Appends IMAGE to MANIFEST's images with its size and SHA-256\n"
                                "(computed here). --url defaults to IMAGE's file name, relative to\n"
                                "the manifest's URL. --hardware pairs are checked against what the\n"
                                "node reports; --option pairs go to the protocol plugin. Comments\n"
                                "and layout of MANIFEST are kept; a duplicate NAME is refused. Any\n"
-                               "signatures are dropped (the body changed): sign again.\n",
+                               "signatures are dropped (the body changed): sign again.\n\n"
+                               "How it travels (each blob is written next to IMAGE; publish it\n"
+                               "beside the manifest):\n"
+                               "  --compress           zstd: IMAGE.zst is what gateways fetch\n"
+                               "  --delta-from OLD     also a zstd patch from OLD to IMAGE\n"
+                               "                       (IMAGE.delta-<OLD's hash>), fetched by a\n"
+                               "                       gateway that holds OLD, the others fetch\n"
+                               "                       the full image\n"
+                               "  --encrypt-for KEY    AES-256-GCM, readable by the gateway whose\n"
+                               "                       X25519 or P-256 public key is KEY\n"
+                               "                       (repeatable; IMAGE[.zst].enc)\n",
                                prog);
                         ret = EXIT_SUCCESS;
                         goto out;
@@ -769,8 +1030,11 @@ static int cmd_add_image(int argc, char **argv)
                 fprintf(stderr, "error: %s: empty file\n", image);
                 goto out;
         }
+        if ((travel.compress || travel.delta_from || travel.n_encrypt_for) &&
+            travel_make(image, &travel) < 0)
+                goto out;
         if (!url) {
-                base = strdup(image);
+                base = strdup(travel.transfer_path ? travel.transfer_path : image);
                 if (!base) {
                         fail_errno(-ENOMEM, "add-image");
                         goto out;
@@ -887,6 +1151,8 @@ static int cmd_add_image(int argc, char **argv)
                 }
                 fputs("]\n", f);
         }
+        if (r >= 0)
+                r = travel_print(f, indent + 2, &travel);
         if (r == -ENOENT)
                 r = 0;
         if (insert < body_len)
@@ -920,6 +1186,13 @@ static int cmd_add_image(int argc, char **argv)
                         file, n_sigs);
         printf("added %s %s (%llu bytes, sha256 %.16s...) to %s: %zu image(s)\n", name, version,
                (unsigned long long) size, sha, file, m->n_images);
+        if (travel.has_transfer)
+                printf("  travels as %s: %llu bytes%s\n", travel.transfer_path,
+                       (unsigned long long) travel.transfer_size,
+                       travel.n_encrypt_for ? ", encrypted" : "");
+        if (travel.has_delta)
+                printf("  delta from %.16s...: %s, %llu bytes\n", travel.base_sha,
+                       travel.delta_path, (unsigned long long) travel.delta_size);
         ret = EXIT_SUCCESS;
 out:
         gw_manifest_free(old);
@@ -927,6 +1200,8 @@ out:
         free(options.v);
         free(hardware.v);
         free(mirrors);
+        free(travel.encrypt_for);
+        travel_done(&travel);
         free(base);
         free(buf);
         free(out);

@@ -366,6 +366,10 @@ int gw_gateway_key_load(const char *path, struct gw_gateway_key **ret);
 struct gw_gateway_key *gw_gateway_key_free(struct gw_gateway_key *k);
 /* Its keyid: SHA-256 of its SubjectPublicKeyInfo DER, 64 lowercase hex digits. */
 const char *gw_gateway_key_id(const struct gw_gateway_key *k);
+/* A new gateway key pair, X25519 (or P-256), as PEM: PKCS#8 private and SPKI public, both
+ * malloc'd, and its keyid. 0, -EIO, -ENOMEM. */
+int gw_gateway_key_generate(bool p256, char **ret_private_pem, char **ret_public_pem,
+                            char ret_keyid[static 65]);
 
 /* A fresh random data key, and a fresh random nonce for one blob. 0 or -EIO. */
 int gw_image_key_new(uint8_t ret[static GW_IMAGE_KEY_SIZE]);
