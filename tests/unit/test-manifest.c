@@ -448,6 +448,122 @@ static const struct body_case body_cases[] = {
     {"no gateway section", "gateway: { hardware: [gw-imx8-rev2, gw-imx8-rev3] }\n", "", GW_ERR_NONE,
      NULL},
     {"targets node", "{ class: stm32f4-motor }", "{ node: motor-1 }", GW_ERR_NONE, NULL},
+    /* How images travel. */
+    {"transfer zstd", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    transfer: { size: 500, sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, compression: zstd }",
+     GW_ERR_NONE, NULL},
+    {"transfer that changes nothing", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    transfer: { size: 500, sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111 }",
+     GW_ERR_SCHEMA_INVALID, "neither compressed nor encrypted"},
+    {"transfer gzip", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    transfer: { size: 500, sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, compression: gzip }",
+     GW_ERR_SCHEMA_INVALID, "images[1].transfer.compression"},
+    {"encrypted", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    transfer: { size: 1016, sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, nonce: AAECAwQFBgcICQoL "
+     "}\n    encryption: { cipher: aes-256-gcm, recipients: [{ keyid: "
+     "abababababababababababababababababababababababababababababababab, ephemeral: "
+     "\"MCowBQYDK2VuAyEAMcRe3G1jeqgwYoXAZO13uGS7371IsuQnRVXEdQ0CdnY=\", wrapped-key: "
+     "\"xMmWMNgBVgXmA01aXI6SajwUVL4mnGGR5hK2QXGpRZFCCSga35+kyYqmgiF4xfmp\" }] }",
+     GW_ERR_NONE, NULL},
+    {"encryption without transfer", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    encryption: { cipher: aes-256-gcm, recipients: [{ keyid: "
+     "abababababababababababababababababababababababababababababababab, ephemeral: "
+     "\"MCowBQYDK2VuAyEAMcRe3G1jeqgwYoXAZO13uGS7371IsuQnRVXEdQ0CdnY=\", wrapped-key: "
+     "\"xMmWMNgBVgXmA01aXI6SajwUVL4mnGGR5hK2QXGpRZFCCSga35+kyYqmgiF4xfmp\" }] }",
+     GW_ERR_SCHEMA_INVALID, "encryption needs transfer"},
+    {"encrypted without nonce", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    transfer: { size: 1016, sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, compression: zstd }\n    "
+     "encryption: { cipher: aes-256-gcm, recipients: [{ keyid: "
+     "abababababababababababababababababababababababababababababababab, ephemeral: "
+     "\"MCowBQYDK2VuAyEAMcRe3G1jeqgwYoXAZO13uGS7371IsuQnRVXEdQ0CdnY=\", wrapped-key: "
+     "\"xMmWMNgBVgXmA01aXI6SajwUVL4mnGGR5hK2QXGpRZFCCSga35+kyYqmgiF4xfmp\" }] }",
+     GW_ERR_SCHEMA_INVALID, "needs a nonce"},
+    {"nonce without encryption", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    transfer: { size: 1016, sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, compression: zstd, nonce: "
+     "AAECAwQFBgcICQoL }",
+     GW_ERR_SCHEMA_INVALID, "a nonce without encryption"},
+    {"nonce of 9 bytes", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    transfer: { size: 1016, sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, nonce: AAECAwQFBgcI }\n    "
+     "encryption: { cipher: aes-256-gcm, recipients: [{ keyid: "
+     "abababababababababababababababababababababababababababababababab, ephemeral: "
+     "\"MCowBQYDK2VuAyEAMcRe3G1jeqgwYoXAZO13uGS7371IsuQnRVXEdQ0CdnY=\", wrapped-key: "
+     "\"xMmWMNgBVgXmA01aXI6SajwUVL4mnGGR5hK2QXGpRZFCCSga35+kyYqmgiF4xfmp\" }] }",
+     GW_ERR_SCHEMA_INVALID, "images[1].transfer.nonce: expected base64 of 12 bytes"},
+    {"no recipients", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    transfer: { size: 1016, sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, nonce: AAECAwQFBgcICQoL "
+     "}\n    encryption: { cipher: aes-256-gcm, recipients: [] }",
+     GW_ERR_SCHEMA_INVALID, "images[1].encryption.recipients"},
+    {"cipher chacha", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    transfer: { size: 1016, sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, nonce: AAECAwQFBgcICQoL "
+     "}\n    encryption: { cipher: chacha20, recipients: [] }",
+     GW_ERR_SCHEMA_INVALID, "images[1].encryption.cipher"},
+    {"delta", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    delta: { base-sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, base-size: 900, url: "
+     "d.patch, size: 40, sha256: 2222222222222222222222222222222222222222222222222222222222222222 "
+     "}",
+     GW_ERR_NONE, NULL},
+    {"delta of the image itself", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    delta: { base-sha256: "
+     "ABCDEFabcdef0123456789ABCDEFabcdef0123456789ABCDEFabcdef01234567, base-size: 900, url: "
+     "d.patch, size: 40, sha256: 2222222222222222222222222222222222222222222222222222222222222222 "
+     "}",
+     GW_ERR_SCHEMA_INVALID, "the base is the image itself"},
+    {"delta without url", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    delta: { base-sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, base-size: 900, size: 40, "
+     "sha256: 2222222222222222222222222222222222222222222222222222222222222222 }",
+     GW_ERR_SCHEMA_INVALID, "images[1].delta"},
+    {"encrypted delta sharing the nonce", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    transfer: { size: 1016, sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, nonce: AAECAwQFBgcICQoL "
+     "}\n    delta: { base-sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, base-size: 900, url: "
+     "d.patch, size: 40, sha256: 2222222222222222222222222222222222222222222222222222222222222222, "
+     "nonce: AAECAwQFBgcICQoL }\n    encryption: { cipher: aes-256-gcm, recipients: [{ keyid: "
+     "abababababababababababababababababababababababababababababababab, ephemeral: "
+     "\"MCowBQYDK2VuAyEAMcRe3G1jeqgwYoXAZO13uGS7371IsuQnRVXEdQ0CdnY=\", wrapped-key: "
+     "\"xMmWMNgBVgXmA01aXI6SajwUVL4mnGGR5hK2QXGpRZFCCSga35+kyYqmgiF4xfmp\" }] }",
+     GW_ERR_SCHEMA_INVALID, "share a nonce"},
+    {"encrypted delta", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    transfer: { size: 1016, sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, nonce: AAECAwQFBgcICQoL "
+     "}\n    delta: { base-sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, base-size: 900, url: "
+     "d.patch, size: 40, sha256: 2222222222222222222222222222222222222222222222222222222222222222, "
+     "nonce: DAsKCQgHBgUEAwIB }\n    encryption: { cipher: aes-256-gcm, recipients: [{ keyid: "
+     "abababababababababababababababababababababababababababababababab, ephemeral: "
+     "\"MCowBQYDK2VuAyEAMcRe3G1jeqgwYoXAZO13uGS7371IsuQnRVXEdQ0CdnY=\", wrapped-key: "
+     "\"xMmWMNgBVgXmA01aXI6SajwUVL4mnGGR5hK2QXGpRZFCCSga35+kyYqmgiF4xfmp\" }] }",
+     GW_ERR_NONE, NULL},
+    {"recipient listed twice", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    transfer: { size: 1016, sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, nonce: AAECAwQFBgcICQoL "
+     "}\n    encryption: { cipher: aes-256-gcm, recipients: [{ keyid: "
+     "abababababababababababababababababababababababababababababababab, ephemeral: "
+     "\"MCowBQYDK2VuAyEAMcRe3G1jeqgwYoXAZO13uGS7371IsuQnRVXEdQ0CdnY=\", wrapped-key: "
+     "\"xMmWMNgBVgXmA01aXI6SajwUVL4mnGGR5hK2QXGpRZFCCSga35+kyYqmgiF4xfmp\" }, { keyid: "
+     "abababababababababababababababababababababababababababababababab, ephemeral: "
+     "\"MCowBQYDK2VuAyEAMcRe3G1jeqgwYoXAZO13uGS7371IsuQnRVXEdQ0CdnY=\", wrapped-key: "
+     "\"xMmWMNgBVgXmA01aXI6SajwUVL4mnGGR5hK2QXGpRZFCCSga35+kyYqmgiF4xfmp\" }] }",
+     GW_ERR_SCHEMA_INVALID, "keyid listed twice"},
+    {"wrapped key too short", "url: images/sensor.bin",
+     "url: images/sensor.bin\n    transfer: { size: 1016, sha256: "
+     "1111111111111111111111111111111111111111111111111111111111111111, nonce: AAECAwQFBgcICQoL "
+     "}\n    encryption: { cipher: aes-256-gcm, recipients: [{ keyid: "
+     "abababababababababababababababababababababababababababababababab, ephemeral: "
+     "\"MCowBQYDK2VuAyEAMcRe3G1jeqgwYoXAZO13uGS7371IsuQnRVXEdQ0CdnY=\", wrapped-key: "
+     "AAECAwQFBgcICQoL }] }",
+     GW_ERR_SCHEMA_INVALID, "wrapped-key"},
 };
 
 static void test_body(void **state)
@@ -881,6 +997,69 @@ static void test_version_compare(void **state)
         assert_int_equal(gw_version_compare(NULL, NULL), 0);
 }
 
+/* A data key wrapped for X25519 and P-256 gateway keys unwraps with the right key only, and a
+ * wrapped key changed in any byte does not unwrap. */
+static void test_image_keys(void **state)
+{
+        char path[] = "/tmp/gw-test-gwkey.XXXXXX";
+        struct gw_manifest_recipient rc[2];
+        struct gw_manifest_image img = {.name = "app", .recipients = rc, .n_recipients = 2};
+        struct gw_gateway_key *k[2] = {NULL, NULL};
+        struct gw_manifest_error err = {0};
+        uint8_t key[GW_IMAGE_KEY_SIZE], got[GW_IMAGE_KEY_SIZE];
+        char *priv[2], *pub[2], id[2][65];
+        int fd;
+
+        assert_int_equal(gw_image_key_new(key), 0);
+        for (int i = 0; i < 2; i++) {
+                assert_int_equal(gw_gateway_key_generate(i == 1, &priv[i], &pub[i], id[i]), 0);
+                assert_int_equal(gw_image_key_wrap(pub[i], strlen(pub[i]), key, &rc[i]), 0);
+                assert_string_equal(rc[i].keyid, id[i]);
+                fd = mkstemp(path);
+                assert_true(fd >= 0);
+                assert_int_equal(write(fd, priv[i], strlen(priv[i])), (ssize_t) strlen(priv[i]));
+                close(fd);
+                assert_int_equal(gw_gateway_key_load(path, &k[i]), 0);
+                unlink(path);
+                strcpy(path, "/tmp/gw-test-gwkey.XXXXXX");
+                assert_string_equal(gw_gateway_key_id(k[i]), id[i]);
+        }
+        for (int i = 0; i < 2; i++) {
+                memset(got, 0, sizeof(got));
+                assert_int_equal(gw_image_key_unwrap(k[i], &img, got, &err), 0);
+                assert_memory_equal(got, key, sizeof(key));
+        }
+        /* Only the other gateway's entry: not for this key. */
+        img.n_recipients = 1;
+        assert_true(gw_image_key_unwrap(k[1], &img, got, &err) < 0);
+        assert_int_equal(err.code, GW_ERR_DECRYPT_FAILED);
+        assert_non_null(strstr(err.message, "not encrypted for this gateway"));
+        /* No key configured. */
+        assert_true(gw_image_key_unwrap(NULL, &img, got, &err) < 0);
+        assert_non_null(strstr(err.message, "no decryption key"));
+        /* Any byte of the wrapped key or the ephemeral key changed. */
+        for (size_t b = 0; b < sizeof(rc[0].wrapped); b += 7) {
+                rc[0].wrapped[b] ^= 0x10;
+                assert_true(gw_image_key_unwrap(k[0], &img, got, &err) < 0);
+                assert_int_equal(err.code, GW_ERR_DECRYPT_FAILED);
+                rc[0].wrapped[b] ^= 0x10;
+        }
+        rc[0].ephemeral[rc[0].ephemeral_len - 1] ^= 0x01;
+        assert_true(gw_image_key_unwrap(k[0], &img, got, &err) < 0);
+        /* A P-256 ephemeral key handed to an X25519 gateway key. */
+        memcpy(rc[0].ephemeral, rc[1].ephemeral, rc[1].ephemeral_len);
+        rc[0].ephemeral_len = rc[1].ephemeral_len;
+        assert_true(gw_image_key_unwrap(k[0], &img, got, &err) < 0);
+        /* Not a key this scheme takes: Ed25519. */
+        assert_int_equal(gw_image_key_wrap(keys[0].pub, strlen(keys[0].pub), key, &rc[0]),
+                         -EPROTONOSUPPORT);
+        for (int i = 0; i < 2; i++) {
+                gw_gateway_key_free(k[i]);
+                free(priv[i]);
+                free(pub[i]);
+        }
+}
+
 static void test_error_strings(void **state)
 {
         for (int e = 0; e < _GW_ERR_MAX; e++) {
@@ -900,17 +1079,12 @@ static void test_error_strings(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_envelope_split),
-            cmocka_unit_test(test_pae),
-            cmocka_unit_test(test_error_strings),
-            cmocka_unit_test(test_good),
-            cmocka_unit_test(test_signatures),
-            cmocka_unit_test(test_body),
-            cmocka_unit_test(test_limits),
-            cmocka_unit_test(test_context),
-            cmocka_unit_test(test_sign),
-            cmocka_unit_test(test_keys),
-            cmocka_unit_test(test_version_compare),
+            cmocka_unit_test(test_envelope_split), cmocka_unit_test(test_pae),
+            cmocka_unit_test(test_error_strings),  cmocka_unit_test(test_image_keys),
+            cmocka_unit_test(test_good),           cmocka_unit_test(test_signatures),
+            cmocka_unit_test(test_body),           cmocka_unit_test(test_limits),
+            cmocka_unit_test(test_context),        cmocka_unit_test(test_sign),
+            cmocka_unit_test(test_keys),           cmocka_unit_test(test_version_compare),
         };
 
         return cmocka_run_group_tests(tests, setup_keys, teardown_keys);
