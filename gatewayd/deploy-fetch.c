@@ -336,6 +336,12 @@ void gw_deploy_download_phase(struct deployment *d)
 
                 for (size_t j = 0; j < d->n_nodes; j++)
                         used = used || d->nodes[j]->image == i;
+                /* Once per digest: an image equal to one already being fetched comes with it. */
+                for (size_t j = 0; used && j < i; j++)
+                        if (!d->downloads[j].done &&
+                            memcmp(d->m->images[j].sha256, d->m->images[i].sha256, 32) == 0 &&
+                            d->m->images[j].size == d->m->images[i].size)
+                                used = false;
                 d->downloads[i].done =
                     !used || gw_store_has(d->engine->env.store, d->m->images[i].sha256,
                                           d->m->images[i].size);

@@ -9,12 +9,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "fetch.h"
 #include "gw/log.h"
 
 #define MAX_REDIRECTS 5
+/* A download whose connection drops goes on where it stopped (an HTTP range request), at most
+ * this many times; a server that cannot serve ranges starts it over once. */
+#define MAX_RESUMES 8
 
 struct gw_fetcher {
         struct gw_loop *loop;
@@ -35,6 +39,10 @@ struct gw_fetch {
         size_t mem_allocated;
         bool over_cap;
         int write_error;
+        unsigned resumes; /* range requests made after a dropped connection */
+        bool restarted;   /* started over: the server could not serve a range */
+        char etag[128];   /* of the first response: a resume asks If-Range with it */
+        struct curl_slist *headers;
         char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -155,6 +163,30 @@ static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
         return n;
 }
 
+/* Keeps the first response's ETag (strong ones only: If-Range takes no weak validator). */
+static size_t on_header(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+        struct gw_fetch *x = userdata;
+        size_t n = size * nmemb;
+
+        if (x->resumes == 0 && n > 6 && strncasecmp(ptr, "ETag:", 5) == 0) {
+                const char *v = ptr + 5;
+                size_t len = n - 5;
+
+                while (len > 0 && (*v == ' ' || *v == '\t')) {
+                        v++;
+                        len--;
+                }
+                while (len > 0 && (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' '))
+                        len--;
+                if (len > 0 && len < sizeof(x->etag) && v[0] == '"') {
+                        memcpy(x->etag, v, len);
+                        x->etag[len] = '\0';
+                }
+        }
+        return n;
+}
+
 static void fetch_free(struct gw_fetch *x)
 {
         struct gw_fetch **p;
@@ -168,6 +200,7 @@ static void fetch_free(struct gw_fetch *x)
                 curl_multi_remove_handle(x->fetcher->multi, x->easy);
                 curl_easy_cleanup(x->easy);
         }
+        curl_slist_free_all(x->headers);
         EVP_MD_CTX_free(x->md);
         free(x->mem);
         free(x->url);
@@ -219,6 +252,68 @@ static int curl_to_result(struct gw_fetch *x, CURLcode cc, enum gw_error *ret_co
         }
 }
 
+/* A connection that dropped mid-body: a transfer error after some bytes of an http(s) body. */
+static bool dropped(CURLcode cc)
+{
+        return cc == CURLE_PARTIAL_FILE || cc == CURLE_RECV_ERROR || cc == CURLE_SEND_ERROR ||
+               cc == CURLE_GOT_NOTHING || cc == CURLE_HTTP2_STREAM;
+}
+
+/* Goes on after a dropped connection with a range request from the bytes kept (the hash
+ * carries on over them), or starts over once when the server cannot serve the range. False:
+ * the error stands. */
+static bool try_resume(struct gw_fetch *x, CURLcode cc)
+{
+        CURLM *multi = x->fetcher->multi;
+        bool http =
+            strncasecmp(x->url, "http://", 7) == 0 || strncasecmp(x->url, "https://", 8) == 0;
+        struct curl_slist *hdr = NULL;
+
+        if (!http || x->over_cap || x->write_error)
+                return false;
+        if (cc == CURLE_RANGE_ERROR && !x->restarted) {
+                /* It answered the range with the whole body (or another range): start over. */
+                if (x->p.fd >= 0 && (ftruncate(x->p.fd, 0) < 0 || lseek(x->p.fd, 0, SEEK_SET) < 0))
+                        return false;
+                if (EVP_DigestInit_ex(x->md, EVP_sha256(), NULL) != 1)
+                        return false;
+                gw_log_debug("%s: the server cannot resume at %llu bytes; starting over", x->url,
+                             (unsigned long long) x->bytes);
+                x->bytes = 0;
+                x->restarted = true;
+        } else if (!dropped(cc) || x->bytes == 0 || x->bytes >= x->p.max_bytes ||
+                   x->resumes >= MAX_RESUMES) {
+                return false;
+        } else {
+                gw_log_debug("%s: connection dropped after %llu bytes (%s); resuming", x->url,
+                             (unsigned long long) x->bytes, curl_easy_strerror(cc));
+        }
+        if (x->p.deadline_ms && gw_now_ms() >= x->p.deadline_ms)
+                return false;
+        x->resumes++;
+        curl_multi_remove_handle(multi, x->easy);
+        x->errbuf[0] = '\0';
+        curl_easy_setopt(x->easy, CURLOPT_RESUME_FROM_LARGE, (curl_off_t) x->bytes);
+        /* The rest of the same file, or the whole of a changed one (which the hash refuses). */
+        curl_easy_setopt(x->easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) 0);
+        if (x->etag[0]) {
+                char line[160];
+
+                snprintf(line, sizeof(line), "If-Range: %s", x->etag);
+                hdr = curl_slist_append(NULL, line);
+        }
+        curl_slist_free_all(x->headers);
+        x->headers = hdr;
+        curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->headers);
+        if (x->p.deadline_ms) {
+                uint64_t now = gw_now_ms();
+
+                curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS,
+                                 (long) (x->p.deadline_ms > now ? x->p.deadline_ms - now : 1));
+        }
+        return curl_multi_add_handle(multi, x->easy) == CURLM_OK;
+}
+
 static void check_done(struct gw_fetcher *f)
 {
         CURLMsg *msg;
@@ -237,6 +332,8 @@ static void check_done(struct gw_fetcher *f)
                         continue;
                 curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &x);
                 if (!x)
+                        continue;
+                if (msg->data.result != CURLE_OK && try_resume(x, msg->data.result))
                         continue;
                 if (msg->data.result != CURLE_OK)
                         r = curl_to_result(x, msg->data.result, &code, text, sizeof(text));
@@ -331,6 +428,8 @@ int gw_fetch_start(struct gw_fetcher *f, const struct gw_fetch_params *p, struct
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_data);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
         curl_easy_setopt(e, CURLOPT_PRIVATE, x);
         curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
         curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) p->max_bytes);

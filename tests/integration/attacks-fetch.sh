@@ -127,6 +127,38 @@ msg=$(q get "$(wait_final deadline)" error.message)
 check "slow retrieval: the deadline stopped it, not the rate ($msg)" \
         grep -qE 'timed out|deadline' <<<"$msg"
 
+# ---- Dropped connections ----------------------------------------------------------------------------
+# Every connection is cut after 1500 body bytes: the download goes on where it stopped with a range
+# request (If-Range on the server's ETag) until the 6000 bytes are there, hashed across the pieces.
+{ head_ resume; img big 1.2 "node: node-2" big.bin drop/1500/big.bin; } >"$www/resume.yaml"
+sign "$www/resume.yaml" release
+deploy_url resume
+expect_success "a dropped connection resumes with range requests" resume node-2 big.bin big-1.2.bin
+check "dropped connection: resumed from where each piece ended (ranges $(grep -o 'drop/1500/big.bin range=[0-9]*' "$work/http.log" | sed 's/.*=//' | tr '\n' ' '))" \
+        test "$(grep -c 'drop/1500/big.bin range=1500$' "$work/http.log")" = 1 -a \
+        "$(grep -c 'drop/1500/big.bin range=4500$' "$work/http.log")" = 1
+# A server that cannot serve ranges: started over once, then it stands as a failed download.
+head -c 6000 /dev/urandom >"$work/www/big2.bin"
+{ head_ norange; img big 1.3 "node: node-2" big2.bin norange/1500/big2.bin; } >"$www/norange.yaml"
+sign "$www/norange.yaml" release
+deploy_url norange
+expect "a dropped connection the server cannot resume" norange failed download-failed
+check "no ranges: started over once, then given up ($(requested norange/1500/big2.bin) requests)" \
+        test "$(requested norange/1500/big2.bin)" -ge 2 -a "$(requested norange/1500/big2.bin)" -le 10
+
+# ---- Once per digest -----------------------------------------------------------------------------
+# Two images with the same bytes (two names) for two nodes: fetched once.
+head -c 4000 /dev/urandom >"$work/www/same.bin"
+{ head_ twice; img s1 9.0 "node: node-1" same.bin; img s2 9.0 "node: node-2" same.bin; } \
+        >"$www/twice.yaml"
+sign "$www/twice.yaml" release
+deploy_url twice
+expect_success "one digest under two names, node-1" twice node-1 same.bin s1-9.0.bin
+check "one digest under two names: node-2 holds it too" \
+        cmp -s "$work/www/same.bin" "$work/node-2.out/s2-9.0.bin"
+check "one digest under two names: fetched once ($(requested /same.bin) requests)" \
+        test "$(requested /same.bin)" = 1
+
 # ---- Wrong software installation -------------------------------------------------------------------
 { head_ hw; img a 4.0 "node: node-1" a.bin "" "chip-id: 0x999"; } >"$www/hw.yaml"
 sign "$www/hw.yaml" release

@@ -6,6 +6,12 @@ behaviour chosen by the first path segment, and logs every path requested (one p
   /wrong/<file>            the same number of bytes, every byte inverted
   /endless/<file>          the file, then random bytes for ever, no Content-Length
   /trickle/<rate>/<file>   the file at <rate> bytes per second (with Content-Length)
+  /drop/<n>/<file>         serves byte ranges (206, Content-Range, a strong ETag) but cuts
+                           every connection after <n> body bytes: a client must resume
+  /norange/<n>/<file>      ignores Range (always 200, the whole file) and cuts every
+                           connection after <n> body bytes: a client cannot finish
+
+Each request is logged as its path, followed by " range=<start>" when it asked for a range.
 
 Usage: evil-http.py --dir DIR --port PORT --log FILE
 """
@@ -40,9 +46,35 @@ def make_handler(root, log_path):
                 self.send_header("Content-Length", str(len(data)))
             self.end_headers()
 
+        def _range_start(self):
+            h = self.headers.get("Range", "")
+            if h.startswith("bytes=") and h.endswith("-") and h[6:-1].isdigit():
+                return int(h[6:-1])
+            return None
+
+        def _cut(self, data, start, n, ranges):
+            """Sends data from start (a 206 when ranges), then hangs up after n bytes."""
+            total = len(data)
+            if ranges and start is not None and 0 < start < total:
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")
+            else:
+                start = 0
+                self.send_response(200)
+            if ranges:
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", '"%08x"' % (hash(data) & 0xFFFFFFFF))
+            self.send_header("Content-Length", str(total - start))
+            self.end_headers()
+            self.wfile.write(data[start:start + n])
+            self.wfile.flush()
+            # An abrupt end: no more bytes than that, whatever Content-Length said.
+            self.connection.shutdown(2)
+
         def do_GET(self):
+            start = self._range_start()
             with LOG_LOCK, open(log_path, "a", encoding="utf-8") as log:
-                log.write(self.path + "\n")
+                log.write(self.path + (f" range={start}" if start is not None else "") + "\n")
             parts = self.path.lstrip("/").split("/")
             try:
                 if parts[0] == "wrong" and len(parts) >= 2:
@@ -71,13 +103,19 @@ def make_handler(root, log_path):
                         self.wfile.write(data[off:off + chunk])
                         self.wfile.flush()
                         time.sleep(chunk / rate)
+                elif parts[0] in ("drop", "norange") and len(parts) >= 3:
+                    n = max(1, int(parts[1]))
+                    data = self._file("/".join(parts[2:]))
+                    if data is None:
+                        return self.send_error(404)
+                    self._cut(data, start, n, parts[0] == "drop")
                 else:
                     data = self._file("/".join(parts))
                     if data is None:
                         return self.send_error(404)
                     self._send(data)
                     self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError, ValueError):
+            except (BrokenPipeError, ConnectionResetError, ValueError, OSError):
                 pass
 
     return Handler
