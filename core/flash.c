@@ -551,8 +551,8 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
                     -EPROTO, "%s: protocol %s needs a %s link, transport %s is %s", name, p->name,
                     gw_link_shape_to_string(p->shape), t->name, gw_link_shape_to_string(t->shape));
         if (t->shape == GW_LINK_FRAMES &&
-            (t->version < 5 || !t->can_info || !t->send_frame || !t->recv_frame ||
-             !t->get_fd || p->version < 6 || !p->frame))
+            (t->version < 5 || !t->can_info || !t->send_frame || !t->recv_frame || !t->get_fd ||
+             p->version < 6 || !p->frame))
                 return gw_log_debug_errno(-EPROTO, "%s: %s/%s lack the frame link ops", name,
                                           t->name, p->name);
         if (t->shape == GW_LINK_CONTROL &&
@@ -888,8 +888,11 @@ int gw_file_reader_open(const char *path, const char *name, struct gw_reader *re
             .name = strdup(name),
             .ctx = (void *) (intptr_t) fd,
             .pread = file_pread,
+            .path = strdup(path),
         };
-        if (!ret->name) {
+        if (!ret->name || !ret->path) {
+                free((char *) ret->name);
+                free((char *) ret->path);
                 close(fd);
                 return -ENOMEM;
         }
@@ -902,6 +905,7 @@ void gw_file_reader_close(struct gw_reader *r)
                 return;
         close((int) (intptr_t) r->ctx);
         free((char *) r->name);
+        free((char *) r->path);
         *r = (struct gw_reader){0};
 }
 

@@ -472,3 +472,24 @@ int gw_plugin_check_options(const struct gw_transport_ops *t, const struct gw_op
         }
         return 0;
 }
+
+int gw_plugin_check_image_options(const struct gw_protocol_ops *p,
+                                  const struct gw_options *image_opts, char *why, size_t why_size)
+{
+        if (!p || !why || why_size == 0)
+                return -EINVAL;
+        if (p->version < 7 || !p->node_options)
+                return 0;
+        for (size_t i = 0; i < gw_options_count(image_opts); i++) {
+                const char *key = gw_options_key(image_opts, i);
+
+                if (key_listed(p->node_options, key)) {
+                        snprintf(why, why_size,
+                                 "protocol %s: option '%s' is the node's own (gatewayd.yaml); a "
+                                 "manifest cannot set it",
+                                 p->name, key);
+                        return -EPERM;
+                }
+        }
+        return 0;
+}

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
+#include <jansson.h>
 #include <yaml.h>
 
 #include "config.h"
@@ -591,6 +592,36 @@ const char *gw_config_log_level_to_string(int level)
 
 /* A map of scalar values into options (hardware, transport, protocol). skip is a key handled by
  * the caller ("type") or NULL. */
+/* An option given as a list of strings (exec's command line) reaches the plugin as a JSON
+ * array of those strings: options are text, and a JSON array keeps every item whole. */
+#define OPTION_LIST_MAX 64
+
+static int list_option(struct parser *p, const struct cnode *v, char **ret)
+{
+        json_t *a;
+        char *s;
+        int r = 0;
+
+        if (v->n_items == 0 || v->n_items > OPTION_LIST_MAX)
+                return fail(p, v, "expected a list of 1 to %d strings", OPTION_LIST_MAX);
+        a = json_array();
+        if (!a)
+                return -ENOMEM;
+        for (size_t i = 0; i < v->n_items && r >= 0; i++) {
+                r = want_string(p, v->items[i], true);
+                if (r >= 0 && json_array_append_new(a, json_string(v->items[i]->value)) < 0)
+                        r = fail(p, v->items[i], "not valid UTF-8 text");
+        }
+        s = r >= 0 ? json_dumps(a, JSON_COMPACT) : NULL;
+        json_decref(a);
+        if (r < 0)
+                return r;
+        if (!s)
+                return -ENOMEM;
+        *ret = s;
+        return 0;
+}
+
 static int parse_options(struct parser *p, const struct cnode *map, const char *skip,
                          struct gw_options *o)
 {
@@ -603,6 +634,19 @@ static int parse_options(struct parser *p, const struct cnode *map, const char *
                         continue;
                 if (!name_valid(key->value, GW_CONFIG_MAX_NAME))
                         return fail(p, key, "'%s' is not a valid option name", key->value);
+                if (v->kind == CN_SEQ) {
+                        char *list = NULL;
+
+                        r = list_option(p, v, &list);
+                        if (r >= 0)
+                                r = gw_options_set(o, key->value, list);
+                        free(list);
+                        if (r == -ENOMEM)
+                                return r;
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
                 r = want_string(p, v, true);
                 if (r < 0)
                         return r;

@@ -198,6 +198,13 @@ static int node_check_options(struct deployment *d, const struct node_rt *n,
 
         if (!t || !p)
                 return 0; /* gw_deploy_node_open() reports it */
+        r = gw_plugin_check_image_options(p, img->options, why, sizeof(why));
+        if (r < 0) {
+                d->error = GW_ERR_NODE_INCOMPATIBLE;
+                snprintf(d->message, sizeof(d->message), "image %.64s for node %.64s: %.250s",
+                         img->name, n->cfg->name, why);
+                return r;
+        }
         r = gw_deploy_node_protocol_opts(n, img->options, &popts);
         if (r < 0)
                 return r;

@@ -43,3 +43,9 @@ int gw_plugin_installed(const struct gw_protocol_ops *p, const struct gw_options
  * over them (the node's settings win). *ret is new. 0 or -ENOMEM. p may be NULL. */
 int gw_plugin_link_options(const struct gw_protocol_ops *p, const struct gw_options *topts,
                            struct gw_options **ret);
+
+/* A manifest image's options for protocol p (before they are merged over the node's): -EPERM
+ * with a one-line reason when one names a key only a node's configuration may set
+ * (p->node_options, protocol ops version 7), else 0. */
+int gw_plugin_check_image_options(const struct gw_protocol_ops *p,
+                                  const struct gw_options *image_opts, char *why, size_t why_size);

@@ -28,9 +28,10 @@
  * added modem-control lines (set_lines); version 5 of the protocol ops added the transport
  * settings a protocol needs by default (link_defaults) and telling a node that already runs
  * an image (installed); version 5 of the transport ops and of the host and version 6 of the
- * protocol ops added the frames link shape (CAN). */
+ * protocol ops added the frames link shape (CAN); version 7 of the protocol ops added options
+ * only a node's configuration may set (node_options), and readers name their file (path). */
 #define GW_TRANSPORT_OPS_VERSION 5
-#define GW_PROTOCOL_OPS_VERSION  6
+#define GW_PROTOCOL_OPS_VERSION  7
 #define GW_SERVICES_VERSION      2
 #define GW_PROTO_HOST_VERSION    5
 
@@ -261,6 +262,10 @@ struct gw_reader {
         /* Reads up to n bytes at off into buf. Returns bytes read (0 at the end) or -errno.
          * Reads a local file: may block on disk I/O, never on the network. */
         ssize_t (*pread)(void *ctx, void *buf, size_t n, uint64_t off);
+        /* Since protocol ops version 7: a local file holding exactly the image (what an
+         * external flasher is given), or NULL when the image is not a file of its own (then
+         * pread() is the only way to it). Read-only to the protocol. */
+        const char *path;
 };
 
 /* Where a protocol puts what it reads back from a node (upload): written at any offset.
@@ -423,6 +428,12 @@ struct gw_protocol_ops {
         /* Version 6: frames links (CAN). A frame received for this link (only the node's rx id
          * reaches it). f is the caller's, valid for the call. Driven like input(). */
         int (*frame)(void *priv, const struct gw_can_frame *f);
+
+        /* Version 7: the keys of `options` that only a node's own configuration may set, never
+         * a manifest image's options, NULL-terminated (exec: the flasher's command line, which
+         * must not be something a signed manifest can change). gatewayd refuses an image whose
+         * options name one (node-incompatible). NULL = an image may set any key. */
+        const char *const *node_options;
 };
 
 /* Out-of-tree plugins: a shared module in the plugin directory exports

@@ -63,7 +63,8 @@ static const char full_yaml[] =
     "      type: can\n"
     "    protocol:\n"
     "      type: uds\n"
-    "      tx-id: '0x7e0'\n";
+    "      tx-id: '0x7e0'\n"
+    "      command: [flash, \"a b\", \"{image}\", '\"q\"']\n";
 
 static void test_full(void **state)
 {
@@ -139,6 +140,9 @@ static void test_full(void **state)
         assert_int_equal(gw_options_count(n->transport_opts), 0);
         assert_string_equal(n->protocol, "uds");
         assert_string_equal(gw_options_get(n->protocol_opts, "tx-id"), "0x7e0");
+        /* A list reaches the plugin as a JSON array, every item whole. */
+        assert_string_equal(gw_options_get(n->protocol_opts, "command"),
+                            "[\"flash\",\"a b\",\"{image}\",\"\\\"q\\\"\"]");
         assert_int_equal(n->retries, 0);
         assert_int_equal(n->protocol_pos.line, 42);
         assert_int_equal(n->protocol_pos.column, 7);
@@ -224,6 +228,11 @@ static const struct bad_case bad_cases[] = {
     {"unknown key", HEAD "mqtt:\n  tls:\n    ca: ca.pem\n    bad: 1\n",
      "/etc/gw/t.yaml:8:5: mqtt.tls: unknown key 'bad'"},
     {"unknown top-level key", HEAD "extra: 1\n", "/etc/gw/t.yaml:5:1: unknown key 'extra'"},
+    {"empty list option", HEAD "nodes:\n  - name: a\n    transport: { type: uart, port: [] }\n",
+     "/etc/gw/t.yaml:7:36: nodes[0].transport.port: expected a list of 1 to 64 strings"},
+    {"list option of mappings",
+     HEAD "nodes:\n  - name: a\n    transport: { type: uart, port: [{a: b}] }\n",
+     "/etc/gw/t.yaml:7:37: nodes[0].transport.port[0]: expected a string, not a mapping"},
     {"retries out of range", HEAD "nodes:\n" NODE_A "    retries: 11\n",
      "/etc/gw/t.yaml:9:14: nodes[0].retries: 11 is out of range (0..10)"},
     {"unknown node key", HEAD "nodes:\n" NODE_A "  - name: b\n    colour: red\n",
@@ -245,8 +254,8 @@ static const struct bad_case bad_cases[] = {
     {"wrong type: boolean", HEAD "mqtt:\n  tls: { insecure: yes }\n",
      "/etc/gw/t.yaml:6:20: mqtt.tls.insecure: expected true or false"},
     {"wrong type: nested option",
-     HEAD "nodes:\n  - name: a\n    transport: { type: uart, x: [1] }\n",
-     "/etc/gw/t.yaml:7:33: nodes[0].transport.x: expected a string, not a list"},
+     HEAD "nodes:\n  - name: a\n    transport: { type: uart, x: { y: 1 } }\n",
+     "/etc/gw/t.yaml:7:33: nodes[0].transport.x: expected a string, not a mapping"},
     {"wrong type: nodes", HEAD "nodes: { a: 1 }\n",
      "/etc/gw/t.yaml:5:8: nodes: expected a list, not a mapping"},
     {"missing id", "gateway:\n  hardware: x\ntrust:\n  keys: k\n",
