@@ -115,6 +115,26 @@ void gw_deploy_on_flash_progress(void *userdata, uint64_t done, uint64_t total)
 
         n->bytes = done;
         n->total = total;
+        if (!n->progressed) {
+                n->progressed = true;
+                /* A protocol that resumes (the node kept part of an earlier write, and says
+                 * so) reports it at once: the status says where this install started. */
+                if (done > 0 && done < total) {
+                        n->resumed_from = done;
+                        if (n->confirmed_at_start)
+                                gw_log_info("%s: resuming at %llu of %llu bytes (%llu were "
+                                            "confirmed before the interruption)",
+                                            n->cfg->name, (unsigned long long) done,
+                                            (unsigned long long) total,
+                                            (unsigned long long) n->confirmed_at_start);
+                        else
+                                gw_log_info("%s: resuming at %llu of %llu bytes (the node kept "
+                                            "them)",
+                                            n->cfg->name, (unsigned long long) done,
+                                            (unsigned long long) total);
+                }
+        }
+        gw_deploy_journal_node_confirmed(n->dep->engine, n, done);
         if (pct != n->last_pct &&
             (now - n->last_publish >= PROGRESS_INTERVAL_MS || done == total)) {
                 n->last_pct = pct;
@@ -421,6 +441,8 @@ static int flash_node(struct deployment *d, struct node_rt *n)
         n->total = img->size;
         n->t0 = gw_now_ms();
         n->last_pct = -1;
+        n->progressed = false;
+        n->resumed_from = 0;
         gw_deploy_node_set_active(n, true);
         gw_deploy_node_set_state(n, GW_NODE_FLASHING);
         {

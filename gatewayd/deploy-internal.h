@@ -18,6 +18,8 @@
 /* Node status is republished at most this often while bytes move. */
 #define PROGRESS_INTERVAL_MS 250
 #define RETRY_DELAY_MS       1000 /* before an install is tried again (node retries) */
+/* How often the bytes a node confirmed of the image being written are journalled. */
+#define CONFIRMED_INTERVAL_MS 1000
 /* A journal record is a few hundred bytes per node. */
 #define JOURNAL_MAX (1024u * 1024u)
 
@@ -58,6 +60,13 @@ struct node_rt {
         /* Its protocol says it already runs this deployment's image (installed()): it is not
          * written, and nothing is rolled back on it. */
         bool unchanged;
+        /* The write under way (incomplete): the bytes the protocol has confirmed, journalled
+         * about once a second; what the journal said at start-up (a cut mid-write); and where
+         * this install started when the node kept part of an earlier one (the protocol's first
+         * progress report), 0 when it started at the beginning. */
+        uint64_t confirmed, confirmed_journalled_ms, confirmed_at_start;
+        uint64_t resumed_from;
+        bool progressed; /* this install reported progress */
         /* While in a deployment: */
         struct deployment *dep;
         size_t image; /* index into the manifest's images */
@@ -197,6 +206,10 @@ void gw_deploy_journal_node_installed(struct gw_engine *e, struct node_rt *n,
 void gw_deploy_journal_node_writing(struct gw_engine *e, struct node_rt *n,
                                     const struct node_image *im);
 void gw_deploy_journal_node_load(struct gw_engine *e, struct node_rt *n);
+/* The protocol confirmed done bytes of the image being written: journalled at most once every
+ * CONFIRMED_INTERVAL_MS ("incomplete_confirmed"), so that after a cut the record says how far
+ * the node had got. */
+void gw_deploy_journal_node_confirmed(struct gw_engine *e, struct node_rt *n, uint64_t done);
 
 /* deploy-flash.c */
 const struct gw_protocol_ops *gw_deploy_node_protocol(const struct node_rt *n);

@@ -277,6 +277,9 @@ void gw_deploy_journal_node_write(struct gw_engine *e, struct node_rt *n)
         if (!o || node_image_to_json(o, "", &n->cur) < 0 ||
             node_image_to_json(o, "previous_", &n->prev) < 0 ||
             node_image_to_json(o, "incomplete_", &n->incomplete) < 0 ||
+            (n->incomplete.known &&
+             json_object_set_new(o, "incomplete_confirmed",
+                                 json_integer((json_int_t) n->confirmed)) < 0) ||
             !(s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
                 json_decref(o);
                 gw_log_warning("%s: cannot record the installed image: out of memory, ignoring",
@@ -318,6 +321,7 @@ void gw_deploy_journal_node_installed(struct gw_engine *e, struct node_rt *n,
 void gw_deploy_journal_node_writing(struct gw_engine *e, struct node_rt *n,
                                     const struct node_image *im)
 {
+        n->confirmed = 0;
         if (gw_deploy_node_image_copy(&n->incomplete, im) < 0) {
                 gw_log_warning("%s: cannot record the image being written: out of memory, ignoring",
                                n->cfg->name);
@@ -343,5 +347,22 @@ void gw_deploy_journal_node_load(struct gw_engine *e, struct node_rt *n)
         gw_deploy_node_image_from_json(&n->cur, o, "");
         gw_deploy_node_image_from_json(&n->prev, o, "previous_");
         gw_deploy_node_image_from_json(&n->incomplete, o, "incomplete_");
+        if (n->incomplete.known && json_is_integer(json_object_get(o, "incomplete_confirmed"))) {
+                json_int_t c = json_integer_value(json_object_get(o, "incomplete_confirmed"));
+
+                if (c > 0 && (uint64_t) c <= n->incomplete.size)
+                        n->confirmed = n->confirmed_at_start = (uint64_t) c;
+        }
         json_decref(o);
+}
+
+void gw_deploy_journal_node_confirmed(struct gw_engine *e, struct node_rt *n, uint64_t done)
+{
+        uint64_t now = gw_now_ms();
+
+        n->confirmed = done;
+        if (!n->incomplete.known || now - n->confirmed_journalled_ms < CONFIRMED_INTERVAL_MS)
+                return;
+        n->confirmed_journalled_ms = now;
+        gw_deploy_journal_node_write(e, n);
 }

@@ -58,6 +58,9 @@ void gw_deploy_publish_node(struct gw_engine *e, struct node_rt *n)
                 if (n->attempts > 0 && n->state == GW_NODE_FLASHING)
                         s.attempt = (int) n->attempts + 1;
                 s.unchanged = n->unchanged;
+                if (n->resumed_from &&
+                    (n->state == GW_NODE_FLASHING || n->state == GW_NODE_REVERTING))
+                        s.resumed_from = (int64_t) n->resumed_from;
         } else if (n->installed_version) {
                 s.version = n->installed_version;
         }

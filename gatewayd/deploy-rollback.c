@@ -63,6 +63,8 @@ bool gw_deploy_node_revert(struct node_rt *n)
                 n->total = im->size;
                 n->t0 = gw_now_ms();
                 n->last_pct = -1;
+                n->progressed = false;
+                n->resumed_from = 0;
                 gw_deploy_journal_node_writing(d->engine, n, im);
                 r = gw_flash_install(n->flash, &n->reader, &cbs, n);
         }

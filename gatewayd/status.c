@@ -257,6 +257,8 @@ int gw_status_node_json(const struct gw_node_status *s, time_t ts, char **ret)
                 r = set_int_opt(o, "attempt", s->attempt);
         if (r >= 0 && s->unchanged)
                 r = json_object_set_new(o, "unchanged", json_true()) < 0 ? -ENOMEM : 0;
+        if (r >= 0 && s->resumed_from > 0)
+                r = set_int_opt(o, "resumed_from", s->resumed_from);
         if (r >= 0 && s->state == GW_NODE_FAILED && s->error != GW_ERR_NONE)
                 r = set_error(o, s->error, s->error_message);
         return finish(o, r, ts, ret);

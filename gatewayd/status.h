@@ -56,8 +56,9 @@ struct gw_node_status {
         int64_t total;    /* or -1 */
         int64_t rate_bps; /* or -1 */
         int attempt; /* 2, 3, ...: the install runs again (node retries); below 2: not reported */
-        bool unchanged;      /* it already ran the image and was not written: "unchanged": true */
-        enum gw_error error; /* reported only in state failed, and only when not NONE */
+        bool unchanged;       /* it already ran the image and was not written: "unchanged": true */
+        int64_t resumed_from; /* > 0: this install continued a write the node kept, from here */
+        enum gw_error error;  /* reported only in state failed, and only when not NONE */
         const char *error_message; /* NULL: "" */
 };
 
@@ -65,7 +66,7 @@ struct gw_node_status {
 void gw_node_status_init(struct gw_node_status *s, enum gw_node_state state);
 
 /* {"state","deployment","image","version","progress","bytes","total","rate_bps","attempt",
- *  "unchanged","error":{"code","message"},"ts"} for <prefix>/nodes/<node>/status. */
+ *  "unchanged","resumed_from","error":{"code","message"},"ts"} for <prefix>/nodes/<node>/status. */
 int gw_status_node_json(const struct gw_node_status *s, time_t ts, char **ret);
 
 /* One node's line in a deployment report. */

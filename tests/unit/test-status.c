@@ -116,6 +116,11 @@ static void test_node(void **state)
         expect_json(
             gw_status_node_json(&st, TS, &s), &s,
             "{\"state\":\"flashing\",\"progress\":0,\"bytes\":0,\"total\":5000000000," TS_TEXT "}");
+        /* An install that continued a write the node kept says where it started. */
+        gw_node_status_init(&st, GW_NODE_FLASHING);
+        st.resumed_from = 40960;
+        expect_json(gw_status_node_json(&st, TS, &s), &s,
+                    "{\"state\":\"flashing\",\"resumed_from\":40960," TS_TEXT "}");
         /* A node that already ran the image and was not written says so. */
         gw_node_status_init(&st, GW_NODE_SUCCESS);
         st.unchanged = true;
