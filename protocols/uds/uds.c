@@ -528,9 +528,14 @@ static void put_be(uint8_t *p, uint64_t v, size_t n)
  * queued: every frame at the link's bitrate. */
 static uint64_t wire_time_us(const struct uds *u, size_t len)
 {
-        size_t per = u->tp.tx_dl - 1u, frames = 1 + (len > 7 ? (len + per - 1) / per : 0);
+        size_t dl = u->tp.tx_dl, sf_max = dl == 8 ? 7 : dl - 2, per = dl - 1, frames = 1;
         uint64_t bitrate = u->info && u->info->bitrate ? u->info->bitrate : FALLBACK_BITRATE;
-        uint64_t bits = (uint64_t) frames * (u->tp.fd ? FRAME_BITS + 8u * per : FRAME_BITS);
+        uint64_t bits;
+
+        /* A first frame carries dl - 2 bytes, each consecutive frame dl - 1. */
+        if (len > sf_max)
+                frames += (len - (dl - 2) + per - 1) / per;
+        bits = (uint64_t) frames * (u->tp.fd ? FRAME_BITS + 8u * per : FRAME_BITS);
 
         return bits * 1000000u / bitrate;
 }
