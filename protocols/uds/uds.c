@@ -198,7 +198,7 @@ struct uds {
         struct gw_isotp tp_conn;
         bool tp_ready;
         uint64_t timers[_T_MAX];
-        uint64_t armed; /* the deadline given to the host, 0 = none */
+        uint64_t armed; /* the deadline given to the host, 0 = none, UINT64_MAX = unknown */
 
         uint8_t *req;
         size_t req_len, req_cap;
@@ -1889,8 +1889,10 @@ static int uds_timeout(void *priv)
         if (ended(u) || !u->tp_ready)
                 return result(u);
         t = now(u);
-        /* The host's deadline was consumed: whatever is armed again is given anew. */
-        u->armed = 0;
+        /* A host timer that fired may be disarmed (the core's is one-shot) or not (a test's):
+         * whatever is due next, 0 included, is given anew. */
+        if (u->armed && t >= u->armed)
+                u->armed = UINT64_MAX;
         if (gw_isotp_deadline(&u->tp_conn) && t >= gw_isotp_deadline(&u->tp_conn))
                 gw_isotp_timeout(&u->tp_conn, t);
         for (int i = 0; i < _T_MAX && !ended(u); i++) {
