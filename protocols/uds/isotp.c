@@ -1,7 +1,6 @@
-/* ISO-TP (ISO 15765-2) as a state machine: segmentation with the receiver's flow control (BS,
- * STmin down to 100 us, WAIT, OVERFLOW) and reassembly with ours, classic and CAN FD frame
- * lengths, the N_Bs/N_Cr timeouts. Every byte of a received frame is bounds-checked; a frame
- * that does not parse is ignored, as the standard asks. See isotp.h. */
+/* ISO-TP (ISO 15765-2) as a state machine (see isotp.h): segmentation paced by the receiver's
+ * flow control, reassembly under ours, classic and CAN FD frame lengths, the N_Bs/N_Cr timeouts.
+ * A received frame that does not parse is ignored, as the standard asks. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>

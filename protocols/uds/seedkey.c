@@ -19,7 +19,7 @@ extern char **environ;
 /* Environment entries passed on to a key program at most; ours plus its two. */
 #define ENV_MAX 1024
 
-int uds_keymod_load(struct uds_keymod *m, const char *path, char *why, size_t why_size)
+int gw_uds_keymod_load(struct gw_uds_keymod *m, const char *path, char *why, size_t why_size)
 {
         void *h;
         void *sym;
@@ -46,9 +46,9 @@ int uds_keymod_load(struct uds_keymod *m, const char *path, char *why, size_t wh
         return 0;
 }
 
-int uds_keymod_compute(struct uds_keymod *m, unsigned level, const uint8_t *seed, size_t seed_len,
-                       const char *params, uint8_t *key, size_t key_size, char *why,
-                       size_t why_size)
+int gw_uds_keymod_compute(struct gw_uds_keymod *m, unsigned level, const uint8_t *seed,
+                          size_t seed_len, const char *params, uint8_t *key, size_t key_size,
+                          char *why, size_t why_size)
 {
         int r;
 
@@ -68,7 +68,7 @@ int uds_keymod_compute(struct uds_keymod *m, unsigned level, const uint8_t *seed
         return r;
 }
 
-void uds_keymod_unload(struct uds_keymod *m)
+void gw_uds_keymod_unload(struct gw_uds_keymod *m)
 {
         if (m->handle)
                 dlclose(m->handle);
@@ -91,7 +91,7 @@ static bool is_space(char c)
         return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-int uds_parse_hex(const char *s, uint8_t *ret, size_t size)
+int gw_uds_parse_hex(const char *s, uint8_t *ret, size_t size)
 {
         size_t n = 0, len;
 
@@ -135,12 +135,12 @@ static void close_fd(int *fd)
         *fd = -1;
 }
 
-int uds_keyprog_start(struct uds_keyprog *p, const char *path, char *const *args, size_t n_args,
-                      unsigned level, const uint8_t *seed, size_t seed_len, bool seed_on_stdin,
-                      char *why, size_t why_size)
+int gw_uds_keyprog_start(struct gw_uds_keyprog *p, const char *path, char *const *args,
+                         size_t n_args, unsigned level, const uint8_t *seed, size_t seed_len,
+                         bool seed_on_stdin, char *why, size_t why_size)
 {
         char seed_hex[2 * GW_UDS_SEED_MAX + 2], env_seed[sizeof(seed_hex) + 16], env_level[32];
-        char *argv[UDS_KEYPROG_ARGS_MAX + 3];
+        char *argv[GW_UDS_KEYPROG_ARGS_MAX + 3];
         char **envp = NULL;
         size_t argc = 0, n_env = 0;
         int out[2] = {-1, -1}, in[2] = {-1, -1};
@@ -152,7 +152,7 @@ int uds_keyprog_start(struct uds_keyprog *p, const char *path, char *const *args
 
         memset(p, 0, sizeof(*p));
         p->out_fd = -1;
-        if (seed_len == 0 || seed_len > GW_UDS_SEED_MAX || n_args > UDS_KEYPROG_ARGS_MAX) {
+        if (seed_len == 0 || seed_len > GW_UDS_SEED_MAX || n_args > GW_UDS_KEYPROG_ARGS_MAX) {
                 snprintf(why, why_size, "seed of %zu bytes or %zu arguments: too many", seed_len,
                          n_args);
                 return -EINVAL;
@@ -259,7 +259,7 @@ out:
 }
 
 /* The program ended (status as waitpid() reports it): its output must be one key in hex. */
-static int finish(struct uds_keyprog *p, int status, uint8_t *key, size_t key_size, char *why,
+static int finish(struct gw_uds_keyprog *p, int status, uint8_t *key, size_t key_size, char *why,
                   size_t why_size)
 {
         int n;
@@ -281,7 +281,7 @@ static int finish(struct uds_keyprog *p, int status, uint8_t *key, size_t key_si
                 snprintf(why, why_size, "the seedkey-program wrote a NUL byte");
                 return -EINVAL;
         }
-        n = uds_parse_hex(p->out, key, key_size);
+        n = gw_uds_parse_hex(p->out, key, key_size);
         if (n < 0) {
                 snprintf(why, why_size,
                          "the seedkey-program did not write one key in hex (1 to %zu bytes): "
@@ -292,8 +292,8 @@ static int finish(struct uds_keyprog *p, int status, uint8_t *key, size_t key_si
         return n;
 }
 
-int uds_keyprog_poll(struct uds_keyprog *p, uint8_t *key, size_t key_size, char *why,
-                     size_t why_size)
+int gw_uds_keyprog_poll(struct gw_uds_keyprog *p, uint8_t *key, size_t key_size, char *why,
+                        size_t why_size)
 {
         int status = 0;
         pid_t w;
@@ -315,17 +315,17 @@ int uds_keyprog_poll(struct uds_keyprog *p, uint8_t *key, size_t key_size, char 
 
                         snprintf(why, why_size, "reading the seedkey-program's output: %s",
                                  strerror(-r));
-                        uds_keyprog_stop(p);
+                        gw_uds_keyprog_stop(p);
                         return r;
                 }
                 if (n == 0) {
                         p->eof = true;
                         break;
                 }
-                if (p->len + (size_t) n > UDS_KEYPROG_OUTPUT_MAX) {
+                if (p->len + (size_t) n > GW_UDS_KEYPROG_OUTPUT_MAX) {
                         snprintf(why, why_size, "the seedkey-program wrote more than %d bytes",
-                                 UDS_KEYPROG_OUTPUT_MAX);
-                        uds_keyprog_stop(p);
+                                 GW_UDS_KEYPROG_OUTPUT_MAX);
+                        gw_uds_keyprog_stop(p);
                         return -EMSGSIZE;
                 }
                 memcpy(p->out + p->len, buf, (size_t) n);
@@ -347,7 +347,7 @@ int uds_keyprog_poll(struct uds_keyprog *p, uint8_t *key, size_t key_size, char 
         return finish(p, status, key, key_size, why, why_size);
 }
 
-void uds_keyprog_stop(struct uds_keyprog *p)
+void gw_uds_keyprog_stop(struct gw_uds_keyprog *p)
 {
         if (p->pid > 0) {
                 int status;

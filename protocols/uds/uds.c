@@ -1,12 +1,11 @@
-/* The uds protocol plugin: reprogramming an ECU with UDS (ISO 14229-1) over ISO-TP (isotp.c)
- * on a frames link, as a state machine fed by frames and timer expiries. It multiplexes its
- * own timers (P2/P2*, TesterPresent, the key program, reset polling) and ISO-TP's onto the one
- * deadline the host gives an instance. What the ECU sends is parsed with bounds on every
- * length and count; docs/protocols.md and docs/can-contract.md describe the sequence. */
+/* The uds protocol plugin: reprogramming an ECU with UDS (ISO 14229-1) over ISO-TP (isotp.c) on
+ * a frames link, a state machine fed by frames and timer expiries whose own timers and ISO-TP's
+ * share the instance's one deadline. docs/protocols.md describes the sequence and options. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,7 +167,7 @@ struct uds {
         uint8_t level; /* 0: no SecurityAccess */
         char *key_module, *key_params, *key_program;
         char *key_args_buf;
-        char *key_args[UDS_KEYPROG_ARGS_MAX];
+        char *key_args[GW_UDS_KEYPROG_ARGS_MAX];
         size_t n_key_args;
         bool seed_on_stdin;
         uint64_t key_timeout_us;
@@ -214,8 +213,8 @@ struct uds {
         size_t did_index;
         uint8_t seed[GW_UDS_SEED_MAX];
         size_t seed_len;
-        struct uds_keymod keymod;
-        struct uds_keyprog keyprog;
+        struct gw_uds_keymod keymod;
+        struct gw_uds_keyprog keyprog;
         uint64_t keyprog_deadline;
 
         uint64_t resume_offset; /* where this download starts in the image */
@@ -455,7 +454,7 @@ static void timers_clear(struct uds *u)
 static void stop_key_program(struct uds *u)
 {
         if (u->keyprog.pid > 0)
-                uds_keyprog_stop(&u->keyprog);
+                gw_uds_keyprog_stop(&u->keyprog);
 }
 
 /* Enters FAILED with err, whose reason the core reports; returns err. */
@@ -914,20 +913,20 @@ static int compute_key(struct uds *u)
 
         if (u->key_module) {
                 if (!u->keymod.fn) {
-                        r = uds_keymod_load(&u->keymod, u->key_module, why, sizeof(why));
+                        r = gw_uds_keymod_load(&u->keymod, u->key_module, why, sizeof(why));
                         if (r < 0)
                                 return fail(u, r, "SecurityAccess: %s", why);
                 }
-                r = uds_keymod_compute(&u->keymod, u->level, u->seed, u->seed_len, u->key_params,
-                                       key, sizeof(key), why, sizeof(why));
+                r = gw_uds_keymod_compute(&u->keymod, u->level, u->seed, u->seed_len, u->key_params,
+                                          key, sizeof(key), why, sizeof(why));
                 if (r < 0)
                         return fail(u, r, "SecurityAccess: %s", why);
                 return send_key(u, key, (size_t) r);
         }
         if (u->key_program) {
-                r = uds_keyprog_start(&u->keyprog, u->key_program, u->key_args, u->n_key_args,
-                                      u->level, u->seed, u->seed_len, u->seed_on_stdin, why,
-                                      sizeof(why));
+                r = gw_uds_keyprog_start(&u->keyprog, u->key_program, u->key_args, u->n_key_args,
+                                         u->level, u->seed, u->seed_len, u->seed_on_stdin, why,
+                                         sizeof(why));
                 if (r < 0)
                         return fail(u, r, "SecurityAccess: %s", why);
                 set_state(u, UDS_KEY_COMPUTE);
@@ -947,7 +946,7 @@ static int poll_key_program(struct uds *u)
         char why[200];
         int r;
 
-        r = uds_keyprog_poll(&u->keyprog, key, sizeof(key), why, sizeof(why));
+        r = gw_uds_keyprog_poll(&u->keyprog, key, sizeof(key), why, sizeof(why));
         if (r < 0)
                 return fail(u, r, "SecurityAccess: %s", why);
         if (r > 0)
@@ -1520,7 +1519,7 @@ static int get_params(struct uds *u, const struct gw_options *o, const char *key
         else if (!allow_crc && strcmp(v, "address-size") == 0)
                 ret->layout = PARAMS_ADDRESS_SIZE;
         else if (v[0] == '0' && (v[1] == 'x' || v[1] == 'X')) {
-                n = uds_parse_hex(v, ret->bytes, sizeof(ret->bytes));
+                n = gw_uds_parse_hex(v, ret->bytes, sizeof(ret->bytes));
                 if (n < 0)
                         return bad_option(u, key, expected);
                 ret->layout = PARAMS_FIXED;
@@ -1564,7 +1563,7 @@ static int get_args(struct uds *u, const struct gw_options *o)
                 return -ENOMEM;
         for (char *w = strtok_r(u->key_args_buf, " \t", &save); w;
              w = strtok_r(NULL, " \t", &save)) {
-                if (u->n_key_args >= UDS_KEYPROG_ARGS_MAX)
+                if (u->n_key_args >= GW_UDS_KEYPROG_ARGS_MAX)
                         return bad_option(u, "seedkey-args", "at most 32 words");
                 u->key_args[u->n_key_args++] = w;
         }
@@ -1583,15 +1582,46 @@ static int get_did(struct uds *u, const struct gw_options *o, const char *key, u
         return r;
 }
 
-static int parse_options(struct uds *u, const struct gw_options *o)
-{
-        const char *v;
-        uint64_t x;
-        bool on;
-        int r;
+/* The durations, all given in ms and kept in us. */
+struct duration_option {
+        const char *key;
+        uint64_t def, min, max;
+        size_t offset; /* of the uint64_t in struct uds */
+};
 
-        /* ISO-TP. */
-        v = gw_options_get(o, "padding");
+static const struct duration_option durations[] = {
+    {"n-as-ms", DEFAULT_N_MS, 1, 60000, offsetof(struct uds, tp.n_as_us)},
+    {"n-bs-ms", DEFAULT_N_MS, 1, 60000, offsetof(struct uds, tp.n_bs_us)},
+    {"n-cr-ms", DEFAULT_N_MS, 1, 60000, offsetof(struct uds, tp.n_cr_us)},
+    {"p2-ms", DEFAULT_P2_MS, 1, 65535, offsetof(struct uds, p2_us)},
+    {"p2-star-ms", DEFAULT_P2_STAR_MS, 1, 655350, offsetof(struct uds, p2_star_us)},
+    {"timing-margin-ms", DEFAULT_MARGIN_MS, 0, 60000, offsetof(struct uds, margin_us)},
+    {"busy-delay-ms", DEFAULT_BUSY_DELAY_MS, 0, 60000, offsetof(struct uds, busy_delay_us)},
+    {"tester-present-ms", DEFAULT_TESTER_MS, 0, 60000, offsetof(struct uds, tester_us)},
+    {"seedkey-timeout-ms", DEFAULT_KEY_TIMEOUT_MS, 1, 600000, offsetof(struct uds, key_timeout_us)},
+    {"reset-delay-ms", DEFAULT_RESET_DELAY_MS, 0, 600000, offsetof(struct uds, reset_delay_us)},
+    {"reset-poll-ms", DEFAULT_RESET_POLL_MS, 1, 60000, offsetof(struct uds, reset_poll_us)},
+    {"reset-timeout-ms", DEFAULT_RESET_TIMEOUT_MS, 1, 3600000,
+     offsetof(struct uds, reset_timeout_us)},
+};
+
+/* The identify DIDs: option, default, fact. */
+static const struct {
+        const char *key;
+        uint16_t def;
+        const char *fact;
+        bool optional;
+} did_options[N_IDENTIFY_DIDS] = {
+    {"serial-did", DEFAULT_SERIAL_DID, "serial", false},
+    {"version-did", DEFAULT_VERSION_DID, "version", false},
+    {"hardware-did", DEFAULT_HARDWARE_DID, "hardware", true},
+};
+
+static int parse_isotp_options(struct uds *u, const struct gw_options *o)
+{
+        const char *v = gw_options_get(o, "padding");
+        uint64_t x;
+
         u->tp.padding = DEFAULT_PADDING;
         if (is_none(v))
                 u->tp.padding = -1;
@@ -1610,23 +1640,18 @@ static int parse_options(struct uds *u, const struct gw_options *o)
                                &x) < 0)
                 return bad_option(u, "max-message", "64 to 1048576 (bytes)");
         u->tp.max_rx = u->tp.max_tx = (uint32_t) x;
-        if ((r = get_ms(u, o, "n-as-ms", DEFAULT_N_MS, 1, 60000, &u->tp.n_as_us)) < 0 ||
-            (r = get_ms(u, o, "n-bs-ms", DEFAULT_N_MS, 1, 60000, &u->tp.n_bs_us)) < 0 ||
-            (r = get_ms(u, o, "n-cr-ms", DEFAULT_N_MS, 1, 60000, &u->tp.n_cr_us)) < 0)
-                return r;
         if (gw_options_get_u64(o, "wait-frames-max", DEFAULT_WFT_MAX, 0, 1000, &x) < 0)
                 return bad_option(u, "wait-frames-max", "0 to 1000");
         u->tp.wft_max = (unsigned) x;
+        return 0;
+}
 
-        /* Timing. */
-        if ((r = get_ms(u, o, "p2-ms", DEFAULT_P2_MS, 1, 65535, &u->p2_us)) < 0 ||
-            (r = get_ms(u, o, "p2-star-ms", DEFAULT_P2_STAR_MS, 1, 655350, &u->p2_star_us)) < 0 ||
-            (r = get_ms(u, o, "timing-margin-ms", DEFAULT_MARGIN_MS, 0, 60000, &u->margin_us)) <
-                0 ||
-            (r = get_ms(u, o, "busy-delay-ms", DEFAULT_BUSY_DELAY_MS, 0, 60000,
-                        &u->busy_delay_us)) < 0 ||
-            (r = get_ms(u, o, "tester-present-ms", DEFAULT_TESTER_MS, 0, 60000, &u->tester_us)) < 0)
-                return r;
+static int parse_session_options(struct uds *u, const struct gw_options *o)
+{
+        uint64_t x;
+        bool on;
+        int r;
+
         if (gw_options_get_bool(o, "ecu-timing", true, &u->ecu_timing) < 0)
                 return bad_option(u, "ecu-timing", "true or false");
         if (gw_options_get_u64(o, "response-pending-max", DEFAULT_PENDING_MAX, 0, 10000,
@@ -1635,8 +1660,6 @@ static int parse_options(struct uds *u, const struct gw_options *o)
         if (gw_options_get_u64(o, "busy-retries", DEFAULT_BUSY_RETRIES, 0, 100, &u->busy_retries) <
             0)
                 return bad_option(u, "busy-retries", "0 to 100");
-
-        /* Sessions. */
         r = get_optional(u, o, "extended-session", DEFAULT_EXT_SESSION, 0x01, 0x7f, true, &on, &x,
                          "a session 0x01 to 0x7f, or none");
         if (r < 0)
@@ -1655,16 +1678,27 @@ static int parse_options(struct uds *u, const struct gw_options *o)
         u->comm_control_on = on;
         u->comm_control[0] = (uint8_t) (x >> 8);
         u->comm_control[1] = (uint8_t) x;
+        return 0;
+}
 
-        /* Security. */
+static int parse_security_options(struct uds *u, const struct gw_options *o)
+{
+        const char *v;
+        uint64_t x;
+        int r;
+
         if (gw_options_get_u64(o, "security-level", DEFAULT_LEVEL, 0, 0x7d, &x) < 0 ||
             (x != 0 && x % 2 == 0))
                 return bad_option(u, "security-level", "an odd level 0x01 to 0x7d, or 0 (none)");
         u->level = (uint8_t) x;
-        if ((r = get_string(u, o, "seedkey-module", 4096, true, &u->key_module)) < 0 ||
-            (r = get_string(u, o, "seedkey-params", 1024, false, &u->key_params)) < 0 ||
-            (r = get_string(u, o, "seedkey-program", 4096, true, &u->key_program)) < 0 ||
-            (r = get_args(u, o)) < 0)
+        r = get_string(u, o, "seedkey-module", 4096, true, &u->key_module);
+        if (r >= 0)
+                r = get_string(u, o, "seedkey-params", 1024, false, &u->key_params);
+        if (r >= 0)
+                r = get_string(u, o, "seedkey-program", 4096, true, &u->key_program);
+        if (r >= 0)
+                r = get_args(u, o);
+        if (r < 0)
                 return r;
         if (u->key_module && u->key_program)
                 return bad_option(u, "seedkey-module",
@@ -1674,11 +1708,15 @@ static int parse_options(struct uds *u, const struct gw_options *o)
                 u->seed_on_stdin = true;
         else if (v && strcmp(v, "argument") != 0)
                 return bad_option(u, "seedkey-input", "argument or stdin");
-        if ((r = get_ms(u, o, "seedkey-timeout-ms", DEFAULT_KEY_TIMEOUT_MS, 1, 600000,
-                        &u->key_timeout_us)) < 0)
-                return r;
+        return 0;
+}
 
-        /* Memory. */
+static int parse_memory_options(struct uds *u, const struct gw_options *o)
+{
+        const char *v;
+        uint64_t x;
+        int r;
+
         if (gw_options_get(o, "address")) {
                 if (gw_options_get_u64(o, "address", 0, 0, UINT64_MAX, &u->address) < 0)
                         return bad_option(u, "address", "an address (decimal or 0x hex)");
@@ -1697,8 +1735,7 @@ static int parse_options(struct uds *u, const struct gw_options *o)
         if (gw_options_get_u64(o, "max-block-length", 0, BLOCK_LENGTH_MIN, GW_ISOTP_MESSAGE_MAX,
                                &u->max_block_opt) < 0)
                 return bad_option(u, "max-block-length",
-                                  "3 to 1048576 (bytes, SID and counter "
-                                  "included)");
+                                  "3 to 1048576 (bytes, SID and counter included)");
         r = get_optional(u, o, "erase-routine", DEFAULT_ERASE_RID, 0, 0xffff, true, &u->erase_on,
                          &x, "a routine 0x0000 to 0xffff, or none");
         if (r < 0)
@@ -1709,9 +1746,10 @@ static int parse_options(struct uds *u, const struct gw_options *o)
         if (r < 0)
                 return r;
         u->check_rid = (uint16_t) x;
-        if ((r = get_params(u, o, "erase-params", PARAMS_ALFID_ADDRESS_SIZE, false,
-                            &u->erase_params)) < 0 ||
-            (r = get_params(u, o, "check-params", PARAMS_CRC32, true, &u->check_params)) < 0)
+        r = get_params(u, o, "erase-params", PARAMS_ALFID_ADDRESS_SIZE, false, &u->erase_params);
+        if (r >= 0)
+                r = get_params(u, o, "check-params", PARAMS_CRC32, true, &u->check_params);
+        if (r < 0)
                 return r;
         v = gw_options_get(o, "routine-status");
         u->routine_status_check = true;
@@ -1722,11 +1760,15 @@ static int parse_options(struct uds *u, const struct gw_options *o)
         if (gw_options_get_u64(o, "transfer-retries", DEFAULT_TRANSFER_RETRIES, 0, 100,
                                &u->transfer_retries) < 0)
                 return bad_option(u, "transfer-retries", "0 to 100");
-        if ((r = get_did(u, o, "resume-did", DEFAULT_RESUME_DID, &u->resume_on, &u->resume_did)) <
-            0)
-                return r;
+        return get_did(u, o, "resume-did", DEFAULT_RESUME_DID, &u->resume_on, &u->resume_did);
+}
 
-        /* Reset. */
+static int parse_reset_options(struct uds *u, const struct gw_options *o)
+{
+        const char *v;
+        uint64_t x;
+        int r;
+
         r = get_optional(u, o, "reset-type", DEFAULT_RESET_TYPE, 0x01, 0x7f, true, &u->reset_on, &x,
                          "a resetType 0x01 to 0x7f, or none");
         if (r < 0)
@@ -1740,26 +1782,39 @@ static int parse_options(struct uds *u, const struct gw_options *o)
                 u->reset_wait = RESET_WAIT_NONE;
         else if (v && strcmp(v, "tester-present") != 0)
                 return bad_option(u, "reset-wait", "tester-present, session or none");
-        if ((r = get_ms(u, o, "reset-delay-ms", DEFAULT_RESET_DELAY_MS, 0, 600000,
-                        &u->reset_delay_us)) < 0 ||
-            (r = get_ms(u, o, "reset-poll-ms", DEFAULT_RESET_POLL_MS, 1, 60000,
-                        &u->reset_poll_us)) < 0 ||
-            (r = get_ms(u, o, "reset-timeout-ms", DEFAULT_RESET_TIMEOUT_MS, 1, 3600000,
-                        &u->reset_timeout_us)) < 0)
-                return r;
-
-        /* Identify. */
-        u->dids[0] = (struct did_fact){.fact = "serial"};
-        u->dids[1] = (struct did_fact){.fact = "version"};
-        u->dids[2] = (struct did_fact){.fact = "hardware", .optional = true};
-        if ((r = get_did(u, o, "serial-did", DEFAULT_SERIAL_DID, &u->dids[0].enabled,
-                         &u->dids[0].did)) < 0 ||
-            (r = get_did(u, o, "version-did", DEFAULT_VERSION_DID, &u->dids[1].enabled,
-                         &u->dids[1].did)) < 0 ||
-            (r = get_did(u, o, "hardware-did", DEFAULT_HARDWARE_DID, &u->dids[2].enabled,
-                         &u->dids[2].did)) < 0)
-                return r;
         return 0;
+}
+
+static int parse_options(struct uds *u, const struct gw_options *o)
+{
+        int r;
+
+        for (size_t i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
+                const struct duration_option *d = &durations[i];
+
+                r = get_ms(u, o, d->key, d->def, d->min, d->max,
+                           (uint64_t *) (void *) ((uint8_t *) u + d->offset));
+                if (r < 0)
+                        return r;
+        }
+        for (size_t i = 0; i < N_IDENTIFY_DIDS; i++) {
+                u->dids[i] = (struct did_fact){.fact = did_options[i].fact,
+                                               .optional = did_options[i].optional};
+                r = get_did(u, o, did_options[i].key, did_options[i].def, &u->dids[i].enabled,
+                            &u->dids[i].did);
+                if (r < 0)
+                        return r;
+        }
+        r = parse_isotp_options(u, o);
+        if (r >= 0)
+                r = parse_session_options(u, o);
+        if (r >= 0)
+                r = parse_security_options(u, o);
+        if (r >= 0)
+                r = parse_memory_options(u, o);
+        if (r >= 0)
+                r = parse_reset_options(u, o);
+        return r;
 }
 
 static void uds_done(void *priv)
@@ -1767,7 +1822,7 @@ static void uds_done(void *priv)
         struct uds *u = priv;
 
         stop_key_program(u);
-        uds_keymod_unload(&u->keymod);
+        gw_uds_keymod_unload(&u->keymod);
         gw_isotp_done(&u->tp_conn);
         u->tp_ready = false;
         free(u->req);

@@ -26,11 +26,11 @@
 
 /* Three bytes of set-up, then actions. */
 enum {
-        SETUP_LINK,    /* bit 0 identify, 1 CAN FD, 2 no padding, 3 ms host, 4 extended
-                        * session, 5 TesterPresent, 6 no resume, 7 our flow control BS 2 */
-        SETUP_SIZE,    /* the image: 4 * this bytes */
-        SETUP_LIMITS,  /* bits 0-1 response-pending-max, 2-3 busy-retries, 4-5
-                        * transfer-retries, 6 max-message 64, 7 reset-wait session */
+        SETUP_LINK,   /* bit 0 identify, 1 CAN FD, 2 no padding, 3 ms host, 4 extended
+                       * session, 5 TesterPresent, 6 no resume, 7 our flow control BS 2 */
+        SETUP_SIZE,   /* the image: 4 * this bytes */
+        SETUP_LIMITS, /* bits 0-1 response-pending-max, 2-3 busy-retries, 4-5
+                       * transfer-retries, 6 max-message 64, 7 reset-wait session */
         SETUP_LEN,
 };
 
@@ -205,9 +205,9 @@ static bool check_result(struct host *h, int r)
         if (r == GW_PROTO_DONE)
                 return true;
         fuzz_check(r == -ETIMEDOUT || r == -EPROTO || r == -ECANCELED || r == -ENOKEY ||
-                   r == -EIO || r == -EBUSY || r == -EMSGSIZE || r == -EOPNOTSUPP ||
-                   r == -EINVAL || r == -EAGAIN || r == -ERANGE || r == -EACCES ||
-                   r == -EHOSTUNREACH || r == -EILSEQ);
+                   r == -EIO || r == -EBUSY || r == -EMSGSIZE || r == -EOPNOTSUPP || r == -EINVAL ||
+                   r == -EAGAIN || r == -ERANGE || r == -EACCES || r == -EHOSTUNREACH ||
+                   r == -EILSEQ);
         fuzz_check(h->error_set);
         return true;
 }

@@ -961,7 +961,7 @@ static void test_tester_present_while_idle(void **state)
                 const struct fake_can_sent *s;
 
                 fake_can_expire(&w.f);
-                while ((s = fake_can_take(&w.f))) {
+                for (s = fake_can_take(&w.f); s; s = fake_can_take(&w.f)) {
                         assert_int_equal(s->f.len, 8);
                         assert_memory_equal(s->f.data, "\x02\x3e\x80\xcc\xcc\xcc\xcc\xcc", 8);
                         assert_true(n < 3);
