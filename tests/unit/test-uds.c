@@ -11,13 +11,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
+#include "gw/flash.h"
+#include "gw/log.h"
+#include "gw/loop.h"
 #include "gw/options.h"
 #include "gw/plugin.h"
+#include "gw/registry.h"
 
 #include "fake-can.h"
 
@@ -1776,6 +1782,406 @@ static void test_no_address(void **state)
         gw_options_free(o);
 }
 
+/* ---- Through the core: the flash job and its loop (real time), a transport whose bus holds a
+ * model of the contract's ECU with an ISO-TP of its own. */
+
+#define ECU_MEMORY 8192
+#define ECU_RXQ    4096
+
+static struct {
+        int efd;
+        struct gw_can_link_info info;
+        struct gw_can_frame rxq[ECU_RXQ]; /* frames the ECU sent, for recv_frame() */
+        size_t rx_head, rx_tail;
+        /* Its ISO-TP receiver. */
+        uint8_t req[4200];
+        size_t req_len, req_got;
+        uint8_t req_sn;
+        /* A response waiting for our flow control. */
+        uint8_t rsp[512];
+        size_t rsp_len;
+        /* Its UDS server. */
+        uint8_t session;
+        bool unlocked, erased, download;
+        uint8_t counter;
+        uint64_t addr, size, got;
+        uint8_t memory[ECU_MEMORY];
+        bool reset_pending; /* ECUReset answered: the next TesterPresent goes unanswered */
+        char version[16];
+        unsigned requests, pendings, testers;
+} ecu;
+
+static void ecu_queue(const uint8_t *data, size_t n)
+{
+        struct gw_can_frame f = {.id = ecu.info.rx_id, .len = 8};
+        uint64_t one = 1;
+
+        assert_true(ecu.rx_tail - ecu.rx_head < ECU_RXQ);
+        memset(f.data, 0xcc, 8);
+        memcpy(f.data, data, n);
+        ecu.rxq[ecu.rx_tail++ % ECU_RXQ] = f;
+        assert_int_equal(write(ecu.efd, &one, sizeof(one)), (ssize_t) sizeof(one));
+}
+
+static void ecu_respond(const uint8_t *msg, size_t n)
+{
+        uint8_t fr[8];
+
+        if (n <= 7) {
+                fr[0] = (uint8_t) n;
+                memcpy(fr + 1, msg, n);
+                ecu_queue(fr, n + 1);
+                return;
+        }
+        /* A first frame; the rest once our flow control came. */
+        assert_true(n <= sizeof(ecu.rsp));
+        fr[0] = (uint8_t) (0x10 | n >> 8);
+        fr[1] = (uint8_t) n;
+        memcpy(fr + 2, msg, 6);
+        ecu_queue(fr, 8);
+        memcpy(ecu.rsp, msg, n);
+        ecu.rsp_len = n;
+}
+
+static void ecu_negative(uint8_t sid, uint8_t nrc)
+{
+        uint8_t m[3] = {0x7f, sid, nrc};
+
+        ecu_respond(m, 3);
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+        return (uint32_t) p[0] << 24 | (uint32_t) p[1] << 16 | (uint32_t) p[2] << 8 | p[3];
+}
+
+static void ecu_did(uint16_t did)
+{
+        uint8_t m[64] = {0x62, (uint8_t) (did >> 8), (uint8_t) did};
+        const char *v = NULL;
+
+        if (did == 0xf18c)
+                v = "SN-000042";
+        else if (did == 0xf195)
+                v = ecu.version;
+        else if (did == 0xf1a0) {
+                memset(m + 3, 0, 4);
+                ecu_respond(m, 7);
+                return;
+        }
+        if (!v) {
+                ecu_negative(0x22, 0x31);
+                return;
+        }
+        memcpy(m + 3, v, strlen(v));
+        ecu_respond(m, 3 + strlen(v));
+}
+
+/* The contract's server, for one request. */
+static void ecu_request(const uint8_t *r, size_t n)
+{
+        uint8_t m[16];
+        uint32_t key;
+
+        ecu.requests++;
+        switch (r[0]) {
+        case 0x10:
+                ecu.session = r[1];
+                /* P2 50 ms, P2* 20 ms: short, so that the test's response pending is quick. */
+                memcpy(m, "\x50\x00\x00\x32\x00\x02", 6);
+                m[1] = r[1];
+                ecu_respond(m, 6);
+                return;
+        case 0x27:
+                if (r[1] == 0x01) {
+                        ecu_respond((const uint8_t *) "\x67\x01\x11\x22\x33\x44", 6);
+                        return;
+                }
+                key = ref_key(SEED, SECRET);
+                if (n != 6 || be32(r + 2) != key) {
+                        ecu_negative(0x27, 0x35);
+                        return;
+                }
+                ecu.unlocked = true;
+                ecu_respond((const uint8_t *) "\x67\x02", 2);
+                return;
+        case 0x22:
+                ecu_did((uint16_t) (r[1] << 8 | r[2]));
+                return;
+        case 0x31:
+                if (ecu.session != 0x02 || !ecu.unlocked) {
+                        ecu_negative(0x31, 0x33);
+                        return;
+                }
+                if (r[2] == 0xff) {
+                        ecu.erased = true;
+                        /* Erasing takes a while. */
+                        ecu_negative(0x31, 0x78);
+                        ecu.pendings++;
+                        ecu_respond((const uint8_t *) "\x71\x01\xff\x00\x00", 5);
+                        return;
+                }
+                memcpy(m, "\x71\x01\x02\x02", 4);
+                m[4] = be32(r + 4) == ref_crc32(ecu.memory, (size_t) ecu.size) ? 0 : 1;
+                if (m[4] == 0)
+                        snprintf(ecu.version, sizeof(ecu.version), "2.0.0");
+                ecu_respond(m, 5);
+                return;
+        case 0x34:
+                ecu.addr = be32(r + 3);
+                ecu.size = be32(r + 7);
+                if (!ecu.erased || ecu.addr != ADDRESS || ecu.size > ECU_MEMORY) {
+                        ecu_negative(0x34, 0x70);
+                        return;
+                }
+                ecu.download = true;
+                ecu.counter = 1;
+                ecu.got = 0;
+                ecu_respond((const uint8_t *) "\x74\x20\x04\x02", 4);
+                return;
+        case 0x36:
+                if (!ecu.download || r[1] != ecu.counter || ecu.got + n - 2 > ecu.size) {
+                        ecu_negative(0x36, 0x73);
+                        return;
+                }
+                memcpy(ecu.memory + ecu.got, r + 2, n - 2);
+                ecu.got += n - 2;
+                ecu.counter++;
+                m[0] = 0x76;
+                m[1] = r[1];
+                ecu_respond(m, 2);
+                return;
+        case 0x37:
+                ecu.download = false;
+                ecu_respond((const uint8_t *) "\x77", 1);
+                return;
+        case 0x11:
+                ecu.session = 0x01;
+                ecu.unlocked = false;
+                ecu.reset_pending = true;
+                ecu_respond((const uint8_t *) "\x51\x01", 2);
+                return;
+        case 0x3e:
+                ecu.testers++;
+                if (ecu.reset_pending) {
+                        ecu.reset_pending = false; /* still restarting */
+                        return;
+                }
+                if (!(r[1] & 0x80))
+                        ecu_respond((const uint8_t *) "\x7e\x00", 2);
+                return;
+        default:
+                ecu_negative(r[0], 0x11);
+        }
+}
+
+/* The ECU's ISO-TP: our frames in. */
+static int ecu_send_frame(void *priv, const struct gw_can_frame *f)
+{
+        const uint8_t *d = f->data;
+
+        assert_int_equal(f->id, ecu.info.tx_id);
+        switch (d[0] >> 4) {
+        case 0:
+                ecu_request(d + 1, d[0] & 0x0f);
+                return 0;
+        case 1:
+                ecu.req_len = (size_t) (d[0] & 0x0f) << 8 | d[1];
+                assert_true(ecu.req_len <= sizeof(ecu.req));
+                memcpy(ecu.req, d + 2, 6);
+                ecu.req_got = 6;
+                ecu.req_sn = 1;
+                ecu_queue((const uint8_t *) "\x30\x00\x00", 3);
+                return 0;
+        case 2: {
+                size_t n = ecu.req_len - ecu.req_got < 7 ? ecu.req_len - ecu.req_got : 7;
+
+                assert_int_equal(d[0] & 0x0f, ecu.req_sn);
+                memcpy(ecu.req + ecu.req_got, d + 1, n);
+                ecu.req_got += n;
+                ecu.req_sn = (ecu.req_sn + 1) & 0x0f;
+                if (ecu.req_got == ecu.req_len)
+                        ecu_request(ecu.req, ecu.req_len);
+                return 0;
+        }
+        case 3: {
+                uint8_t fr[8], sn = 1;
+
+                /* Our flow control: the rest of the response. */
+                for (size_t off = 6; off < ecu.rsp_len; off += 7) {
+                        size_t n = ecu.rsp_len - off < 7 ? ecu.rsp_len - off : 7;
+
+                        fr[0] = (uint8_t) (0x20 | sn);
+                        memcpy(fr + 1, ecu.rsp + off, n);
+                        ecu_queue(fr, n + 1);
+                        sn = (sn + 1) & 0x0f;
+                }
+                ecu.rsp_len = 0;
+                return 0;
+        }
+        }
+        return -EINVAL;
+}
+
+static int ecu_open(void *priv, const struct gw_options *opts, const struct gw_plugin_services *svc)
+{
+        ecu.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        ecu.info = (struct gw_can_link_info){.tx_id = 0x7e0,
+                                             .rx_id = 0x7e8,
+                                             .functional_id = UINT32_MAX,
+                                             .tx_dl = 8,
+                                             .bitrate = 500000,
+                                             .bus = "model0"};
+        return ecu.efd >= 0 ? 0 : -errno;
+}
+
+static void ecu_close(void *priv)
+{
+        close(ecu.efd);
+        ecu.efd = -1;
+}
+
+static int ecu_get_fd(void *priv)
+{
+        return ecu.efd;
+}
+
+static const struct gw_can_link_info *ecu_can_info(void *priv)
+{
+        return &ecu.info;
+}
+
+static int ecu_recv_frame(void *priv, struct gw_can_frame *ret)
+{
+        uint64_t v;
+
+        if (ecu.rx_head == ecu.rx_tail) {
+                if (read(ecu.efd, &v, sizeof(v)) < 0) {
+                        /* Nothing was pending on the fd either. */
+                }
+                return -EAGAIN;
+        }
+        *ret = ecu.rxq[ecu.rx_head++ % ECU_RXQ];
+        return 1;
+}
+
+static const char *const ecu_keys[] = {"port", NULL};
+
+static const struct gw_transport_ops ecu_transport = {
+    .version = GW_TRANSPORT_OPS_VERSION,
+    .name = "model-can",
+    .shape = GW_LINK_FRAMES,
+    .priv_size = 8,
+    .open = ecu_open,
+    .close = ecu_close,
+    .get_fd = ecu_get_fd,
+    .options = ecu_keys,
+    .can_info = ecu_can_info,
+    .send_frame = ecu_send_frame,
+    .recv_frame = ecu_recv_frame,
+};
+
+struct job {
+        struct gw_loop *loop;
+        bool finished;
+        int result;
+        char reason[256];
+        uint64_t progress;
+};
+
+static void job_finished(void *userdata, int result, const char *reason)
+{
+        struct job *j = userdata;
+
+        j->finished = true;
+        j->result = result;
+        snprintf(j->reason, sizeof(j->reason), "%s", reason ? reason : "");
+}
+
+static void job_progress(void *userdata, uint64_t done, uint64_t total)
+{
+        struct job *j = userdata;
+
+        j->progress = done;
+}
+
+static void job_wait(struct job *j)
+{
+        for (int i = 0; i < 100000 && !j->finished; i++)
+                assert_int_equal(gw_loop_iterate(j->loop, 2000), 0);
+        assert_true(j->finished);
+}
+
+static void test_through_the_core(void **state)
+{
+        static const struct gw_flash_callbacks cbs = {.finished = job_finished,
+                                                      .progress = job_progress};
+        struct gw_options *topts = gw_options_new(), *found = gw_options_new();
+        struct gw_flash *flash = NULL;
+        struct job j = {0};
+        char why[256] = "", module[512];
+
+        memset(&ecu, 0, sizeof(ecu));
+        snprintf(ecu.version, sizeof(ecu.version), "1.0.0");
+        snprintf(module, sizeof(module), "seedkey-module=%s,reset-delay-ms=10",
+                 getenv("GW_TEST_SEEDKEY_MODULE"));
+        set_opts(w.opts, module);
+        make_image(5000);
+        assert_int_equal(gw_plugin_check_options(&ecu_transport, topts, &gw_protocol_uds_ops,
+                                                 w.opts, why, sizeof(why)),
+                         0);
+        assert_int_equal(gw_loop_new(&j.loop), 0);
+        assert_int_equal(gw_flash_new(j.loop, "ecu-1", &ecu_transport, topts, &gw_protocol_uds_ops,
+                                      w.opts, &flash),
+                         0);
+
+        /* What it runs, the install, and what it runs then. */
+        assert_int_equal(gw_flash_identify(flash, found, &cbs, &j), 0);
+        job_wait(&j);
+        assert_int_equal(j.result, 0);
+        assert_string_equal(gw_options_get(found, "version"), "1.0.0");
+        assert_string_equal(gw_options_get(found, "serial"), "SN-000042");
+        assert_null(gw_options_get(found, "hardware"));
+
+        j.finished = false;
+        assert_int_equal(gw_flash_install(flash, &w.reader, &cbs, &j), 0);
+        job_wait(&j);
+        if (j.result != 0)
+                fail_msg("install: %d %s", j.result, j.reason);
+        assert_int_equal(j.progress, 5000);
+        assert_int_equal(ecu.size, 5000);
+        assert_memory_equal(ecu.memory, w.data, 5000);
+        assert_int_equal(ecu.pendings, 1);
+        /* The first question after the reset went unanswered, the second not. */
+        assert_int_equal(ecu.testers, 2);
+
+        gw_options_free(found);
+        found = gw_options_new();
+        j.finished = false;
+        assert_int_equal(gw_flash_identify(flash, found, &cbs, &j), 0);
+        job_wait(&j);
+        assert_int_equal(j.result, 0);
+        assert_string_equal(gw_options_get(found, "version"), "2.0.0");
+
+        /* A wrong key: the reason reaches the job. */
+        memset(ecu.memory, 0, sizeof(ecu.memory));
+        gw_flash_free(flash);
+        set_opts(w.opts, "seedkey-params=secret=1");
+        assert_int_equal(gw_flash_new(j.loop, "ecu-1", &ecu_transport, topts, &gw_protocol_uds_ops,
+                                      w.opts, &flash),
+                         0);
+        j.finished = false;
+        assert_int_equal(gw_flash_install(flash, &w.reader, &cbs, &j), 0);
+        job_wait(&j);
+        assert_int_equal(j.result, -EACCES);
+        assert_string_equal(j.reason, "SecurityAccess: negative response 0x35 invalidKey");
+
+        gw_flash_free(flash);
+        gw_loop_free(j.loop);
+        gw_options_free(found);
+        gw_options_free(topts);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -1840,7 +2246,10 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_options_accepted, setup, teardown),
             cmocka_unit_test_setup_teardown(test_check_image, setup, teardown),
             cmocka_unit_test_setup_teardown(test_no_address, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_through_the_core, setup, teardown),
         };
+
+        gw_log_set_max_level(getenv("GW_TEST_VERBOSE") ? LOG_DEBUG : LOG_EMERG);
 
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
