@@ -397,12 +397,179 @@ def ymodem_seeds():
     write(d, "noise", ymodem(200) + deliver(b"xyz\x00\xff" + C + b"garbage" + ACK))
 
 
+# ---- uds ------------------------------------------------------------------------------------
+# fuzz-uds.c: three set-up bytes (link flags, image size / 4, limits), then actions: 0 + length +
+# data delivers a frame from the ECU, 1 expires the deadline, 4 cancels. The ECU's side of a
+# transfer is modelled here: a flow control for each request that needs first and consecutive
+# frames, and the response to each.
+
+UDS_EXPIRE = b"\x01"
+UDS_CANCEL = b"\x04"
+
+
+def can_frame(data):
+    return b"\x00" + bytes([len(data)]) + data
+
+
+def uds_pad(data):
+    return data + b"\xcc" * (8 - len(data)) if len(data) < 8 else data
+
+
+class Ecu:
+    """What the ECU sends for a link: classic (8) or CAN FD (64) frames."""
+
+    def __init__(self, dl=8):
+        self.dl = dl
+
+    def request(self, n):
+        # A request longer than a single frame goes out after our flow control.
+        sf_max = 7 if self.dl == 8 else self.dl - 2
+        return can_frame(uds_pad(b"\x30\x00\x00")) if n > sf_max else b""
+
+    def response(self, msg):
+        if len(msg) <= 7:
+            return can_frame(uds_pad(bytes([len(msg)]) + msg))
+        out = can_frame(bytes([0x10 | len(msg) >> 8, len(msg) & 0xff]) + msg[:6])
+        off, sn = 6, 1
+        while off < len(msg):
+            out += can_frame(uds_pad(bytes([0x20 | sn]) + msg[off:off + 7]))
+            off += 7
+            sn = (sn + 1) & 0x0f
+        return out
+
+    def exchange(self, req_len, msg):
+        return self.request(req_len) + self.response(msg)
+
+
+SESSION = b"\x50\x02\x00\x32\x01\xf4"
+
+
+def uds_install(size, link=0, limits=0x3f, block=16, resume=0, ecu=None, stop=None,
+                pending=0, lose=None, nrc=None, ecu_block=None):
+    """An install of size bytes answered as the contract's ECU would, up to step stop."""
+    e = ecu or Ecu()
+    steps = []
+    if link & 16:
+        steps.append(("ext", e.exchange(2, b"\x50\x03\x00\x32\x01\xf4")))
+    steps.append(("session", e.exchange(2, SESSION)))
+    steps.append(("seed", e.exchange(2, b"\x67\x01\x00\x00\x00\x00")))
+    if not link & 64:
+        steps.append(("resume", e.exchange(3, b"\x62\xf1\xa0" + resume.to_bytes(4, "big"))))
+    if not (resume and resume < size):
+        steps.append(("erase", e.request(13) + e.response(b"\x7f\x31\x78") * pending +
+                      e.response(b"\x71\x01\xff\x00\x00")))
+    steps.append(("download", e.exchange(11, b"\x74\x20" +
+                                         ((ecu_block or block) + 2).to_bytes(2, "big"))))
+    off, counter = (resume if resume and resume < size else 0), 1
+    while off < size:
+        n = min(block, size - off)
+        out = e.request(n + 2)
+        if lose == counter:
+            out += UDS_EXPIRE + e.request(n + 2)
+        if nrc is not None and counter == 2:
+            out += e.response(b"\x7f\x36" + bytes([nrc]))
+        out += e.response(b"\x76" + bytes([counter & 0xff]))
+        steps.append(("block", out))
+        off += n
+        counter += 1
+    steps.append(("exit", e.exchange(1, b"\x77")))
+    steps.append(("check", e.exchange(8, b"\x71\x01\x02\x02\x00")))
+    steps.append(("reset", e.exchange(2, b"\x51\x01")))
+    poll = b"\x50\x01\x00\x32\x01\xf4" if limits & 128 else b"\x7e\x00"
+    steps.append(("poll", UDS_EXPIRE + e.exchange(2, poll)))
+    out = bytes([link, size // 4, limits])
+    for name, data in steps:
+        if name == stop:
+            break
+        out += data
+    return out
+
+
+def uds_identify(link=1, serial=b"SN-0001-ABCDEF", version=b"1.4.2", hardware=None):
+    e = Ecu(64 if link & 2 else 8)
+    out = bytes([link, 0, 0x3f])
+    out += e.exchange(3, b"\x62\xf1\x8c" + serial)
+    out += e.exchange(3, b"\x62\xf1\x95" + version)
+    out += e.exchange(3, b"\x62\xf1\x91" + hardware if hardware else b"\x7f\x22\x31")
+    return out
+
+
+def uds_seeds():
+    d = reset("uds")
+    for size in (4, 16, 40, 100, 1020):
+        write(d, "install-%d" % size, uds_install(size))
+    write(d, "install-extended-tester", uds_install(40, link=16 | 32))
+    write(d, "install-no-padding", uds_install(40, link=4))
+    write(d, "install-ms-host", uds_install(40, link=8))
+    write(d, "install-our-bs", uds_install(40, link=128))
+    write(d, "install-no-resume", uds_install(40, link=64))
+    write(d, "install-fd", uds_install(200, link=2, block=100, ecu=Ecu(64)))
+    write(d, "install-max-message-64", uds_install(200, limits=0x3f | 64, block=62,
+                                                         ecu_block=1000))
+    write(d, "install-reset-session", uds_install(40, limits=0x3f | 128))
+    write(d, "resume", uds_install(40, resume=16))
+    write(d, "resume-past-end", uds_install(40, resume=400))
+    write(d, "pending", uds_install(40, pending=3))
+    write(d, "pending-over-cap", uds_install(40, pending=5))
+    write(d, "lost-response", uds_install(40, lose=2))
+    write(d, "transfer-nrc", uds_install(40, nrc=0x73))
+    write(d, "transfer-pending", uds_install(40, nrc=0x78))
+    write(d, "transfer-busy", uds_install(40, nrc=0x21))
+    for stop in ("seed", "erase", "download", "block", "check", "reset", "poll"):
+        write(d, "silent-before-%s" % stop, uds_install(40, stop=stop))
+    write(d, "cancel-in-transfer", uds_install(40, stop="exit")[:-8] + UDS_CANCEL +
+          Ecu().response(b"\x77"))
+    write(d, "cancel-early", uds_install(40, stop="seed") + UDS_CANCEL)
+    e = Ecu()
+    base = bytes([0, 10, 0x3f]) + e.exchange(2, SESSION) + \
+        e.exchange(2, b"\x67\x01\x00\x00\x00\x00") + \
+        e.exchange(3, b"\x62\xf1\xa0\x00\x00\x00\x00") + \
+        e.exchange(13, b"\x71\x01\xff\x00\x00") + e.request(11)
+    for name, rsp in (("lfi-1", b"\x74\x10\x12"), ("lfi-3", b"\x74\x30\x00\x00\x12"),
+                      ("lfi-4", b"\x74\x40\x00\x00\x00\x12"), ("lfi-0", b"\x74\x00"),
+                      ("lfi-9", b"\x74\x90\x00"), ("block-2", b"\x74\x20\x00\x02"),
+                      ("block-huge", b"\x74\x40\xff\xff\xff\xff"),
+                      ("download-nrc", b"\x7f\x34\x70")):
+        write(d, name, base + e.response(rsp) + UDS_EXPIRE * 3)
+    write(d, "seed-nonzero", bytes([0, 10, 0x3f]) + e.exchange(2, SESSION) +
+          e.exchange(2, b"\x67\x01\x12\x34\x56\x78"))
+    write(d, "session-nrc", bytes([0, 10, 0x3f]) + e.exchange(2, b"\x7f\x10\x22"))
+    write(d, "session-busy", bytes([0, 10, 0x3f]) + e.response(b"\x7f\x10\x21") + UDS_EXPIRE +
+          e.exchange(2, SESSION))
+    write(d, "session-short", bytes([0, 10, 0x3f]) + e.exchange(2, b"\x50\x02"))
+    write(d, "identify", uds_identify())
+    write(d, "identify-hardware", uds_identify(hardware=b"HW-7\x00\x00"))
+    write(d, "identify-binary", uds_identify(version=b"\x01\x02\xff", serial=b"\x00"))
+    write(d, "identify-fd", uds_identify(link=3, serial=b"S" * 60))
+    write(d, "identify-long", uds_identify(serial=b"x" * 200))
+    write(d, "identify-silent", bytes([1, 0, 0]))
+    write(d, "empty-image", bytes([0, 0, 0]))
+    # Frames that do not parse, then a proper exchange.
+    write(d, "noise", bytes([0, 10, 0x3f]) + can_frame(b"") + can_frame(b"\x00\x01") +
+          can_frame(b"\x10\x00\x00\x00\x00\x05\x01\x02") + can_frame(b"\x21\x01") +
+          can_frame(b"\x3f\x00\x00") + can_frame(b"\xf0" * 12) + can_frame(b"\x00\x05" + b"\x50" * 10) +
+          e.exchange(2, SESSION))
+    write(d, "wrong-sequence", bytes([1, 0, 0]) + can_frame(b"\x10\x10\x62\xf1\x8c\x41\x42\x43") +
+          can_frame(b"\x22\x44\x45\x46\x47\x48\x49\x4a") + UDS_EXPIRE)
+    write(d, "first-frame-overflow", bytes([1, 0, 0]) + can_frame(b"\x1f\xff\x62\xf1\x8c\x41\x42\x43"))
+    write(d, "fc-wait-overflow", bytes([0, 10, 0x3f]) + e.exchange(2, SESSION) +
+          e.exchange(2, b"\x67\x01\x00\x00\x00\x00") +
+          e.exchange(3, b"\x62\xf1\xa0\x00\x00\x00\x00") +
+          can_frame(uds_pad(b"\x31\x00\x00")) * 3 + can_frame(uds_pad(b"\x32\x00\x00")))
+
+
 def main():
+    # --only TARGET...: regenerate those corpora alone.
+    if len(sys.argv) > 1 and sys.argv[1] == "--only":
+        for t in sys.argv[2:]:
+            globals()[t.replace("-", "_") + "_seeds"]()
+        return
     gwmanifest = sys.argv[1] if len(sys.argv) > 1 else None
     request_seeds()
     config_seeds()
     manifest_seeds(gwmanifest)
     ymodem_seeds()
+    uds_seeds()
     for t in sorted(os.listdir(CORPUS)):
         print("%s: %d seeds" % (t, len(os.listdir(os.path.join(CORPUS, t)))))
 
