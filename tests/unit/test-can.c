@@ -568,6 +568,7 @@ struct adapter {
         size_t bels;
         bool bel_empty;  /* answer an empty line with BEL, as some adapters do */
         bool classic;    /* refuses Y */
+        bool quiet;      /* answers V and nothing else, as the stock CANable firmware */
         int reset_after; /* lose the open state when this many frames have come; -1 never */
 } ad;
 
@@ -583,6 +584,19 @@ static void adapter_line(void)
 
         if (ad.mode == ADAPTER_SILENT)
                 return;
+        if (ad.quiet) {
+                if (ad.n_cmds < 64 && !gw_slcan_is_frame_letter(l[0]) && ad.len > 0)
+                        snprintf(ad.cmds[ad.n_cmds++], 8, "%.*s", (int) ad.len, l);
+                if (ad.len == 1 && l[0] == 'V')
+                        adapter_write("1a2b3c4 github.com/normaldotcom/canable-fw.git\r", 47);
+                else if (ad.len == 1 && l[0] == 'O')
+                        ad.open = true;
+                else if (ad.len == 1 && l[0] == 'C')
+                        ad.open = false;
+                else if (ad.open && gw_slcan_parse(l, ad.len, &f) == 1 && ad.n_frames < 2048)
+                        ad.frames[ad.n_frames++] = f;
+                return;
+        }
         if (ad.len == 0) {
                 if (ad.bel_empty)
                         adapter_write("\a", 1);
@@ -622,6 +636,9 @@ static void adapter_line(void)
         case 'O':
                 adapter_write(ad.open ? "\a" : "\r", 1);
                 ad.open = true;
+                break;
+        case 'V':
+                adapter_write("V1013\r", 6);
                 break;
         default:
                 adapter_write("\a", 1);
@@ -839,11 +856,12 @@ static void test_bus_sharing(void **state)
 
         assert_true(run_until(frames_at_adapter, &want, 2000));
         assert_true(ad.open);
-        /* Configured once, with the flush first: C S6 O. */
-        assert_int_equal(ad.n_cmds, 3);
-        assert_string_equal(ad.cmds[0], "C");
-        assert_string_equal(ad.cmds[1], "S6");
-        assert_string_equal(ad.cmds[2], "O");
+        /* Configured once, after the flush: V C S6 O. */
+        assert_int_equal(ad.n_cmds, 4);
+        assert_string_equal(ad.cmds[0], "V");
+        assert_string_equal(ad.cmds[1], "C");
+        assert_string_equal(ad.cmds[2], "S6");
+        assert_string_equal(ad.cmds[3], "O");
         assert_int_equal(ad.frames[0].id, 0x7e0);
         assert_int_equal(ad.frames[1].id, 0x7e1);
         assert_int_equal(ad.frames[2].data[1], 0x3e);
@@ -969,10 +987,10 @@ static void test_adapter_reset(void **state)
         assert_true(ad.bels > 0);
         for (size_t i = 0; i < 40; i++)
                 assert_int_equal(ad.frames[i].data[1], i);
-        /* Configured twice: C S6 O, then again. */
-        assert_int_equal(ad.n_cmds, 6);
-        assert_string_equal(ad.cmds[3], "C");
-        assert_string_equal(ad.cmds[5], "O");
+        /* Configured twice: V C S6 O, then again. */
+        assert_int_equal(ad.n_cmds, 8);
+        assert_string_equal(ad.cmds[5], "C");
+        assert_string_equal(ad.cmds[7], "O");
         assert_non_null(strstr(logbuf, "slcan open -> configuring"));
         assert_non_null(strstr(logbuf, "slcan configuring -> open"));
         assert_int_equal(ops->recv_frame(a, &f), -EAGAIN);
@@ -989,8 +1007,30 @@ static void test_adapter_bel_on_empty(void **state)
         a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", "bitrate=125000", NULL);
         assert_int_equal(tx(a, 0x7e0, 0, "0210"), 0);
         assert_true(run_until(frames_at_adapter, &want, 1000));
-        assert_string_equal(ad.cmds[1], "S4");
+        assert_string_equal(ad.cmds[2], "S4");
         link_close(a);
+}
+
+/* An adapter that answers V and nothing else (the stock CANable firmware): the transport goes on
+ * without waiting for answers. */
+static void test_adapter_quiet(void **state)
+{
+        void *a;
+        size_t want = 3;
+
+        ad.quiet = true;
+        a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", NULL);
+        for (int i = 0; i < 3; i++)
+                assert_int_equal(tx(a, 0x7e0, 0, "023e00"), 0);
+        assert_true(run_until(frames_at_adapter, &want, 1000));
+        assert_true(ad.open);
+        assert_string_equal(ad.cmds[0], "V");
+        assert_string_equal(ad.cmds[3], "O");
+        assert_non_null(strstr(logbuf, "stock CANable firmware?"));
+        adapter_rx("t7E82027E");
+        assert_true(run_until(link_readable, a, 1000));
+        link_close(a);
+        assert_int_equal(n_watches, 0);
 }
 
 /* An adapter that stops answering: recovery is tried for recovery_ms, then the bus is down and
@@ -1087,7 +1127,7 @@ static void test_fd(void **state)
         assert_int_equal(ops->send_frame(a, &f), -EINVAL); /* no such length */
         assert_int_equal(tx(a, 0x7e0, 0, "0210"), 0);      /* classic still fine */
         assert_true(run_until(frames_at_adapter, &want, 1000));
-        assert_string_equal(ad.cmds[2], "Y2");
+        assert_string_equal(ad.cmds[3], "Y2");
         assert_int_equal(ad.frames[0].flags, GW_CAN_FD | GW_CAN_BRS);
         assert_int_equal(ad.frames[0].len, 16);
         adapter_rx("b7E8A00112233445566778899AABBCCDDEEFF");
@@ -1248,6 +1288,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_pacing, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_reset, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_bel_on_empty, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_adapter_quiet, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_silent, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_refuses, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_gone, setup, teardown),

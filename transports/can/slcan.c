@@ -41,6 +41,7 @@ enum slcan_state {
 };
 
 enum slcan_cmd {
+        CMD_VERSION, /* answered with a line (V1013), a CR or a BEL: proves the adapter alive */
         CMD_CLOSE,
         CMD_BITRATE,
         CMD_DATA_BITRATE,
@@ -76,6 +77,12 @@ struct slcan {
 
         uint64_t flush_until_ns;
         uint64_t recover_by_ns; /* 0: not recovering */
+
+        /* Adapters that never answer commands (the stock CANable firmware answers only V): once
+         * V was answered and C, S, O were not, commands are sent without waiting for answers. */
+        bool quiet;
+        bool alive;     /* V was answered since configuring started */
+        bool got_reply; /* a CR or BEL answered a command since configuring started */
 
         uint64_t malformed, overlong, other, refused, recoveries, lost;
 };
@@ -225,12 +232,17 @@ static void send_cmd(struct slcan *s, enum slcan_cmd cmd, const char *text)
                 pend_push(s, cmd, NULL);
 }
 
+static void opened(struct can_bus *bus);
+
 static void enter_configuring(struct can_bus *bus)
 {
         struct slcan *s = bus->be;
         char cmd[16];
 
         set_state(bus, SLCAN_CONFIGURING);
+        s->alive = s->got_reply = false;
+        if (!s->quiet)
+                send_cmd(s, CMD_VERSION, "V\r");
         send_cmd(s, CMD_CLOSE, "C\r");
         snprintf(cmd, sizeof(cmd), "S%d\r", s->s_code);
         send_cmd(s, CMD_BITRATE, cmd);
@@ -239,6 +251,12 @@ static void enter_configuring(struct can_bus *bus)
                 send_cmd(s, CMD_DATA_BITRATE, cmd);
         }
         send_cmd(s, CMD_OPEN, "O\r");
+        if (s->quiet) {
+                /* Nothing will answer: the commands are on their way, frames follow them. */
+                s->pend_len = 0;
+                opened(bus);
+                return;
+        }
         if (out_flush(bus) < 0)
                 return;
         update_deadline(bus);
@@ -320,6 +338,14 @@ static void on_reply(struct can_bus *bus, bool ok)
 
         if (s->state == SLCAN_FLUSHING || s->state == SLCAN_FAILED)
                 return;
+        if (s->quiet) {
+                /* An adapter that does not answer commands sends BEL on errors at most. */
+                if (!ok && s->state == SLCAN_OPEN) {
+                        s->refused++;
+                        begin_recovery(bus, "BEL from an adapter that answers nothing else", false);
+                }
+                return;
+        }
         if (s->pend_len == 0) {
                 s->other++;
                 return;
@@ -327,7 +353,11 @@ static void on_reply(struct can_bus *bus, bool ok)
         p = s->pend[s->pend_head];
         s->pend_head = (s->pend_head + 1) % PEND_MAX;
         s->pend_len--;
+        s->got_reply = true;
         switch (p.cmd) {
+        case CMD_VERSION:
+                s->alive = true;
+                break;
         case CMD_CLOSE:
                 break; /* refused when it was closed already */
         case CMD_BITRATE:
@@ -404,6 +434,15 @@ static void on_event(void *userdata, enum gw_slcan_event e, const struct gw_can_
                         can_bus_debug(bus, "slcan: overlong line dropped");
                 break;
         case GW_SLCAN_OTHER:
+                /* The answer to V, a line of its own. */
+                if (s->pend_len > 0 && s->pend[s->pend_head].cmd == CMD_VERSION &&
+                    s->state == SLCAN_CONFIGURING) {
+                        s->pend_head = (s->pend_head + 1) % PEND_MAX;
+                        s->pend_len--;
+                        s->alive = true;
+                        update_deadline(bus);
+                        break;
+                }
                 s->other++;
                 break;
         }
@@ -464,6 +503,16 @@ static void slcan_timeout(struct can_bus *bus, uint64_t now)
         }
         if (s->pend_len > 0 && now >= s->pend[s->pend_head].sent_ns +
                                           (uint64_t) can_slcan_timing.reply_ms * NSEC_PER_MS) {
+                if (s->state == SLCAN_CONFIGURING && s->alive && !s->got_reply) {
+                        can_bus_debug(bus, "slcan: the adapter answers V but no other command "
+                                           "(stock CANable firmware?): sending without waiting "
+                                           "for answers");
+                        s->quiet = true;
+                        s->pend_len = 0;
+                        opened(bus);
+                        can_bus_kick(bus);
+                        return;
+                }
                 begin_recovery(bus, "the adapter stopped answering", true);
                 return;
         }
@@ -476,7 +525,7 @@ static int slcan_xmit(struct can_bus *bus, const struct gw_can_frame *f)
         char line[GW_SLCAN_LINE_MAX + 2];
         int n;
 
-        if (s->state != SLCAN_OPEN || s->pend_len >= SLCAN_WINDOW)
+        if (s->state != SLCAN_OPEN || (!s->quiet && s->pend_len >= SLCAN_WINDOW))
                 return -EAGAIN;
         n = gw_slcan_format(f, line, sizeof(line));
         if (n < 0)
@@ -485,7 +534,8 @@ static int slcan_xmit(struct can_bus *bus, const struct gw_can_frame *f)
         if ((size_t) n + 32 > sizeof(s->out) - s->out_len)
                 return -EAGAIN;
         out_append(s, line, (size_t) n);
-        pend_push(s, CMD_FRAME, f);
+        if (!s->quiet)
+                pend_push(s, CMD_FRAME, f);
         if (out_flush(bus) < 0)
                 return 0;
         update_deadline(bus);
