@@ -21,6 +21,9 @@ extern const struct gw_transport_ops gw_transport_uart_ops;
 #ifdef GW_BUILTIN_TRANSPORT_USB
 extern const struct gw_transport_ops gw_transport_usb_ops;
 #endif
+#ifdef GW_BUILTIN_TRANSPORT_CAN
+extern const struct gw_transport_ops gw_transport_can_ops;
+#endif
 #ifdef GW_BUILTIN_PROTOCOL_YMODEM
 extern const struct gw_protocol_ops gw_protocol_ymodem_ops;
 #endif
@@ -37,6 +40,9 @@ static const struct gw_transport_ops *const builtin_transports[] = {
 #endif
 #ifdef GW_BUILTIN_TRANSPORT_USB
     &gw_transport_usb_ops,
+#endif
+#ifdef GW_BUILTIN_TRANSPORT_CAN
+    &gw_transport_can_ops,
 #endif
     NULL,
 };

@@ -558,6 +558,30 @@ def uds_seeds():
           can_frame(uds_pad(b"\x31\x00\x00")) * 3 + can_frame(uds_pad(b"\x32\x00\x00")))
 
 
+# ---- slcan ------------------------------------------------------------------------------
+# The first byte chooses how the adapter's bytes are cut into reads (0: one read; n: n bytes).
+
+def slcan_seeds():
+    d = reset("slcan")
+    seeds = {
+        "replies": b"\x00\rz\rZ\r\a\r",
+        "classic": b"\x00t12381122334455667788\rt7E80\r",
+        "extended": b"\x03T1FFFFFFF80102030405060708\rT000000000\r",
+        "remote": b"\x01r4564\rR1ABCDEF08\r",
+        "fd": b"\x05d7E89000102030405060708090A0B\rD18DAF110F" + b"AB" * 64 + b"\r",
+        "fd-brs": b"\x00b7E8A00112233445566778899AABBCCDDEEFF\rB000000011" + b"\r",
+        "longest": b"\x07B1FFFFFFFF" + b"5a" * 64 + b"EA5F\r",
+        "timestamps": b"\x02t7E821122ABCD\rr1230FFFF\r",
+        "version": b"\x00V1013\rNA123\rF00\r",
+        "malformed": b"\x04t12\rt800\rt1239\rtXYZ0\rd1239\rt1232aabbc\r\n\x00\r",
+        "overlong": b"\x10t" + b"1" * 300 + b"\rt1230\r" + b"x" * 200 + b"\a",
+        "bel-mid-line": b"\x00t7E8\a\at7E80\r",
+        "binary": bytes([0]) + bytes(range(256)) + b"\r",
+    }
+    for name, data in seeds.items():
+        write(d, name, data)
+
+
 def main():
     # --only TARGET...: regenerate those corpora alone.
     if len(sys.argv) > 1 and sys.argv[1] == "--only":
@@ -570,6 +594,7 @@ def main():
     manifest_seeds(gwmanifest)
     ymodem_seeds()
     uds_seeds()
+    slcan_seeds()
     for t in sorted(os.listdir(CORPUS)):
         print("%s: %d seeds" % (t, len(os.listdir(os.path.join(CORPUS, t)))))
 
