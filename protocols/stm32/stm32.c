@@ -40,6 +40,8 @@
 /* A command NACKed this many times in a row right at its command byte, after GET answered,
  * is refused by read protection. */
 #define RDP_NACKS 2
+/* A verify block that differs is read this many times more before it counts. */
+#define VERIFY_REREADS 2
 
 #define DEFAULT_RETRIES          5
 #define DEFAULT_TIMEOUT_MS       1000
@@ -107,6 +109,14 @@ struct xfer {
         unsigned n_phases, cur;
         uint8_t tx[TX_MAX];
         size_t tx_len;
+};
+
+/* What QUIET leads to once the line is quiet. */
+enum after_quiet {
+        QUIET_THEN_GET,    /* several 0x7F were answered: GET */
+        QUIET_THEN_RESYNC, /* garbage: fillers, then the command again */
+        QUIET_THEN_ALIGN,  /* a burst of fillers was answered: single fillers once more, so that
+                            * no half of a command pair stays behind in the device */
 };
 
 enum op {
@@ -185,7 +195,10 @@ struct stm32 {
         char problem[96];        /* what went wrong last with it, for the final message */
         unsigned resync_sent, resync_burst;
         uint64_t quiet_until_max;
-        bool retry_after_quiet; /* QUIET then retries the command (else resyncs first) */
+        enum after_quiet after_quiet;
+        bool protected_ok; /* a protected command went through: read protection is off */
+        bool get_asked_again, id_asked_again;
+        unsigned rereads; /* of the verify block in flight, after a difference */
 
         uint8_t rx[RX_MAX];
         size_t rx_len, rx_need;
@@ -505,8 +518,10 @@ static const char *xfer_name(struct stm32 *s, char *buf, size_t n)
 }
 
 static int rdp_refused(struct stm32 *s);
+static int start_install(struct stm32 *s);
 static int start_resync(struct stm32 *s);
-static int start_quiet(struct stm32 *s, bool then_retry);
+static int start_quiet(struct stm32 *s, enum after_quiet then);
+static int flash_size_known(struct stm32 *s, bool read);
 
 /* Starts the command in flight again, or fails when its retries are spent. err and the last
  * problem say why it is retried. */
@@ -531,7 +546,9 @@ static int on_nack(struct stm32 *s)
 
         disarm(s);
         s->resume = s->state;
-        if (phase == 0 && d->protected) {
+        /* Read protection NACKs a protected command at its command byte, every time; once one
+         * went through, such a NACK is line trouble. */
+        if (phase == 0 && d->protected && !s->protected_ok) {
                 s->cmd_nacks++;
                 if (s->cmd_nacks >= RDP_NACKS || s->retries_max == 0)
                         return rdp_refused(s);
@@ -540,8 +557,8 @@ static int on_nack(struct stm32 *s)
         }
         /* A read of the flash size register at an address this bootloader will not read: the
          * table's size stands. */
-        if (s->state == STM32_FLASH_SIZE && phase == 1 && s->flash_size_opt == 0)
-                return read_done(s);
+        if (s->state == STM32_FLASH_SIZE && phase == 1)
+                return flash_size_known(s, false);
         if (s->state == STM32_GO && phase == 1)
                 return fail(s, -EIO, "GO: the device refused the address 0x%08" PRIx32, s->x.addr);
         snprintf(s->problem, sizeof(s->problem), "the device answered NACK%s",
@@ -555,10 +572,15 @@ static int on_nack(struct stm32 *s)
 static int on_garbage(struct stm32 *s, uint8_t c, const char *what)
 {
         disarm(s);
+        if (s->state == STM32_GO && s->x.cur == 1) {
+                /* Most likely its ACK, damaged: the device has jumped, nobody answers now. */
+                debug(s, "stm32: 0x%02x instead of GO's ACK: assuming the application started", c);
+                return go_done(s);
+        }
         s->cmd_nacks = 0;
         snprintf(s->problem, sizeof(s->problem), "unexpected byte 0x%02x (%s)", c, what);
         s->resume = s->state;
-        return start_quiet(s, false);
+        return start_quiet(s, QUIET_THEN_RESYNC);
 }
 
 /* One byte of the reply to the phase in flight. Returns < 0 on failure, 1 when the byte ended
@@ -620,6 +642,8 @@ static int reply_byte(struct stm32 *s, uint8_t c)
                 return r < 0 ? r : 1;
         }
         s->cmd_nacks = 0;
+        if (cmd_table[s->x.cmd].protected)
+                s->protected_ok = true;
         r = cmd_table[s->x.cmd].done(s);
         return r < 0 ? r : 1;
 }
@@ -649,17 +673,20 @@ static int phase_timed_out(struct stm32 *s)
 /* Recovery: QUIET waits for stray bytes to stop, RESYNC sends filler bytes until a device
  * stuck in the middle of a command answers (ACK or NACK ends any command). */
 
-static int start_quiet(struct stm32 *s, bool then_retry)
+static int start_quiet(struct stm32 *s, enum after_quiet then)
 {
         set_state(s, STM32_QUIET);
-        s->retry_after_quiet = then_retry;
+        s->after_quiet = then;
         s->quiet_until_max = now(s) + QUIET_MAX_MS;
         arm(s, QUIET_MS);
         return GW_PROTO_CONTINUE;
 }
 
-/* A filler value that no byte of the stalled phase equals where possible, so that the byte a
- * device still waits for cannot complete a checksum by chance (AN3155's XOR checksums). */
+/* A filler value for a device stalled in a phase. Even and non-zero: a frame made of nothing
+ * but v then fails AN3155's XOR checks wherever the device stalled (an address of v bytes
+ * checks only for v = 0; an erase or write count of v with v + 1 bytes of v only for odd v).
+ * And none of the stalled phase's own bytes, where possible: with one byte of a phase lost,
+ * the byte that completes it then cannot complete its checksum by chance. */
 static uint8_t filler(const struct stm32 *s)
 {
         const struct phase *ph = &s->x.phases[s->x.cur];
@@ -670,10 +697,10 @@ static uint8_t filler(const struct stm32 *s)
 
                 seen[b / 8] |= (uint8_t) (1u << (b % 8));
         }
-        for (unsigned v = 0; v < 256; v++)
+        for (unsigned v = 2; v < 256; v += 2)
                 if (!(seen[v / 8] & (1u << (v % 8))))
                         return (uint8_t) v;
-        return 0;
+        return 0x02;
 }
 
 static int send_fillers(struct stm32 *s)
@@ -722,9 +749,10 @@ static int resync_byte(struct stm32 *s, uint8_t c)
                 return 0; /* late bytes of the reply that was cut short */
         disarm(s);
         debug(s, "stm32: the device answered after %u filler bytes", s->resync_sent);
-        /* More fillers may follow the one it answered: let their NACKs pass. */
+        /* More fillers may follow the one it answered: let their NACKs pass, then make sure
+         * with single fillers that the device waits for a whole command. */
         if (s->resync_burst > 1)
-                return start_quiet(s, true) < 0 ? s->error : 1;
+                return start_quiet(s, QUIET_THEN_ALIGN) < 0 ? s->error : 1;
         flush_input(s);
         return retry(s, -EIO) < 0 ? s->error : 1;
 }
@@ -732,10 +760,10 @@ static int resync_byte(struct stm32 *s, uint8_t c)
 static int quiet_timed_out(struct stm32 *s)
 {
         flush_input(s);
-        if (s->resume == STM32_SYNC)
+        if (s->after_quiet == QUIET_THEN_GET)
                 return xfer_start(s, STM32_GET);
-        if (s->retry_after_quiet)
-                return retry(s, -EIO);
+        if (s->after_quiet == QUIET_THEN_ALIGN)
+                return start_resync(s);
         if (s->attempts >= s->retries_max) {
                 char name[64];
 
@@ -758,6 +786,17 @@ static void build_get(struct stm32 *s)
         ph->count_max = GET_COUNT_MAX;
 }
 
+static void build_get_id(struct stm32 *s)
+{
+        struct phase *ph;
+
+        xfer_begin(s, CMD_GET_ID);
+        ph = &s->x.phases[0];
+        ph->reply = REPLY_ACK_COUNTED_ACK;
+        ph->count_min = 1;
+        ph->count_max = 1;
+}
+
 static int start_command(struct stm32 *s, enum stm32_state st)
 {
         s->attempts = 0;
@@ -775,8 +814,8 @@ static int synced(struct stm32 *s, uint8_t c)
         s->problem[0] = '\0';
         if (s->syncs_sent > 1) {
                 /* Answers to the other 0x7F may still come: let them pass first. */
-                s->resume = STM32_SYNC;
-                return start_quiet(s, false);
+                s->resume = STM32_GET;
+                return start_quiet(s, QUIET_THEN_GET);
         }
         return xfer_start(s, STM32_GET);
 }
@@ -797,16 +836,15 @@ static int get_done(struct stm32 *s)
               has_command(s, CMD_EXT_ERASE) ? "extended"
               : has_command(s, CMD_ERASE)   ? "legacy"
                                             : "none");
+        if (s->get_asked_again && s->op == OP_INSTALL && s->chip)
+                return start_install(s);
         if (s->op == OP_IDENTIFY) {
                 xfer_begin(s, CMD_GET_VERSION);
                 s->x.phases[0].reply = REPLY_ACK_DATA_ACK;
                 s->x.phases[0].data_len = 3;
                 return start_command(s, STM32_GET_VERSION);
         }
-        xfer_begin(s, CMD_GET_ID);
-        s->x.phases[0].reply = REPLY_ACK_COUNTED_ACK;
-        s->x.phases[0].count_min = 1;
-        s->x.phases[0].count_max = 1;
+        build_get_id(s);
         return start_command(s, STM32_GET_ID);
 }
 
@@ -815,10 +853,7 @@ static int get_version_done(struct stm32 *s)
         s->option_bytes[0] = s->rx[2];
         s->option_bytes[1] = s->rx[3];
         s->have_option_bytes = true;
-        xfer_begin(s, CMD_GET_ID);
-        s->x.phases[0].reply = REPLY_ACK_COUNTED_ACK;
-        s->x.phases[0].count_min = 1;
-        s->x.phases[0].count_max = 1;
+        build_get_id(s);
         return start_command(s, STM32_GET_ID);
 }
 
@@ -853,7 +888,6 @@ static void resolve_chip(struct stm32 *s)
 
 static int start_flash_size(struct stm32 *s);
 static int finish_identify(struct stm32 *s);
-static int start_install(struct stm32 *s);
 
 static int get_id_done(struct stm32 *s)
 {
@@ -861,6 +895,12 @@ static int get_id_done(struct stm32 *s)
         s->have_pid = true;
         resolve_chip(s);
         debug(s, "stm32: chip id 0x%03x: %s", s->pid, s->chip ? s->chip->name : "unknown");
+        if (!s->chip && !s->id_asked_again) {
+                /* Its reply carries no checksum either: one more time before it counts. */
+                s->id_asked_again = true;
+                build_get_id(s);
+                return start_command(s, STM32_GET_ID);
+        }
         if (!s->chip) {
                 if (s->op == OP_IDENTIFY)
                         return finish_identify(s);
@@ -893,11 +933,12 @@ static int start_flash_size(struct stm32 *s)
         return start_command(s, STM32_FLASH_SIZE);
 }
 
-static int flash_size_done(struct stm32 *s)
+/* The probe read ended: read = its data is in rx (else the address was refused). */
+static int flash_size_known(struct stm32 *s, bool read)
 {
         uint32_t kib;
 
-        if (s->flash_size_opt || !s->chip->size_reg || s->x.cur != 2 || s->rx_len < 3)
+        if (s->flash_size_opt || !s->chip->size_reg || !read || s->rx_len < 3)
                 goto out;
         kib = (uint32_t) s->rx[1] | (uint32_t) s->rx[2] << 8;
         if (kib == 0 || kib == 0xffff) {
@@ -921,7 +962,7 @@ out:
 static int read_done(struct stm32 *s)
 {
         if (s->state == STM32_FLASH_SIZE)
-                return flash_size_done(s);
+                return flash_size_known(s, true);
         return write_done(s); /* verify shares the block walk */
 }
 
@@ -982,31 +1023,33 @@ static int plan(struct stm32 *s, uint64_t size)
 }
 
 /* Which erase the bootloader offers; -EOPNOTSUPP with the reason when none fits. */
-static int check_commands(struct stm32 *s)
+/* A command the operation needs and GET did not list, or NULL. */
+static const char *missing_command(const struct stm32 *s)
 {
-        bool ext = has_command(s, CMD_EXT_ERASE), legacy = has_command(s, CMD_ERASE);
-
         if (!has_command(s, CMD_WRITE))
-                return fail(s, -EOPNOTSUPP, "the bootloader offers no WRITE_MEMORY");
-        if (!ext && !legacy)
-                return fail(s, -EOPNOTSUPP, "the bootloader offers no erase command");
+                return "the bootloader offers no WRITE_MEMORY";
+        if (!has_command(s, CMD_EXT_ERASE) && !has_command(s, CMD_ERASE))
+                return "the bootloader offers no erase command";
         if (s->verify && !has_command(s, CMD_READ))
-                return fail(
-                    s, -EOPNOTSUPP,
-                    "the bootloader offers no READ_MEMORY to verify with: set verify=false");
+                return "the bootloader offers no READ_MEMORY to verify with: set verify=false";
         if (s->go && !has_command(s, CMD_GO))
-                return fail(s, -EOPNOTSUPP, "the bootloader offers no GO: set go=false");
-        if (!ext && !s->mass_erase) {
-                struct gw_stm32_page p;
+                return "the bootloader offers no GO: set go=false";
+        return NULL;
+}
 
-                if (gw_stm32_page(s->chip, s->flash_size, s->page_first + s->page_count - 1, &p) ==
-                        0 &&
-                    p.number > 0xff)
-                        return fail(s, -ERANGE,
-                                    "page %u is beyond what the legacy ERASE (0x43) can name; "
-                                    "mass-erase=true erases the whole chip instead",
-                                    p.number);
-        }
+/* The legacy erase names pages with one byte. */
+static int check_legacy_pages(struct stm32 *s)
+{
+        struct gw_stm32_page p;
+
+        if (has_command(s, CMD_EXT_ERASE) || s->mass_erase)
+                return 0;
+        if (gw_stm32_page(s->chip, s->flash_size, s->page_first + s->page_count - 1, &p) == 0 &&
+            p.number > 0xff)
+                return fail(s, -ERANGE,
+                            "page %u is beyond what the legacy ERASE (0x43) can name; "
+                            "mass-erase=true erases the whole chip instead",
+                            p.number);
         return 0;
 }
 
@@ -1019,10 +1062,22 @@ static int start_go(struct stm32 *s);
 
 static int start_install(struct stm32 *s)
 {
+        const char *missing;
         int r = plan(s, s->reader->size);
 
-        if (r >= 0)
-                r = check_commands(s);
+        if (r < 0)
+                return r;
+        missing = missing_command(s);
+        if (missing && !s->get_asked_again) {
+                /* GET's list carries no checksum: ask again before believing a line error. */
+                debug(s, "stm32: %s, asking GET again", missing);
+                s->get_asked_again = true;
+                build_get(s);
+                return start_command(s, STM32_GET);
+        }
+        if (missing)
+                return fail(s, -EOPNOTSUPP, "%s", missing);
+        r = check_legacy_pages(s);
         if (r < 0)
                 return r;
         debug(s, "stm32: %" PRIu64 " bytes at 0x%08" PRIx32 ": %s pages %zu-%zu of %s", s->size,
@@ -1177,6 +1232,7 @@ static int verify_next(struct stm32 *s)
 
         if (s->offset >= s->size)
                 return start_go(s);
+        s->rereads = 0;
         block_lengths(s, &len, &padded);
         r = read_block(s, len, len);
         if (r < 0)
@@ -1198,12 +1254,24 @@ static int write_done(struct stm32 *s)
 
         block_lengths(s, &len, &padded);
         if (s->state == STM32_VERIFY) {
-                for (size_t i = 0; i < len; i++)
-                        if (s->rx[1 + i] != s->block[i])
-                                return fail(s, -EIO,
-                                            "verify failed at 0x%08" PRIx64
-                                            ": wrote 0x%02x, read back 0x%02x",
-                                            s->start + s->offset + i, s->block[i], s->rx[1 + i]);
+                for (size_t i = 0; i < len; i++) {
+                        if (s->rx[1 + i] == s->block[i])
+                                continue;
+                        /* READ_MEMORY's data carry no checksum: read again before blaming
+                         * the flash for what the line may have done. */
+                        if (s->rereads < VERIFY_REREADS) {
+                                s->rereads++;
+                                debug(s,
+                                      "stm32: read back 0x%02x at 0x%08" PRIx64
+                                      ", wrote 0x%02x: reading again",
+                                      s->rx[1 + i], s->start + s->offset + i, s->block[i]);
+                                return xfer_start(s, STM32_VERIFY);
+                        }
+                        return fail(s, -EIO,
+                                    "verify failed at 0x%08" PRIx64
+                                    ": wrote 0x%02x, read back 0x%02x",
+                                    s->start + s->offset + i, s->block[i], s->rx[1 + i]);
+                }
                 s->offset += len;
                 report_progress(s);
                 return verify_next(s);
@@ -1447,6 +1515,9 @@ static int begin(struct stm32 *s)
 {
         s->attempts = 0;
         s->cmd_nacks = 0;
+        s->protected_ok = false;
+        s->get_asked_again = false;
+        s->id_asked_again = false;
         s->read_protected = false;
         memset(s->commands, 0, sizeof(s->commands));
         if (s->entry.n > 0)
