@@ -491,7 +491,6 @@ static int send_phase(struct stm32 *s)
 
         s->rx_len = 0;
         s->rx_need = 1;
-        flush_input(s);
         r = send(s, s->x.tx + ph->off, ph->len);
         if (r < 0)
                 return r;
@@ -535,6 +534,9 @@ static int retry(struct stm32 *s, int err)
         s->attempts++;
         debug(s, "stm32: %s: %s, retry %" PRIu64 "/%" PRIu64, xfer_name(s, name, sizeof(name)),
               s->problem, s->attempts, s->retries_max);
+        /* Only after trouble can bytes be waiting that answer nothing we sent: a device in
+         * step sends nothing unasked, so the normal path saves the flush. */
+        flush_input(s);
         return xfer_start(s, s->resume);
 }
 

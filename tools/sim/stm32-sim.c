@@ -185,6 +185,8 @@ static void reply_after(struct sim *s, const uint8_t *buf, size_t n, uint64_t de
 
         if (s->faults.silent || n > sizeof(s->tx) - s->tx_len)
                 return;
+        /* The request is complete: what the host sends next is a new burst. */
+        gw_pace_rx_idle(s->pace);
         memcpy(s->tx + s->tx_len, buf, n);
         s->tx_len += n;
         if (at > s->tx_at_ns)
@@ -228,7 +230,11 @@ static void flush_tx(struct sim *s)
                 out[n++] = s->tx[i];
         }
         if (s->connected && n > 0) {
-                ssize_t r = gw_pace_write(s->pace, s->master, out, n);
+                ssize_t r;
+
+                /* A reply starts when it is decided, not back to back with the last one. */
+                gw_pace_tx_idle(s->pace);
+                r = gw_pace_write(s->pace, s->master, out, n);
 
                 if (r == -EIO)
                         s->connected = false;
