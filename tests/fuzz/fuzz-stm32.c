@@ -207,10 +207,36 @@ static int host_write(void *ctx, const void *buf, size_t n)
                 h->write_error = 0;
                 return r;
         }
-        switch (h->expect) {
-        case EXPECT_ADDR:
-                if (n != 5)
-                        break;
+        /* Each write is one phase (or a burst of fillers). A retry starts again from the command
+         * pair whatever phase was expected next, and a READ's length looks like a command pair,
+         * so shapes decide where they can and the expectation only where they cannot. */
+        if (n == 2 && (uint8_t) (p[0] ^ p[1]) == 0xff) {
+                static const uint8_t known[] = {0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0x43, 0x44};
+
+                /* A length that is also a command code counts as the command: if it was the
+                 * length, a command pair comes next anyway. */
+                if (h->expect == EXPECT_READ_LEN && !memchr(known, p[0], sizeof(known))) {
+                        h->expect = EXPECT_ANY;
+                        return 0;
+                }
+                if (h->expect == EXPECT_ERASE && p[0] == 0xff) {
+                        check_erase(h, p, n, false);
+                        h->expect = EXPECT_ANY;
+                        return 0;
+                }
+                fuzz_check(memchr(known, p[0], sizeof(known)) != NULL);
+                h->cmd = p[0];
+                h->expect = p[0] == 0x11 || p[0] == 0x21 || p[0] == 0x31 ? EXPECT_ADDR
+                            : p[0] == 0x43                               ? EXPECT_ERASE
+                            : p[0] == 0x44                               ? EXPECT_EXT_ERASE
+                                                                         : EXPECT_ANY;
+                return 0;
+        }
+        /* An address: expected, or again after a READ whose length phase was a retried
+         * command pair in fact. */
+        if (n == 5 &&
+            (h->expect == EXPECT_ADDR || (h->expect == EXPECT_ANY && xor_of(p, 4) == p[4] &&
+                                          (h->cmd == 0x11 || h->cmd == 0x21 || h->cmd == 0x31)))) {
                 fuzz_check(xor_of(p, 4) == p[4]);
                 h->addr =
                     (uint32_t) p[0] << 24 | (uint32_t) p[1] << 16 | (uint32_t) p[2] << 8 | p[3];
@@ -228,41 +254,19 @@ static int host_write(void *ctx, const void *buf, size_t n)
                         h->expect = EXPECT_READ_LEN;
                 }
                 return 0;
-        case EXPECT_READ_LEN:
-                if (n != 2)
-                        break;
-                fuzz_check((uint8_t) (p[0] ^ p[1]) == 0xff);
-                h->expect = EXPECT_ANY;
-                return 0;
-        case EXPECT_DATA:
-                if (n < 6 || n % 4 != 2)
-                        break;
+        }
+        if (h->expect == EXPECT_DATA && n >= 6 && n % 4 == 2) {
                 check_data(h, p, n);
                 h->expect = EXPECT_ANY;
                 return 0;
-        case EXPECT_ERASE:
-        case EXPECT_EXT_ERASE:
-                if (is_filler(p, n))
-                        break;
+        }
+        if ((h->expect == EXPECT_ERASE || h->expect == EXPECT_EXT_ERASE) && !is_filler(p, n)) {
                 check_erase(h, p, n, h->expect == EXPECT_EXT_ERASE);
                 h->expect = EXPECT_ANY;
                 return 0;
-        case EXPECT_ANY:
-                break;
         }
-        /* A command, a 0x7F, or fillers that end a stalled command. */
+        /* A 0x7F, or fillers that end a stalled command. */
         h->expect = EXPECT_ANY;
-        if (n == 2 && (uint8_t) (p[0] ^ p[1]) == 0xff) {
-                static const uint8_t known[] = {0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0x43, 0x44};
-
-                fuzz_check(memchr(known, p[0], sizeof(known)) != NULL);
-                h->cmd = p[0];
-                h->expect = p[0] == 0x11 || p[0] == 0x21 || p[0] == 0x31 ? EXPECT_ADDR
-                            : p[0] == 0x43                               ? EXPECT_ERASE
-                            : p[0] == 0x44                               ? EXPECT_EXT_ERASE
-                                                                         : EXPECT_ANY;
-                return 0;
-        }
         fuzz_check(is_filler(p, n));
         return 0;
 }
