@@ -26,6 +26,10 @@ for b in "$SIM" "$GWFLASH"; do
                 exit 1
         fi
 done
+if "$GWFLASH" -t uart -p /dev/null -P stm32 /dev/null 2>&1 | grep -q "unknown protocol"; then
+        echo "SKIP: gwflash was built without the stm32 protocol"
+        exit 77
+fi
 
 work=$(mktemp -d /tmp/gw-stm32-bench.XXXXXX)
 sim_pid=

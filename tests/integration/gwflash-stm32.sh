@@ -25,6 +25,10 @@ for b in "$SIM" "$GWFLASH"; do
                 exit 1
         fi
 done
+if "$GWFLASH" -t uart -p /dev/null -P stm32 /dev/null 2>&1 | grep -q "unknown protocol"; then
+        echo "SKIP: gwflash was built without the stm32 protocol (-Dprotocol-stm32=disabled)"
+        exit 77
+fi
 
 sims=()
 cases_cleanup() {
