@@ -33,6 +33,9 @@ extern const struct gw_protocol_ops gw_protocol_dfu_ops;
 #ifdef GW_BUILTIN_PROTOCOL_UDS
 extern const struct gw_protocol_ops gw_protocol_uds_ops;
 #endif
+#ifdef GW_BUILTIN_PROTOCOL_STM32
+extern const struct gw_protocol_ops gw_protocol_stm32_ops;
+#endif
 
 static const struct gw_transport_ops *const builtin_transports[] = {
 #ifdef GW_BUILTIN_TRANSPORT_UART
@@ -56,6 +59,9 @@ static const struct gw_protocol_ops *const builtin_protocols[] = {
 #endif
 #ifdef GW_BUILTIN_PROTOCOL_UDS
     &gw_protocol_uds_ops,
+#endif
+#ifdef GW_BUILTIN_PROTOCOL_STM32
+    &gw_protocol_stm32_ops,
 #endif
     NULL,
 };

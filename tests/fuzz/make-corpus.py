@@ -582,6 +582,110 @@ def slcan_seeds():
         write(d, name, data)
 
 
+# ---- stm32 -------------------------------------------------------------------------------
+
+S_ACK, S_NACK = b"\x79", b"\x1f"
+S_GET_EXT = S_ACK + bytes([11, 0x31, 0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0x44, 0x63, 0x73, 0x82,
+                           0x92]) + S_ACK
+S_GET_LEGACY = S_ACK + bytes([11, 0x22, 0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0x43, 0x63, 0x73,
+                              0x82, 0x92]) + S_ACK
+# The chips the seeds use: id, flash KiB, erase unit (page or first sectors) in KiB.
+S_CHIPS = {0x410: (128, 1), 0x413: (1024, 16), 0x417: (64, 0.125), 0x460: (128, 2)}
+
+
+def stm32(size, retries=2, verify=False, go=True, mass=False, reader=0, entry=False, kib=0,
+          lines_fail=False, exit_seq=False):
+    modes = retries | verify << 2 | go << 3 | mass << 4 | reader << 5 | entry << 7
+    return struct.pack("<HBB", size, modes, kib | lines_fail << 4 | exit_seq << 5)
+
+
+def stm32_image(off, n):
+    """The fuzz target's image bytes [off, off + n)."""
+    return bytes(((i * 167 + (i >> 8)) & 0xff) for i in range(off, off + n))
+
+
+def stm32_session(size, pid=0x410, legacy=True, verify=False, go=True, mass=False, kib=0,
+                  batch=16, **kw):
+    """A whole install the way the ROM answers (what fuzz-stm32.c's options make it ask)."""
+    out = stm32(size, verify=verify, go=go, mass=mass, kib=kib, **kw)
+    if kw.get("entry"):
+        out += b"\x03\x03"  # the two waits of the entry sequence
+    flash_kib, unit = S_CHIPS[pid]
+    out += deliver(S_ACK) + deliver(S_GET_LEGACY if legacy else S_GET_EXT)
+    out += deliver(S_ACK + bytes([1, pid >> 8, pid & 0xff]) + S_ACK)
+    # the flash size register
+    out += deliver(S_ACK) + deliver(S_ACK) + deliver(S_ACK + struct.pack("<H", flash_kib))
+    if mass:
+        out += deliver(S_ACK) + deliver(S_ACK)
+    else:
+        start, end = kib * 1024, kib * 1024 + size
+        unit_bytes = int(unit * 1024)
+        pages = (end + 3) // unit_bytes - start // unit_bytes + 1 if pid != 0x413 else None
+        if pid == 0x413:
+            bounds = [0, 16, 32, 48, 64, 128, 256, 384, 512, 640, 768, 896, 1024]
+            pages = sum(1 for i in range(12)
+                        if bounds[i] * 1024 < end + 3 and bounds[i + 1] * 1024 > start)
+        for _ in range((pages + batch - 1) // batch):
+            out += deliver(S_ACK) + deliver(S_ACK)
+    blocks = (size + 255) // 256
+    for _ in range(blocks):
+        out += deliver(S_ACK) + deliver(S_ACK) + deliver(S_ACK)
+    if verify:
+        for b in range(blocks):
+            n = min(256, size - b * 256)
+            out += deliver(S_ACK) + deliver(S_ACK) + deliver(S_ACK + stm32_image(b * 256, n))
+    if go:
+        out += deliver(S_ACK) + deliver(S_ACK)
+    if kw.get("exit_seq"):
+        out += b"\x03"
+    return out
+
+
+def stm32_seeds():
+    d = reset("stm32")
+    for size in (1, 4, 255, 256, 257, 1000, 3000):
+        write(d, "f1-%d" % size, stm32_session(size))
+    write(d, "f1-verify", stm32_session(700, verify=True))
+    write(d, "f1-not-at-base", stm32_session(2000, kib=3))
+    write(d, "f1-mass", stm32_session(600, mass=True))
+    write(d, "f1-no-go", stm32_session(600, go=False))
+    write(d, "f4-sectors", stm32_session(5000, pid=0x413, legacy=False, verify=True))
+    write(d, "f4-not-at-base", stm32_session(3000, pid=0x413, legacy=False, kib=14))
+    write(d, "l0-pages", stm32_session(4000, pid=0x417, legacy=False))
+    write(d, "g0-double-words", stm32_session(1001, pid=0x460, legacy=False))
+    write(d, "entry-exit", stm32_session(300, entry=True, exit_seq=True))
+    write(d, "entry-no-lines", stm32(300, entry=True, lines_fail=True))
+    write(d, "exit-no-lines", stm32_session(300, exit_seq=True, lines_fail=True))
+    write(d, "reader-short", stm32_session(3000, reader=1))
+    write(d, "reader-fails", stm32_session(3000, reader=2))
+    write(d, "reader-truncated", stm32_session(3000, reader=3))
+    write(d, "silent", stm32(100) + b"\x03" * 4)
+    write(d, "sync-nack", stm32(100) + deliver(S_NACK) + deliver(S_GET_EXT))
+    write(d, "sync-noise", stm32(100) + deliver(b"\x00hello\xff" + S_ACK) + b"\x03")
+    write(d, "rdp", stm32(1000) + deliver(S_ACK) + deliver(S_GET_LEGACY) +
+          deliver(S_ACK + b"\x01\x04\x10" + S_ACK) + deliver(S_NACK) + deliver(S_NACK))
+    write(d, "unknown-chip", stm32(1000) + deliver(S_ACK) + deliver(S_GET_EXT) +
+          deliver(S_ACK + b"\x01\x09\x99" + S_ACK) + deliver(S_ACK + b"\x01\x09\x99" + S_ACK))
+    write(d, "too-big", stm32(8192, kib=15) + deliver(S_ACK) + deliver(S_GET_LEGACY) +
+          deliver(S_ACK + b"\x01\x04\x12" + S_ACK) + deliver(S_ACK) + deliver(S_ACK) +
+          deliver(S_ACK + b"\x10\x00"))
+    write(d, "get-too-long", stm32(100) + deliver(S_ACK) + deliver(S_ACK + b"\xc8") + b"\x03" * 6)
+    write(d, "get-id-bad-length", stm32(100) + deliver(S_ACK) + deliver(S_GET_EXT) +
+          deliver(S_ACK + b"\x05") + b"\x03\x03" + deliver(S_NACK) + b"\x03" * 3)
+    s = stm32_session(1000, retries=3)
+    cut = len(stm32(1000)) + 60
+    write(d, "timeouts-midway", s[:cut] + b"\x03\x03\x03" + deliver(S_NACK) + s[cut:])
+    write(d, "nacks", stm32_session(600, retries=3)[:80] + deliver(S_NACK) + deliver(S_NACK) +
+          deliver(S_ACK) * 5)
+    write(d, "garbage-acks", stm32_session(600, retries=3)[:70] + deliver(b"\x42") + b"\x03\x03" +
+          deliver(S_NACK) + b"\x03")
+    write(d, "cancel", stm32_session(3000)[:90] + b"\x06")
+    write(d, "link-fails", stm32(100) + b"\x07" + deliver(S_ACK))
+    write(d, "early-and-advance", stm32(100) + b"\x05" + bytes([4 | 31 << 3]) + deliver(S_ACK) +
+          b"\x05" + bytes([4 | 20 << 3]) * 3)
+    write(d, "go-ack-lost", stm32_session(300)[:-2] + b"\x03")
+
+
 def main():
     # --only TARGET...: regenerate those corpora alone.
     if len(sys.argv) > 1 and sys.argv[1] == "--only":
@@ -595,6 +699,7 @@ def main():
     ymodem_seeds()
     uds_seeds()
     slcan_seeds()
+    stm32_seeds()
     for t in sorted(os.listdir(CORPUS)):
         print("%s: %d seeds" % (t, len(os.listdir(os.path.join(CORPUS, t)))))
 

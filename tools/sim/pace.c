@@ -197,6 +197,16 @@ size_t gw_pace_room(const struct gw_pace *p)
         return p->cap - p->len;
 }
 
+void gw_pace_tx_idle(struct gw_pace *p)
+{
+        p->tx = (struct line){0};
+}
+
+void gw_pace_rx_idle(struct gw_pace *p)
+{
+        p->rx = (struct line){0};
+}
+
 void gw_pace_discard(struct gw_pace *p)
 {
         p->head = 0;

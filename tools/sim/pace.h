@@ -44,5 +44,12 @@ uint64_t gw_pace_next_due(const struct gw_pace *p);
 /* Bytes queued, and room left. */
 size_t gw_pace_queued(const struct gw_pace *p);
 size_t gw_pace_room(const struct gw_pace *p);
+/* Ends the burst in one direction: the next byte written (tx) or received (rx) starts its line
+ * time when it is written or arrives, never back to back with what went before. For a device
+ * that only answers requests, whose line is idle between a request and its answer however
+ * short the pause (a burst otherwise runs on for IDLE_SLACK_NS, which gives such short
+ * exchanges line time for free). */
+void gw_pace_tx_idle(struct gw_pace *p);
+void gw_pace_rx_idle(struct gw_pace *p);
 /* Drops everything queued (a receiver flushing its input). */
 void gw_pace_discard(struct gw_pace *p);
