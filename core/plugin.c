@@ -331,9 +331,10 @@ __attribute__((format(printf, 2, 3))) static void check_set_error(void *ctx, con
 
 /* What check_instance() runs on the instance init() prepared. */
 enum check_op {
-        CHECK_OPTIONS,   /* init() alone */
-        CHECK_IMAGE,     /* check_image() */
-        CHECK_INSTALLED, /* installed() */
+        CHECK_OPTIONS,    /* init() alone */
+        CHECK_IMAGE,      /* check_image() */
+        CHECK_INSTALLED,  /* installed() */
+        CHECK_REIDENTIFY, /* identifies_after_install() */
 };
 
 /* Runs init() on a fresh instance with a host that keeps the reason it gives, then, when init()
@@ -365,6 +366,8 @@ static int check_instance(const struct gw_protocol_ops *p, const struct gw_optio
                         r = p->check_image(priv, reader, facts);
                 else if (op == CHECK_INSTALLED)
                         r = p->installed(priv, reader, facts);
+                else if (op == CHECK_REIDENTIFY)
+                        r = p->identifies_after_install(priv);
                 p->done(priv);
         }
         free(priv);
@@ -373,7 +376,7 @@ static int check_instance(const struct gw_protocol_ops *p, const struct gw_optio
                          op == CHECK_OPTIONS ? "invalid options" : "image refused", strerror(-r));
         if (r < 0)
                 return r;
-        return op == CHECK_INSTALLED ? (r > 0) : 0;
+        return op == CHECK_INSTALLED || op == CHECK_REIDENTIFY ? (r > 0) : 0;
 }
 
 static int check_protocol_values(const struct gw_protocol_ops *p, const struct gw_options *opts,
@@ -510,4 +513,16 @@ int gw_plugin_check_image_options(const struct gw_protocol_ops *p,
                 }
         }
         return 0;
+}
+
+bool gw_plugin_identifies_after_install(const struct gw_protocol_ops *p,
+                                        const struct gw_options *popts)
+{
+        char why[256];
+
+        if (!p || !p->identify)
+                return false;
+        if (p->version < 8 || !p->identifies_after_install)
+                return true;
+        return check_instance(p, popts, CHECK_REIDENTIFY, NULL, NULL, why, sizeof(why)) == 1;
 }

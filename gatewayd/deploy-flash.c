@@ -322,6 +322,22 @@ static bool node_retry(struct node_rt *n, enum gw_error code, const char *why)
         return true;
 }
 
+/* Is the node asked what it runs once it took img (its protocol can identify it then, with
+ * the image's options)? Otherwise the protocol's own verification is the check. */
+static bool checks_after_install(const struct node_rt *n, const struct gw_manifest_image *img)
+{
+        struct gw_options *popts = NULL;
+        bool r;
+
+        if (!gw_deploy_can_identify(n))
+                return false;
+        if (gw_deploy_node_protocol_opts(n, img->options, &popts) < 0)
+                return true;
+        r = gw_plugin_identifies_after_install(gw_deploy_node_protocol(n), popts);
+        gw_options_free(popts);
+        return r;
+}
+
 void gw_deploy_on_install_finished(void *userdata, int result, const char *reason)
 {
         struct node_rt *n = userdata;
@@ -386,7 +402,7 @@ void gw_deploy_on_install_finished(void *userdata, int result, const char *reaso
         gw_deploy_journal_node_installed(d->engine, n, img);
         gw_log_info("%s: took %s %s (%llu bytes in %.1f s)", n->cfg->name, img->name, img->version,
                     (unsigned long long) n->total, (double) (gw_now_ms() - n->t0) / 1000.0);
-        if (gw_deploy_can_identify(n))
+        if (checks_after_install(n, img))
                 node_check_start(n);
         else
                 node_succeeded(n);
@@ -410,7 +426,7 @@ static int flash_node(struct deployment *d, struct node_rt *n)
                             "again",
                             n->cfg->name, img->name, img->version);
                 n->bytes = n->total = img->size;
-                if (!gw_deploy_can_identify(n) || !n->flash)
+                if (!checks_after_install(n, img) || !n->flash)
                         return 1;
                 gw_deploy_node_set_active(n, true);
                 node_check_start(n);

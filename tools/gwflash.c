@@ -30,8 +30,29 @@ struct run {
         uint64_t done;
 };
 
+/* "uart, usb, can": the names of what is built in or loaded. */
+static void plugin_names(bool transports, char *buf, size_t n)
+{
+        size_t used = 0;
+
+        buf[0] = '\0';
+        for (size_t i = 0; used < n; i++) {
+                const char *name = transports
+                                       ? (gw_transport_get(i) ? gw_transport_get(i)->name : NULL)
+                                       : (gw_protocol_get(i) ? gw_protocol_get(i)->name : NULL);
+
+                if (!name)
+                        break;
+                used += (size_t) snprintf(buf + used, n - used, "%s%s", i ? ", " : "", name);
+        }
+}
+
 static void usage(FILE *out)
 {
+        char transports[256], protocols[256];
+
+        plugin_names(true, transports, sizeof(transports));
+        plugin_names(false, protocols, sizeof(protocols));
         fprintf(
             out,
             "Usage: gwflash [OPTIONS] FILE\n"
@@ -46,22 +67,23 @@ static void usage(FILE *out)
             "board's ids, not sent) or a DfuSe container (each element written at its\n"
             "address); -o format=raw sends the file exactly as it is.\n"
             "\n"
-            "  -t, --transport NAME   link to the node (built in: uart, usb)\n"
+            "  -t, --transport NAME   link to the node (built in: %s)\n"
             "  -p, --port PATH        serial port, e.g. /dev/ttyUSB0 or a pty from socat\n"
             "  -b, --baud N           line rate for serial links (default 115200)\n"
             "  -u, --usb SPEC         USB device: VID:PID in hex, optionally ,serial=S and\n"
             "                         ,path=BUS-PORT[.PORT]... to tell identical boards apart;\n"
             "                         implies --transport usb --protocol dfu\n"
             "  -a, --alt N|NAME       DFU alternate setting: number, name or DfuSe layout name\n"
-            "      --address A        DfuSe: where the image starts (default: the first\n"
-            "                         writable segment of the layout)\n"
+            "      --address A        DfuSe, stm32: where the image starts (default: the\n"
+            "                         first writable segment of the layout; the chip's\n"
+            "                         flash base)\n"
             "      --verify           dfu: read the image back before the board leaves DFU\n"
             "                         mode (-o verify=true); -o reset=false keeps a board\n"
             "                         that was running its application in DFU mode\n"
             "      --dfu-usb VID:PID  the ids the board has in DFU mode, when it runs with\n"
             "                         others and must be detached first (optional: the\n"
             "                         board is looked for again at the same port)\n"
-            "  -P, --protocol NAME    update protocol (built in: ymodem, dfu)\n"
+            "  -P, --protocol NAME    update protocol (built in: %s)\n"
             "      --identify         only ask the node what it runs (chip, bootloader,\n"
             "                         image version and hash, as the protocol can tell)\n"
             "      --force            flash even when the node already runs the image\n"
@@ -91,7 +113,13 @@ static void usage(FILE *out)
             "  gwflash --usb 0483:df11 fw.dfu\n"
             "  gwflash --usb 0483:df11 --alt 0 --address 0x08000000 --size 65536 --upload "
             "back.bin\n"
-            "  gwflash list\n");
+            "  gwflash -t uart -p /dev/ttyUSB0 -P stm32 --address 0x08000000 fw.bin\n"
+            "  gwflash -t uart -p /dev/ttyACM0 -P smp app-1.5.0.signed.bin\n"
+            "  gwflash -t can -p /dev/ttyACM0 -o tx-id=0x7e0 -o rx-id=0x7e8 -P uds \\\n"
+            "          -o address=0x8000 -o seedkey-program=/usr/lib/oem/seedkey ecu.bin\n"
+            "  gwflash -t uart -p /dev/ttyUSB0 -P stm32 --identify\n"
+            "  gwflash list\n",
+            transports, protocols);
 }
 
 static void fmt_bytes(char *buf, size_t n, double v)

@@ -1,6 +1,8 @@
 /* Finding plugins: the static table of built-ins and out-of-tree modules loaded with dlopen. */
 #pragma once
 
+#include <stdbool.h>
+
 #include "gw/plugin.h"
 
 /* Loads one shared module. -EPROTO (and an error logged) when its ABI version differs,
@@ -49,3 +51,9 @@ int gw_plugin_link_options(const struct gw_protocol_ops *p, const struct gw_opti
  * (p->node_options, protocol ops version 7), else 0. */
 int gw_plugin_check_image_options(const struct gw_protocol_ops *p,
                                   const struct gw_options *image_opts, char *why, size_t why_size);
+
+/* Whether p's identify() reaches the node after an install, with popts (identify and
+ * identifies_after_install, protocol ops version 8): true when it says so or cannot tell, false
+ * when p has no identify or says it cannot (or popts are refused). */
+bool gw_plugin_identifies_after_install(const struct gw_protocol_ops *p,
+                                        const struct gw_options *popts);

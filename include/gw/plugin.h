@@ -29,9 +29,11 @@
  * settings a protocol needs by default (link_defaults) and telling a node that already runs
  * an image (installed); version 5 of the transport ops and of the host and version 6 of the
  * protocol ops added the frames link shape (CAN); version 7 of the protocol ops added options
- * only a node's configuration may set (node_options), and readers name their file (path). */
+ * only a node's configuration may set (node_options), and readers name their file (path);
+ * version 8 added telling whether identify() reaches the node after an install
+ * (identifies_after_install). */
 #define GW_TRANSPORT_OPS_VERSION 5
-#define GW_PROTOCOL_OPS_VERSION  7
+#define GW_PROTOCOL_OPS_VERSION  8
 #define GW_SERVICES_VERSION      2
 #define GW_PROTO_HOST_VERSION    5
 
@@ -434,6 +436,13 @@ struct gw_protocol_ops {
          * must not be something a signed manifest can change). gatewayd refuses an image whose
          * options name one (node-incompatible). NULL = an image may set any key. */
         const char *const *node_options;
+
+        /* Version 8: can identify() reach the node once an install ran, on an instance init()
+         * prepared with these options? 1 yes, 0 no (stm32 after GO without an entry sequence:
+         * the application answers the line, not the bootloader): gatewayd then counts the
+         * install, verified by the protocol itself, as the node's check. Same instance rules as
+         * check_image(). NULL = yes. */
+        int (*identifies_after_install)(void *priv);
 };
 
 /* Out-of-tree plugins: a shared module in the plugin directory exports

@@ -1738,6 +1738,15 @@ static const char *const stm32_options[] = {"address",
                                             "exit",
                                             NULL};
 
+/* After GO the application owns the line: only an entry sequence (BOOT0 and NRST from the
+ * adapter's lines) or no GO at all brings the bootloader back to answer identify. */
+static int stm32_identifies_after_install(void *priv)
+{
+        const struct stm32 *s = priv;
+
+        return !s->go || s->entry.n > 0;
+}
+
 /* The ROM bootloader's USART runs 8 data bits with even parity (AN3155). */
 static const char *const stm32_link_defaults[] = {"parity=even", NULL};
 
@@ -1757,4 +1766,5 @@ const struct gw_protocol_ops gw_protocol_stm32_ops = {
     .options = stm32_options,
     .check_image = stm32_check_image,
     .link_defaults = stm32_link_defaults,
+    .identifies_after_install = stm32_identifies_after_install,
 };

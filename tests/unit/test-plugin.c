@@ -368,6 +368,34 @@ static void test_link_defaults_and_installed(void **state)
         gw_options_free(t);
 }
 
+/* Whether identify reaches a node after an install: protocols that cannot tell say yes; stm32
+ * says no after GO unless an entry sequence brings the bootloader back. */
+static void test_identifies_after_install(void **state)
+{
+        const struct gw_protocol_ops *st = gw_protocol_find("stm32"),
+                                     *y = gw_protocol_find("ymodem");
+        struct gw_options *o = gw_options_new();
+
+        assert_non_null(o);
+        assert_false(gw_plugin_identifies_after_install(NULL, o));
+        if (y)
+                assert_false(gw_plugin_identifies_after_install(y, o)); /* no identify at all */
+        assert_true(gw_plugin_identifies_after_install(&v5_ops, o) == false); /* no identify */
+        if (st) {
+                assert_false(gw_plugin_identifies_after_install(st, o));
+                assert_int_equal(gw_options_set(o, "go", "false"), 0);
+                assert_true(gw_plugin_identifies_after_install(st, o));
+                assert_int_equal(gw_options_set(o, "go", "true"), 0);
+                assert_int_equal(gw_options_set(o, "entry", "rts=1,dtr=1,wait=10,dtr=0,wait=50"),
+                                 0);
+                assert_true(gw_plugin_identifies_after_install(st, o));
+                /* Options init() refuses: it cannot say yes. */
+                assert_int_equal(gw_options_set(o, "go", "maybe"), 0);
+                assert_false(gw_plugin_identifies_after_install(st, o));
+        }
+        gw_options_free(o);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -380,6 +408,7 @@ int main(void)
             cmocka_unit_test(test_check_options),
             cmocka_unit_test(test_check_image),
             cmocka_unit_test(test_link_defaults_and_installed),
+            cmocka_unit_test(test_identifies_after_install),
         };
 
         gw_log_set_max_level(getenv("GW_TEST_VERBOSE") ? LOG_DEBUG : LOG_EMERG);
