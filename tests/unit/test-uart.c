@@ -305,6 +305,20 @@ static void test_enumerate(void **state)
         assert_int_equal(r, n > 0 ? 42 : 0);
 }
 
+/* Parity on a pty, opened again and again (as gatewayd does per deployment): the pty drops
+ * parity, which must not make the second open fail (glibc's tcsetattr() reads PARENB back). */
+static void test_parity_on_pty_reopened(void **state)
+{
+        struct fixture *f = *state;
+
+        for (int i = 0; i < 3; i++) {
+                assert_int_equal(open_with(f, f->slave, "parity", "even", "baud", "460800", NULL),
+                                 0);
+                ops->close(f->priv);
+                f->open = false;
+        }
+}
+
 /* A pty has no modem lines: set_lines says so (-ENOTTY) instead of pretending; a line the ABI
  * does not name is refused. */
 static void test_set_lines_pty(void **state)
@@ -347,6 +361,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_missing_and_wrong_paths, setup, teardown),
             cmocka_unit_test(test_enumerate),
             cmocka_unit_test_setup_teardown(test_set_lines_pty, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_parity_on_pty_reopened, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -289,7 +289,7 @@ static int set_custom_speed(int fd, uint32_t baud)
 
 /* The termios path: pseudo-terminals and ttys libserialport refuses. A pty has no line: it takes
  * any speed and silently drops parity, so nothing is read back to verify. */
-static int open_termios(struct uart *u, const struct uart_settings *set)
+static int open_termios(struct uart *u, const struct uart_settings *set, bool pty)
 {
         static const tcflag_t csize[] = {[5] = CS5, [6] = CS6, [7] = CS7, [8] = CS8};
         struct termios tio;
@@ -308,7 +308,10 @@ static int open_termios(struct uart *u, const struct uart_settings *set)
         tio.c_cflag |= CLOCAL | CREAD;
         tio.c_cflag &= ~(tcflag_t) (CSIZE | PARENB | PARODD | CSTOPB | CRTSCTS);
         tio.c_cflag |= csize[set->data_bits];
-        if (set->parity != PARITY_NONE)
+        /* A pty has no line to carry parity: its driver clears PARENB, and glibc's tcsetattr()
+         * then reads the settings back and fails with EINVAL (depending on what the previous
+         * settings were), so parity is not asked of one. */
+        if (set->parity != PARITY_NONE && !pty)
                 tio.c_cflag |= PARENB | (set->parity == PARITY_ODD ? PARODD : 0);
         if (set->stop_bits == 2)
                 tio.c_cflag |= CSTOPB;
@@ -385,7 +388,7 @@ static int uart_open(void *priv, const struct gw_options *opts,
                 }
                 debug(svc, "%s: libserialport cannot drive it, using termios", set.port);
         }
-        r = open_termios(u, &set);
+        r = open_termios(u, &set, is_pty_slave(&st));
         if (r >= 0)
                 debug(svc, "%s: %s opened through termios, %u baud", set.port,
                       is_pty_slave(&st) ? "pseudo-terminal" : "tty", set.baud);
