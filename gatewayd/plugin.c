@@ -27,6 +27,9 @@ extern const struct gw_protocol_ops gw_protocol_ymodem_ops;
 #ifdef GW_BUILTIN_PROTOCOL_DFU
 extern const struct gw_protocol_ops gw_protocol_dfu_ops;
 #endif
+#ifdef GW_BUILTIN_PROTOCOL_SMP
+extern const struct gw_protocol_ops gw_protocol_smp_ops;
+#endif
 
 static const struct gw_transport_ops *const builtin_transports[] = {
 #ifdef GW_BUILTIN_TRANSPORT_UART
@@ -44,6 +47,9 @@ static const struct gw_protocol_ops *const builtin_protocols[] = {
 #endif
 #ifdef GW_BUILTIN_PROTOCOL_DFU
     &gw_protocol_dfu_ops,
+#endif
+#ifdef GW_BUILTIN_PROTOCOL_SMP
+    &gw_protocol_smp_ops,
 #endif
     NULL,
 };
