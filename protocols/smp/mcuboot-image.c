@@ -71,9 +71,9 @@ static int64_t walk_area(const struct gw_reader *r, uint64_t off, uint16_t magic
         if (k < 0)
                 return k;
         if (le16(h) != magic)
-                return bad(why, why_size,
-                           "no %s TLV area at %" PRIu64 " (magic 0x%04x, expected 0x%04x)",
-                           magic == GW_MCUBOOT_TLV_PROT ? "protected" : "", off, le16(h), magic);
+                return bad(why, why_size, "no %s at %" PRIu64 " (magic 0x%04x, expected 0x%04x)",
+                           magic == GW_MCUBOOT_TLV_PROT ? "protected TLV area" : "TLV area", off,
+                           le16(h), magic);
         end = off + le16(h + 2);
         if (le16(h + 2) < 4 || end > r->size)
                 return bad(why, why_size,
@@ -124,14 +124,13 @@ int gw_mcuboot_parse(const struct gw_reader *reader, struct gw_mcuboot_image *re
         if (!reader || !reader->pread || !ret)
                 return -EINVAL;
         if (reader->size < GW_MCUBOOT_HEADER_SIZE)
-                return bad(why, why_size, "%" PRIu64 " bytes: shorter than an MCUboot header",
+                return bad(why, why_size, "%" PRIu64 " bytes, shorter than an MCUboot header",
                            reader->size);
         k = read_exact(reader, h, sizeof(h), 0);
         if (k < 0)
                 return k;
         if (le32(h) != GW_MCUBOOT_MAGIC)
-                return bad(why, why_size,
-                           "not an MCUboot image (magic 0x%08" PRIx32 ", expected 0x%08x)", le32(h),
+                return bad(why, why_size, "magic 0x%08" PRIx32 ", expected 0x%08x", le32(h),
                            GW_MCUBOOT_MAGIC);
         img.load_addr = le32(h + 4);
         img.hdr_size = le16(h + 8);

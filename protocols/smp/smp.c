@@ -639,13 +639,14 @@ static int plan_upload(struct smp *s)
 
 /* ---- upload --------------------------------------------------------------------------------- */
 
+/* Upload requests the node may still hold, stale ones included: they take its buffers until it
+ * answered them (or they were lost and timed out), so they count against the window. */
 static size_t uploads_in_flight(const struct smp *s)
 {
         size_t n = 0;
 
         for (size_t i = 0; i < PENDING_MAX; i++)
-                if (s->pending[i].used && s->pending[i].cmd == CMD_UPLOAD &&
-                    s->pending[i].epoch == s->epoch)
+                if (s->pending[i].used && s->pending[i].cmd == CMD_UPLOAD)
                         n++;
         return n;
 }
@@ -723,12 +724,10 @@ static int fill_window(struct smp *s)
         return GW_PROTO_CONTINUE;
 }
 
-/* The window starts over from what the node holds; answers to what is in flight are stale. */
+/* The window starts over from what the node holds: what is in flight becomes stale, and its
+ * answers are only taken off the window. */
 static void restart_window(struct smp *s, uint64_t from)
 {
-        for (size_t i = 0; i < PENDING_MAX; i++)
-                if (s->pending[i].cmd == CMD_UPLOAD)
-                        s->pending[i].used = false;
         s->epoch++;
         s->next = from;
 }
@@ -1427,6 +1426,11 @@ static int smp_timeout(void *priv)
         }
         switch (s->state) {
         case SMP_UPLOAD:
+                expired->used = false;
+                if (expired->epoch != s->epoch) {
+                        /* A stale request lost on the way: it no longer takes a buffer. */
+                        return fill_window(s);
+                }
                 return upload_timeout(s);
         case SMP_RESET:
                 /* The node may reset before its answer leaves. */
