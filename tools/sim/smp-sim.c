@@ -1859,8 +1859,9 @@ int main(int argc, char **argv)
                 }
         }
         s.t_start_ns = gw_pace_now_ns();
-        /* Powered on: MCUboot, then the application. */
-        s.off_until_ns = s.t_start_ns + s.boot_ms * NSEC_PER_MSEC;
+        /* The device has been running for a while when a host comes: the application answers
+         * from the ready line on. */
+        app_start(&s);
         fprintf(stderr, "smp-sim: ready %s\n", s.link ? s.link : s.slave);
         vlog(&s, "serving %s at %u baud, buffers %" PRIu64 " x %" PRIu64 ", slot 0: %s", s.slave,
              s.baud, s.buf_size, s.buf_count, in0.version);
