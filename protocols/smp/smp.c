@@ -1425,13 +1425,19 @@ static int smp_timeout(void *priv)
                 return result(s);
         }
         switch (s->state) {
-        case SMP_UPLOAD:
-                expired->used = false;
-                if (expired->epoch != s->epoch) {
-                        /* A stale request lost on the way: it no longer takes a buffer. */
-                        return fill_window(s);
-                }
-                return upload_timeout(s);
+        case SMP_UPLOAD: {
+                bool current = false;
+
+                /* Every request whose time is up is lost: it no longer takes a buffer. Only one
+                 * of the current window counts as a try; stale ones were given up already. */
+                for (size_t i = 0; i < PENDING_MAX; i++)
+                        if (s->pending[i].used && s->pending[i].deadline &&
+                            s->pending[i].deadline <= t) {
+                                current = current || s->pending[i].epoch == s->epoch;
+                                s->pending[i].used = false;
+                        }
+                return current ? upload_timeout(s) : fill_window(s);
+        }
         case SMP_RESET:
                 /* The node may reset before its answer leaves. */
                 debug(s, "smp: no answer to the reset: assuming the node went down");
@@ -1447,7 +1453,10 @@ static int smp_timeout(void *priv)
                 enum smp_cmd cmd = expired->cmd;
                 int r;
 
-                expired->deadline = 0; /* a late answer still counts */
+                /* A late answer to an earlier try still counts. */
+                for (size_t i = 0; i < PENDING_MAX; i++)
+                        if (s->pending[i].deadline <= t)
+                                s->pending[i].deadline = 0;
                 if (s->retries >= s->retries_max) {
                         if (s->state == SMP_ID_PARAMS)
                                 return succeed(s); /* identify says what it knows */
