@@ -139,6 +139,7 @@ struct upload {
 struct request {
         uint8_t *pkt;
         size_t len;
+        uint64_t rx_ns; /* when its first line began to arrive */
 };
 
 /* Faults waiting to fire; counts are from when they were armed. */
@@ -189,7 +190,9 @@ struct sim {
         uint8_t line[LINE_MAX_RX + 1];
         bool frame_open;
         size_t frame_want, frame_have;
-        uint8_t *frame; /* buf_size bytes: the device's reassembly buffer */
+        uint64_t line_ns, frame_ns; /* when the line, and the frame, began to arrive */
+        uint64_t serving_rx_ns;     /* the request being served: when it began to arrive */
+        uint8_t *frame;             /* buf_size bytes: the device's reassembly buffer */
 
         /* requests waiting and the one being served */
         struct request queue[QUEUE_MAX];
@@ -819,7 +822,7 @@ static uint64_t upload(struct sim *s, const uint8_t *req, const cbor_item_t *bod
                         s->resumes++;
                         s->up.session_bytes = 0;
                         s->up.resumed_from = s->up.off;
-                        s->up.t0_ns = gw_pace_now_ns();
+                        s->up.t0_ns = s->serving_rx_ns;
                         goto answer;
                 }
                 if (s->swap != SWAP_NONE) {
@@ -850,7 +853,7 @@ static uint64_t upload(struct sim *s, const uint8_t *req, const cbor_item_t *bod
                     .active = true,
                     .size = len,
                     .sha_len = sha_len,
-                    .t0_ns = gw_pace_now_ns(),
+                    .t0_ns = s->serving_rx_ns,
                 };
                 memcpy(s->up.sha, sha, sha_len);
                 vlog(s, "upload of %" PRIu64 " bytes starts", len);
@@ -897,7 +900,10 @@ answer:
                 s->last_upload_size = s->up.size;
                 s->last_upload_bytes = s->up.session_bytes;
                 s->last_upload_resumed_from = s->up.resumed_from;
-                s->last_upload_ms = (gw_pace_now_ns() - s->up.t0_ns) / NSEC_PER_MSEC;
+                /* From the first line of the first request to this answer's leaving. */
+                s->last_upload_ms =
+                    (gw_pace_now_ns() + t + s->turnaround_us * NSEC_PER_USEC - s->up.t0_ns) /
+                    NSEC_PER_MSEC;
                 vlog(s, "upload complete: %" PRIu64 " bytes (%" PRIu64 " this session)", s->up.size,
                      s->up.session_bytes);
                 memset(&s->up, 0, sizeof(s->up));
@@ -1100,6 +1106,7 @@ static void enqueue(struct sim *s, const uint8_t *pkt, size_t len)
                 return;
         memcpy(r->pkt, pkt, len);
         r->len = len;
+        r->rx_ns = s->frame_ns;
         s->qlen++;
         if (s->qlen > s->max_queued)
                 s->max_queued = s->qlen;
@@ -1152,6 +1159,7 @@ static void take_line(struct sim *s)
                 s->frame_want = (size_t) raw[0] << 8 | raw[1];
                 s->frame_have = 0;
                 s->frame_open = true;
+                s->frame_ns = s->line_ns;
                 /* The decoded frame must fit the device's buffer, length field included. */
                 if (s->frame_want + 2 > s->buf_size) {
                         s->too_big++;
@@ -1184,7 +1192,7 @@ static void take_line(struct sim *s)
         enqueue(s, s->frame, s->frame_want - 2);
 }
 
-static void rx_byte(struct sim *s, uint8_t c)
+static void rx_byte(struct sim *s, uint8_t c, uint64_t now)
 {
         if (s->in_line) {
                 if (c == '\n') {
@@ -1202,6 +1210,7 @@ static void rx_byte(struct sim *s, uint8_t c)
                 s->frame_open = false;
         }
         if (s->marker == 0x06 && c == 0x09) {
+                s->line_ns = now;
                 s->in_line = true;
                 s->initial = true;
                 s->line_len = 0;
@@ -1278,6 +1287,7 @@ static void work(struct sim *s, uint64_t now)
 
                 s->answer_len = 0;
                 s->answer_none = false;
+                s->serving_rx_ns = r->rx_ns;
                 t = serve(s, r->pkt, r->len);
                 if (s->answer_none) {
                         s->answer_none = false;
@@ -1491,7 +1501,7 @@ static int run(struct sim *s)
                         if (!s->app_up || s->off_until_ns || s->reset_at_ns || s->hung)
                                 continue;
                         for (size_t i = 0; i < n; i++)
-                                rx_byte(s, buf[i]);
+                                rx_byte(s, buf[i], now);
                 }
                 work(s, now);
                 flush_tx(s);
