@@ -47,7 +47,10 @@ struct host {
         uint8_t image[IMAGE_MAX];
         size_t size;
         uint8_t hash[32];
-        uint64_t buf_size; /* what the model told the plugin (0: not yet) */
+        /* The largest buffer the plugin may have taken from an answer (0: none yet); an
+         * answer from the input may have said anything: then it is not checked. */
+        uint64_t buf_size;
+        bool buf_unknown;
         uint64_t progress;
 
         struct req pending[PENDING_MAX];
@@ -135,7 +138,7 @@ static void check_packet(struct host *h, const uint8_t *p, size_t len)
         body_len = (size_t) p[2] << 8 | p[3];
         fuzz_check(body_len == len - 8);
         fuzz_check(p[1] == 0 && (p[0] & 0xe0) == 0);
-        if (h->buf_size)
+        if (h->buf_size && !h->buf_unknown)
                 fuzz_check((len + 4 + 2) / 3 * 3 <= h->buf_size);
         r = (struct req){
             .op = p[0] & 7, .group = (uint16_t) (p[4] << 8 | p[5]), .seq = p[6], .id = p[7]};
@@ -338,12 +341,19 @@ static cbor_item_t *model_answer(struct host *h, const struct req *q, uint8_t ar
         cbor_item_t *m = cbor_new_definite_map(4);
 
         if (arg & 0x10) {
+                /* Without buffer parameters the plugin assumes 256 bytes. */
+                if (q->group == 0 && q->id == 6 && h->buf_size < 256)
+                        h->buf_size = 256;
                 put(m, "rc", cbor_build_uint8(arg & 0x0f));
                 return m;
         }
         if (q->group == 0 && q->id == 6) {
-                h->buf_size = 128 + (uint64_t) (arg & 7) * 200;
-                put(m, "buf_size", cbor_build_uint16((uint16_t) h->buf_size));
+                uint64_t b = 128 + (uint64_t) (arg & 7) * 200;
+
+                /* A late answer to a resend may be ignored: the largest told is the bound. */
+                if (b > h->buf_size)
+                        h->buf_size = b;
+                put(m, "buf_size", cbor_build_uint16((uint16_t) b));
                 put(m, "buf_count", cbor_build_uint8((uint8_t) (1 + (arg >> 3 & 1) * 3)));
         } else if (q->group == 0 && q->id == 5) {
                 h->resetting = true;
@@ -493,6 +503,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                         if (n > size - i)
                                 n = size - i;
                         if ((a & 7) == 1) {
+                                if (q.group == 0 && q.id == 6)
+                                        h.buf_unknown = true;
                                 deliver(&h, priv, hdr, data + i, n, &r);
                                 i += n;
                         } else {
