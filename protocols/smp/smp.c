@@ -1040,14 +1040,31 @@ static int add_fact(struct smp *s, const char *key, const char *value)
         return gw_options_set(s->facts, key, value) < 0 ? -ENOMEM : 0;
 }
 
+/* img_mgmt prints a build number as a fourth field ("1.4.2.5"); imgtool, manifests and the
+ * engine's version check (which ignores build metadata, as semver does) spell it "1.4.2+5". A
+ * version of another shape is passed on as the device sent it. */
+static void semver_spelling(const char *v, char *buf, size_t n)
+{
+        unsigned a, b, c;
+        unsigned long d;
+        int end = 0;
+
+        if (sscanf(v, "%u.%u.%u.%lu%n", &a, &b, &c, &d, &end) == 4 && v[end] == '\0' &&
+            strspn(v, "0123456789.") == strlen(v))
+                snprintf(buf, n, "%u.%u.%u+%lu", a, b, c, d);
+        else
+                snprintf(buf, n, "%s", v);
+}
+
 static int answer_state_identify(struct smp *s, const struct node_state *ns)
 {
-        char h[2 * GW_SMP_HASH_LEN + 1];
+        char h[2 * GW_SMP_HASH_LEN + 1], v[GW_SMP_VERSION_MAX + 8];
         int r = 0;
 
         if (ns->have_active) {
-                if (ns->active.version[0])
-                        r = add_fact(s, "version", ns->active.version);
+                semver_spelling(ns->active.version, v, sizeof(v));
+                if (v[0])
+                        r = add_fact(s, "version", v);
                 if (r == 0 && ns->active.have_hash) {
                         hex(ns->active.hash, GW_SMP_HASH_LEN, h);
                         r = add_fact(s, "hash", h);
@@ -1056,8 +1073,9 @@ static int answer_state_identify(struct smp *s, const struct node_state *ns)
                         r = add_fact(s, "confirmed", ns->active.confirmed ? "true" : "false");
         }
         if (r == 0 && ns->have_slot1) {
-                if (ns->slot1.version[0])
-                        r = add_fact(s, "slot1-version", ns->slot1.version);
+                semver_spelling(ns->slot1.version, v, sizeof(v));
+                if (v[0])
+                        r = add_fact(s, "slot1-version", v);
                 if (r == 0 && ns->slot1.have_hash) {
                         hex(ns->slot1.hash, GW_SMP_HASH_LEN, h);
                         r = add_fact(s, "slot1-hash", h);

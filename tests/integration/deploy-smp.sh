@@ -38,7 +38,8 @@ mkimg() { "$PY" "$MKIMG" "$@"; }
 # Each node starts running its own 0.9.0; the deployments bring 1.0.0, then 2.0.0.
 for n in 1 2; do
         mkimg --version 0.9.0 --size 9000 --seed $((n * 10)) "$work/node-$n-0.9.0.bin"
-        mkimg --version 1.0.0 --size $((20000 + n * 3000)) --seed $((n * 10 + 1)) \
+        # With a build number: the device prints 1.0.0.3, the manifest says 1.0.0+3.
+        mkimg --version 1.0.0+3 --size $((20000 + n * 3000)) --seed $((n * 10 + 1)) \
                 "$work/www/app-node-$n-1.0.0.bin"
         mkimg --version 2.0.0 --size $((25000 + n * 3000)) --seed $((n * 10 + 2)) \
                 "$work/www/app-node-$n-2.0.0.bin"
@@ -77,15 +78,15 @@ GW_PIDS+=("$gwpid")
 
 seq_no=$(date +%s)
 expires=$(date -u -d '+1 day' +%Y-%m-%dT%H:%M:%SZ)
-# manifest ID ATOMIC VERSION: app-node-N VERSION to node-N, both at once.
+# manifest ID ATOMIC TAG VERSION: app-node-N-TAG.bin, version VERSION, to node-N, both at once.
 manifest() {
-        local id=$1 atomic=$2 v=$3 n f
+        local id=$1 atomic=$2 tag=$3 v=$4 n f
         seq_no=$((seq_no + 1))
         {
                 printf 'kind: gatewayd/manifest\nformat: 1\nid: %s\nsequence: %s\n' "$id" "$seq_no"
                 printf 'expires: %s\npolicy: { parallel: 2, atomic: %s }\nimages:\n' "$expires" "$atomic"
                 for n in 1 2; do
-                        f=app-node-$n-$v.bin
+                        f=app-node-$n-$tag.bin
                         echo "  - name: app-node-$n"
                         echo "    version: $v"
                         echo "    targets: { node: node-$n }"
@@ -133,9 +134,9 @@ PY
 }
 
 # ---- 1. both nodes take 1.0.0 -----------------------------------------------------------------
-manifest s1 false 1.0.0
+manifest s1 false 1.0.0 1.0.0+3
 final=$(wait_final s1)
-check "s1: the deployment succeeds (got $(q get "$final" state) $(q get "$final" error.message))" \
+check "s1: the deployment succeeds, identify's 1.0.0+3 matching the manifest (got $(q get "$final" state) $(q get "$final" error.message))" \
         test "$(q get "$final" state)" = success
 for n in node-1 node-2; do
         check "s1: $n is success in the final report" test "$(q get "$final" "nodes.$n.state")" = success
@@ -147,14 +148,14 @@ done
 
 # ---- 2. atomic 2.0.0: node-2's image does not confirm; node-1 goes back ----------------------
 timeout 5 sh -c "printf 'crash-after-swap\\n' >'$work/node-2.ctl'" || fail "cannot arm node-2"
-manifest s2 true 2.0.0
+manifest s2 true 2.0.0 2.0.0
 final=$(wait_final s2)
 check "s2: the atomic deployment fails (got $(q get "$final" state))" test "$(q get "$final" state)" = failed
 check "s2: node-2 carries flash-failed (got $(q get "$final" nodes.node-2.error.code))" \
         test "$(q get "$final" nodes.node-2.error.code)" = flash-failed
 msg=$(q get "$final" nodes.node-2.error.message)
 check "s2: ... its message names the revert ($msg)" \
-        eval 'case "$msg" in *reverted*previous\ image\ 1.0.0*) true ;; *) false ;; esac'
+        eval 'case "$msg" in *reverted*previous\ image\ 1.0.0.3*) true ;; *) false ;; esac'
 check "s2: node-2 runs 1.0.0 again, confirmed (MCUboot reverted it)" runs node-2 1.0.0
 st=$(states node-1 s2)
 check "s2: node-1 took 2.0.0 and was rolled back ($st)" \
@@ -162,8 +163,8 @@ check "s2: node-1 took 2.0.0 and was rolled back ($st)" \
 check "s2: node-1 is reverted in the final report (got $(q get "$final" nodes.node-1.state))" \
         test "$(q get "$final" nodes.node-1.state)" = reverted
 check "s2: ... and runs 1.0.0 again, confirmed" runs node-1 1.0.0
-check "s2: ... the final report says node-1 runs 1.0.0" \
-        test "$(q get "$final" nodes.node-1.version)" = 1.0.0
+check "s2: ... the final report says node-1 runs 1.0.0+3" \
+        test "$(q get "$final" nodes.node-1.version)" = 1.0.0+3
 check "s2: node-1's device swapped three times (0.9.0->1.0.0, ->2.0.0, ->1.0.0)" \
         test "$(gw_report_field "$work/node-1.json" swaps)" = 3
 echo "  (node-2 in the final report: $(q get "$final" nodes.node-2.state); its states: $(states node-2 s2))"

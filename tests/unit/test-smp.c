@@ -1834,7 +1834,7 @@ static void test_identify(void **state)
         model_start(&w, 2); /* runs the new image unconfirmed, slot 1 the old */
         r = drive(&w, w.f.ops->identify(w.f.priv, facts));
         assert_int_equal(r, GW_PROTO_DONE);
-        assert_string_equal(gw_options_get(facts, "version"), "1.4.2.5");
+        assert_string_equal(gw_options_get(facts, "version"), "1.4.2+5");
         hexs(w.img.hash, 32, h);
         assert_string_equal(gw_options_get(facts, "hash"), h);
         assert_string_equal(gw_options_get(facts, "confirmed"), "false");
