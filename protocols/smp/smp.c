@@ -901,7 +901,8 @@ static int answer_params(struct smp *s, const struct pending *p, const struct gw
                 debug(s, "smp: no buffer parameters from the node, assuming %" PRIu64 " x %" PRIu64,
                       s->buf_size, s->buf_count);
         } else {
-                if (rsp->buf_size < 64 || rsp->buf_size > 0xffff + 4)
+                /* Larger than a frame can announce is no use: packets stop at 65533 bytes. */
+                if (rsp->buf_size < 64)
                         return fail(s, -EPROTO,
                                     "the node reports a buffer size of %" PRIu64 " bytes",
                                     rsp->buf_size);
