@@ -730,6 +730,10 @@ static void restart_window(struct smp *s, uint64_t from)
 {
         s->epoch++;
         s->next = from;
+        /* From the start again (the node lost the upload: it reset): the first request erases
+         * the slot once more, so it goes alone and with the erase's time. */
+        if (from == 0)
+                s->first_answered = false;
 }
 
 static void report_progress(struct smp *s)
