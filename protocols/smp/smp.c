@@ -797,8 +797,9 @@ static int answer_upload(struct smp *s, const struct pending *p, const struct gw
                             " bytes",
                             rsp->off, s->reader->size);
         if (p->epoch != s->epoch) {
+                /* It moves nothing, but its place in the window is free again. */
                 debug(s, "smp: stale upload answer (off %" PRIu64 ") ignored", rsp->off);
-                return GW_PROTO_CONTINUE;
+                return fill_window(s);
         }
         if (!s->first_answered && p->off == 0 && rsp->off > 0 && rsp->off != expected)
                 debug(s, "smp: the node already holds %" PRIu64 " bytes of this image: resuming",

@@ -353,6 +353,9 @@ struct model {
         bool early_poll;       /* the first poll is answered before the reset happens */
         bool silent;           /* nothing answers, ever */
         bool refuse_confirm;   /* the confirm is refused (IMG_MGMT_ERR_IMAGE_CONFIRMATION_DENIED) */
+        uint64_t lose_upload_at; /* resets when an upload reaches this offset: that request goes
+                                  * unanswered and the upload state is lost (img_mgmt's is RAM) */
+        unsigned down;           /* upload requests lost while it reboots */
 
         /* state */
         const struct image *img, *old;
@@ -604,6 +607,14 @@ static void model_upload(struct world *w, const uint8_t *req, const cbor_item_t 
                         goto answer;
         }
         assert_true(off + n <= m->up_size);
+        if (m->lose_upload_at && off + n >= m->lose_upload_at) {
+                m->lose_upload_at = 0;
+                m->up_active = false;
+                m->up_off = 0;
+                m->in_flight--; /* gone with the reset */
+                m->down = 2;    /* and the rest of the window, while it reboots */
+                return;
+        }
         memcpy(m->data + off, cbor_bytestring_handle(data_i), n);
         m->up_off += n;
         m->data_bytes += n;
@@ -682,6 +693,9 @@ static void model_request(struct world *w, const uint8_t *pkt, size_t len)
                 if (m->drop_upload && m->uploads + 1 == m->drop_upload) {
                         m->uploads++;
                         m->drop_upload = 0;
+                } else if (m->down) {
+                        m->uploads++;
+                        m->down--;
                 } else if (!m->silent) {
                         m->in_flight++;
                         if (m->in_flight > m->in_flight_max)
@@ -1556,6 +1570,17 @@ static const struct flow flows[] = {
      false,
      true,
      1},
+    {"the node resets mid-upload and loses it: from 0 again",
+     "request-timeout-ms=500",
+     20000,
+     {.buf_size = 384, .buf_count = 4, .lose_upload_at = 9000},
+     GW_PROTO_DONE,
+     NULL,
+     3,
+     -1,
+     false,
+     true,
+     1},
     {"lost first request",
      NULL,
      6000,
@@ -1795,7 +1820,7 @@ static void test_flow(void **state)
         if (row->partial)
                 assert_true(w.m.data_bytes < w.img.size);
         if (row->result == GW_PROTO_DONE && !row->partial && w.m.uploads && !row->m.rc_upload &&
-            !row->m.drop_upload)
+            !row->m.drop_upload && !row->m.lose_upload_at)
                 assert_int_equal(w.m.data_bytes, w.img.size);
         if (row->runs_new) {
                 assert_memory_equal(w.m.slot0.hash, w.img.hash, 32);
