@@ -986,7 +986,6 @@ static void reboot(struct sim *s, const char *why)
 {
         uint64_t t = s->boot_ms * NSEC_PER_MSEC, kb = 0;
         struct info in1;
-        bool crashed = false;
 
         vlog(s, "reset (%s)", why);
         s->resets++;
@@ -1027,7 +1026,6 @@ static void reboot(struct sim *s, const char *why)
                         /* The new application faults before anything confirms it; the watchdog
                          * resets the board and MCUboot swaps back. */
                         s->faults.crash_after_swap = false;
-                        crashed = true;
                         console_line(s, "I: Jumping to the first image slot");
                         console_line(s, "*** Booting Zephyr OS build v3.5.0 ***");
                         console_line(s, "E: ***** HARD FAULT *****");
@@ -1057,7 +1055,6 @@ static void reboot(struct sim *s, const char *why)
                 console_line(s, "I: Swap type: none");
                 break;
         }
-        (void) crashed;
         console_line(s, "I: Bootloader chainload address offset: 0xc000");
         console_line(s, "I: Jumping to the first image slot");
         s->off_until_ns = gw_pace_now_ns() + t;
