@@ -36,6 +36,9 @@ extern const struct gw_protocol_ops gw_protocol_uds_ops;
 #ifdef GW_BUILTIN_PROTOCOL_STM32
 extern const struct gw_protocol_ops gw_protocol_stm32_ops;
 #endif
+#ifdef GW_BUILTIN_PROTOCOL_SMP
+extern const struct gw_protocol_ops gw_protocol_smp_ops;
+#endif
 
 static const struct gw_transport_ops *const builtin_transports[] = {
 #ifdef GW_BUILTIN_TRANSPORT_UART
@@ -62,6 +65,9 @@ static const struct gw_protocol_ops *const builtin_protocols[] = {
 #endif
 #ifdef GW_BUILTIN_PROTOCOL_STM32
     &gw_protocol_stm32_ops,
+#endif
+#ifdef GW_BUILTIN_PROTOCOL_SMP
+    &gw_protocol_smp_ops,
 #endif
     NULL,
 };
