@@ -124,6 +124,10 @@ void gw_deploy_identify_phase(struct deployment *d)
         static const struct gw_flash_callbacks cbs = {.finished = on_identify_finished};
 
         d->phase = PHASE_IDENTIFY;
+        /* The images as files first (no facts yet: a DFU file's CRC, an MCUboot header): one a
+         * protocol refuses fails the deployment before any node is even asked. */
+        if (!gw_deploy_check_images(d))
+                return;
         for (size_t i = 0; i < d->n_nodes && d->phase == PHASE_IDENTIFY; i++) {
                 struct node_rt *n = d->nodes[i];
                 const struct gw_manifest_image *img = &d->m->images[n->image];

@@ -256,6 +256,17 @@ static int identify_node(struct run *run, const struct gw_protocol_ops *p,
         char why[512];
         int r;
 
+        /* The file itself first: one the protocol cannot take (not an MCUboot image, a DFU
+         * file for other ids) is refused before a byte reaches the node. */
+        if (reader) {
+                r = gw_plugin_check_image(p, opts, reader, NULL, why, sizeof(why));
+                if (r < 0) {
+                        if (run->json)
+                                print_result_event("failed", why);
+                        gw_log_error("Not flashing %s: %s", reader->name, why);
+                        return r;
+                }
+        }
         run->finished = false;
         run->result = 0;
         run->reason[0] = '\0';
