@@ -169,6 +169,25 @@ check "s2: node-1's device swapped three times (0.9.0->1.0.0, ->2.0.0, ->1.0.0)"
         test "$(gw_report_field "$work/node-1.json" swaps)" = 3
 echo "  (node-2 in the final report: $(q get "$final" nodes.node-2.state); its states: $(states node-2 s2))"
 
+# ---- 3. 1.0.0 again: both run it (their image hash says so), nothing is written ---------------
+swaps1=$(gw_report_field "$work/node-1.json" swaps)
+manifest s3 false 1.0.0 1.0.0+3
+final=$(wait_final s3)
+check "s3: the deployment succeeds (got $(q get "$final" state) $(q get "$final" error.message))" \
+        test "$(q get "$final" state)" = success
+for n in node-1 node-2; do
+        check "s3: $n is unchanged in the final report" \
+                test "$(q get "$final" "nodes.$n.unchanged")" = True -o \
+                "$(q get "$final" "nodes.$n.unchanged")" = true
+done
+check "s3: gatewayd says node-1 already runs it" \
+        grep -q "node-1: already runs app-node-1 1.0.0+3 (its protocol says so); not flashed" \
+        "$work/gatewayd.log"
+timeout 5 sh -c "printf 'report\\n' >'$work/node-1.ctl'"
+sleep 0.5
+check "s3: node-1's device was not swapped again ($(gw_report_field "$work/node-1.json" swaps) swaps)" \
+        test "$(gw_report_field "$work/node-1.json" swaps)" = "$swaps1"
+
 if [ "$failures" -ne 0 ]; then
         echo "--- gatewayd log (last 30 lines) ---"
         tail -n 30 "$work/gatewayd.log"
