@@ -14,7 +14,7 @@
 #include "gw/options.h"
 #include "gw/plugin.h"
 
-#include "../../protocols/ymodem/crc16.h"
+#include "../../protocols/common/crc16.h"
 #include "fake-link.h"
 
 extern const struct gw_protocol_ops gw_protocol_ymodem_ops;

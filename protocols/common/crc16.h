@@ -1,5 +1,6 @@
 /* CRC-16/XMODEM (polynomial 0x1021, initial value 0, no reflection, no final xor): the check
- * value XMODEM and YMODEM append big-endian to every block. Internal to the ymodem plugin. */
+ * value XMODEM and YMODEM append big-endian to every block, and MCUboot's serial framing after
+ * every SMP packet. Shared by the ymodem and smp plugins (protocols/common). */
 #pragma once
 
 #include <stddef.h>
