@@ -194,6 +194,14 @@ static void flash_progress(void *ctx, uint64_t done, uint64_t total)
                 f->cb->progress(f->userdata, done, total);
 }
 
+static void flash_resumed(void *ctx, uint64_t offset)
+{
+        struct gw_flash *f = ctx;
+
+        if (f->running && f->cb && f->cb->resumed)
+                f->cb->resumed(f->userdata, offset);
+}
+
 __attribute__((format(printf, 2, 3))) static void flash_set_error(void *ctx, const char *fmt, ...)
 {
         struct gw_flash *f = ctx;
@@ -593,6 +601,7 @@ int gw_flash_new(struct gw_loop *loop, const char *name, const struct gw_transpo
             .set_error = flash_set_error,
             .now_us = flash_now_us,
             .set_deadline_us = flash_set_deadline_us,
+            .resumed = flash_resumed,
         };
         if (t->shape == GW_LINK_STREAM && t->version >= 4 && t->set_lines)
                 f->host.set_lines = flash_set_lines;

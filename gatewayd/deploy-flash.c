@@ -107,6 +107,23 @@ int gw_deploy_node_reader_open(struct deployment *d, struct node_rt *n, const ui
         return r;
 }
 
+void gw_deploy_on_flash_resumed(void *userdata, uint64_t offset)
+{
+        struct node_rt *n = userdata;
+
+        n->resumed_from = offset;
+        if (n->confirmed_at_start)
+                gw_log_info("%s: resuming at %llu of %llu bytes (%llu were confirmed before the "
+                            "interruption)",
+                            n->cfg->name, (unsigned long long) offset,
+                            (unsigned long long) n->total,
+                            (unsigned long long) n->confirmed_at_start);
+        else
+                gw_log_info("%s: resuming at %llu of %llu bytes (the node kept them)", n->cfg->name,
+                            (unsigned long long) offset, (unsigned long long) n->total);
+        gw_deploy_publish_node(n->dep->engine, n);
+}
+
 void gw_deploy_on_flash_progress(void *userdata, uint64_t done, uint64_t total)
 {
         struct node_rt *n = userdata;
@@ -115,25 +132,6 @@ void gw_deploy_on_flash_progress(void *userdata, uint64_t done, uint64_t total)
 
         n->bytes = done;
         n->total = total;
-        if (!n->progressed) {
-                n->progressed = true;
-                /* A protocol that resumes (the node kept part of an earlier write, and says
-                 * so) reports it at once: the status says where this install started. */
-                if (done > 0 && done < total) {
-                        n->resumed_from = done;
-                        if (n->confirmed_at_start)
-                                gw_log_info("%s: resuming at %llu of %llu bytes (%llu were "
-                                            "confirmed before the interruption)",
-                                            n->cfg->name, (unsigned long long) done,
-                                            (unsigned long long) total,
-                                            (unsigned long long) n->confirmed_at_start);
-                        else
-                                gw_log_info("%s: resuming at %llu of %llu bytes (the node kept "
-                                            "them)",
-                                            n->cfg->name, (unsigned long long) done,
-                                            (unsigned long long) total);
-                }
-        }
         gw_deploy_journal_node_confirmed(n->dep->engine, n, done);
         if (pct != n->last_pct &&
             (now - n->last_publish >= PROGRESS_INTERVAL_MS || done == total)) {
@@ -413,6 +411,7 @@ static int flash_node(struct deployment *d, struct node_rt *n)
         static const struct gw_flash_callbacks cbs = {
             .progress = gw_deploy_on_flash_progress,
             .finished = gw_deploy_on_install_finished,
+            .resumed = gw_deploy_on_flash_resumed,
         };
         const struct gw_manifest_image *img = &d->m->images[n->image];
         int r;
@@ -457,7 +456,6 @@ static int flash_node(struct deployment *d, struct node_rt *n)
         n->total = img->size;
         n->t0 = gw_now_ms();
         n->last_pct = -1;
-        n->progressed = false;
         n->resumed_from = 0;
         gw_deploy_node_set_active(n, true);
         gw_deploy_node_set_state(n, GW_NODE_FLASHING);

@@ -66,7 +66,6 @@ struct node_rt {
          * progress report), 0 when it started at the beginning. */
         uint64_t confirmed, confirmed_journalled_ms, confirmed_at_start;
         uint64_t resumed_from;
-        bool progressed; /* this install reported progress */
         /* While in a deployment: */
         struct deployment *dep;
         size_t image; /* index into the manifest's images */
@@ -227,6 +226,8 @@ int gw_deploy_node_open(struct deployment *d, struct node_rt *n, const struct gw
 int gw_deploy_node_reader_open(struct deployment *d, struct node_rt *n, const uint8_t sha256[32],
                                const char *name, const char *version);
 void gw_deploy_on_flash_progress(void *userdata, uint64_t done, uint64_t total);
+/* The install continues a write the node kept: logged, and said in the node's status. */
+void gw_deploy_on_flash_resumed(void *userdata, uint64_t offset);
 void gw_deploy_on_install_finished(void *userdata, int result, const char *reason);
 void gw_deploy_flash_phase(struct deployment *d);
 

@@ -38,6 +38,7 @@ bool gw_deploy_node_revert(struct node_rt *n)
         static const struct gw_flash_callbacks cbs = {
             .progress = gw_deploy_on_flash_progress,
             .finished = gw_deploy_on_install_finished,
+            .resumed = gw_deploy_on_flash_resumed,
         };
         struct deployment *d = n->dep;
         const struct node_image *im = &n->rb_cur;
@@ -63,7 +64,6 @@ bool gw_deploy_node_revert(struct node_rt *n)
                 n->total = im->size;
                 n->t0 = gw_now_ms();
                 n->last_pct = -1;
-                n->progressed = false;
                 n->resumed_from = 0;
                 gw_deploy_journal_node_writing(d->engine, n, im);
                 r = gw_flash_install(n->flash, &n->reader, &cbs, n);

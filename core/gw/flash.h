@@ -16,6 +16,9 @@ struct gw_flash_callbacks {
         /* Called once when the job ends: result 0 = the node took the image, else -errno with
          * a human-readable reason. The job may be freed from inside this callback. */
         void (*finished)(void *userdata, int result, const char *reason);
+        /* The install continues a write the node kept, from offset (host->resumed()). May be
+         * NULL. */
+        void (*resumed)(void *userdata, uint64_t offset);
 };
 
 /* Opens the link and prepares the protocol. name labels log messages (the node's name).

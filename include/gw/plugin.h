@@ -31,11 +31,11 @@
  * protocol ops added the frames link shape (CAN); version 7 of the protocol ops added options
  * only a node's configuration may set (node_options), and readers name their file (path);
  * version 8 added telling whether identify() reaches the node after an install
- * (identifies_after_install). */
+ * (identifies_after_install); version 6 of the host added resumed(). */
 #define GW_TRANSPORT_OPS_VERSION 5
 #define GW_PROTOCOL_OPS_VERSION  8
 #define GW_SERVICES_VERSION      2
-#define GW_PROTO_HOST_VERSION    5
+#define GW_PROTO_HOST_VERSION    6
 
 enum gw_link_shape {
         GW_LINK_STREAM = 1, /* a byte stream: UART, pty, TCP serial bridge */
@@ -330,6 +330,12 @@ struct gw_proto_host {
          * same names; frames received arrive as ops->frame(). */
         const struct gw_can_link_info *(*can_info)(void *ctx);
         int (*send_frame)(void *ctx, const struct gw_can_frame *f);
+
+        /* Version 6: this install continues a write the node kept from an earlier, interrupted
+         * one (an SMP upload the device holds part of, a UDS download the ECU reports), from
+         * offset bytes into the image; called once, when the protocol learns it. The core says
+         * so in the node's status. May be NULL. */
+        void (*resumed)(void *ctx, uint64_t offset);
 };
 
 /* Returned by install(), input() and timeout(): negative errno = failed (the core stops the

@@ -801,9 +801,12 @@ static int answer_upload(struct smp *s, const struct pending *p, const struct gw
                 debug(s, "smp: stale upload answer (off %" PRIu64 ") ignored", rsp->off);
                 return fill_window(s);
         }
-        if (!s->first_answered && p->off == 0 && rsp->off > 0 && rsp->off != expected)
+        if (!s->first_answered && p->off == 0 && rsp->off > 0 && rsp->off != expected) {
                 debug(s, "smp: the node already holds %" PRIu64 " bytes of this image: resuming",
                       rsp->off);
+                if (s->host->version >= 6 && s->host->resumed && rsp->off < s->reader->size)
+                        s->host->resumed(s->host->ctx, rsp->off);
+        }
         s->first_answered = true;
         if (rsp->off != expected) {
                 /* A lost request, or a node that holds more (a resumed upload) or less (it

@@ -1052,6 +1052,8 @@ static int on_read_did(struct uds *u, const uint8_t *rsp, size_t len)
                         u->resume_offset = v;
                         u->resumed = true;
                         u->offset = v;
+                        if (u->host->version >= 6 && u->host->resumed)
+                                u->host->resumed(u->host->ctx, v);
                         return step_download(u);
                 }
                 debug(u, "uds: resume point %" PRIu64 " of %" PRIu64 ": starting over", v,
