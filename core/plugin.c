@@ -21,11 +21,17 @@ extern const struct gw_transport_ops gw_transport_uart_ops;
 #ifdef GW_BUILTIN_TRANSPORT_USB
 extern const struct gw_transport_ops gw_transport_usb_ops;
 #endif
+#ifdef GW_BUILTIN_TRANSPORT_NONE
+extern const struct gw_transport_ops gw_transport_none_ops;
+#endif
 #ifdef GW_BUILTIN_PROTOCOL_YMODEM
 extern const struct gw_protocol_ops gw_protocol_ymodem_ops;
 #endif
 #ifdef GW_BUILTIN_PROTOCOL_DFU
 extern const struct gw_protocol_ops gw_protocol_dfu_ops;
+#endif
+#ifdef GW_BUILTIN_PROTOCOL_EXEC
+extern const struct gw_protocol_ops gw_protocol_exec_ops;
 #endif
 
 static const struct gw_transport_ops *const builtin_transports[] = {
@@ -34,6 +40,9 @@ static const struct gw_transport_ops *const builtin_transports[] = {
 #endif
 #ifdef GW_BUILTIN_TRANSPORT_USB
     &gw_transport_usb_ops,
+#endif
+#ifdef GW_BUILTIN_TRANSPORT_NONE
+    &gw_transport_none_ops,
 #endif
     NULL,
 };
@@ -44,6 +53,9 @@ static const struct gw_protocol_ops *const builtin_protocols[] = {
 #endif
 #ifdef GW_BUILTIN_PROTOCOL_DFU
     &gw_protocol_dfu_ops,
+#endif
+#ifdef GW_BUILTIN_PROTOCOL_EXEC
+    &gw_protocol_exec_ops,
 #endif
     NULL,
 };
