@@ -972,10 +972,28 @@ static const char *signal_name(int sig, char *buf, size_t size)
         return buf;
 }
 
+/* ms as seconds: "3", "1.5", "0.25". */
+static const char *seconds(uint64_t ms, char *buf, size_t size)
+{
+        uint64_t frac = ms % 1000;
+        int digits = 3;
+
+        if (frac == 0) {
+                snprintf(buf, size, "%" PRIu64, ms / 1000);
+                return buf;
+        }
+        while (frac % 10 == 0) {
+                frac /= 10;
+                digits--;
+        }
+        snprintf(buf, size, "%" PRIu64 ".%0*" PRIu64, ms / 1000, digits, frac);
+        return buf;
+}
+
 /* The tool ended: what it means for the operation. */
 static int ended(struct exec *e, const siginfo_t *si)
 {
-        char tail[MESSAGE_TAIL_MAX + 1], sig[32];
+        char tail[MESSAGE_TAIL_MAX + 1], sig[32], secs[32];
         const char *sep;
 
         tail_text(e, tail, sizeof(tail));
@@ -989,11 +1007,10 @@ static int ended(struct exec *e, const siginfo_t *si)
                 return fail(e, -ECANCELED, "cancelled");
         if (e->stop == STOP_TIMEOUT) {
                 if (e->out_bytes == 0)
-                        return fail(e, -ETIMEDOUT,
-                                    "%s: no result after %" PRIu64 " s, and no output at all",
-                                    e->tool, (e->timeout_ms + 999) / 1000);
-                return fail(e, -ETIMEDOUT, "%s: no result after %" PRIu64 " s: %s", e->tool,
-                            (e->timeout_ms + 999) / 1000, tail);
+                        return fail(e, -ETIMEDOUT, "%s: no result after %s s, and no output at all",
+                                    e->tool, seconds(e->timeout_ms, secs, sizeof(secs)));
+                return fail(e, -ETIMEDOUT, "%s: no result after %s s: %s", e->tool,
+                            seconds(e->timeout_ms, secs, sizeof(secs)), tail);
         }
         if (si->si_code == CLD_KILLED || si->si_code == CLD_DUMPED)
                 return fail(e, -EIO, "%s: killed by %s%s%s%s", e->tool,

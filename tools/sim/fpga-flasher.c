@@ -54,7 +54,8 @@ struct opts {
         bool newlines;
         bool any;
         bool ignore_term;
-        bool helper; /* --hang also starts a helper in the same process group */
+        bool helper;      /* --hang also starts a helper in the same process group */
+        pid_t helper_pid; /* that helper, once started */
         int argc;
         char **argv;
 };
@@ -104,8 +105,11 @@ static void report(const struct opts *o, const char *result, const char *reason,
         args = json_array();
         for (int i = 0; args && i < o->argc; i++)
                 json_array_append_new(args, json_string(o->argv[i]));
-        j = json_pack("{s:s, s:s?, s:s?, s:I, s:o}", "result", result, "reason", reason, "image",
-                      o->image, "bytes", (json_int_t) bytes, "argv", args ? args : json_null());
+        j = json_pack("{s:s, s:s?, s:s?, s:I, s:i, s:o}", "result", result, "reason", reason,
+                      "image", o->image, "bytes", (json_int_t) bytes, "pid", (int) getpid(), "argv",
+                      args ? args : json_null());
+        if (j && o->helper_pid > 0)
+                json_object_set_new(j, "helper", json_integer(o->helper_pid));
         s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
         f = fopen(o->report, "ae");
         if (f && s)
@@ -192,7 +196,7 @@ static void header_version(const uint8_t *p, size_t n, char *buf, size_t size)
         }
 }
 
-static int identify(const struct opts *o)
+static int identify(struct opts *o)
 {
         uint8_t head[SYNC_WINDOW];
         char version[VERSION_MAX];
@@ -200,8 +204,10 @@ static int identify(const struct opts *o)
         ssize_t n;
         int fd;
 
-        if (o->hang)
+        if (o->hang) {
+                report(o, "hanging", "hang", 0);
                 hang();
+        }
         fd = open_flash(o, &size);
         if (fd < 0)
                 return 1;
@@ -260,7 +266,7 @@ static int fault_at(const struct opts *o, unsigned pct, uint64_t written)
         return 0;
 }
 
-static int program(const struct opts *o)
+static int program(struct opts *o)
 {
         uint8_t *image = NULL, buf[CHUNK];
         uint64_t flash_size, size, rate = o->slow ? o->rate / 10 : o->rate;
@@ -274,8 +280,12 @@ static int program(const struct opts *o)
         if (o->hang) {
                 /* A helper in the same process group holds the output open too: only a kill of
                  * the whole group ends the run. */
-                if (o->helper && fork() == 0)
-                        hang();
+                if (o->helper) {
+                        o->helper_pid = fork();
+                        if (o->helper_pid == 0)
+                                hang();
+                }
+                report(o, "hanging", "hang", 0);
                 hang();
         }
         in = open(o->image, O_RDONLY | O_CLOEXEC);
