@@ -15,9 +15,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <syslog.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "gw/plugin.h"
@@ -101,6 +103,7 @@ struct exec {
         uint64_t timeout_ms;
         uint64_t kill_timeout_ms;
         uint64_t success_exit;
+        bool terminal; /* the tool's output goes to a pseudo-terminal, else to a pipe */
 
         /* The operation. */
         enum exec_state state;
@@ -506,6 +509,8 @@ static int parse_config(struct exec *e, const struct gw_options *opts)
                 return bad_option(e, "kill-timeout-ms", "expected 1 to %d", KILL_TIMEOUT_MAX_MS);
         if (gw_options_get_u64(opts, "success-exit", 0, 0, 255, &e->success_exit) < 0)
                 return bad_option(e, "success-exit", "expected 0 to 255");
+        if (gw_options_get_bool(opts, "terminal", true, &e->terminal) < 0)
+                return bad_option(e, "terminal", "expected true or false");
         /* vars first: the command lines are checked against them. */
         v = gw_options_get(opts, "vars");
         if (v && (r = parse_vars(e, v)) < 0)
@@ -860,9 +865,65 @@ static char **build_env(struct exec *e)
         return out;
 }
 
-/* Starts argv[0] with argv: stdin /dev/null, stdout and stderr into one pipe whose read end is
- * kept (non-blocking), in a process group of its own, with no signal blocked or ignored, and
- * no descriptor of ours. A program without '/' is looked up in PATH. 0 or -errno. */
+/* A pseudo-terminal for the tool's output: tools write to a terminal as they would for a person
+ * (line by line, progress bars redrawn in place), where a pipe would get their output in
+ * blocks at the end. Raw, so that nothing is translated; 120 columns. fds[0] is the master
+ * (non-blocking), fds[1] the tool's side. */
+static int open_terminal(int fds[2])
+{
+        struct winsize ws = {.ws_row = 24, .ws_col = 120};
+        struct termios t;
+        char name[64];
+        int m, s, r;
+
+        m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (m < 0)
+                return -errno;
+        if (grantpt(m) < 0 || unlockpt(m) < 0 || ptsname_r(m, name, sizeof(name)) != 0) {
+                r = -errno;
+                close(m);
+                return r;
+        }
+        s = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (s < 0 || tcgetattr(s, &t) < 0) {
+                r = -errno;
+                if (s >= 0)
+                        close(s);
+                close(m);
+                return r;
+        }
+        cfmakeraw(&t);
+        if (tcsetattr(s, TCSANOW, &t) < 0 || ioctl(s, TIOCSWINSZ, &ws) < 0 ||
+            fcntl(m, F_SETFL, O_NONBLOCK) < 0) {
+                r = -errno;
+                close(s);
+                close(m);
+                return r;
+        }
+        fds[0] = m;
+        fds[1] = s;
+        return 0;
+}
+
+static int open_pipe(int fds[2])
+{
+        if (pipe2(fds, O_CLOEXEC) < 0)
+                return -errno;
+        /* Only our end: the tool's stdout stays blocking. */
+        if (fcntl(fds[0], F_SETFL, O_NONBLOCK) < 0) {
+                int r = -errno;
+
+                close(fds[0]);
+                close(fds[1]);
+                return r;
+        }
+        return 0;
+}
+
+/* Starts argv[0] with argv: stdin /dev/null, stdout and stderr into one pseudo-terminal or pipe
+ * whose other end is kept (non-blocking), in a process group of its own, with no signal
+ * blocked or ignored, and no descriptor of ours. A program without '/' is looked up in PATH.
+ * 0 or -errno. */
 static int spawn(struct exec *e, char *const *argv)
 {
         posix_spawn_file_actions_t fa;
@@ -871,14 +932,9 @@ static int spawn(struct exec *e, char *const *argv)
         char **envp = NULL;
         int fds[2], r;
 
-        if (pipe2(fds, O_CLOEXEC) < 0)
-                return -errno;
-        if (fcntl(fds[0], F_SETFL, O_NONBLOCK) < 0) {
-                r = -errno;
-                close(fds[0]);
-                close(fds[1]);
+        r = e->terminal ? open_terminal(fds) : open_pipe(fds);
+        if (r < 0)
                 return r;
-        }
         r = posix_spawn_file_actions_init(&fa);
         if (r != 0) {
                 close(fds[0]);
@@ -1392,22 +1448,19 @@ static int exec_cancel(void *priv)
         }
 }
 
-static const char *const exec_options[] = {"command",
-                                           "identify-command",
-                                           "identify-pattern",
-                                           "progress",
-                                           "timeout-ms",
-                                           "kill-timeout-ms",
-                                           "success-exit",
-                                           "env",
-                                           "vars",
-                                           NULL};
+/* clang-format off */
+static const char *const exec_options[] = {
+    "command", "identify-command", "identify-pattern", "progress", "timeout-ms",
+    "kill-timeout-ms", "success-exit", "terminal", "env", "vars", NULL,
+};
 
 /* Everything that shapes the tool's command line, environment or how its result is read: only
  * the node's configuration sets it. A manifest may set timeout-ms alone. */
 static const char *const exec_node_options[] = {
-    "command", "identify-command", "identify-pattern", "progress", "env",
-    "vars",    "kill-timeout-ms",  "success-exit",     NULL};
+    "command", "identify-command", "identify-pattern", "progress", "env", "vars",
+    "kill-timeout-ms", "success-exit", "terminal", NULL,
+};
+/* clang-format on */
 
 const struct gw_protocol_ops gw_protocol_exec_ops = {
     .version = GW_PROTOCOL_OPS_VERSION,

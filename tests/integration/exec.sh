@@ -205,6 +205,21 @@ gw_start_sim mcu-1 "$work" "$baud"
 gflash=$work/gw-fpga.flash
 grep_=$work/gw-flasher.jsonl
 gflash2=$work/gw-fpga2.flash
+# The 7-series FPGA behind a Xilinx Virtual Cable, for openFPGALoader (section 5 and d4),
+# taking the time its TCK period says.
+OFL=$(command -v openFPGALoader || true)
+XVC=$GW_BUILD/tools/sim/xvc-sim
+XC7=$GW_SRC/tools/sim/xc7-bitstream.py
+xvc_port=
+if [ -n "$OFL" ]; then
+        "$XVC" --pace --port-file "$work/xvc.port" --report "$work/xvc.json" \
+                --config-dump "$work/xvc.config" 2>"$work/xvc.log" &
+        GW_PIDS+=($!)
+        gw_wait_for 5 test -s "$work/xvc.port" || { echo "FAIL: xvc-sim did not start"; exit 1; }
+        xvc_port=$(cat "$work/xvc.port")
+fi
+OFL_PROGRESS='SRAM: \[[= ]*\] *([0-9.]+)%'
+OFL_FACTS='^[[:space:]]*(idcode|manufacturer|family|model|irlength)[[:space:]]+(.+)$'
 cat >"$work/gatewayd.yaml" <<CONF
 gateway:
   id: $gw
@@ -233,6 +248,21 @@ nodes:
     transport: { type: uart, port: $work/mcu-1.tty, baud: $baud }
     protocol: { type: ymodem }
 CONF
+if [ -n "$OFL" ]; then
+        # The store names images by their hash: openFPGALoader is told the format.
+        cat >>"$work/gatewayd.yaml" <<CONF
+  - name: fpga-x
+    transport: { type: none }
+    protocol:
+      type: exec
+      command: [$OFL, -c, xvc-client, --ip, 127.0.0.1, --port, "$xvc_port", --freq, "2000000",
+                --file-type, bit, "{image}"]
+      identify-command: [$OFL, -c, xvc-client, --ip, 127.0.0.1, --port, "$xvc_port", --detect]
+      identify-pattern: '$OFL_FACTS'
+      progress: '$OFL_PROGRESS'
+      timeout-ms: 30000
+CONF
+fi
 "$GWD" --check-config "$work/gatewayd.yaml" >/dev/null 2>"$work/check-config.log" ||
         { echo "FAIL: the test configuration is refused:"; cat "$work/check-config.log"; exit 1; }
 watch_prefix
@@ -248,11 +278,12 @@ head_() {
                 "$1" "$seq_no" "$expires"
         printf 'policy: { parallel: 2 }\nimages:\n'
 }
-# img NAME VERSION NODE PROTOCOL FILE: one image.
+# img NAME VERSION NODE PROTOCOL FILE [HARDWARE]: one image (HARDWARE: "idcode: 0x...").
 img() {
         local f=$work/www/$5
         printf '  - name: %s\n    version: %s\n    targets: { node: %s }\n    protocol: %s\n' \
                 "$1" "$2" "$3" "$4"
+        if [ -n "${6:-}" ]; then printf '    hardware: { %s }\n' "$6"; fi
         printf '    size: %s\n    sha256: %s\n    url: %s\n' "$(stat -c %s "$f")" \
                 "$(sha256sum "$f" | cut -d' ' -f1)" "$5"
 }
@@ -270,7 +301,7 @@ bitstream "$work/www/fpga-2.0.0.bit" 2.0.0 600000
 head -c 7000 /dev/urandom >"$work/www/app-1.bin"
 {
         head_ d1
-        img fpga-top 2.0.0 fpga-1 exec fpga-2.0.0.bit
+        img fpga-top 2.0.0 fpga-1 exec fpga-2.0.0.bit "idcode: 0x0362d093"
         img app 1.0 mcu-1 ymodem app-1.bin
 } >"$work/www/d1.yaml"
 sign "$work/www/d1.yaml"
@@ -360,13 +391,122 @@ check "mqtt: nothing ran for d3" test "$(wc -l <"$grep_")" -eq "$runs_before"
 check "mqtt: fpga-1's flash still holds 2.0.0 after d3" holds "$gflash" "$work/www/fpga-2.0.0.bit"
 check "gatewayd: still running after d3" kill -0 "$gwpid"
 echo "  (the fpga-flasher ran $tool_runs time(s) for d1, $runs_before in all)"
-stop_within gatewayd 10 >/dev/null
-gw_cleanup
 
-# ---- 5. openFPGALoader through a Xilinx Virtual Cable -------------------------------------------
-if [ -f "$GW_SRC/tests/integration/exec-xvc.sh" ]; then
-        . "$GW_SRC/tests/integration/exec-xvc.sh"
+# d5: an image for another FPGA (the identify-command's idcode decides): refused before anything
+# is written.
+{
+        head_ d5
+        img fpga-top 5.0.0 fpga-1 exec fpga-2.0.0.bit "idcode: 0x41111043"
+} >"$work/www/d5.yaml"
+sign "$work/www/d5.yaml"
+deploy d5
+final=$(wait_final d5)
+check "mqtt: d5 (another idcode) fails node-incompatible (got '$(q get "$final" state)/$(q get "$final" nodes.fpga-1.error.code)')" \
+        test "$(q get "$final" state)/$(q get "$final" nodes.fpga-1.error.code)" = failed/node-incompatible
+check "mqtt: d5's reason names the idcode the tool reported" \
+        eval '[[ "$(q get "$final" nodes.fpga-1.error.message)" == *"needs hardware idcode 0x41111043, the node reports 0x0362d093"* ]]'
+check "mqtt: nothing ran for d5 but identify" test "$(wc -l <"$grep_")" -eq "$runs_before"
+
+# ---- 5. openFPGALoader through a Xilinx Virtual Cable ------------------------------------------
+if [ -z "$OFL" ]; then
+        echo "SKIP (part): openFPGALoader is not installed: nothing flashed through it"
+else
+        echo "  ($("$OFL" -V 2>&1 | head -n 1) against tools/sim/xvc-sim on port $xvc_port)"
+        python3 "$XC7" --selftest --out "$work/www/xc7-1.bit" --frames 1500 --seed 7 \
+                --frames-out "$work/xc7-1.frames" || { echo "FAIL: xc7-bitstream.py"; exit 1; }
+        # d4: gatewayd runs openFPGALoader for fpga-x: identify (its --detect), the image's
+        # idcode checked, the bitstream loaded into the FPGA's SRAM, identify again.
+        {
+                head_ d4
+                img xc7-top 1.0.0 fpga-x exec xc7-1.bit "idcode: 0x0362d093"
+        } >"$work/www/d4.yaml"
+        sign "$work/www/d4.yaml"
+        deploy d4
+        final=$(wait_final d4)
+        check "openFPGALoader/mqtt: d4 ends success (got '$(q get "$final" state)': $(q get "$final" nodes.fpga-x.error.message))" \
+                test "$(q get "$final" state)" = success
+        check "openFPGALoader/mqtt: the simulated FPGA is configured (DONE)" \
+                test "$(q get "$(cat "$work/xvc.json")" done)" = True
+        check "openFPGALoader/mqtt: it holds the bitstream's frames" \
+                cmp -s "$work/xvc.config" "$work/xc7-1.frames"
+        check "openFPGALoader/mqtt: the tool's progress bar reached fpga-x's status" \
+                python3 - "$work/sub.log" "$prefix/nodes/fpga-x/status" <<'PY'
+import json, sys
+seen = set()
+for line in open(sys.argv[1]):
+    p = line.rstrip("\n").split(" ", 2)
+    if len(p) == 3 and p[1] == sys.argv[2]:
+        j = json.loads(p[2])
+        if j.get("state") == "flashing":
+            seen.add(j.get("progress"))
+sys.exit(0 if any(0 < (x or 0) < 100 for x in seen) else 1)
+PY
 fi
+stop_within gatewayd 10 >/dev/null
+
+if [ -n "$OFL" ]; then
+        # gwflash: identify through --detect, then the load with progress.
+        # At 2 MHz (xvc-sim --pace keeps to the TCK period the tool sets) the load takes long
+        # enough for its progress bar, which redraws once a second.
+        ofl_cmd() {
+                printf 'command=["%s","-c","xvc-client","--ip","127.0.0.1","--port","%s","--freq","2000000","{image}"]' \
+                        "$OFL" "$xvc_port"
+        }
+        ofl_id=$(printf 'identify-command=["%s","-c","xvc-client","--ip","127.0.0.1","--port","%s","--detect"]' \
+                "$OFL" "$xvc_port")
+        python3 "$XC7" --out "$work/xc7-2.bit" --frames 1500 --seed 8 --frames-out "$work/xc7-2.frames"
+        timeout 60 "$GWF" -t none -p xvc -P exec -o "$(ofl_cmd)" -o "$ofl_id" \
+                -o "identify-pattern=$OFL_FACTS" -o "progress=$OFL_PROGRESS" --json \
+                "$work/xc7-2.bit" >"$work/ofl.out" 2>"$work/ofl.err"
+        st=$?
+        ev=$(last_json "$work/ofl.out" identify)
+        res=$(last_json "$work/ofl.out" result)
+        check "openFPGALoader/gwflash: exit status 0 (got $st: $(json_field "$res" error))" test "$st" -eq 0
+        check "openFPGALoader/gwflash: identify: idcode 0x362d093, family 'artix a7 35t'" \
+                test "$(json_field "$ev" facts.idcode)/$(json_field "$ev" facts.family)" = "0x362d093/artix a7 35t"
+        mid=$(grep '"event":"progress"' "$work/ofl.out" | python3 -c '
+import json, sys
+t = [json.loads(l) for l in sys.stdin]
+print(sum(1 for e in t if 0 < e["bytes"] < e["total"]))')
+        check "openFPGALoader/gwflash: progress from its bar while it ran ($mid events)" \
+                test "$mid" -ge 1
+        check "openFPGALoader/gwflash: DONE, the new frames in the FPGA" \
+                eval 'test "$(q get "$(cat "$work/xvc.json")" done)" = True && cmp -s "$work/xvc.config" "$work/xc7-2.frames"'
+
+        # The cable goes away mid-load: the tool's end (an exit status or a signal) and its last
+        # lines are the error.
+        "$XVC" --port-file "$work/xvc2.port" --disconnect-at 30 2>/dev/null &
+        xpid=$!
+        GW_PIDS+=("$xpid")
+        gw_wait_for 5 test -s "$work/xvc2.port"
+        timeout 60 "$GWF" -t none -p xvc -P exec --json -o "$(printf \
+                'command=["%s","-c","xvc-client","--ip","127.0.0.1","--port","%s","{image}"]' \
+                "$OFL" "$(cat "$work/xvc2.port")")" "$work/xc7-2.bit" >"$work/ofl2.out" 2>&1
+        st=$?
+        err=$(json_field "$(last_json "$work/ofl2.out" result)" error)
+        echo "  (cable gone: $err)"
+        check "openFPGALoader/gwflash: cable gone mid-load: exit status 1 (got $st)" test "$st" -eq 1
+        check "openFPGALoader/gwflash: cable gone: the error says how the tool ended and its last line" \
+                eval '[[ "$err" == "openFPGALoader: "@(killed by SIG*|exit status*)": "?* ]]'
+
+        # A bitstream for another part: the FPGA flags an ID error and stays unconfigured.
+        # openFPGALoader 0.10 does not read DONE after an SRAM load over JTAG and exits 0
+        # (later versions read the IR capture and the STAT register): exec reports what the
+        # tool says, so the FPGA's own state is what tells here.
+        python3 "$XC7" --out "$work/xc7-other.bit" --idcode 0x0362c093
+        timeout 60 "$GWF" -t none -p xvc -P exec --json -o "$(ofl_cmd)" \
+                "$work/xc7-other.bit" >"$work/ofl3.out" 2>&1
+        st=$?
+        check "openFPGALoader: a bitstream for another part leaves the FPGA unconfigured (ID error)" \
+                eval 'gw_wait_for 3 python3 -c "import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if j[\"id_error\"] and not j[\"done\"] else 1)" "$work/xvc.json"'
+        if [ "$st" -eq 0 ]; then
+                echo "  NOTE: openFPGALoader exited 0 for it ($("$OFL" -V 2>&1 | head -n 1)):" \
+                        "it does not check DONE; the node's identify cannot tell either (--detect)"
+        else
+                echo "  (openFPGALoader noticed: exit status $st)"
+        fi
+fi
+gw_cleanup
 
 echo "exec: $failures failure(s)"
 [ "$failures" -eq 0 ]

@@ -324,6 +324,7 @@ static const struct bad_case {
     {"timeout-ms", "soon", "expected 1 to 86400000"},
     {"kill-timeout-ms", "600001", "expected 1 to 600000"},
     {"success-exit", "256", "expected 0 to 255"},
+    {"terminal", "maybe", "expected true or false"},
     {"env", "[\"1X=2\"]", "item 1: expected NAME=VALUE"},
     {"env", "[\"NOEQUALS\"]", "item 1: expected NAME=VALUE"},
     {"vars", "[\"image=x\"]", "item 1: {image} is exec's own"},
@@ -409,7 +410,7 @@ static void test_node_options(void **state)
         const struct gw_protocol_ops *p = &gw_protocol_exec_ops;
         static const char *const node_only[] = {
             "command", "identify-command", "identify-pattern", "progress", "env",
-            "vars",    "success-exit",     "kill-timeout-ms"};
+            "vars",    "success-exit",     "kill-timeout-ms",  "terminal"};
         char why[256];
         size_t n = 0;
 
@@ -719,6 +720,37 @@ static void test_env(void **state)
         world_end(&w);
 }
 
+/* The tool writes to a terminal by default (as for a person: progress comes while it runs),
+ * to a pipe with terminal: false; either way stdin is /dev/null. Output still arrives when
+ * the tool exits at once. */
+static void test_terminal(void **state)
+{
+        const char *t = tool("tty", "if [ -t 1 ] && [ -t 2 ]; then echo 'out: tty'; "
+                                    "else echo 'out: pipe'; fi\n"
+                                    "if [ -t 0 ]; then echo 'in: tty'; else echo 'in: other'; fi\n"
+                                    "exit 4");
+        static const struct {
+                const char *terminal;
+                const char *error;
+        } cases[] = {
+            {NULL, "tty: exit status 4: out: tty | in: other"},
+            {"true", "tty: exit status 4: out: tty | in: other"},
+            {"false", "tty: exit status 4: out: pipe | in: other"},
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                struct world w;
+
+                world_open(&w, cases[i].terminal ? opts_of("command", argv_json(t, NULL),
+                                                           "terminal", cases[i].terminal, NULL)
+                                                 : opts_of("command", argv_json(t, NULL), NULL));
+                assert_int_equal(install(&w), GW_PROTO_CONTINUE);
+                assert_int_equal(drive(&w.f), -EIO);
+                assert_string_equal(w.f.error, cases[i].error);
+                world_end(&w);
+        }
+}
+
 /* A reader without a file: a private copy (0600, with the name's extension), gone after done(). */
 static void test_reader_without_path(void **state)
 {
@@ -884,6 +916,7 @@ int main(void)
             cmocka_unit_test(test_done_while_running),
             cmocka_unit_test(test_output_bounds),
             cmocka_unit_test(test_env),
+            cmocka_unit_test(test_terminal),
             cmocka_unit_test(test_reader_without_path),
             cmocka_unit_test(test_identify_facts),
             cmocka_unit_test(test_identify_pattern),

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -159,6 +160,7 @@ struct opts {
         uint64_t port;
         uint64_t vector_len;
         uint64_t disconnect_at; /* close the connection at this shift command (0: never) */
+        bool pace;              /* take as long as the TCKs would at the period set */
         bool once;
         bool verbose;
 };
@@ -573,8 +575,10 @@ static void serve(const struct opts *o, struct fpga *f, int fd, int sigfd)
 {
         uint8_t *tms = malloc(o->vector_len), *tdi = malloc(o->vector_len),
                 *tdo = malloc(o->vector_len);
-        uint64_t shifts = 0;
+        uint64_t shifts = 0, period_ns = 0, paced_tcks = 0;
+        struct timespec t0;
 
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         f->connections++;
         gw_sim_log(o->verbose, PROG, "client connected");
         while (tms && tdi && tdo && !stop_requested) {
@@ -604,6 +608,10 @@ static void serve(const struct opts *o, struct fpga *f, int fd, int sigfd)
                         /* Any period is fine: the answer is the period in effect. */
                         if (read_full(fd, sigfd, period, 4) <= 0 || write_full(fd, period, 4) < 0)
                                 goto out;
+                        period_ns = (uint64_t) period[0] | (uint64_t) period[1] << 8 |
+                                    (uint64_t) period[2] << 16 | (uint64_t) period[3] << 24;
+                        clock_gettime(CLOCK_MONOTONIC, &t0);
+                        paced_tcks = 0;
                 } else if (strcmp(cmd, "shift:") == 0) {
                         uint8_t len[4];
                         uint32_t bits;
@@ -635,6 +643,18 @@ static void serve(const struct opts *o, struct fpga *f, int fd, int sigfd)
                                 tdo[i / 8] |= (uint8_t) (b << (i % 8));
                         }
                         f->shifts++;
+                        paced_tcks += bits;
+                        if (o->pace && period_ns) {
+                                /* Answer when the cable would have clocked them all. */
+                                uint64_t at = (uint64_t) t0.tv_sec * 1000000000u +
+                                              (uint64_t) t0.tv_nsec + paced_tcks * period_ns;
+                                struct timespec ts = {.tv_sec = (time_t) (at / 1000000000u),
+                                                      .tv_nsec = (long) (at % 1000000000u)};
+
+                                while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) ==
+                                       EINTR)
+                                        ;
+                        }
                         if (write_full(fd, tdo, bytes) < 0)
                                 goto out;
                 } else {
@@ -702,6 +722,8 @@ static void usage(FILE *out)
                 "  --idcode N          another IDCODE for the device\n"
                 "  --vector-len N      the vector length getinfo announces (default 2048)\n"
                 "  --once              exit after the first client\n"
+                "  --pace              answer each shift when the TCKs it holds would have\n"
+                "                      taken at the period settck set (real time)\n"
                 "  -v, --verbose       log to stderr\n"
                 "Faults:\n"
                 "  --init-stuck        INIT never completes after JPROGRAM\n"
@@ -722,6 +744,7 @@ int main(int argc, char **argv)
                 OPT_ONCE,
                 OPT_INIT_STUCK,
                 OPT_DISCONNECT_AT,
+                OPT_PACE,
         };
         static const struct option longopts[] = {
             {"port", required_argument, NULL, OPT_PORT},
@@ -733,6 +756,7 @@ int main(int argc, char **argv)
             {"once", no_argument, NULL, OPT_ONCE},
             {"init-stuck", no_argument, NULL, OPT_INIT_STUCK},
             {"disconnect-at", required_argument, NULL, OPT_DISCONNECT_AT},
+            {"pace", no_argument, NULL, OPT_PACE},
             {"verbose", no_argument, NULL, 'v'},
             {"help", no_argument, NULL, 'h'},
             {},
@@ -773,6 +797,9 @@ int main(int argc, char **argv)
                         break;
                 case OPT_DISCONNECT_AT:
                         bad |= gw_sim_parse_u64(optarg, 10, UINT32_MAX, &o.disconnect_at) < 0;
+                        break;
+                case OPT_PACE:
+                        o.pace = true;
                         break;
                 case 'v':
                         o.verbose = true;
