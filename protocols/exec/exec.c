@@ -50,7 +50,10 @@ extern char **environ;
 #define READ_PER_TICK    (64u * 1024u)
 #define DRAIN_MAX        (1024u * 1024u)
 
-#define TICK_MS                 25
+#define TICK_MS 25
+/* After the tool's exit: how long what it wrote last may take to arrive. A pseudo-terminal
+ * hands written bytes to its reader from a kernel worker, a little later. */
+#define DRAIN_MS                500
 #define DEFAULT_TIMEOUT_MS      600000
 #define TIMEOUT_MAX_MS          86400000
 #define DEFAULT_KILL_TIMEOUT_MS 5000
@@ -65,6 +68,7 @@ enum exec_state {
         EXEC_RUNNING,  /* the tool runs */
         EXEC_STOPPING, /* SIGTERM sent to its process group (timeout or cancel) */
         EXEC_KILLING,  /* SIGKILL sent: waiting to reap it */
+        EXEC_DRAINING, /* reaped: reading what it wrote last */
         EXEC_DONE,
         EXEC_FAILED,
         _EXEC_STATE_MAX,
@@ -121,6 +125,7 @@ struct exec {
         uint64_t started;
         uint64_t deadline; /* the operation's end, then the kill's */
         uint64_t last_progress;
+        siginfo_t exit_info; /* how it ended, once reaped */
 
         /* Output parsing. */
         char line[LINE_MAX_LEN + 1];
@@ -141,8 +146,9 @@ enum {
 };
 
 static const char *const state_names[_EXEC_STATE_MAX] = {
-    [EXEC_IDLE] = "idle",       [EXEC_RUNNING] = "running", [EXEC_STOPPING] = "stopping",
-    [EXEC_KILLING] = "killing", [EXEC_DONE] = "done",       [EXEC_FAILED] = "failed",
+    [EXEC_IDLE] = "idle",       [EXEC_RUNNING] = "running",   [EXEC_STOPPING] = "stopping",
+    [EXEC_KILLING] = "killing", [EXEC_DRAINING] = "draining", [EXEC_DONE] = "done",
+    [EXEC_FAILED] = "failed",
 };
 
 static const char *exec_state_to_string(enum exec_state s)
@@ -581,34 +587,38 @@ static void tail_add(struct exec *e, const char *line, bool transient)
         e->tail_last_transient = transient;
 }
 
+/* The i-th newest line of the tail (1: the newest). */
+static const char *tail_line(const struct exec *e, size_t i)
+{
+        return e->tail[(e->tail_n - i) % TAIL_LINES];
+}
+
 /* The last lines of the output, oldest first, joined by " | " within MESSAGE_TAIL_MAX bytes;
- * the newest line always comes, cut if it must be. */
+ * the newest line always comes (cut to fit if it must be). */
 static void tail_text(const struct exec *e, char *buf, size_t size)
 {
         size_t have = e->tail_n < TAIL_LINES ? e->tail_n : TAIL_LINES;
-        size_t first = have, used = 0,
-               limit = size - 1 < MESSAGE_TAIL_MAX ? size - 1 : MESSAGE_TAIL_MAX;
+        size_t limit = size - 1 < MESSAGE_TAIL_MAX ? size - 1 : MESSAGE_TAIL_MAX;
+        size_t n = 0, used = 0;
 
-        buf[0] = '\0';
-        if (have == 0)
-                return;
         /* How many of the newest lines fit. */
-        for (size_t k = 1; k <= have; k++) {
-                size_t len = strlen(e->tail[(e->tail_n - k) % TAIL_LINES]) + (k > 1 ? 3 : 0);
+        while (n < have) {
+                size_t len = strlen(tail_line(e, n + 1)) + (n > 0 ? 3 : 0);
 
-                if (k > 1 && used + len > limit)
+                if (n > 0 && used + len > limit)
                         break;
                 used += len;
-                first = have - k;
+                n++;
         }
+        buf[0] = '\0';
         used = 0;
-        for (size_t k = have - first; k >= 1; k--) {
-                const char *l = e->tail[(e->tail_n - k) % TAIL_LINES];
-                int n = snprintf(buf + used, limit + 1 - used, "%s%s", used ? " | " : "", l);
+        for (size_t i = n; i >= 1 && used < limit; i--) {
+                int k = snprintf(buf + used, limit + 1 - used, "%s%s", used ? " | " : "",
+                                 tail_line(e, i));
 
-                if (n < 0 || used + (size_t) n >= limit)
+                if (k < 0)
                         break;
-                used += (size_t) n;
+                used += (size_t) k;
         }
 }
 
@@ -642,7 +652,7 @@ static int64_t parse_percent(const char *s, size_t n)
         return whole > 10000 ? -1 : whole;
 }
 
-/* A decimal count of at most 19 digits, or -1. */
+/* A decimal count of at most 18 digits, or -1. */
 static int64_t parse_count(const char *s, size_t n)
 {
         int64_t v = 0;
@@ -1087,36 +1097,54 @@ static int ended(struct exec *e, const siginfo_t *si)
         return GW_PROTO_DONE;
 }
 
+/* DRAINING: reads what the tool wrote last until the end of its output (every writer gone) or
+ * DRAIN_MS; then the result. */
+static int drain(struct exec *e)
+{
+        pump(e, DRAIN_MAX);
+        if (e->out_fd >= 0 && now_ms(e) < e->deadline) {
+                arm_tick(e);
+                return GW_PROTO_CONTINUE;
+        }
+        if (e->out_fd >= 0)
+                debug(e, "exec: the output of %s did not end %d ms after it exited, ignoring",
+                      e->tool, DRAIN_MS);
+        if (e->line_len > 0)
+                end_line(e, false);
+        reap_now(e);
+        return ended(e, &e->exit_info);
+}
+
 /* Has the tool ended? Looks without reaping first, so that its process group id stays ours
- * while whatever it left in the group is killed; then reaps it and reads the rest of its
- * output. 1 when it ended (the result is decided), 0 when it runs. */
+ * while whatever it left in the group is killed (it would hold the output open for ever); then
+ * reaps it and reads the rest of its output (DRAINING). 1 when it ended, with *ret what the
+ * operation returns, 0 when it runs. */
 static int check_exit(struct exec *e, int *ret)
 {
         siginfo_t si;
 
         memset(&si, 0, sizeof(si));
         if (waitid(P_PID, (id_t) e->pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0) {
-                if (errno == EINTR)
+                int err = errno;
+
+                if (err == EINTR)
                         return 0;
                 /* ECHILD: someone else reaped it (SIGCHLD ignored?). */
                 e->pid = 0;
-                pump(e, DRAIN_MAX);
                 reap_now(e);
-                *ret = fail(e, -ECHILD, "%s: lost track of the tool: %m", e->tool);
+                *ret = fail(e, -err, "%s: lost track of the tool: %s", e->tool, strerror(err));
                 return 1;
         }
         if (si.si_pid == 0)
                 return 0;
-        /* A helper the tool left behind would hold the pipe open for ever. */
         signal_group(e, SIGKILL);
         while (waitpid(e->pid, NULL, 0) < 0 && errno == EINTR)
                 ;
         e->pid = 0;
-        pump(e, DRAIN_MAX);
-        if (e->line_len > 0)
-                end_line(e, false);
-        reap_now(e);
-        *ret = ended(e, &si);
+        e->exit_info = si;
+        e->deadline = now_ms(e) + DRAIN_MS;
+        set_state(e, EXEC_DRAINING);
+        *ret = drain(e);
         return 1;
 }
 
@@ -1395,6 +1423,8 @@ static int exec_timeout(void *priv)
         uint64_t now;
         int r;
 
+        if (e->state == EXEC_DRAINING)
+                return drain(e);
         if (e->state != EXEC_RUNNING && e->state != EXEC_STOPPING && e->state != EXEC_KILLING)
                 return result(e);
         pump(e, READ_PER_TICK);
@@ -1437,6 +1467,9 @@ static int exec_cancel(void *priv)
         case EXEC_STOPPING:
         case EXEC_KILLING:
                 e->stop = STOP_CANCEL;
+                return GW_PROTO_CONTINUE;
+        case EXEC_DRAINING:
+                /* It ended by itself: what it said stands. */
                 return GW_PROTO_CONTINUE;
         case EXEC_FAILED:
                 return e->error == -ECANCELED ? e->error : -ECANCELED;

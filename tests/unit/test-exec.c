@@ -671,6 +671,25 @@ static void test_done_while_running(void **state)
         assert_true(gone(child));
 }
 
+/* A tool that exits leaving a helper behind in its process group, holding the output open: the
+ * helper is killed, the result is the tool's own, its last line is read. */
+static void test_leftover_helper(void **state)
+{
+        const char *t = tool("leaves", "sleep 1000 &\necho $! > \"$D/helper.pid\"\n"
+                                       "echo 'programmed, bye'\nexit 5");
+        struct world w;
+        pid_t helper;
+
+        unlink(path_of("helper.pid"));
+        world_open(&w, opts_of("command", argv_json(t, NULL), NULL));
+        assert_int_equal(install(&w), GW_PROTO_CONTINUE);
+        assert_int_equal(drive(&w.f), -EIO);
+        assert_string_equal(w.f.error, "leaves: exit status 5: programmed, bye");
+        helper = read_pid("helper.pid");
+        assert_true(gone(helper));
+        world_end(&w);
+}
+
 /* Output is untrusted: a huge line without end, thousands of lines, binary bytes. The message
  * stays short and printable. */
 static void test_output_bounds(void **state)
@@ -914,6 +933,7 @@ int main(void)
             cmocka_unit_test(test_timeout_kill),
             cmocka_unit_test(test_cancel),
             cmocka_unit_test(test_done_while_running),
+            cmocka_unit_test(test_leftover_helper),
             cmocka_unit_test(test_output_bounds),
             cmocka_unit_test(test_env),
             cmocka_unit_test(test_terminal),
