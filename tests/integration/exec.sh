@@ -442,7 +442,7 @@ for line in open(sys.argv[1]):
 sys.exit(0 if any(0 < (x or 0) < 100 for x in seen) else 1)
 PY
 fi
-stop_within gatewayd 10 >/dev/null
+check "gatewayd: exits 0 on SIGTERM" stop_within gatewayd 10
 
 if [ -n "$OFL" ]; then
         # gwflash: identify through --detect, then the load with progress.
