@@ -205,6 +205,7 @@ gw_start_sim mcu-1 "$work" "$baud"
 gflash=$work/gw-fpga.flash
 grep_=$work/gw-flasher.jsonl
 gflash2=$work/gw-fpga2.flash
+grep2=$work/gw-flasher2.jsonl
 # The 7-series FPGA behind a Xilinx Virtual Cable, for openFPGALoader (section 5 and d4),
 # taking the time its TCK period says.
 OFL=$(command -v openFPGALoader || true)
@@ -243,7 +244,8 @@ nodes:
     transport: { type: none }
     protocol:
       type: exec
-      command: [$FF, --flash, $gflash2, --rate, "1000000", "{image}"]
+      command: [$FF, --flash, $gflash2, --rate, "40000", --report, $grep2, --report-start,
+                "{image}"]
   - name: mcu-1
     transport: { type: uart, port: $work/mcu-1.tty, baud: $baud }
     protocol: { type: ymodem }
@@ -265,6 +267,15 @@ CONF
 fi
 "$GWD" --check-config "$work/gatewayd.yaml" >/dev/null 2>"$work/check-config.log" ||
         { echo "FAIL: the test configuration is refused:"; cat "$work/check-config.log"; exit 1; }
+# A command with an unknown placeholder: refused where the node is configured.
+sed 's/--report-start,/--report-start, "{imag}",/' "$work/gatewayd.yaml" >"$work/bad.yaml"
+"$GWD" --check-config "$work/bad.yaml" >/dev/null 2>"$work/bad-config.log"
+st=$?
+check "config: an unknown placeholder in a command is refused by --check-config (status $st)" \
+        test "$st" -ne 0
+check "config: the reason names the node, the option and the placeholder" \
+        grep -q "node fpga-2: protocol exec: option command: item 7: unknown placeholder {imag}" \
+        "$work/bad-config.log"
 watch_prefix
 "$GWD" -c "$work/gatewayd.yaml" 2>"$work/gatewayd.log" &
 gwpid=$!
@@ -391,6 +402,23 @@ check "mqtt: nothing ran for d3" test "$(wc -l <"$grep_")" -eq "$runs_before"
 check "mqtt: fpga-1's flash still holds 2.0.0 after d3" holds "$gflash" "$work/www/fpga-2.0.0.bit"
 check "gatewayd: still running after d3" kill -0 "$gwpid"
 echo "  (the fpga-flasher ran $tool_runs time(s) for d1, $runs_before in all)"
+
+# d6: cancelled while fpga-2's tool writes: the tool is stopped, the node ends cancelled.
+bitstream "$work/www/fpga-6.bit" 6.0.0 400000
+{ head_ d6; img fpga-b 6.0.0 fpga-2 exec fpga-6.bit; } >"$work/www/d6.yaml"
+sign "$work/www/d6.yaml"
+: >"$grep2"
+deploy d6
+gw_wait_for 20 test -n "$(report_field "$grep2" started pid)"
+tpid=$(report_field "$grep2" started pid)
+sleep 0.5
+mosquitto_pub -h 127.0.0.1 -p "$GW_BROKER_PORT" -q 1 -t "$prefix/cancel" -m '{"id":"d6"}'
+final=$(wait_final d6)
+check "mqtt: d6 cancelled mid-write ends failed/cancelled (got '$(q get "$final" state)/$(q get "$final" error.code)')" \
+        test "$(q get "$final" state)/$(q get "$final" error.code)" = failed/cancelled
+check "mqtt: d6: the tool (pid $tpid) is gone" pid_gone "${tpid:-1}"
+check "mqtt: d6: the tool never finished" test "$(report_field "$grep2" ok pid)" = ""
+check "gatewayd: still running after d6" kill -0 "$gwpid"
 
 # d5: an image for another FPGA (the identify-command's idcode decides): refused before anything
 # is written.

@@ -442,6 +442,46 @@ static void test_node_options(void **state)
         assert_non_null(gw_transport_find("none"));
 }
 
+/* The transport such nodes use: a link to nothing that never fails. */
+static void test_transport_none(void **state)
+{
+        const struct gw_transport_ops *t = gw_transport_find("none");
+        struct gw_plugin_services svc = {.version = GW_SERVICES_VERSION};
+        struct gw_options *o = opts_of("port", "/dev/ttyUSB9", NULL);
+        struct gw_options *p = opts_of("command", "[\"true\"]", NULL);
+        char why[512], buf[16];
+        void *priv;
+
+        assert_non_null(t);
+        assert_int_equal(t->shape, GW_LINK_STREAM);
+        assert_int_equal(t->shape, gw_protocol_exec_ops.shape);
+        priv = calloc(1, t->priv_size);
+        assert_non_null(priv);
+        /* The port is a label: never opened, even when it does not exist. */
+        assert_int_equal(t->open(priv, o, &svc), 0);
+        assert_true(t->get_fd(priv) >= 0);
+        assert_int_equal(t->read(priv, buf, sizeof(buf)), -EAGAIN);
+        assert_int_equal(t->write(priv, "abc", 3), 3);
+        t->close(priv);
+        assert_int_equal(t->open(priv, NULL, &svc), 0);
+        t->close(priv);
+        free(priv);
+        /* Checked like any node's options. */
+        assert_int_equal(gw_plugin_check_options(t, o, &gw_protocol_exec_ops, p, why, sizeof(why)),
+                         0);
+        gw_options_set(o, "baud", "9600");
+        assert_int_equal(gw_plugin_check_options(t, o, &gw_protocol_exec_ops, p, why, sizeof(why)),
+                         -EINVAL);
+        assert_non_null(strstr(why, "transport none: unknown option 'baud'"));
+        gw_options_free(o);
+        o = opts_of("port", "", NULL);
+        assert_int_equal(gw_plugin_check_options(t, o, &gw_protocol_exec_ops, p, why, sizeof(why)),
+                         -EINVAL);
+        assert_non_null(strstr(why, "option port: expected 1 to 4095 bytes"));
+        gw_options_free(o);
+        gw_options_free(p);
+}
+
 /* ---- Results ------------------------------------------------------------------------------ */
 
 static bool at_half(struct fake_link *f)
@@ -923,6 +963,7 @@ int main(void)
             cmocka_unit_test(test_bad_options),
             cmocka_unit_test(test_option_limits),
             cmocka_unit_test(test_node_options),
+            cmocka_unit_test(test_transport_none),
             cmocka_unit_test(test_progress_percent),
             cmocka_unit_test(test_progress_done_total),
             cmocka_unit_test(test_exit_status),

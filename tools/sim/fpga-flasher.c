@@ -54,8 +54,9 @@ struct opts {
         bool newlines;
         bool any;
         bool ignore_term;
-        bool helper;      /* --hang also starts a helper in the same process group */
-        pid_t helper_pid; /* that helper, once started */
+        bool report_start; /* a report line when programming starts too */
+        bool helper;       /* --hang also starts a helper in the same process group */
+        pid_t helper_pid;  /* that helper, once started */
         int argc;
         char **argv;
 };
@@ -80,6 +81,7 @@ static void usage(FILE *out)
                 "  --any               accept a bitstream without the sync word\n"
                 "  --newlines          end progress lines with LF, not CR\n"
                 "  --report FILE       append a JSON line: result, bytes, argv\n"
+                "  --report-start      and one when programming starts (result: started)\n"
                 "Faults:\n"
                 "  --fail-at PCT       stop at PCT with an error line, exit status 1\n"
                 "  --crash-at PCT      die of SIGSEGV at PCT\n"
@@ -288,6 +290,8 @@ static int program(struct opts *o)
                 report(o, "hanging", "hang", 0);
                 hang();
         }
+        if (o->report_start)
+                report(o, "started", NULL, 0);
         in = open(o->image, O_RDONLY | O_CLOEXEC);
         if (in < 0 || fstat(in, &st) < 0) {
                 printf("error: cannot read %s: %s\n", o->image, strerror(errno));
@@ -416,6 +420,7 @@ int main(int argc, char **argv)
                 OPT_SILENT,
                 OPT_SLOW,
                 OPT_IGNORE_TERM,
+                OPT_REPORT_START,
         };
         static const struct option longopts[] = {
             {"flash", required_argument, NULL, OPT_FLASH},
@@ -435,6 +440,7 @@ int main(int argc, char **argv)
             {"silent", no_argument, NULL, OPT_SILENT},
             {"slow", no_argument, NULL, OPT_SLOW},
             {"ignore-term", no_argument, NULL, OPT_IGNORE_TERM},
+            {"report-start", no_argument, NULL, OPT_REPORT_START},
             {"help", no_argument, NULL, 'h'},
             {},
         };
@@ -504,6 +510,9 @@ int main(int argc, char **argv)
                         break;
                 case OPT_IGNORE_TERM:
                         o.ignore_term = true;
+                        break;
+                case OPT_REPORT_START:
+                        o.report_start = true;
                         break;
                 case 'h':
                         usage(stdout);
