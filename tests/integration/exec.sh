@@ -274,7 +274,7 @@ st=$?
 check "config: an unknown placeholder in a command is refused by --check-config (status $st)" \
         test "$st" -ne 0
 check "config: the reason names the node, the option and the placeholder" \
-        grep -q "node fpga-2: protocol exec: option command: item 7: unknown placeholder {imag}" \
+        grep -q "node fpga-2: protocol exec: option command: item 9: unknown placeholder {imag}" \
         "$work/bad-config.log"
 watch_prefix
 "$GWD" -c "$work/gatewayd.yaml" 2>"$work/gatewayd.log" &
