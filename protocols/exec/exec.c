@@ -1,7 +1,7 @@
 /* The exec protocol plugin: flashes a node by running an external flasher (openFPGALoader,
  * ecpprog, iceprog, esptool, a vendor's tool) as an argv list the node's configuration owns,
  * never through a shell. A state machine on a short timer tick: it reads the tool's output
- * without blocking, follows its progress, and reaps it with waitpid(WNOHANG). */
+ * without blocking, follows its progress, and reaps it with waitid(WNOHANG). */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
