@@ -24,6 +24,9 @@ extern const struct gw_transport_ops gw_transport_usb_ops;
 #ifdef GW_BUILTIN_TRANSPORT_CAN
 extern const struct gw_transport_ops gw_transport_can_ops;
 #endif
+#ifdef GW_BUILTIN_TRANSPORT_NONE
+extern const struct gw_transport_ops gw_transport_none_ops;
+#endif
 #ifdef GW_BUILTIN_PROTOCOL_YMODEM
 extern const struct gw_protocol_ops gw_protocol_ymodem_ops;
 #endif
@@ -39,6 +42,9 @@ extern const struct gw_protocol_ops gw_protocol_stm32_ops;
 #ifdef GW_BUILTIN_PROTOCOL_SMP
 extern const struct gw_protocol_ops gw_protocol_smp_ops;
 #endif
+#ifdef GW_BUILTIN_PROTOCOL_EXEC
+extern const struct gw_protocol_ops gw_protocol_exec_ops;
+#endif
 
 static const struct gw_transport_ops *const builtin_transports[] = {
 #ifdef GW_BUILTIN_TRANSPORT_UART
@@ -49,6 +55,9 @@ static const struct gw_transport_ops *const builtin_transports[] = {
 #endif
 #ifdef GW_BUILTIN_TRANSPORT_CAN
     &gw_transport_can_ops,
+#endif
+#ifdef GW_BUILTIN_TRANSPORT_NONE
+    &gw_transport_none_ops,
 #endif
     NULL,
 };
@@ -68,6 +77,9 @@ static const struct gw_protocol_ops *const builtin_protocols[] = {
 #endif
 #ifdef GW_BUILTIN_PROTOCOL_SMP
     &gw_protocol_smp_ops,
+#endif
+#ifdef GW_BUILTIN_PROTOCOL_EXEC
+    &gw_protocol_exec_ops,
 #endif
     NULL,
 };

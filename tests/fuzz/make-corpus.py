@@ -686,6 +686,40 @@ def stm32_seeds():
     write(d, "go-ack-lost", stm32_session(300)[:-2] + b"\x03")
 
 
+# ---- exec --------------------------------------------------------------------------------
+def chunks(data, size=200):
+    """A tool's output as fuzz-exec.c reads it: a length byte before each chunk."""
+    out = b""
+    for i in range(0, len(data), size):
+        c = data[i:i + size]
+        out += bytes([len(c)]) + c
+    return out
+
+
+def exec_seeds():
+    d = reset("exec")
+    # The set-up byte: mode (0 percent, 1 done/total, 2 identify, 3 identify with a pattern)
+    # plus 4 * (size / 1000).
+    bar = b"".join(b"Writing: [%-20s] %3d%%\r" % (b"#" * (p // 5), p) for p in range(0, 101, 7))
+    write(d, "percent-bar", bytes([0 + 4 * 50]) + chunks(bar + b"\nDone\n"))
+    write(d, "percent-ofl", bytes([0 + 4 * 3]) + chunks(
+        b"\x1b[94mdetected xvcServer\x1b[0m\r\nload program\r\n\x1b[94m\rFlash SRAM: [\x1b[0m"
+        b"=====      \x1b[94m] 43.98%\x1b[0m\rFlash SRAM: [==========] 100.00%\r\nDone\r\n"))
+    write(d, "percent-overflow", bytes([0 + 4 * 1]) + chunks(b"150% 99999% 1.999% 100%\n"))
+    write(d, "done-total", bytes([1 + 4 * 9]) + chunks(
+        b"".join(b"block %d/37\n" % i for i in range(38)) + b"block 40/37\n0/0\n"))
+    write(d, "identify", bytes([2]) + chunks(
+        b"Scanning\nidcode=0x0362d093\nFamily: sim-fpga\n  version = 1.2.3  \nempty=\n"
+        + b"".join(b"k%d=v\n" % i for i in range(40)) + b"long=" + b"x" * 300 + b"\n"))
+    write(d, "identify-pattern", bytes([3]) + chunks(
+        b"index 0:\n\tidcode 0x362d093\n\tmanufacturer xilinx\n\tfamily artix a7 35t\n"))
+    write(d, "long-line", bytes([0]) + chunks(b"x" * 3000 + b" 50%\n"))
+    write(d, "escapes", bytes([2]) + chunks(
+        b"\x1b]0;title\x07a=1\n\x1b[1;31mb=2\x1b[0m\n\x1b\x1b[c=3\n\x01\xff\tk=\xc3\xa9\n"))
+    write(d, "crlf", bytes([0 + 4 * 2]) + chunks(b"a\r\nb\r\r\nc 10%\r\n\r\n\n"))
+    write(d, "empty", b"")
+
+
 def main():
     # --only TARGET...: regenerate those corpora alone.
     if len(sys.argv) > 1 and sys.argv[1] == "--only":
@@ -700,6 +734,7 @@ def main():
     uds_seeds()
     slcan_seeds()
     stm32_seeds()
+    exec_seeds()
     for t in sorted(os.listdir(CORPUS)):
         print("%s: %d seeds" % (t, len(os.listdir(os.path.join(CORPUS, t)))))
 

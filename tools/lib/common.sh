@@ -7,7 +7,7 @@ GW_PACKAGES=(meson ninja-build pkg-config gcc clang clang-format libclang-rt-14-
         libserialport-dev libmosquitto-dev libssl-dev libyaml-dev libcmocka-dev
         libcurl4-openssl-dev libjansson-dev libzstd-dev zlib1g-dev mosquitto mosquitto-clients lrzsz socat
         python3 openssl faketime libusb-1.0-0-dev umockdev libumockdev-dev dfu-util
-        python3-can libcbor-dev python3-cbor2)
+        python3-can libcbor-dev python3-cbor2 openfpgaloader)
 
 gw_log() { printf '%s\n' "$*" >&2; }
 gw_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
