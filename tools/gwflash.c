@@ -187,6 +187,14 @@ static void on_progress(void *userdata, uint64_t done, uint64_t total)
 
 static void on_finished(void *userdata, int result, const char *reason);
 
+/* Must --port be given? A transport that checks its own options says whether it needs one
+ * (uart: "option port is required"; none: it is only a label; can: port or interface); one that
+ * cannot check is asked for it when it is a stream. */
+static bool needs_port(const struct gw_transport_ops *t)
+{
+        return t->shape == GW_LINK_STREAM && (t->version < 3 || !t->check);
+}
+
 /* Runs the loop until the operation just started reports finished(); its result. */
 static int wait_finished(struct run *run)
 {
@@ -821,7 +829,7 @@ int main(int argc, char **argv)
                 fprintf(stderr, "gwflash: unknown protocol '%s'\n", protocol);
                 goto usage;
         }
-        if (t->shape == GW_LINK_STREAM && !gw_options_get(opts, "port")) {
+        if (needs_port(t) && !gw_options_get(opts, "port")) {
                 fprintf(stderr, "gwflash: --port is required for transport %s\n", transport);
                 goto usage;
         }
