@@ -26,6 +26,7 @@
 #include "can-bits.h"
 #include "cli.h"
 #include "control.h"
+#include "pty.h"
 #include "gw/plugin.h"
 
 #define NSEC_PER_USEC 1000ULL
@@ -2189,69 +2190,6 @@ static void ecu_free(struct ecu *e)
 
 /* ---- The pty and the main loop ------------------------------------------------------------- */
 
-static int make_pty(struct sim *s)
-{
-        struct termios tio;
-        int slave;
-
-        s->master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (s->master < 0)
-                return -errno;
-        if (grantpt(s->master) < 0 || unlockpt(s->master) < 0 ||
-            ptsname_r(s->master, s->slave, sizeof(s->slave)) != 0)
-                return -errno;
-        /* Raw on the slave side; the setting outlives this descriptor. */
-        slave = open(s->slave, O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (slave < 0)
-                return -errno;
-        if (tcgetattr(slave, &tio) == 0) {
-                cfmakeraw(&tio);
-                tio.c_cflag |= CLOCAL | CREAD;
-                tcsetattr(slave, TCSANOW, &tio);
-        }
-        close(slave);
-        if (fcntl(s->master, F_SETFL, fcntl(s->master, F_GETFL) | O_NONBLOCK) < 0)
-                return -errno;
-        return 0;
-}
-
-static int make_link(struct sim *s)
-{
-        char tmp[PATH_MAX];
-        struct stat st;
-
-        if (lstat(s->link, &st) == 0 && !S_ISLNK(st.st_mode))
-                return -EEXIST;
-        if (snprintf(tmp, sizeof(tmp), "%s.%d.tmp", s->link, (int) getpid()) >= (int) sizeof(tmp))
-                return -ENAMETOOLONG;
-        unlink(tmp);
-        if (symlink(s->slave, tmp) < 0)
-                return -errno;
-        if (rename(tmp, s->link) < 0) {
-                int r = -errno;
-
-                unlink(tmp);
-                return r;
-        }
-        s->link_made = true;
-        return 0;
-}
-
-static void remove_link(struct sim *s)
-{
-        char target[PATH_MAX];
-        ssize_t n;
-
-        if (!s->link_made)
-                return;
-        n = readlink(s->link, target, sizeof(target) - 1);
-        if (n < 0)
-                return;
-        target[n] = '\0';
-        if (strcmp(target, s->slave) == 0)
-                unlink(s->link);
-}
-
 static void check_connected(struct sim *s, uint64_t now)
 {
         struct pollfd p = {.fd = s->master, .events = POLLIN};
@@ -2557,19 +2495,10 @@ int main(int argc, char **argv)
                         goto out;
                 }
         }
-        r = make_pty(&s);
-        if (r < 0) {
-                fprintf(stderr, "can-sim: cannot create a pseudo-terminal: %s\n", strerror(-r));
+        r = gw_sim_pty_open("can-sim", s.link, s.slave, sizeof(s.slave), &s.master);
+        if (r < 0)
                 goto out;
-        }
-        if (s.link) {
-                r = make_link(&s);
-                if (r < 0) {
-                        fprintf(stderr, "can-sim: cannot link %s to %s: %s\n", s.link, s.slave,
-                                strerror(-r));
-                        goto out;
-                }
-        }
+        s.link_made = s.link != NULL;
         for (size_t i = 0; i < s.n_ecus; i++)
                 vlog(&s, "ECU %s: requests 0x%x, responses 0x%x, flash 0x%08x+0x%x", s.ecus[i].name,
                      s.ecus[i].req_id, s.ecus[i].resp_id, s.ecus[i].flash_addr,
@@ -2584,7 +2513,8 @@ int main(int argc, char **argv)
         write_report(&s);
         write_dumps(&s);
 out:
-        remove_link(&s);
+        if (s.link_made)
+                gw_sim_pty_unlink(s.link, s.slave);
         if (s.master >= 0)
                 close(s.master);
         gw_sim_control_done(&s.ctl);

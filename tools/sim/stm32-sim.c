@@ -24,6 +24,7 @@
 #include "cli.h"
 #include "control.h"
 #include "pace.h"
+#include "pty.h"
 
 #define ACK  0x79
 #define NACK 0x1f
@@ -687,69 +688,6 @@ static void control_line(char *line, void *userdata)
                 fprintf(stderr, "stm32-sim: unknown control command \"%s\", ignoring\n", w[0]);
 }
 
-static int make_pty(struct sim *s)
-{
-        struct termios tio;
-        int slave;
-
-        s->master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (s->master < 0)
-                return -errno;
-        if (grantpt(s->master) < 0 || unlockpt(s->master) < 0 ||
-            ptsname_r(s->master, s->slave, sizeof(s->slave)) != 0)
-                return -errno;
-        /* Raw on the slave side; the setting outlives this descriptor. */
-        slave = open(s->slave, O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (slave < 0)
-                return -errno;
-        if (tcgetattr(slave, &tio) == 0) {
-                cfmakeraw(&tio);
-                tio.c_cflag |= CLOCAL | CREAD;
-                tcsetattr(slave, TCSANOW, &tio);
-        }
-        close(slave);
-        if (fcntl(s->master, F_SETFL, fcntl(s->master, F_GETFL) | O_NONBLOCK) < 0)
-                return -errno;
-        return 0;
-}
-
-static int make_link(struct sim *s)
-{
-        char tmp[PATH_MAX];
-        struct stat st;
-
-        if (lstat(s->link, &st) == 0 && !S_ISLNK(st.st_mode))
-                return -EEXIST;
-        if (snprintf(tmp, sizeof(tmp), "%s.%d.tmp", s->link, (int) getpid()) >= (int) sizeof(tmp))
-                return -ENAMETOOLONG;
-        unlink(tmp);
-        if (symlink(s->slave, tmp) < 0)
-                return -errno;
-        if (rename(tmp, s->link) < 0) {
-                int r = -errno;
-
-                unlink(tmp);
-                return r;
-        }
-        s->link_made = true;
-        return 0;
-}
-
-static void remove_link(struct sim *s)
-{
-        char target[PATH_MAX];
-        ssize_t n;
-
-        if (!s->link_made)
-                return;
-        n = readlink(s->link, target, sizeof(target) - 1);
-        if (n < 0)
-                return;
-        target[n] = '\0';
-        if (strcmp(target, s->slave) == 0)
-                unlink(s->link);
-}
-
 static void line_input(struct sim *s, short revents)
 {
         if (!(revents & (POLLIN | POLLHUP | POLLERR)))
@@ -1205,19 +1143,10 @@ int main(int argc, char **argv)
         }
         r = gw_pace_new(s.baud, s.bits, RX_QUEUE, &s.pace);
         if (r >= 0)
-                r = make_pty(&s);
-        if (r < 0) {
-                fprintf(stderr, "stm32-sim: cannot create a pseudo-terminal: %s\n", strerror(-r));
+                r = gw_sim_pty_open("stm32-sim", s.link, s.slave, sizeof(s.slave), &s.master);
+        if (r < 0)
                 goto out;
-        }
-        if (s.link) {
-                r = make_link(&s);
-                if (r < 0) {
-                        fprintf(stderr, "stm32-sim: cannot link %s to %s: %s\n", s.link, s.slave,
-                                strerror(-r));
-                        goto out;
-                }
-        }
+        s.link_made = s.link != NULL;
         /* The pty is raw and linked: a host may open it now. */
         fprintf(stderr,
                 "stm32-sim: ready on %s%s%s: chip 0x%03x (%s), %u KiB, bootloader %u.%u, "
@@ -1240,7 +1169,8 @@ int main(int argc, char **argv)
                 status = EXIT_FAILURE;
         }
 out:
-        remove_link(&s);
+        if (s.link_made)
+                gw_sim_pty_unlink(s.link, s.slave);
         if (s.master >= 0)
                 close(s.master);
         gw_sim_control_done(&s.ctl);

@@ -24,6 +24,7 @@
 #include "cli.h"
 #include "control.h"
 #include "pace.h"
+#include "pty.h"
 
 #define SOH 0x01
 #define STX 0x02
@@ -640,71 +641,6 @@ static void control_line(char *line, void *userdata)
                 fprintf(stderr, "ymodem-sim: unknown control command \"%s\", ignoring\n", w[0]);
 }
 
-static int make_pty(struct sim *s)
-{
-        struct termios tio;
-        int slave;
-
-        s->master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (s->master < 0)
-                return -errno;
-        if (grantpt(s->master) < 0 || unlockpt(s->master) < 0 ||
-            ptsname_r(s->master, s->slave, sizeof(s->slave)) != 0)
-                return -errno;
-        /* Raw on the slave side; the setting outlives this descriptor. */
-        slave = open(s->slave, O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (slave < 0)
-                return -errno;
-        if (tcgetattr(slave, &tio) == 0) {
-                cfmakeraw(&tio);
-                tio.c_cflag |= CLOCAL | CREAD;
-                tcsetattr(slave, TCSANOW, &tio);
-        }
-        close(slave);
-        if (fcntl(s->master, F_SETFL, fcntl(s->master, F_GETFL) | O_NONBLOCK) < 0)
-                return -errno;
-        return 0;
-}
-
-static int make_link(struct sim *s)
-{
-        char tmp[PATH_MAX];
-        struct stat st;
-
-        if (lstat(s->link, &st) == 0 && !S_ISLNK(st.st_mode))
-                return -EEXIST; /* not ours to replace */
-        if (snprintf(tmp, sizeof(tmp), "%s.%d.tmp", s->link, (int) getpid()) >= (int) sizeof(tmp))
-                return -ENAMETOOLONG;
-        unlink(tmp);
-        /* Replace a stale link atomically. */
-        if (symlink(s->slave, tmp) < 0)
-                return -errno;
-        if (rename(tmp, s->link) < 0) {
-                int r = -errno;
-
-                unlink(tmp);
-                return r;
-        }
-        s->link_made = true;
-        return 0;
-}
-
-static void remove_link(struct sim *s)
-{
-        char target[PATH_MAX];
-        ssize_t n;
-
-        if (!s->link_made)
-                return;
-        /* Only if it still points at our pty: another simulator may have taken the name. */
-        n = readlink(s->link, target, sizeof(target) - 1);
-        if (n < 0)
-                return;
-        target[n] = '\0';
-        if (strcmp(target, s->slave) == 0)
-                unlink(s->link);
-}
-
 /* Reads what the host wrote; notices when it closed its side. */
 static void line_input(struct sim *s, short revents)
 {
@@ -1018,19 +954,10 @@ int main(int argc, char **argv)
         }
         r = gw_pace_new(s.baud, 10, RX_QUEUE, &s.pace);
         if (r >= 0)
-                r = make_pty(&s);
-        if (r < 0) {
-                fprintf(stderr, "ymodem-sim: cannot create a pseudo-terminal: %s\n", strerror(-r));
+                r = gw_sim_pty_open("ymodem-sim", s.link, s.slave, sizeof(s.slave), &s.master);
+        if (r < 0)
                 goto out;
-        }
-        if (s.link) {
-                r = make_link(&s);
-                if (r < 0) {
-                        fprintf(stderr, "ymodem-sim: cannot link %s to %s: %s\n", s.link, s.slave,
-                                strerror(-r));
-                        goto out;
-                }
-        }
+        s.link_made = s.link != NULL;
         vlog(&s, "serving %s%s%s at %u baud", s.slave, s.link ? " as " : "", s.link ? s.link : "",
              s.baud);
         if (!s.link)
@@ -1049,7 +976,8 @@ int main(int argc, char **argv)
         else
                 status = s.failed ? EXIT_FAILURE : EXIT_SUCCESS;
 out:
-        remove_link(&s);
+        if (s.link_made)
+                gw_sim_pty_unlink(s.link, s.slave);
         if (s.fd >= 0)
                 close(s.fd);
         if (s.master >= 0)
