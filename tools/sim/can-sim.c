@@ -251,6 +251,8 @@ struct sim {
         /* configuration */
         const char *link;
         const char *report_path;
+        const char *trace_path;
+        FILE *trace;
         const char *dump_dir;
         const char *control_path;
         uint32_t bitrate, data_bitrate;
@@ -366,11 +368,29 @@ static uint64_t bus_next_start(const struct sim *s)
         return t;
 }
 
+/* One line per frame as it starts (--trace): when it could have started and when it did and
+ * ended (ns from the first frame's start), who sent it, its id, its bits and its data, so that
+ * a benchmark can tell the bus's idle time apart by whom the bus was waiting for. */
+static void trace_frame(struct sim *s, const struct gw_can_bits *bits, uint64_t ready_ns)
+{
+        const struct gw_can_frame *f = &s->cur;
+        uint64_t t0 = s->first_ns;
+
+        fprintf(s->trace, "%" PRIu64 " %" PRIu64 " %" PRIu64 " %s %x %u %u ",
+                ready_ns > t0 ? ready_ns - t0 : 0, s->cur_start_ns - t0, s->cur_end_ns - t0,
+                s->cur_src < 0 ? "host" : s->ecus[s->cur_src].name, f->id,
+                bits->nominal + bits->data, bits->stuff);
+        for (unsigned i = 0; i < f->len; i++)
+                fprintf(s->trace, "%02x", f->data[i]);
+        fputc('\n', s->trace);
+}
+
 /* Starts the frame that wins arbitration among those ready at t. */
 static void bus_start(struct sim *s, uint64_t t)
 {
         const struct txframe *x, *best = NULL;
         struct gw_can_bits bits;
+        uint64_t ready_ns;
         int src = -2;
 
         x = txq_peek(&s->ad.txq);
@@ -390,6 +410,7 @@ static void bus_start(struct sim *s, uint64_t t)
                 return;
         s->cur = best->f;
         s->cur_src = src;
+        ready_ns = best->ready_ns;
         if (src == -1)
                 txq_pop(&s->ad.txq);
         else
@@ -404,6 +425,8 @@ static void bus_start(struct sim *s, uint64_t t)
         s->busy_ns += s->cur_end_ns - t;
         if (s->frames == 0)
                 s->first_ns = t;
+        if (s->trace)
+                trace_frame(s, &bits, ready_ns);
 }
 
 static void adapter_emit(struct sim *s, const struct gw_can_frame *f, uint64_t t);
@@ -1831,6 +1854,8 @@ static void write_report(struct sim *s)
         uint64_t span = s->last_ns > s->first_ns ? s->last_ns - s->first_ns : 0;
         FILE *f;
 
+        if (s->trace)
+                fflush(s->trace);
         if (!s->report_path)
                 return;
         for (size_t i = 0; i < s->n_ecus; i++)
@@ -2376,6 +2401,8 @@ static void usage(FILE *f)
             "  --dump-dir DIR         each ECU's flash to DIR/NAME.bin at exit\n"
             "  --control PATH         FIFO (created when missing) or file with fault commands\n"
             "  --seed N               seeds for SecurityAccess from this (default: the time)\n"
+            "  --trace FILE           a line per frame on the bus: ready, start and end (ns\n"
+            "                         from the first frame), sender, id, bits, stuff bits, data\n"
             "  -v, --verbose          log what happens to stderr\n"
             "  -h, --help             this text\n\n"
             "Faults (also as control commands, one per line, without the dashes):\n"
@@ -2402,6 +2429,7 @@ enum {
         OPT_DUMP,
         OPT_CONTROL,
         OPT_SEED,
+        OPT_TRACE,
         OPT_FAULT,
 };
 
@@ -2424,6 +2452,7 @@ static int parse_args(struct sim *s, int argc, char **argv, struct deferred *fau
             {"dump-dir", required_argument, NULL, OPT_DUMP},
             {"control", required_argument, NULL, OPT_CONTROL},
             {"seed", required_argument, NULL, OPT_SEED},
+            {"trace", required_argument, NULL, OPT_TRACE},
             {"lose-frame", required_argument, NULL, OPT_FAULT},
             {"silent", required_argument, NULL, OPT_FAULT},
             {"wrong-sequence", required_argument, NULL, OPT_FAULT},
@@ -2476,6 +2505,9 @@ static int parse_args(struct sim *s, int argc, char **argv, struct deferred *fau
                         break;
                 case OPT_CONTROL:
                         s->control_path = optarg;
+                        break;
+                case OPT_TRACE:
+                        s->trace_path = optarg;
                         break;
                 case OPT_SEED:
                         if (gw_sim_parse_u64(optarg, 0, UINT64_MAX, &s->seed) < 0)
@@ -2549,6 +2581,13 @@ int main(int argc, char **argv)
                 fprintf(stderr, "can-sim: signalfd: %s\n", strerror(-s.sigfd));
                 goto out;
         }
+        if (s.trace_path) {
+                s.trace = fopen(s.trace_path, "we");
+                if (!s.trace) {
+                        fprintf(stderr, "can-sim: cannot write %s: %m\n", s.trace_path);
+                        goto out;
+                }
+        }
         if (s.control_path) {
                 r = gw_sim_control_open(&s.ctl, s.control_path);
                 if (r < 0) {
@@ -2585,6 +2624,8 @@ int main(int argc, char **argv)
         write_dumps(&s);
 out:
         remove_link(&s);
+        if (s.trace)
+                fclose(s.trace);
         if (s.master >= 0)
                 close(s.master);
         gw_sim_control_done(&s.ctl);

@@ -83,6 +83,8 @@ struct slcan {
         bool quiet;
         bool alive;     /* V was answered since configuring started */
         bool got_reply; /* a CR or BEL answered a command since configuring started */
+        bool heard;     /* anything at all came from the port since it was opened */
+        bool was_open;  /* the adapter was open once */
 
         uint64_t malformed, overlong, other, refused, recoveries, lost;
 };
@@ -303,6 +305,7 @@ static void opened(struct can_bus *bus)
         char line[GW_SLCAN_LINE_MAX + 2];
 
         set_state(bus, SLCAN_OPEN);
+        s->was_open = true;
         if (s->recover_by_ns)
                 can_bus_debug(bus, "slcan: adapter open again");
         s->recover_by_ns = 0;
@@ -328,7 +331,10 @@ static void opened(struct can_bus *bus)
         }
         s->n_resend = 0;
         s->resend_unsafe = false;
-        out_flush(bus);
+        if (out_flush(bus) < 0)
+                return;
+        /* Frames were refused until now: the first open lets them in. */
+        can_bus_up(bus);
 }
 
 static void on_reply(struct can_bus *bus, bool ok)
@@ -457,6 +463,7 @@ static void on_readable(struct can_bus *bus, int fd, short revents)
                 ssize_t n = read(fd, buf, sizeof(buf));
 
                 if (n > 0) {
+                        s->heard = true;
                         gw_slcan_feed(&s->reader, buf, (size_t) n, on_event, bus);
                         continue;
                 }
@@ -511,6 +518,18 @@ static void slcan_timeout(struct can_bus *bus, uint64_t now)
                         s->pend_len = 0;
                         opened(bus);
                         can_bus_kick(bus);
+                        return;
+                }
+                if (!s->was_open && !s->heard) {
+                        /* Never a byte back: not an slcan adapter (or not powered, or a port
+                         * nothing serves). Trying for longer would only delay saying so. */
+                        char why[160];
+
+                        snprintf(why, sizeof(why),
+                                 "does not answer (nothing came back for V, C, S%d, O within "
+                                 "%u ms): not an slcan adapter, or not powered?",
+                                 s->s_code, can_slcan_timing.reply_ms);
+                        slcan_fail(bus, -ENETDOWN, why);
                         return;
                 }
                 begin_recovery(bus, "the adapter stopped answering", true);
