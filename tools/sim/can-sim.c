@@ -199,6 +199,7 @@ struct ecu {
         char serial[STR_LEN], version[STR_LEN], next_version[STR_LEN], hardware[STR_LEN];
         uint32_t flash_addr, flash_size, page_size, block_len;
         uint32_t secret;
+        int64_t version_at; /* F195 after the reset: the string at this offset of the image */
         unsigned erase_ms, program_ms, reset_ms, p2_ms, p2star_ms, pending_ms, response_us;
         uint8_t bs, stmin;
         bool pad;
@@ -1382,6 +1383,31 @@ static void routine_erase(struct sim *s, struct ecu *e, const uint8_t *q, size_t
         r->len = 5;
 }
 
+/* version-at: as an application's header says what it is, the image's bytes at that offset,
+ * 1 to 32 printable characters up to a NUL, become the version; else it stays crc32-XXXXXXXX. */
+static void version_from_image(struct ecu *e, uint32_t off, uint32_t size)
+{
+        char v[33];
+        size_t n = 0;
+
+        if ((uint64_t) e->version_at >= size)
+                return;
+        for (uint64_t i = off + (uint64_t) e->version_at; i < (uint64_t) off + size && n < 33;
+             i++) {
+                uint8_t c = e->mem[i];
+
+                if (c == 0)
+                        break;
+                if (c < 0x20 || c > 0x7e)
+                        return;
+                v[n++] = (char) c;
+        }
+        if (n == 0 || n > 32)
+                return;
+        v[n] = '\0';
+        snprintf(e->pending_version, sizeof(e->pending_version), "%s", v);
+}
+
 static void routine_check(struct sim *s, struct ecu *e, const uint8_t *q, size_t n,
                           struct response *r)
 {
@@ -1411,6 +1437,9 @@ static void routine_check(struct sim *s, struct ecu *e, const uint8_t *q, size_t
                 else
                         snprintf(e->pending_version, sizeof(e->pending_version), "crc32-%08x", crc);
         }
+        if (ok && !e->next_version[0] && e->version_at >= 0)
+                version_from_image(e, (uint32_t) flash_offset(e, d->kept_addr, d->kept_size),
+                                   d->kept_size);
         vlog(s, "%s: check routine: image crc32 %08x, host says %08x: %s", e->name, crc, want,
              ok ? "matches" : "does not match");
         memcpy(r->data, (const uint8_t[]){0x71, 0x01, 0x02, 0x02, ok ? 0x00 : 0x01}, 5);
@@ -2018,6 +2047,7 @@ static int apply_command(struct sim *s, const char *cmd, const char *arg)
                 e->secret = (uint32_t) v;
         } else if (strcmp(cmd, "report") == 0) {
                 write_report(s);
+                write_dumps(s);
         } else {
                 return -EINVAL;
         }
@@ -2052,6 +2082,7 @@ static int ecu_defaults(struct ecu *e, const char *name, size_t index)
             .page_size = 2048,
             .block_len = 1024,
             .secret = 0x5a5aa5a5,
+            .version_at = -1,
             .erase_ms = 5,
             .program_ms = 2,
             .reset_ms = 100,
@@ -2149,6 +2180,8 @@ static int parse_ecu(struct sim *s, const char *spec)
                         r = spec_u32(val, 1, ISOTP_MAX - 2, &e->block_len);
                 else if (strcmp(tok, "secret") == 0)
                         r = spec_u32(val, 0, UINT32_MAX, &e->secret);
+                else if (strcmp(tok, "version-at") == 0)
+                        r = spec_u32(val, 0, FLASH_MAX - 1, &v), e->version_at = v;
                 else if (strcmp(tok, "erase-ms") == 0)
                         r = spec_u32(val, 0, 100000, &v), e->erase_ms = v;
                 else if (strcmp(tok, "program-ms") == 0)
@@ -2367,6 +2400,7 @@ static int run(struct sim *s)
                         if (read(s->sigfd, &si, sizeof(si)) == (ssize_t) sizeof(si)) {
                                 if (si.ssi_signo == SIGUSR1) {
                                         write_report(s);
+                                        write_dumps(s);
                                         continue;
                                 }
                                 vlog(s, "signal %u, exiting", si.ssi_signo);
@@ -2392,8 +2426,9 @@ static void usage(FILE *f)
             "  --classic-adapter      an adapter without CAN FD: refuses Y, d, D, b, B\n"
             "  --functional-id ID     the functional request id (default 0x7df)\n"
             "  --ecu SPEC             an ECU (up to 16): NAME,tx=ID,rx=ID[,key=value...]; keys:\n"
-            "                         serial version next-version hardware flash=ADDR:SIZE\n"
-            "                         page block secret erase-ms program-ms reset-ms p2 p2star\n"
+            "                         serial version next-version version-at hardware\n"
+            "                         flash=ADDR:SIZE page block secret erase-ms program-ms\n"
+            "                         reset-ms p2 p2star\n"
             "                         pending-ms response-us bs stmin tx-dl pad=0|1, and the "
             "flags\n"
             "                         ext fd. Default: one ECU ecu1,tx=0x7e0,rx=0x7e8\n"
@@ -2414,7 +2449,8 @@ static void usage(FILE *f)
             "  --secret ECU=0xN       the ECU's SecurityAccess secret changes (wrong keys)\n"
             "  --reset-adapter-after N  the adapter loses its open state after N host frames\n"
             "  reset-adapter, reboot-adapter MS (control only): lose the open state now; and\n"
-            "                         ignore all input for MS ms\n",
+            "                         ignore all input for MS ms\n"
+            "  report (control only), or SIGUSR1: write the report and the dumps now\n",
             f);
 }
 
