@@ -16,9 +16,9 @@ E2E_NAME=deploy-can
 
 SIM=$GW_BUILD/tools/sim/can-sim
 MODULE=$GW_BUILD/tools/sim/libuds-seedkey.so
-if ! "$GWD" --help 2>&1 | grep -q . || [ ! -x "$SIM" ] || [ ! -f "$MODULE" ]; then
-        echo "SKIP: can-sim or the uds seed-to-key module was not built (transport can, protocol uds)"
-        exit 77
+if [ ! -x "$SIM" ] || [ ! -f "$MODULE" ]; then
+        echo "FAIL: can-sim or the uds seed-to-key module was not built"
+        exit 1
 fi
 
 gw="gw-e2e-can"

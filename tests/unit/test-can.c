@@ -574,6 +574,7 @@ struct adapter {
         bool classic;    /* refuses Y */
         bool quiet;      /* answers V and nothing else, as the stock CANable firmware */
         int reset_after; /* lose the open state when this many frames have come; -1 never */
+        unsigned reads;  /* read() calls that brought something */
 } ad;
 
 static void adapter_write(const char *s, size_t n)
@@ -654,6 +655,8 @@ static int on_adapter(struct gw_source *s, int fd, short revents, void *userdata
         char buf[4096];
         ssize_t n = read(fd, buf, sizeof(buf));
 
+        if (n > 0)
+                ad.reads++;
         for (ssize_t i = 0; i < n; i++) {
                 if (buf[i] == '\r') {
                         adapter_line();
@@ -860,7 +863,7 @@ static void test_bus_sharing(void **state)
 
         assert_null(
             link_open(-EINVAL, port_opt(), "tx-id=0x7e2", "rx-id=0x7ea", "tx-burst=2", NULL));
-        assert_non_null(strstr(logbuf, "tx-burst 8, this node says 2"));
+        assert_non_null(strstr(logbuf, "tx-burst 16, this node says 2"));
 
         /* Refused while the adapter is still being configured (nothing could leave), taken
          * once it is open and sent in order. */
@@ -950,6 +953,7 @@ static void test_queue_bound(void **state)
         b = link_open(0, port_opt(), "tx-id=0x7e1", "rx-id=0x7e9", "bitrate=10000", "tx-burst=1",
                       NULL);
         assert_int_equal(tx_when_up(a, 0x7e0, 0, "2100"), 0);
+        run_for(5); /* it leaves from the loop */
         ad.mode = ADAPTER_SILENT;
         for (r = tx(a, 0x7e0, 0, "2100"); n < 5000 && r == 0; r = tx(a, 0x7e0, 0, "2100"))
                 n++;
@@ -1037,6 +1041,30 @@ static void test_pacing_burst(void **state)
                 assert_int_equal(ad.frames[i].data[0], 0x21 + i);
         assert_int_equal(can_pace_lead_ns(&(struct can_settings){.tx_burst = 1}, 1000), 0);
         assert_int_equal(can_pace_lead_ns(&(struct can_settings){.tx_burst = 4}, 1000), 3000);
+        link_close(a);
+}
+
+/* Frames queued in one go (an ISO-TP message with BS 0) are not written from send_frame() but
+ * from the loop right after, up to tx-burst of them in one write: one wake-up of the adapter's
+ * side for the burst, not one a frame. */
+static void test_burst_one_write(void **state)
+{
+        void *a;
+        struct pollfd p = {.events = POLLIN};
+        size_t want;
+        unsigned reads;
+
+        a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", NULL);
+        assert_true(run_until(bus_up, a, 1000));
+        run_for(20);
+        want = ad.n_frames + 10;
+        reads = ad.reads;
+        for (int i = 0; i < 10; i++)
+                assert_int_equal(tx(a, 0x7e0, 0, "2112345678901234"), 0);
+        p.fd = ad.master;
+        assert_int_equal(poll(&p, 1, 0), 0); /* nothing written yet */
+        assert_true(run_until(frames_at_adapter, &want, 1000));
+        assert_int_equal(ad.reads - reads, 1);
         link_close(a);
 }
 
@@ -1395,6 +1423,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_queue_bound, setup, teardown),
             cmocka_unit_test_setup_teardown(test_pacing, setup, teardown),
             cmocka_unit_test_setup_teardown(test_pacing_burst, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_burst_one_write, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_reset, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_bel_on_empty, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_quiet, setup, teardown),

@@ -65,8 +65,13 @@ struct can_backend_ops {
         /* Releases everything open() took, fds unwatched. Never fails; also after failure. */
         void (*close)(struct can_bus *bus);
         /* Takes f for the bus now: 0, -EAGAIN (not now: the backend calls can_bus_kick() when
-         * it can take more), or -errno (the bus then fails). */
+         * it can take more), or -errno (the bus then fails). The backend may hold it until
+         * flush(). */
         int (*xmit)(struct can_bus *bus, const struct gw_can_frame *f);
+        /* After a run of xmit() calls: what they took goes to the device now, in one write
+         * where it can (slcan: one wake-up of the adapter's side for a burst, not one a frame).
+         * NULL: xmit() wrote it already. */
+        void (*flush)(struct can_bus *bus);
         /* The links changed (one joined or left): filters to update. 0 or -errno. NULL: none. */
         int (*links_changed)(struct can_bus *bus);
         /* A link asks for CAN FD frames on a bus opened without: 0 or -errno. NULL: refused. */
@@ -111,6 +116,7 @@ struct can_bus {
         struct can_txq_entry *txq;
         size_t txq_cap, txq_head, txq_len;
         bool kicking;
+        bool kick_soon; /* frames were queued: the timer fires at once to send them */
         uint64_t pace_next_ns;
         uint64_t frames_sent, frames_received, frames_unclaimed;
 

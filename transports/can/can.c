@@ -27,7 +27,7 @@
 #define BAUD_DEFAULT     115200
 #define BITRATE_DEFAULT  500000
 #define BUS_LOAD_DEFAULT 80
-#define TX_BURST_DEFAULT 8
+#define TX_BURST_DEFAULT 16
 #define TX_BURST_MAX     32 /* the slcan window: frames written and not answered */
 #define IFNAME_MAX       15 /* IFNAMSIZ - 1 */
 #define TXQ_INITIAL      64
@@ -383,6 +383,7 @@ static void on_timer(struct can_bus *bus, int fd, short revents)
         }
         if (bus->deadline_pace_ns && now >= bus->deadline_pace_ns) {
                 bus->deadline_pace_ns = 0;
+                bus->kick_soon = false;
                 can_bus_kick(bus);
                 if (bus->error)
                         return;
@@ -494,6 +495,7 @@ uint64_t can_pace_lead_ns(const struct can_settings *set, uint64_t cost_ns)
 void can_bus_kick(struct can_bus *bus)
 {
         bool pace = bus->set.bitrate > 0;
+        unsigned sent = 0;
 
         if (bus->kicking || bus->error)
                 return;
@@ -531,6 +533,7 @@ void can_bus_kick(struct can_bus *bus)
                 e->link->tx_queued--;
                 txq_pop(bus);
                 bus->frames_sent++;
+                sent++;
                 if (pace) {
                         /* Absolute deadlines: a wake-up a little late is made up by the next
                          * frame; after a pause the schedule restarts from now. */
@@ -539,6 +542,8 @@ void can_bus_kick(struct can_bus *bus)
                         bus->pace_next_ns = start + frame_cost_ns(bus, &f);
                 }
         }
+        if (sent && !bus->error && bus->ops->flush)
+                bus->ops->flush(bus);
         bus->kicking = false;
 }
 
@@ -880,7 +885,13 @@ static int can_send_frame(void *priv, const struct gw_can_frame *f)
         r = txq_push(bus, l, f);
         if (r < 0)
                 return r;
-        can_bus_kick(bus);
+        /* Sent from the loop, right after whatever queues it returns: the frames a protocol
+         * queues in one go (a whole ISO-TP message with BS 0) leave together, in one write. */
+        if (!bus->kick_soon) {
+                bus->kick_soon = true;
+                bus->deadline_pace_ns = 1; /* long past: the timer fires at once */
+                arm_timer(bus);
+        }
         return 0;
 }
 

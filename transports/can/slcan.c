@@ -555,10 +555,16 @@ static int slcan_xmit(struct can_bus *bus, const struct gw_can_frame *f)
         out_append(s, line, (size_t) n);
         if (!s->quiet)
                 pend_push(s, CMD_FRAME, f);
-        if (out_flush(bus) < 0)
+        /* Written by slcan_flush() at the end of the burst; only a full buffer goes now. */
+        if (s->out_len > sizeof(s->out) / 2 && out_flush(bus) < 0)
                 return 0;
         update_deadline(bus);
         return 0;
+}
+
+static void slcan_flush(struct can_bus *bus)
+{
+        out_flush(bus);
 }
 
 static speed_t termios_speed(uint32_t baud)
@@ -684,6 +690,7 @@ const struct can_backend_ops can_slcan_ops = {
     .open = slcan_open,
     .close = slcan_close,
     .xmit = slcan_xmit,
+    .flush = slcan_flush,
     .enable_fd = slcan_enable_fd,
     .timeout = slcan_timeout,
 };
