@@ -114,7 +114,7 @@ for br in $BITRATES; do
                                 failed=$((failed + 1))
                                 continue
                         fi
-                        grep -v '=' "$work/$name.limit"
+                        grep -v -E '^[a-z_0-9]+=' "$work/$name.limit"
                         if [ "$(val "$name" same_frames)" != True ] || [ "$(val "$name" bits_agree)" != True ]; then
                                 echo "  (the bus carried other frames than the minimal exchange: the ratios include them)"
                         fi

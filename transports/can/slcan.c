@@ -85,6 +85,7 @@ struct slcan {
         bool got_reply; /* a CR or BEL answered a command since configuring started */
         bool heard;     /* anything at all came from the port since it was opened */
         bool was_open;  /* the adapter was open once */
+        bool starved;   /* xmit() refused a frame: the bus is kicked at the next answer */
 
         uint64_t malformed, overlong, other, refused, recoveries, lost;
 };
@@ -333,8 +334,13 @@ static void opened(struct can_bus *bus)
         s->resend_unsafe = false;
         if (out_flush(bus) < 0)
                 return;
-        /* Frames were refused until now: the first open lets them in. */
+        /* Frames were refused until now: the first open lets them in; after a recovery, those
+         * waiting in the bus's queue go. */
         can_bus_up(bus);
+        if (s->starved && !bus->error) {
+                s->starved = false;
+                can_bus_kick(bus);
+        }
 }
 
 static void on_reply(struct can_bus *bus, bool ok)
@@ -393,6 +399,11 @@ static void on_reply(struct can_bus *bus, bool ok)
                 if (ok) {
                         if (s->n_resend > 0)
                                 s->resend_unsafe = true;
+                        if (s->state == SLCAN_OPEN && !s->starved)
+                                /* The usual case, once a frame: the reply watchdog may fire
+                                 * early (it looks again then), and the bus-load schedule, not
+                                 * the answers, says when the next frames go. */
+                                return;
                         break;
                 }
                 s->refused++;
@@ -410,7 +421,10 @@ static void on_reply(struct can_bus *bus, bool ok)
         if (bus->error)
                 return;
         update_deadline(bus);
-        can_bus_kick(bus);
+        if (s->starved) {
+                s->starved = false;
+                can_bus_kick(bus);
+        }
 }
 
 static void on_event(void *userdata, enum gw_slcan_event e, const struct gw_can_frame *f,
@@ -544,14 +558,18 @@ static int slcan_xmit(struct can_bus *bus, const struct gw_can_frame *f)
         char line[GW_SLCAN_LINE_MAX + 2];
         int n;
 
-        if (s->state != SLCAN_OPEN || (!s->quiet && s->pend_len >= SLCAN_WINDOW))
+        if (s->state != SLCAN_OPEN || (!s->quiet && s->pend_len >= SLCAN_WINDOW)) {
+                s->starved = true;
                 return -EAGAIN;
+        }
         n = gw_slcan_format(f, line, sizeof(line));
         if (n < 0)
                 return n;
         /* Room kept for a recovery's commands. */
-        if ((size_t) n + 32 > sizeof(s->out) - s->out_len)
+        if ((size_t) n + 32 > sizeof(s->out) - s->out_len) {
+                s->starved = true;
                 return -EAGAIN;
+        }
         out_append(s, line, (size_t) n);
         if (!s->quiet)
                 pend_push(s, CMD_FRAME, f);
