@@ -1068,6 +1068,35 @@ static void test_burst_one_write(void **state)
         link_close(a);
 }
 
+/* Following the schedule with a lead, the transport comes back when half of it is used and sends
+ * what the schedule then allows in one write: with tx-burst 8, frames after the first 8 leave four
+ * at a time, not one a timer expiry. */
+static void test_pacing_batches(void **state)
+{
+        void *a;
+        size_t want;
+        unsigned reads;
+
+        a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", "bitrate=10000", "bus-load=100",
+                      "tx-burst=8", NULL);
+        assert_true(run_until(bus_up, a, 1000));
+        run_for(20);
+        want = ad.n_frames + 8;
+        for (int i = 0; i < 24; i++)
+                assert_int_equal(tx(a, 0x7e0, 0, "2100000000000000"), 0);
+        assert_true(run_until(frames_at_adapter, &want, 1000));
+        reads = ad.reads;
+        want += 16;
+        assert_true(run_until(frames_at_adapter, &want, 3000));
+        /* 16 frames of 11 ms or more each: in about 4 writes (a late wake-up may add one or
+         * two), where pacing frame by frame takes 16. */
+        if (ad.reads - reads > 7) {
+                fprintf(stderr, "16 frames in %u reads\n", ad.reads - reads);
+                fail();
+        }
+        link_close(a);
+}
+
 /* An adapter that never answers anything (a port nobody serves, not an slcan adapter): frames
  * are refused until it opens, and the bus goes down after one reply timeout, not after the
  * whole recovery time, with a reason that says so. */
@@ -1424,6 +1453,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_pacing, setup, teardown),
             cmocka_unit_test_setup_teardown(test_pacing_burst, setup, teardown),
             cmocka_unit_test_setup_teardown(test_burst_one_write, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_pacing_batches, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_reset, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_bel_on_empty, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_quiet, setup, teardown),
