@@ -16,8 +16,8 @@ simulator's, frame by frame (two independent counts of the same frames).
 
 Usage: uds-limit.py IMAGE TRACE REPORT ADDRESS  (prints key=value lines and the arithmetic)"""
 import json
-import math
 import sys
+import zlib
 
 PAD = 0xCC
 
@@ -185,7 +185,7 @@ def main():
     phase("RequestDownload", simple(bytes([0x34, 0x00, 0x44]) + a4 + s4,
                                     sf(bytes([4, 0x74, 0x20, (block + 2) >> 8, (block + 2) & 0xFF]))))
 
-    dl_t0, dl_w0, dl_f0, dl_b0 = bus.t, bus.wait_ns, bus.frames, bus.bits
+    dl_t0, dl_w0, dl_f0, dl_b0, dl_s0 = bus.t, bus.wait_ns, bus.frames, bus.bits, bus.stuff
     n_blocks, ctr = 0, 1
     per_block = []
     for off in range(0, size, block):
@@ -197,11 +197,9 @@ def main():
         per_block.append(bus.t - t0)
         ctr, n_blocks = (ctr + 1) & 0xFF, n_blocks + 1
     dl_ns, dl_wait = bus.t - dl_t0, bus.wait_ns - dl_w0
-    dl_frames, dl_bits = bus.frames - dl_f0, bus.bits - dl_b0
+    dl_frames, dl_bits, dl_stuff = bus.frames - dl_f0, bus.bits - dl_b0, bus.stuff - dl_s0
     phases.append(("TransferData x %d" % n_blocks, dl_ns, dl_wait))
 
-    crc = 0
-    import zlib
     crc = zlib.crc32(image) & 0xFFFFFFFF
     phase("RequestTransferExit", simple(bytes([0x37]), sf(bytes([1, 0x77]))))
     phase("RoutineControl check (CRC-32)",
@@ -234,7 +232,6 @@ def main():
 
     raw111 = 8 * bitrate / 111
     raw135 = 8 * bitrate / 135
-    cf_frames = n_blocks and (dl_frames - 3 * n_blocks)
     out = {
         "bitrate": bitrate, "image": size, "blocks": n_blocks, "block": block,
         "program_ms": tm["program_ms_per_block"], "response_us": tm["response_us"],
@@ -255,7 +252,7 @@ def main():
     print("  a full block: TransferData of %d bytes = FF (6) + ceil((%d + 2 - 6) / 7) = %d CFs, the ECU's FC,"
           % (block + 2, block, nf - 1))
     print("         its answer (SF): %d frames; %d frames for the %d blocks, %d bits with %d stuff bits"
-          % (nf + 2, dl_frames, n_blocks, dl_bits, bus.stuff))
+          % (nf + 2, dl_frames, n_blocks, dl_bits, dl_stuff))
     print("         (%.2f bits a frame on average: 111 bits with no stuffing, 135 at worst)"
           % (dl_bits / dl_frames))
     print("  per block: bits / bitrate + %d us (FC) + %s = %.3f ms on average (%.3f to %.3f)"
