@@ -446,5 +446,20 @@ case_k() {
 }
 check "the adapter does not come back mid-transfer: a clear error after 2 s" case_k
 
+# (l) SocketCAN (-o interface=...): an interface that is not there, or a kernel without AF_CAN (as
+# here: no vcan either), is a clear error before anything is sent.
+case_l() {
+        local st
+        timeout 20 "$GWFLASH" -t can -o interface=gwnocan0 "${UDS[@]}" "$work/img.bin" \
+                >"$work/l.out" 2>"$work/l.err"
+        st=$?
+        refused l "$st" "Cannot open can link gwnocan0: " || return 1
+        grep -qE "No such device|this kernel has no SocketCAN" "$work/l.err" || {
+                show l
+                return 1
+        }
+}
+check "SocketCAN: no such interface (or no AF_CAN): said so, exit 1" case_l
+
 [ "$failures" -eq 0 ] || exit 1
 exit 0
