@@ -565,7 +565,10 @@ static int slcan_xmit(struct can_bus *bus, const struct gw_can_frame *f)
         n = gw_slcan_format(f, line, sizeof(line));
         if (n < 0)
                 return n;
-        /* Room kept for a recovery's commands. */
+        /* Room kept for a recovery's commands. When the buffer is that full, what it holds goes
+         * now; if the port does not take it all, its POLLOUT watch kicks the bus later. */
+        if ((size_t) n + 32 > sizeof(s->out) - s->out_len && out_flush(bus) < 0)
+                return 0;
         if ((size_t) n + 32 > sizeof(s->out) - s->out_len) {
                 s->starved = true;
                 return -EAGAIN;
