@@ -212,6 +212,14 @@ __attribute__((format(printf, 2, 3))) static void flash_set_error(void *ctx, con
         va_end(ap);
 }
 
+/* Why the link failed, when the transport can tell (ops version 6), else NULL. */
+static const char *link_error(const struct gw_flash *f)
+{
+        if (!f->link_open || f->t->version < 6 || !f->t->link_error)
+                return NULL;
+        return f->t->link_error(f->tpriv);
+}
+
 static void finish(struct gw_flash *f, int r)
 {
         const struct gw_flash_callbacks *cb = f->cb;
@@ -228,6 +236,10 @@ static void finish(struct gw_flash *f, int r)
         }
         /* Best effort: a cancel sequence queued last should reach the node. */
         (void) flush_out(f);
+        if (r < 0 && link_error(f))
+                /* The link failed beneath the protocol: its cause is the reason, whatever the
+                 * protocol made of the failure (a request it could not send, a timeout). */
+                snprintf(f->reason, sizeof(f->reason), "link lost: %s", link_error(f));
         if (r < 0 && !f->reason[0])
                 snprintf(f->reason, sizeof(f->reason), "%s", strerror(-r));
         update_events(f);

@@ -54,17 +54,19 @@ bool gw_deploy_node_revert(struct node_rt *n)
         gw_log_info("%s: rolling back to %s %s", n->cfg->name, im->name, im->version);
         n->reverting = true;
         gw_deploy_node_set_active(n, true);
+        /* The progress is the rollback's from its first report on, not what the node took of
+         * the image it is rolled back from. */
+        n->bytes = 0;
+        n->total = im->size;
+        n->last_pct = -1;
+        n->resumed_from = 0;
         gw_deploy_node_set_state(n, GW_NODE_REVERTING);
         /* A fresh link with the previous image's options (a DfuSe address may differ). */
         r = gw_deploy_node_reader_open(d, n, im->sha256, im->name, im->version);
         if (r >= 0)
                 r = gw_deploy_node_open(d, n, im->options);
         if (r >= 0) {
-                n->bytes = 0;
-                n->total = im->size;
                 n->t0 = gw_now_ms();
-                n->last_pct = -1;
-                n->resumed_from = 0;
                 gw_deploy_journal_node_writing(d->engine, n, im);
                 r = gw_flash_install(n->flash, &n->reader, &cbs, n);
         }

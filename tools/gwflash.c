@@ -840,9 +840,10 @@ int main(int argc, char **argv)
                         fprintf(stderr, "gwflash: --usb takes VID:PID[,serial=S][,path=P]\n");
                 goto usage;
         }
-        label = gw_options_get(opts, "port")  ? gw_options_get(opts, "port")
-                : gw_options_get(opts, "usb") ? gw_options_get(opts, "usb")
-                                              : transport;
+        label = gw_options_get(opts, "port")        ? gw_options_get(opts, "port")
+                : gw_options_get(opts, "usb")       ? gw_options_get(opts, "usb")
+                : gw_options_get(opts, "interface") ? gw_options_get(opts, "interface")
+                                                    : transport;
 
         if (identify_only && !p->identify) {
                 fprintf(stderr, "gwflash: protocol %s cannot identify a node\n", p->name);
@@ -884,7 +885,9 @@ int main(int argc, char **argv)
         }
         if (r < 0) {
                 gw_log_error_errno(r, "Cannot open %s link %s: %m%s", transport, label,
-                                   r == -EINVAL ? " (a bad option? -v says which)" : "");
+                                   r == -EINVAL         ? " (a bad option? -v says which)"
+                                   : r == -EAFNOSUPPORT ? " (this kernel has no SocketCAN)"
+                                                        : "");
                 goto out;
         }
         run.tty = isatty(STDERR_FILENO);

@@ -31,8 +31,9 @@
  * protocol ops added the frames link shape (CAN); version 7 of the protocol ops added options
  * only a node's configuration may set (node_options), and readers name their file (path);
  * version 8 added telling whether identify() reaches the node after an install
- * (identifies_after_install); version 6 of the host added resumed(). */
-#define GW_TRANSPORT_OPS_VERSION 5
+ * (identifies_after_install); version 6 of the host added resumed(); version 6 of the
+ * transport ops added why a link failed (link_error). */
+#define GW_TRANSPORT_OPS_VERSION 6
 #define GW_PROTOCOL_OPS_VERSION  8
 #define GW_SERVICES_VERSION      2
 #define GW_PROTO_HOST_VERSION    6
@@ -246,13 +247,23 @@ struct gw_transport_ops {
         const struct gw_can_link_info *(*can_info)(void *priv);
         /* Queues one frame for the bus and returns at once; the transport sends queued frames
          * in order, as fast as the bus, the adapter and its bus-load limit allow. f is copied.
-         * 0, -ENOBUFS (its queue is full: more than a protocol ever has in flight, a bug),
+         * 0, -ENOBUFS (its queue is full: more than a protocol ever has in flight, a bug; or
+         * the adapter has not been opened yet, so that no protocol timer runs for a frame that
+         * cannot leave: offer it again a little later),
          * -EINVAL (an id or length the link cannot carry: FD on a classic link, 29-bit on an
          * 11-bit one), -ENETDOWN (the adapter or interface is down or bus-off), -EPIPE (gone). */
         int (*send_frame)(void *priv, const struct gw_can_frame *f);
         /* Non-blocking: takes the next frame received for this link into *ret. 1 (a frame),
          * -EAGAIN (none), -ENETDOWN, -EPIPE. */
         int (*recv_frame)(void *priv, struct gw_can_frame *ret);
+
+        /* Version 6. */
+        /* Why the link failed, once an op, read() or recv_frame() returned a link error
+         * (-ENETDOWN, -EPIPE, ...): one line naming the cause, e.g. "slcan adapter
+         * /dev/ttyACM0: does not answer (nothing came back for V, C, S6, O within 500 ms)".
+         * Owned by the transport, valid until close(). NULL while the link is fine, or when
+         * the transport cannot tell. */
+        const char *(*link_error)(void *priv);
 };
 
 /* The image a protocol installs: read at any offset, so a protocol can resend a block.

@@ -209,6 +209,7 @@ struct uds {
         unsigned repeats;  /* TransferData resent for want of an answer */
         bool session_open; /* a non-default session the ECU drops after S3 */
         bool cancelling;
+        bool heard; /* a frame came from the ECU during this operation */
 
         size_t did_index;
         uint8_t seed[GW_UDS_SEED_MAX];
@@ -1192,7 +1193,21 @@ static int no_response(struct uds *u, int err, const char *why)
         default:
                 break;
         }
-        return fail(u, err, "%s: %s", service_name(u->sid), why);
+        if (err != -ETIMEDOUT)
+                return fail(u, err, "%s: %s", service_name(u->sid), why);
+        /* Say whom the silence is about: nobody on these ids at all, or an ECU that answered
+         * before and stopped. */
+        if (!u->heard)
+                return fail(u, err,
+                            "%s: %s: no ECU answers on 0x%" PRIx32 " to requests on 0x%" PRIx32
+                            " (tx-id, rx-id wrong, or the ECU is off?)",
+                            service_name(u->sid), why, u->info->rx_id, u->info->tx_id);
+        if (u->state == UDS_TRANSFER)
+                return fail(u, err,
+                            "TransferData block %u (image offset %" PRIu64 "): %s, sent %u "
+                            "times: the ECU stopped answering",
+                            u->counter, u->offset, why, u->repeats + 1);
+        return fail(u, err, "%s: %s: the ECU stopped answering", service_name(u->sid), why);
 }
 
 static int on_negative(struct uds *u, uint8_t nrc)
@@ -1934,6 +1949,7 @@ static int uds_frame(void *priv, const struct gw_can_frame *f)
 
         if (!u->tp_ready || ended(u))
                 return result(u);
+        u->heard = true;
         gw_isotp_frame(&u->tp_conn, f, now(u));
         return leave(u);
 }

@@ -268,6 +268,11 @@ int main(int argc, char **argv)
                         r = (size_t) frames[i].node < n_nodes
                                 ? ops->send_frame(nodes[frames[i].node].priv, &f)
                                 : -EINVAL;
+                        /* Refused until the adapter is open, or while the queue is full. */
+                        for (uint64_t until = gw_now_ms() + timeout_ms;
+                             r == -ENOBUFS && gw_now_ms() < until;
+                             r = ops->send_frame(nodes[frames[i].node].priv, &f))
+                                gw_loop_iterate(loop, 1);
                         if (r < 0) {
                                 printf("error: sending frame %zu: %s\n", i, strerror(-r));
                                 goto out;

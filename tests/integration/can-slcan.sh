@@ -188,10 +188,11 @@ fi
 
 # The adapter loses its open state after 10 frames (what it had queued for the bus is lost with
 # it, as with a real reset): frames are refused with BEL, the transport configures it again and
-# sends the refused frames; requests keep being answered. Bus-load 20 keeps the adapter's queue
-# short, so that the reset costs at most the frame it was taking.
+# sends the refused frames; requests keep being answered. Bus-load 20 and tx-burst 1 keep the
+# adapter's queue short, so that the reset costs at most the frame it was taking.
 if start_sim c2 --ecu ecu1,tx=0x7e0,rx=0x7e8 --reset-adapter-after 10; then
-        timeout 30 "$HOST" --port "$work/c2.tty" --set bus-load=20 --node 0x7e0:0x7e8 \
+        timeout 30 "$HOST" --port "$work/c2.tty" --set bus-load=20 --set tx-burst=1 \
+                --node 0x7e0:0x7e8 \
                 --send 0:7E0:023E00CCCCCCCCCC --repeat 40 --expect 38 --hold 1000 --timeout 10000 \
                 -v >"$work/c2.host" 2>"$work/c2.host.log"
         stop_sim
@@ -206,9 +207,11 @@ if start_sim c2 --ecu ecu1,tx=0x7e0,rx=0x7e8 --reset-adapter-after 10; then
 fi
 
 # The bus-load limit: 300 frames from a node no ECU answers, at 125 kbit/s and bus-load 40, are
-# spread so that they take at most 40 % of the simulated bus's time.
+# spread so that they take at most 40 % of the simulated bus's time (tx-burst 1: none sent ahead
+# of the schedule, which would add up to tx-burst - 1 frames to the span's share).
 if start_sim c3 --bitrate 125000 --ecu ecu1,tx=0x7e0,rx=0x7e8; then
         timeout 30 "$HOST" --port "$work/c3.tty" --set bitrate=125000 --set bus-load=40 \
+                --set tx-burst=1 \
                 --node 0x100:0x101 --send 0:100:5555555555555555 --send 0:100:0000000000000000 \
                 --send 0:100:FFFFFFFFFFFFFFFF --repeat 100 --expect 0 --hold 1500 \
                 >"$work/c3.host" 2>&1

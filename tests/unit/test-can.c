@@ -191,6 +191,10 @@ static void test_check(void **state)
             {{"port=/dev/x", "tx-id=1", "rx-id=2", "fd=maybe"}, -EINVAL, "option fd"},
             {{"port=/dev/x", "tx-id=1", "rx-id=2", "bus-load=0"}, -EINVAL, "option bus-load"},
             {{"port=/dev/x", "tx-id=1", "rx-id=2", "bus-load=101"}, -EINVAL, "option bus-load"},
+            {{"port=/dev/x", "tx-id=1", "rx-id=2", "tx-burst=1"}, 0, NULL},
+            {{"port=/dev/x", "tx-id=1", "rx-id=2", "tx-burst=32"}, 0, NULL},
+            {{"port=/dev/x", "tx-id=1", "rx-id=2", "tx-burst=0"}, -EINVAL, "option tx-burst"},
+            {{"port=/dev/x", "tx-id=1", "rx-id=2", "tx-burst=33"}, -EINVAL, "option tx-burst"},
             {{"port=/dev/x", "tx-id=1", "rx-id=2", "functional-id=0x7df"}, 0, NULL},
             {{"port=/dev/x", "tx-id=1", "rx-id=2", "functional-id=2"}, -EINVAL, "must differ"},
             {{"interface=this-is-far-too-long0", "tx-id=1", "rx-id=2"},
@@ -570,6 +574,7 @@ struct adapter {
         bool classic;    /* refuses Y */
         bool quiet;      /* answers V and nothing else, as the stock CANable firmware */
         int reset_after; /* lose the open state when this many frames have come; -1 never */
+        unsigned reads;  /* read() calls that brought something */
 } ad;
 
 static void adapter_write(const char *s, size_t n)
@@ -650,6 +655,8 @@ static int on_adapter(struct gw_source *s, int fd, short revents, void *userdata
         char buf[4096];
         ssize_t n = read(fd, buf, sizeof(buf));
 
+        if (n > 0)
+                ad.reads++;
         for (ssize_t i = 0; i < n; i++) {
                 if (buf[i] == '\r') {
                         adapter_line();
@@ -729,9 +736,12 @@ static void run_for(unsigned ms)
                 gw_loop_iterate(loop, 5);
 }
 
-static bool adapter_open(void *arg)
+/* The transport takes frames (the adapter answered O once). */
+static bool bus_up(void *priv)
 {
-        return ad.open;
+        const struct can_link *l = priv;
+
+        return l->bus && l->bus->up;
 }
 
 static bool frames_at_adapter(void *arg)
@@ -775,6 +785,20 @@ static int tx(void *priv, uint32_t id, uint8_t flags, const char *hex)
         struct gw_can_frame f = frame(id, flags, hex);
 
         return ops->send_frame(priv, &f);
+}
+
+/* tx() once the bus is up: the transport refuses frames with -ENOBUFS until the adapter has
+ * been opened once (so that no protocol timer runs for a frame that cannot leave). */
+static int tx_when_up(void *priv, uint32_t id, uint8_t flags, const char *hex)
+{
+        uint64_t end = gw_now_ms() + 2000;
+        int r = tx(priv, id, flags, hex);
+
+        while (r == -ENOBUFS && gw_now_ms() < end) {
+                gw_loop_iterate(loop, 5);
+                r = tx(priv, id, flags, hex);
+        }
+        return r;
 }
 
 static bool readable(void *priv)
@@ -837,8 +861,14 @@ static void test_bus_sharing(void **state)
                 link_close(c);
         }
 
-        /* Queued while the adapter is still being configured, sent in order once it is open. */
-        assert_int_equal(tx(a, 0x7e0, 0, "0210"), 0);
+        assert_null(
+            link_open(-EINVAL, port_opt(), "tx-id=0x7e2", "rx-id=0x7ea", "tx-burst=2", NULL));
+        assert_non_null(strstr(logbuf, "tx-burst 16, this node says 2"));
+
+        /* Refused while the adapter is still being configured (nothing could leave), taken
+         * once it is open and sent in order. */
+        assert_int_equal(tx(a, 0x7e0, 0, "0210"), -ENOBUFS);
+        assert_int_equal(tx_when_up(a, 0x7e0, 0, "0210"), 0);
         assert_int_equal(tx(b, 0x7e1, 0, "0210"), 0);
         assert_int_equal(tx(a, 0x7e0, 0, "023e00"), 0);
         assert_int_equal(tx(b, 0x7df, 0, "023e80"), 0);
@@ -917,10 +947,15 @@ static void test_queue_bound(void **state)
         void *a, *b;
         int r = 0, n = 0;
 
+        /* 10 kbit/s and a burst of 1: one frame leaves, the next only 13.5 ms later. */
+        a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", "bitrate=10000", "tx-burst=1",
+                      NULL);
+        b = link_open(0, port_opt(), "tx-id=0x7e1", "rx-id=0x7e9", "bitrate=10000", "tx-burst=1",
+                      NULL);
+        assert_int_equal(tx_when_up(a, 0x7e0, 0, "2100"), 0);
+        run_for(5); /* it leaves from the loop */
         ad.mode = ADAPTER_SILENT;
-        a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", NULL);
-        b = link_open(0, port_opt(), "tx-id=0x7e1", "rx-id=0x7e9", NULL);
-        while (n < 5000 && (r = tx(a, 0x7e0, 0, "2100")) == 0)
+        for (r = tx(a, 0x7e0, 0, "2100"); n < 5000 && r == 0; r = tx(a, 0x7e0, 0, "2100"))
                 n++;
         assert_int_equal(r, -ENOBUFS);
         assert_int_equal(n, CAN_TX_PER_LINK_MAX);
@@ -942,8 +977,8 @@ static void test_pacing(void **state)
 
         /* 10 kbit/s and 50 %: an 8-byte frame takes 11-13.5 ms of bus, so 22-27 ms each. */
         a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", "bitrate=10000", "bus-load=50",
-                      NULL);
-        assert_true(run_until(adapter_open, NULL, 1000));
+                      "tx-burst=1", NULL);
+        assert_true(run_until(bus_up, a, 1000));
         for (size_t i = 0; i < 12; i++) {
                 f[i] = frame(0x7e0, 0, "2100000000000000");
                 f[i].data[0] = (uint8_t) (0x21 + i);
@@ -966,6 +1001,130 @@ static void test_pacing(void **state)
         link_close(a);
 }
 
+/* tx-burst: that many frames leave at once, the adapter holding them while the bus is busy, and
+ * the rest follow the bus-load schedule: a late wake-up of ours does not leave the bus idle. */
+static void test_pacing_burst(void **state)
+{
+        void *a;
+        struct gw_can_bits bits;
+        struct gw_can_frame f[12];
+        uint64_t cost[12], lead = 0;
+        size_t want = 12;
+
+        a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", "bitrate=10000", "bus-load=50",
+                      "tx-burst=4", NULL);
+        assert_true(run_until(bus_up, a, 1000));
+        for (size_t i = 0; i < 12; i++) {
+                f[i] = frame(0x7e0, 0, "2100000000000000");
+                f[i].data[0] = (uint8_t) (0x21 + i);
+                f[i].data[5] = (uint8_t) (i * 31);
+                assert_int_equal(gw_can_frame_bits(&f[i], &bits), 0);
+                cost[i] = gw_can_bits_ns(&bits, 10000, 0) * 2;
+                assert_int_equal(ops->send_frame(a, &f[i]), 0);
+        }
+        assert_true(run_until(frames_at_adapter, &want, 3000));
+        /* Frames 0-3 at once (well within one frame's 22 ms). */
+        assert_true(ad.frame_ns[3] - ad.frame_ns[0] < 10000000);
+        /* Frame k >= 4 leaves when frames 0..k-4 have had their time: the schedule runs three
+         * frames behind what was sent. */
+        for (size_t k = 4; k < 12; k++) {
+                uint64_t at = ad.frame_ns[k] - ad.frame_ns[0];
+
+                lead += cost[k - 4];
+                if (at + 2000000 < lead || at > lead + 150000000) {
+                        fprintf(stderr, "frame %zu at %llu ns, the schedule says %llu ns\n", k,
+                                (unsigned long long) at, (unsigned long long) lead);
+                        fail();
+                }
+        }
+        for (size_t i = 0; i < 12; i++)
+                assert_int_equal(ad.frames[i].data[0], 0x21 + i);
+        assert_int_equal(can_pace_lead_ns(&(struct can_settings){.tx_burst = 1}, 1000), 0);
+        assert_int_equal(can_pace_lead_ns(&(struct can_settings){.tx_burst = 4}, 1000), 3000);
+        link_close(a);
+}
+
+/* Frames queued in one go (an ISO-TP message with BS 0) are not written from send_frame() but
+ * from the loop right after, up to tx-burst of them in one write: one wake-up of the adapter's
+ * side for the burst, not one a frame. */
+static void test_burst_one_write(void **state)
+{
+        void *a;
+        struct pollfd p = {.events = POLLIN};
+        size_t want;
+        unsigned reads;
+
+        a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", NULL);
+        assert_true(run_until(bus_up, a, 1000));
+        run_for(20);
+        want = ad.n_frames + 10;
+        reads = ad.reads;
+        for (int i = 0; i < 10; i++)
+                assert_int_equal(tx(a, 0x7e0, 0, "2112345678901234"), 0);
+        p.fd = ad.master;
+        assert_int_equal(poll(&p, 1, 0), 0); /* nothing written yet */
+        assert_true(run_until(frames_at_adapter, &want, 1000));
+        assert_int_equal(ad.reads - reads, 1);
+        link_close(a);
+}
+
+/* Following the schedule with a lead, the transport comes back when half of it is used and sends
+ * what the schedule then allows in one write: with tx-burst 8, frames after the first 8 leave four
+ * at a time, not one a timer expiry. */
+static void test_pacing_batches(void **state)
+{
+        void *a;
+        size_t want;
+        unsigned reads;
+
+        a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", "bitrate=10000", "bus-load=100",
+                      "tx-burst=8", NULL);
+        assert_true(run_until(bus_up, a, 1000));
+        run_for(20);
+        want = ad.n_frames + 8;
+        for (int i = 0; i < 24; i++)
+                assert_int_equal(tx(a, 0x7e0, 0, "2100000000000000"), 0);
+        assert_true(run_until(frames_at_adapter, &want, 1000));
+        reads = ad.reads;
+        want += 16;
+        assert_true(run_until(frames_at_adapter, &want, 3000));
+        /* 16 frames of 11 ms or more each: in about 4 writes (a late wake-up may add one or
+         * two), where pacing frame by frame takes 16. */
+        if (ad.reads - reads > 7) {
+                fprintf(stderr, "16 frames in %u reads\n", ad.reads - reads);
+                fail();
+        }
+        link_close(a);
+}
+
+/* An adapter that never answers anything (a port nobody serves, not an slcan adapter): frames
+ * are refused until it opens, and the bus goes down after one reply timeout, not after the
+ * whole recovery time, with a reason that says so. */
+static void test_adapter_never_answers(void **state)
+{
+        void *a;
+        struct gw_can_frame f;
+        uint64_t t0 = gw_now_ms();
+
+        ad.mode = ADAPTER_SILENT;
+        a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", NULL);
+        assert_int_equal(tx(a, 0x7e0, 0, "0210"), -ENOBUFS);
+        assert_null(ops->link_error(a));
+        assert_true(run_until(link_readable, a, 2000));
+        /* flush 20 ms + reply 150 ms, well before recovery_ms (400). */
+        assert_true(gw_now_ms() - t0 < 350);
+        assert_int_equal(ops->recv_frame(a, &f), -ENETDOWN);
+        assert_int_equal(tx(a, 0x7e0, 0, "0210"), -ENETDOWN);
+        assert_non_null(ops->link_error(a));
+        assert_non_null(strstr(ops->link_error(a), "slcan adapter /dev/pts/"));
+        assert_non_null(strstr(ops->link_error(a),
+                               ": does not answer (nothing came back for V, C, S6, O within "
+                               "150 ms)"));
+        assert_int_equal(ad.n_cmds, 0); /* silent: it took note of nothing */
+        link_close(a);
+        assert_int_equal(n_watches, 0);
+}
+
 /* The adapter loses its open state (a reset): frames answered with BEL, the transport configures
  * it again and sends the refused frames, in order; nothing reaches the node as an error. */
 static void test_adapter_reset(void **state)
@@ -975,7 +1134,7 @@ static void test_adapter_reset(void **state)
         size_t want = 40;
 
         a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", NULL);
-        assert_true(run_until(adapter_open, NULL, 1000));
+        assert_true(run_until(bus_up, a, 1000));
         ad.reset_after = 10;
         for (int i = 0; i < 40; i++) {
                 f = frame(0x7e0, 0, "2000000000000000");
@@ -1005,7 +1164,7 @@ static void test_adapter_bel_on_empty(void **state)
 
         ad.bel_empty = true;
         a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", "bitrate=125000", NULL);
-        assert_int_equal(tx(a, 0x7e0, 0, "0210"), 0);
+        assert_int_equal(tx_when_up(a, 0x7e0, 0, "0210"), 0);
         assert_true(run_until(frames_at_adapter, &want, 1000));
         assert_string_equal(ad.cmds[2], "S4");
         link_close(a);
@@ -1021,7 +1180,7 @@ static void test_adapter_quiet(void **state)
         ad.quiet = true;
         a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", NULL);
         for (int i = 0; i < 3; i++)
-                assert_int_equal(tx(a, 0x7e0, 0, "023e00"), 0);
+                assert_int_equal(tx_when_up(a, 0x7e0, 0, "023e00"), 0);
         assert_true(run_until(frames_at_adapter, &want, 1000));
         assert_true(ad.open);
         assert_string_equal(ad.cmds[0], "V");
@@ -1043,7 +1202,7 @@ static void test_adapter_silent(void **state)
 
         a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", NULL);
         b = link_open(0, port_opt(), "tx-id=0x7e1", "rx-id=0x7e9", NULL);
-        assert_int_equal(tx(a, 0x7e0, 0, "0210"), 0);
+        assert_int_equal(tx_when_up(a, 0x7e0, 0, "0210"), 0);
         assert_int_equal(tx(b, 0x7e1, 0, "0210"), 0);
         assert_true(run_until(frames_at_adapter, &want, 1000));
         ad.mode = ADAPTER_SILENT;
@@ -1055,13 +1214,18 @@ static void test_adapter_silent(void **state)
         assert_int_equal(tx(a, 0x7e0, 0, "023e00"), -ENETDOWN);
         assert_non_null(strstr(logbuf, "the adapter stopped answering"));
         assert_non_null(strstr(logbuf, "did not open within 400 ms"));
+        /* The reason, for the core to report. */
+        assert_non_null(ops->link_error(a));
+        assert_non_null(strstr(ops->link_error(a), "slcan adapter /dev/pts/"));
+        assert_non_null(strstr(ops->link_error(b), ": the adapter did not open within 400 ms"));
         /* The device is released; a new node opens a new bus while the failed one lingers. */
         ad.mode = ADAPTER_NORMAL;
         {
                 void *c = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", NULL);
 
                 want = ad.n_frames + 1;
-                assert_int_equal(tx(c, 0x7e0, 0, "0210"), 0);
+                assert_int_equal(tx_when_up(c, 0x7e0, 0, "0210"), 0);
+                assert_null(ops->link_error(c));
                 assert_true(run_until(frames_at_adapter, &want, 1000));
                 link_close(c);
         }
@@ -1092,7 +1256,7 @@ static void test_adapter_gone(void **state)
         struct gw_can_frame f;
 
         a = link_open(0, port_opt(), "tx-id=0x7e0", "rx-id=0x7e8", NULL);
-        assert_true(run_until(adapter_open, NULL, 1000));
+        assert_true(run_until(bus_up, a, 1000));
         adapter_rx("t7E80");
         assert_true(run_until(link_readable, a, 1000));
         adapter_stop();
@@ -1118,6 +1282,7 @@ static void test_fd(void **state)
         assert_true(ops->can_info(a)->fd);
         assert_int_equal(ops->can_info(a)->tx_dl, 16);
         assert_int_equal(ops->can_info(a)->data_bitrate, 2000000);
+        assert_true(run_until(bus_up, a, 1000));
         f = frame(0x7e0, GW_CAN_FD | GW_CAN_BRS, "");
         f.len = 16;
         assert_int_equal(ops->send_frame(a, &f), 0);
@@ -1286,10 +1451,14 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_bus_sharing, setup, teardown),
             cmocka_unit_test_setup_teardown(test_queue_bound, setup, teardown),
             cmocka_unit_test_setup_teardown(test_pacing, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_pacing_burst, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_burst_one_write, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_pacing_batches, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_reset, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_bel_on_empty, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_quiet, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_silent, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_adapter_never_answers, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_refuses, setup, teardown),
             cmocka_unit_test_setup_teardown(test_adapter_gone, setup, teardown),
             cmocka_unit_test_setup_teardown(test_fd, setup, teardown),

@@ -30,7 +30,8 @@ static struct {
         struct gw_can_frame rx[QUEUE];
         size_t rx_head, rx_tail;
         int efd;
-        int rx_error; /* returned once the queue is empty, when < 0 */
+        int rx_error;    /* returned once the queue is empty, when < 0 */
+        const char *why; /* link_error() once rx_error is set */
         struct gw_can_link_info info;
         char parity[16]; /* the "parity" option open() was given ("" = none) */
 } bus;
@@ -89,6 +90,11 @@ static int frames_recv(void *priv, struct gw_can_frame *ret)
         return 1;
 }
 
+static const char *frames_link_error(void *priv)
+{
+        return bus.rx_error < 0 ? bus.why : NULL;
+}
+
 /* The test's side: a frame the node sends. */
 static void bus_deliver(uint32_t id, const char *data)
 {
@@ -114,6 +120,7 @@ static const struct gw_transport_ops frames_transport = {
     .can_info = frames_can_info,
     .send_frame = frames_send,
     .recv_frame = frames_recv,
+    .link_error = frames_link_error,
 };
 
 /* ---- A frames protocol: install sends "ping" to the node's tx id and succeeds on "pong" from
@@ -123,6 +130,9 @@ struct ping {
         const struct gw_proto_host *host;
         unsigned frames;
 };
+
+/* install() also arms the timer, which then fails the install (-ETIMEDOUT). */
+static bool ping_arm_timer;
 
 static int ping_init(void *priv, const struct gw_options *opts, const struct gw_proto_host *host)
 {
@@ -149,6 +159,8 @@ static int ping_install(void *priv, const struct gw_reader *reader)
         assert_non_null(info);
         f.id = info->tx_id;
         memcpy(f.data, "ping", 4);
+        if (ping_arm_timer)
+                p->host->set_deadline(p->host->ctx, p->host->now_ms(p->host->ctx) + 1);
         return p->host->send_frame(p->host->ctx, &f);
 }
 
@@ -165,6 +177,9 @@ static int ping_frame(void *priv, const struct gw_can_frame *f)
 
 static int ping_timeout(void *priv)
 {
+        struct ping *p = priv;
+
+        p->host->set_error(p->host->ctx, "no pong");
         return -ETIMEDOUT;
 }
 
@@ -207,8 +222,10 @@ static ssize_t no_pread(void *ctx, void *buf, size_t n, uint64_t off)
         return 0;
 }
 
-/* Runs an install on a fresh job; deliver() is what the node sends once the job is started. */
-static void run_install(struct gw_options *topts, void (*deliver)(void), struct outcome *o)
+/* Runs an install through transport t on a fresh job; deliver() is what the node sends once the
+ * job is started. */
+static void run_install_with(const struct gw_transport_ops *t, struct gw_options *topts,
+                             void (*deliver)(void), struct outcome *o)
 {
         static const struct gw_flash_callbacks cbs = {.finished = on_finished};
         struct gw_reader reader = {.size = 0, .name = "x", .pread = no_pread};
@@ -218,14 +235,18 @@ static void run_install(struct gw_options *topts, void (*deliver)(void), struct 
         bus.efd = -1;
         memset(o, 0, sizeof(*o));
         assert_int_equal(gw_loop_new(&o->loop), 0);
-        assert_int_equal(
-            gw_flash_new(o->loop, "ecu-1", &frames_transport, topts, &ping_protocol, topts, &f), 0);
+        assert_int_equal(gw_flash_new(o->loop, "ecu-1", t, topts, &ping_protocol, topts, &f), 0);
         assert_int_equal(gw_flash_install(f, &reader, &cbs, o), 0);
         deliver();
         while (!o->finished)
                 assert_int_equal(gw_loop_iterate(o->loop, 2000), 0);
         gw_flash_free(f);
         gw_loop_free(o->loop);
+}
+
+static void run_install(struct gw_options *topts, void (*deliver)(void), struct outcome *o)
+{
+        run_install_with(&frames_transport, topts, deliver, o);
 }
 
 static void deliver_pong(void)
@@ -244,6 +265,44 @@ static void deliver_bus_down(void)
 
         bus.rx_error = -ENETDOWN;
         assert_int_equal(write(bus.efd, &one, sizeof(one)), (ssize_t) sizeof(one));
+}
+
+static void deliver_link_failed_quietly(void)
+{
+        bus.rx_error = -ENETDOWN;
+        bus.why = "slcan adapter /dev/ttyACM0: does not answer";
+}
+
+static void deliver_bus_down_why(void)
+{
+        bus.why = "slcan adapter /dev/ttyACM0: does not answer";
+        deliver_bus_down();
+}
+
+/* The transport says why the link failed (ops version 6): that is the reason reported, whatever
+ * the protocol made of it; a transport of version 5 is not asked. */
+static void test_link_error(void **state)
+{
+        struct gw_options *topts = gw_options_new();
+        struct gw_transport_ops v5 = frames_transport;
+        struct outcome o;
+
+        run_install(topts, deliver_bus_down_why, &o);
+        assert_int_equal(o.result, -ENETDOWN);
+        assert_string_equal(o.reason, "link lost: slcan adapter /dev/ttyACM0: does not answer");
+
+        /* The protocol fails on its own (a timeout) after the link went down unnoticed. */
+        ping_arm_timer = true;
+        run_install(topts, deliver_link_failed_quietly, &o);
+        ping_arm_timer = false;
+        assert_int_equal(o.result, -ETIMEDOUT);
+        assert_string_equal(o.reason, "link lost: slcan adapter /dev/ttyACM0: does not answer");
+
+        v5.version = 5;
+        v5.link_error = NULL;
+        run_install_with(&v5, topts, deliver_bus_down_why, &o);
+        assert_string_equal(o.reason, "link lost: the CAN bus or adapter is down");
+        gw_options_free(topts);
 }
 
 static void test_frames_round_trip(void **state)
@@ -272,7 +331,7 @@ static void test_frames_round_trip(void **state)
 
         run_install(topts, deliver_bus_down, &o);
         assert_int_equal(o.result, -ENETDOWN);
-        assert_non_null(strstr(o.reason, "down"));
+        assert_string_equal(o.reason, "link lost: the CAN bus or adapter is down");
         gw_options_free(topts);
 }
 
@@ -308,6 +367,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_frames_round_trip),
             cmocka_unit_test(test_shapes_refused),
+            cmocka_unit_test(test_link_error),
         };
 
         gw_log_set_max_level(getenv("GW_TEST_VERBOSE") ? LOG_DEBUG : LOG_EMERG);

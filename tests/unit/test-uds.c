@@ -529,11 +529,33 @@ static void test_no_response(void **state)
             CAN_REQ("\x10\x02"),
             CAN_EXPIRE(0),
             CAN_RESULT(-ETIMEDOUT),
-            CAN_CHECK(error_has, (long) "DiagnosticSessionControl: no response within 250 ms", 0,
-                      0),
+            CAN_CHECK(error_has,
+                      (long) "DiagnosticSessionControl: no response within 250 ms: no ECU "
+                             "answers on 0x7e8 to requests on 0x7e0 (tx-id, rx-id wrong, or the "
+                             "ECU is off?)",
+                      0, 0),
         };
 
         start(3000, SHORT_OPTS);
+        RUN(steps);
+}
+
+/* An ECU that answered and then falls silent: said so, not blamed on the ids. */
+static void test_stops_answering(void **state)
+{
+        static const struct fake_can_step steps[] = {
+            CAN_REQ("\x10\x02"),
+            CAN_RSP(SESSION_RSP("\x02")),
+            CAN_REQ("\x34\x00\x44\x08\x00\x00\x00\x00\x00\x00\x40"),
+            CAN_EXPIRE(0),
+            CAN_RESULT(-ETIMEDOUT),
+            CAN_CHECK(error_has,
+                      (long) "RequestDownload: no response within 250 ms: the ECU stopped "
+                             "answering",
+                      0, 0),
+        };
+
+        start(64, SHORT_OPTS ",erase-routine=none");
         RUN(steps);
 }
 
@@ -1133,7 +1155,10 @@ static void test_lost_transfer_retries_end(void **state)
             CAN_CHECK(block_sent, 1, 16, 0),
             CAN_EXPIRE(0),
             CAN_RESULT(-ETIMEDOUT),
-            CAN_CHECK(error_has, (long) "TransferData: no response", 0, 0),
+            CAN_CHECK(error_has,
+                      (long) "TransferData block 1 (image offset 0): no response within 250 ms, "
+                             "sent 3 times: the ECU stopped answering",
+                      0, 0),
         };
 
         start(64, SHORT_OPTS ",erase-routine=none,transfer-retries=2");
@@ -2196,6 +2221,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_response_pending_cap, setup, teardown),
             cmocka_unit_test_setup_teardown(test_response_pending_then_silence, setup, teardown),
             cmocka_unit_test_setup_teardown(test_no_response, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_stops_answering, setup, teardown),
             cmocka_unit_test_setup_teardown(test_busy_repeat, setup, teardown),
             cmocka_unit_test_setup_teardown(test_nrc_names, setup, teardown),
             cmocka_unit_test_setup_teardown(test_nrc_errnos, setup, teardown),

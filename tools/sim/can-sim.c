@@ -200,6 +200,7 @@ struct ecu {
         char serial[STR_LEN], version[STR_LEN], next_version[STR_LEN], hardware[STR_LEN];
         uint32_t flash_addr, flash_size, page_size, block_len;
         uint32_t secret;
+        int64_t version_at; /* F195 after the reset: the string at this offset of the image */
         unsigned erase_ms, program_ms, reset_ms, p2_ms, p2star_ms, pending_ms, response_us;
         uint8_t bs, stmin;
         bool pad;
@@ -252,6 +253,8 @@ struct sim {
         /* configuration */
         const char *link;
         const char *report_path;
+        const char *trace_path;
+        FILE *trace;
         const char *dump_dir;
         const char *control_path;
         uint32_t bitrate, data_bitrate;
@@ -367,11 +370,29 @@ static uint64_t bus_next_start(const struct sim *s)
         return t;
 }
 
+/* One line per frame as it starts (--trace): when it could have started and when it did and
+ * ended (ns from the first frame's start), who sent it, its id, its bits and its data, so that
+ * a benchmark can tell the bus's idle time apart by whom the bus was waiting for. */
+static void trace_frame(struct sim *s, const struct gw_can_bits *bits, uint64_t ready_ns)
+{
+        const struct gw_can_frame *f = &s->cur;
+        uint64_t t0 = s->first_ns;
+
+        fprintf(s->trace, "%" PRIu64 " %" PRIu64 " %" PRIu64 " %s %x %u %u ",
+                ready_ns > t0 ? ready_ns - t0 : 0, s->cur_start_ns - t0, s->cur_end_ns - t0,
+                s->cur_src < 0 ? "host" : s->ecus[s->cur_src].name, f->id,
+                bits->nominal + bits->data, bits->stuff);
+        for (unsigned i = 0; i < f->len; i++)
+                fprintf(s->trace, "%02x", f->data[i]);
+        fputc('\n', s->trace);
+}
+
 /* Starts the frame that wins arbitration among those ready at t. */
 static void bus_start(struct sim *s, uint64_t t)
 {
         const struct txframe *x, *best = NULL;
         struct gw_can_bits bits;
+        uint64_t ready_ns;
         int src = -2;
 
         x = txq_peek(&s->ad.txq);
@@ -391,6 +412,7 @@ static void bus_start(struct sim *s, uint64_t t)
                 return;
         s->cur = best->f;
         s->cur_src = src;
+        ready_ns = best->ready_ns;
         if (src == -1)
                 txq_pop(&s->ad.txq);
         else
@@ -405,6 +427,8 @@ static void bus_start(struct sim *s, uint64_t t)
         s->busy_ns += s->cur_end_ns - t;
         if (s->frames == 0)
                 s->first_ns = t;
+        if (s->trace)
+                trace_frame(s, &bits, ready_ns);
 }
 
 static void adapter_emit(struct sim *s, const struct gw_can_frame *f, uint64_t t);
@@ -1360,6 +1384,31 @@ static void routine_erase(struct sim *s, struct ecu *e, const uint8_t *q, size_t
         r->len = 5;
 }
 
+/* version-at: as an application's header says what it is, the image's bytes at that offset,
+ * 1 to 32 printable characters up to a NUL, become the version; else it stays crc32-XXXXXXXX. */
+static void version_from_image(struct ecu *e, uint32_t off, uint32_t size)
+{
+        char v[33];
+        size_t n = 0;
+
+        if ((uint64_t) e->version_at >= size)
+                return;
+        for (uint64_t i = off + (uint64_t) e->version_at; i < (uint64_t) off + size && n < 33;
+             i++) {
+                uint8_t c = e->mem[i];
+
+                if (c == 0)
+                        break;
+                if (c < 0x20 || c > 0x7e)
+                        return;
+                v[n++] = (char) c;
+        }
+        if (n == 0 || n > 32)
+                return;
+        v[n] = '\0';
+        snprintf(e->pending_version, sizeof(e->pending_version), "%s", v);
+}
+
 static void routine_check(struct sim *s, struct ecu *e, const uint8_t *q, size_t n,
                           struct response *r)
 {
@@ -1389,6 +1438,9 @@ static void routine_check(struct sim *s, struct ecu *e, const uint8_t *q, size_t
                 else
                         snprintf(e->pending_version, sizeof(e->pending_version), "crc32-%08x", crc);
         }
+        if (ok && !e->next_version[0] && e->version_at >= 0)
+                version_from_image(e, (uint32_t) flash_offset(e, d->kept_addr, d->kept_size),
+                                   d->kept_size);
         vlog(s, "%s: check routine: image crc32 %08x, host says %08x: %s", e->name, crc, want,
              ok ? "matches" : "does not match");
         memcpy(r->data, (const uint8_t[]){0x71, 0x01, 0x02, 0x02, ok ? 0x00 : 0x01}, 5);
@@ -1832,6 +1884,8 @@ static void write_report(struct sim *s)
         uint64_t span = s->last_ns > s->first_ns ? s->last_ns - s->first_ns : 0;
         FILE *f;
 
+        if (s->trace)
+                fflush(s->trace);
         if (!s->report_path)
                 return;
         for (size_t i = 0; i < s->n_ecus; i++)
@@ -1994,6 +2048,7 @@ static int apply_command(struct sim *s, const char *cmd, const char *arg)
                 e->secret = (uint32_t) v;
         } else if (strcmp(cmd, "report") == 0) {
                 write_report(s);
+                write_dumps(s);
         } else {
                 return -EINVAL;
         }
@@ -2028,6 +2083,7 @@ static int ecu_defaults(struct ecu *e, const char *name, size_t index)
             .page_size = 2048,
             .block_len = 1024,
             .secret = 0x5a5aa5a5,
+            .version_at = -1,
             .erase_ms = 5,
             .program_ms = 2,
             .reset_ms = 100,
@@ -2125,6 +2181,8 @@ static int parse_ecu(struct sim *s, const char *spec)
                         r = spec_u32(val, 1, ISOTP_MAX - 2, &e->block_len);
                 else if (strcmp(tok, "secret") == 0)
                         r = spec_u32(val, 0, UINT32_MAX, &e->secret);
+                else if (strcmp(tok, "version-at") == 0)
+                        r = spec_u32(val, 0, FLASH_MAX - 1, &v), e->version_at = v;
                 else if (strcmp(tok, "erase-ms") == 0)
                         r = spec_u32(val, 0, 100000, &v), e->erase_ms = v;
                 else if (strcmp(tok, "program-ms") == 0)
@@ -2280,6 +2338,7 @@ static int run(struct sim *s)
                         if (read(s->sigfd, &si, sizeof(si)) == (ssize_t) sizeof(si)) {
                                 if (si.ssi_signo == SIGUSR1) {
                                         write_report(s);
+                                        write_dumps(s);
                                         continue;
                                 }
                                 vlog(s, "signal %u, exiting", si.ssi_signo);
@@ -2305,8 +2364,9 @@ static void usage(FILE *f)
             "  --classic-adapter      an adapter without CAN FD: refuses Y, d, D, b, B\n"
             "  --functional-id ID     the functional request id (default 0x7df)\n"
             "  --ecu SPEC             an ECU (up to 16): NAME,tx=ID,rx=ID[,key=value...]; keys:\n"
-            "                         serial version next-version hardware flash=ADDR:SIZE\n"
-            "                         page block secret erase-ms program-ms reset-ms p2 p2star\n"
+            "                         serial version next-version version-at hardware\n"
+            "                         flash=ADDR:SIZE page block secret erase-ms program-ms\n"
+            "                         reset-ms p2 p2star\n"
             "                         pending-ms response-us bs stmin tx-dl pad=0|1, and the "
             "flags\n"
             "                         ext fd. Default: one ECU ecu1,tx=0x7e0,rx=0x7e8\n"
@@ -2314,6 +2374,8 @@ static void usage(FILE *f)
             "  --dump-dir DIR         each ECU's flash to DIR/NAME.bin at exit\n"
             "  --control PATH         FIFO (created when missing) or file with fault commands\n"
             "  --seed N               seeds for SecurityAccess from this (default: the time)\n"
+            "  --trace FILE           a line per frame on the bus: ready, start and end (ns\n"
+            "                         from the first frame), sender, id, bits, stuff bits, data\n"
             "  -v, --verbose          log what happens to stderr\n"
             "  -h, --help             this text\n\n"
             "Faults (also as control commands, one per line, without the dashes):\n"
@@ -2325,7 +2387,8 @@ static void usage(FILE *f)
             "  --secret ECU=0xN       the ECU's SecurityAccess secret changes (wrong keys)\n"
             "  --reset-adapter-after N  the adapter loses its open state after N host frames\n"
             "  reset-adapter, reboot-adapter MS (control only): lose the open state now; and\n"
-            "                         ignore all input for MS ms\n",
+            "                         ignore all input for MS ms\n"
+            "  report (control only), or SIGUSR1: write the report and the dumps now\n",
             f);
 }
 
@@ -2340,6 +2403,7 @@ enum {
         OPT_DUMP,
         OPT_CONTROL,
         OPT_SEED,
+        OPT_TRACE,
         OPT_FAULT,
 };
 
@@ -2362,6 +2426,7 @@ static int parse_args(struct sim *s, int argc, char **argv, struct deferred *fau
             {"dump-dir", required_argument, NULL, OPT_DUMP},
             {"control", required_argument, NULL, OPT_CONTROL},
             {"seed", required_argument, NULL, OPT_SEED},
+            {"trace", required_argument, NULL, OPT_TRACE},
             {"lose-frame", required_argument, NULL, OPT_FAULT},
             {"silent", required_argument, NULL, OPT_FAULT},
             {"wrong-sequence", required_argument, NULL, OPT_FAULT},
@@ -2414,6 +2479,9 @@ static int parse_args(struct sim *s, int argc, char **argv, struct deferred *fau
                         break;
                 case OPT_CONTROL:
                         s->control_path = optarg;
+                        break;
+                case OPT_TRACE:
+                        s->trace_path = optarg;
                         break;
                 case OPT_SEED:
                         if (gw_sim_parse_u64(optarg, 0, UINT64_MAX, &s->seed) < 0)
@@ -2487,6 +2555,13 @@ int main(int argc, char **argv)
                 fprintf(stderr, "can-sim: signalfd: %s\n", strerror(-s.sigfd));
                 goto out;
         }
+        if (s.trace_path) {
+                s.trace = fopen(s.trace_path, "we");
+                if (!s.trace) {
+                        fprintf(stderr, "can-sim: cannot write %s: %m\n", s.trace_path);
+                        goto out;
+                }
+        }
         if (s.control_path) {
                 r = gw_sim_control_open(&s.ctl, s.control_path);
                 if (r < 0) {
@@ -2515,6 +2590,8 @@ int main(int argc, char **argv)
 out:
         if (s.link_made)
                 gw_sim_pty_unlink(s.link, s.slave);
+        if (s.trace)
+                fclose(s.trace);
         if (s.master >= 0)
                 close(s.master);
         gw_sim_control_done(&s.ctl);

@@ -34,6 +34,7 @@ struct can_settings {
         uint32_t bitrate;      /* 0: unknown (SocketCAN without the option) */
         uint32_t data_bitrate; /* 0: none or unknown */
         uint32_t bus_load;     /* percent */
+        uint32_t tx_burst;     /* frames that may go ahead of the bus-load schedule */
         bool fd, extended;
         uint8_t tx_dl;
         uint32_t tx_id, rx_id, functional_id;
@@ -64,8 +65,13 @@ struct can_backend_ops {
         /* Releases everything open() took, fds unwatched. Never fails; also after failure. */
         void (*close)(struct can_bus *bus);
         /* Takes f for the bus now: 0, -EAGAIN (not now: the backend calls can_bus_kick() when
-         * it can take more), or -errno (the bus then fails). */
+         * it can take more), or -errno (the bus then fails). The backend may hold it until
+         * flush(). */
         int (*xmit)(struct can_bus *bus, const struct gw_can_frame *f);
+        /* After a run of xmit() calls: what they took goes to the device now, in one write
+         * where it can (slcan: one wake-up of the adapter's side for a burst, not one a frame).
+         * NULL: xmit() wrote it already. */
+        void (*flush)(struct can_bus *bus);
         /* The links changed (one joined or left): filters to update. 0 or -errno. NULL: none. */
         int (*links_changed)(struct can_bus *bus);
         /* A link asks for CAN FD frames on a bus opened without: 0 or -errno. NULL: refused. */
@@ -110,10 +116,13 @@ struct can_bus {
         struct can_txq_entry *txq;
         size_t txq_cap, txq_head, txq_len;
         bool kicking;
+        bool kick_soon; /* frames were queued: the timer fires at once to send them */
         uint64_t pace_next_ns;
         uint64_t frames_sent, frames_received, frames_unclaimed;
 
-        int error; /* 0, or why the bus failed: -ENETDOWN, -EPIPE */
+        bool up;       /* the adapter took frames once: send_frame() queues them from then on */
+        int error;     /* 0, or why the bus failed: -ENETDOWN, -EPIPE */
+        char why[320]; /* the failure's reason, for link_error() */
 };
 
 uint64_t can_now_ns(void);
@@ -128,6 +137,12 @@ void can_bus_unwatch(struct can_bus *bus, unsigned slot);
 void can_bus_set_deadline(struct can_bus *bus, uint64_t at_ns);
 /* A frame from the bus: to the link whose rx id it carries. */
 void can_bus_deliver(struct can_bus *bus, const struct gw_can_frame *f);
+/* How long before its place in the bus-load schedule a frame that costs cost_ns (its bus time
+ * x 100 / bus-load) may be sent: (tx-burst - 1) x cost_ns. Pure. */
+uint64_t can_pace_lead_ns(const struct can_settings *set, uint64_t cost_ns);
+/* The backend can take frames now, for the first time (slcan: the adapter answered O). Until
+ * then send_frame() refuses frames with -ENOBUFS. */
+void can_bus_up(struct can_bus *bus);
 /* Sends what waits, as the backend and the bus-load limit allow. */
 void can_bus_kick(struct can_bus *bus);
 /* The bus is down for good (err: -ENETDOWN, -EPIPE): every link learns it at its next

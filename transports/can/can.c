@@ -27,6 +27,8 @@
 #define BAUD_DEFAULT     115200
 #define BITRATE_DEFAULT  500000
 #define BUS_LOAD_DEFAULT 80
+#define TX_BURST_DEFAULT 16
+#define TX_BURST_MAX     32 /* the slcan window: frames written and not answered */
 #define IFNAME_MAX       15 /* IFNAMSIZ - 1 */
 #define TXQ_INITIAL      64
 #define WATCH_TIMER      0
@@ -252,6 +254,14 @@ static int parse_settings(const struct gw_options *opts, struct can_settings *re
                 return -EINVAL;
         }
         set.bus_load = (uint32_t) v;
+        if (gw_options_get_u64(opts, "tx-burst", TX_BURST_DEFAULT, 1, TX_BURST_MAX, &v) < 0) {
+                snprintf(why, why_size,
+                         "option tx-burst: expected 1 to %d (frames the adapter may hold ahead "
+                         "of the bus)",
+                         TX_BURST_MAX);
+                return -EINVAL;
+        }
+        set.tx_burst = (uint32_t) v;
         *ret = set;
         return 0;
 }
@@ -373,6 +383,7 @@ static void on_timer(struct can_bus *bus, int fd, short revents)
         }
         if (bus->deadline_pace_ns && now >= bus->deadline_pace_ns) {
                 bus->deadline_pace_ns = 0;
+                bus->kick_soon = false;
                 can_bus_kick(bus);
                 if (bus->error)
                         return;
@@ -474,9 +485,17 @@ static uint64_t frame_cost_ns(const struct can_bus *bus, const struct gw_can_fra
                bus->set.bus_load;
 }
 
+/* How far ahead of the bus-load schedule a frame costing cost_ns may go: tx-burst - 1 such
+ * frames, which the adapter (or the kernel) holds while the bus is busy with earlier ones. */
+uint64_t can_pace_lead_ns(const struct can_settings *set, uint64_t cost_ns)
+{
+        return set->tx_burst > 1 ? (uint64_t) (set->tx_burst - 1) * cost_ns : 0;
+}
+
 void can_bus_kick(struct can_bus *bus)
 {
         bool pace = bus->set.bitrate > 0;
+        unsigned sent = 0;
 
         if (bus->kicking || bus->error)
                 return;
@@ -484,7 +503,7 @@ void can_bus_kick(struct can_bus *bus)
         while (bus->txq_len > 0 && !bus->error) {
                 struct can_txq_entry *e = txq_at(bus, 0);
                 struct gw_can_frame f;
-                uint64_t now = 0, start;
+                uint64_t now = 0, start, lead;
                 int r;
 
                 if (!e->link) {
@@ -492,9 +511,15 @@ void can_bus_kick(struct can_bus *bus)
                         continue;
                 }
                 if (pace) {
+                        /* Up to tx-burst frames ahead of the schedule, so that a wake-up of
+                         * ours that comes late does not leave the bus idle: the adapter's
+                         * queue still holds frames for it. */
                         now = can_now_ns();
-                        if (now < bus->pace_next_ns) {
-                                bus->deadline_pace_ns = bus->pace_next_ns;
+                        lead = can_pace_lead_ns(&bus->set, frame_cost_ns(bus, &e->f));
+                        if (now + lead < bus->pace_next_ns) {
+                                /* Back when half the lead is used: the adapter still holds
+                                 * frames, and the next ones go together in one write. */
+                                bus->deadline_pace_ns = bus->pace_next_ns - lead / 2;
                                 arm_timer(bus);
                                 break;
                         }
@@ -510,6 +535,7 @@ void can_bus_kick(struct can_bus *bus)
                 e->link->tx_queued--;
                 txq_pop(bus);
                 bus->frames_sent++;
+                sent++;
                 if (pace) {
                         /* Absolute deadlines: a wake-up a little late is made up by the next
                          * frame; after a pause the schedule restarts from now. */
@@ -518,6 +544,8 @@ void can_bus_kick(struct can_bus *bus)
                         bus->pace_next_ns = start + frame_cost_ns(bus, &f);
                 }
         }
+        if (sent && !bus->error && bus->ops->flush)
+                bus->ops->flush(bus);
         bus->kicking = false;
 }
 
@@ -549,11 +577,22 @@ static void bus_shutdown(struct can_bus *bus)
         bus_unregister(bus);
 }
 
+void can_bus_up(struct can_bus *bus)
+{
+        if (bus->up)
+                return;
+        bus->up = true;
+        can_bus_kick(bus);
+}
+
 void can_bus_fail(struct can_bus *bus, int err, const char *why)
 {
         if (bus->error)
                 return;
         can_bus_debug(bus, "bus down (%s): %s", strerror(-err), why);
+        snprintf(bus->why, sizeof(bus->why), "%s %s: %s",
+                 bus->kind == CAN_BACKEND_SLCAN ? "slcan adapter" : "CAN interface", bus->name,
+                 why);
         bus->error = err;
         for (size_t i = 0; i < bus->txq_len; i++) {
                 struct can_txq_entry *e = txq_at(bus, i);
@@ -649,6 +688,10 @@ static int bus_compatible(const struct can_bus *bus, const struct can_settings *
                 what = "bus-load";
                 have = bus->set.bus_load;
                 want = set->bus_load;
+        } else if (set->tx_burst != bus->set.tx_burst) {
+                what = "tx-burst";
+                have = bus->set.tx_burst;
+                want = set->tx_burst;
         }
         if (what) {
                 debug(svc,
@@ -837,12 +880,20 @@ static int can_send_frame(void *priv, const struct gw_can_frame *f)
                 return -EINVAL;
         if (bus->error)
                 return bus->error;
-        if (l->tx_queued >= CAN_TX_PER_LINK_MAX)
+        /* Not before the adapter is open: the frame could not leave, and a protocol's response
+         * timer would run out for a request that never reached the bus. */
+        if (!bus->up || l->tx_queued >= CAN_TX_PER_LINK_MAX)
                 return -ENOBUFS;
         r = txq_push(bus, l, f);
         if (r < 0)
                 return r;
-        can_bus_kick(bus);
+        /* Sent from the loop, right after whatever queues it returns: the frames a protocol
+         * queues in one go (a whole ISO-TP message with BS 0) leave together, in one write. */
+        if (!bus->kick_soon) {
+                bus->kick_soon = true;
+                bus->deadline_pace_ns = 1; /* long past: the timer fires at once */
+                arm_timer(bus);
+        }
         return 0;
 }
 
@@ -864,6 +915,13 @@ static int can_recv_frame(void *priv, struct gw_can_frame *ret)
                 return l->bus->error;
         link_unsignal(l);
         return -EAGAIN;
+}
+
+static const char *can_link_error(void *priv)
+{
+        const struct can_link *l = priv;
+
+        return l->bus && l->bus->error ? l->bus->why : NULL;
 }
 
 /* ---- Enumeration -------------------------------------------------------------------------- */
@@ -967,8 +1025,8 @@ static int can_claims(const struct gw_options *opts, const struct gw_link_info *
 }
 
 static const char *const can_options[] = {
-    "port",  "interface",     "baud",     "bitrate",  "fd", "data-bitrate", "tx-dl", "tx-id",
-    "rx-id", "functional-id", "extended", "bus-load", NULL};
+    "port",  "interface", "baud",          "bitrate",  "fd",       "data-bitrate", "tx-dl",
+    "tx-id", "rx-id",     "functional-id", "extended", "bus-load", "tx-burst",     NULL};
 
 const struct gw_transport_ops gw_transport_can_ops = {
     .version = GW_TRANSPORT_OPS_VERSION,
@@ -985,4 +1043,5 @@ const struct gw_transport_ops gw_transport_can_ops = {
     .can_info = can_info,
     .send_frame = can_send_frame,
     .recv_frame = can_recv_frame,
+    .link_error = can_link_error,
 };

@@ -83,6 +83,9 @@ struct slcan {
         bool quiet;
         bool alive;     /* V was answered since configuring started */
         bool got_reply; /* a CR or BEL answered a command since configuring started */
+        bool heard;     /* anything at all came from the port since it was opened */
+        bool was_open;  /* the adapter was open once */
+        bool starved;   /* xmit() refused a frame: the bus is kicked at the next answer */
 
         uint64_t malformed, overlong, other, refused, recoveries, lost;
 };
@@ -303,6 +306,7 @@ static void opened(struct can_bus *bus)
         char line[GW_SLCAN_LINE_MAX + 2];
 
         set_state(bus, SLCAN_OPEN);
+        s->was_open = true;
         if (s->recover_by_ns)
                 can_bus_debug(bus, "slcan: adapter open again");
         s->recover_by_ns = 0;
@@ -328,7 +332,15 @@ static void opened(struct can_bus *bus)
         }
         s->n_resend = 0;
         s->resend_unsafe = false;
-        out_flush(bus);
+        if (out_flush(bus) < 0)
+                return;
+        /* Frames were refused until now: the first open lets them in; after a recovery, those
+         * waiting in the bus's queue go. */
+        can_bus_up(bus);
+        if (s->starved && !bus->error) {
+                s->starved = false;
+                can_bus_kick(bus);
+        }
 }
 
 static void on_reply(struct can_bus *bus, bool ok)
@@ -387,6 +399,11 @@ static void on_reply(struct can_bus *bus, bool ok)
                 if (ok) {
                         if (s->n_resend > 0)
                                 s->resend_unsafe = true;
+                        if (s->state == SLCAN_OPEN && !s->starved)
+                                /* The usual case, once a frame: the reply watchdog may fire
+                                 * early (it looks again then), and the bus-load schedule, not
+                                 * the answers, says when the next frames go. */
+                                return;
                         break;
                 }
                 s->refused++;
@@ -404,7 +421,10 @@ static void on_reply(struct can_bus *bus, bool ok)
         if (bus->error)
                 return;
         update_deadline(bus);
-        can_bus_kick(bus);
+        if (s->starved) {
+                s->starved = false;
+                can_bus_kick(bus);
+        }
 }
 
 static void on_event(void *userdata, enum gw_slcan_event e, const struct gw_can_frame *f,
@@ -457,6 +477,7 @@ static void on_readable(struct can_bus *bus, int fd, short revents)
                 ssize_t n = read(fd, buf, sizeof(buf));
 
                 if (n > 0) {
+                        s->heard = true;
                         gw_slcan_feed(&s->reader, buf, (size_t) n, on_event, bus);
                         continue;
                 }
@@ -513,6 +534,18 @@ static void slcan_timeout(struct can_bus *bus, uint64_t now)
                         can_bus_kick(bus);
                         return;
                 }
+                if (!s->was_open && !s->heard) {
+                        /* Never a byte back: not an slcan adapter (or not powered, or a port
+                         * nothing serves). Trying for longer would only delay saying so. */
+                        char why[160];
+
+                        snprintf(why, sizeof(why),
+                                 "does not answer (nothing came back for V, C, S%d, O within "
+                                 "%u ms): not an slcan adapter, or not powered?",
+                                 s->s_code, can_slcan_timing.reply_ms);
+                        slcan_fail(bus, -ENETDOWN, why);
+                        return;
+                }
                 begin_recovery(bus, "the adapter stopped answering", true);
                 return;
         }
@@ -525,21 +558,34 @@ static int slcan_xmit(struct can_bus *bus, const struct gw_can_frame *f)
         char line[GW_SLCAN_LINE_MAX + 2];
         int n;
 
-        if (s->state != SLCAN_OPEN || (!s->quiet && s->pend_len >= SLCAN_WINDOW))
+        if (s->state != SLCAN_OPEN || (!s->quiet && s->pend_len >= SLCAN_WINDOW)) {
+                s->starved = true;
                 return -EAGAIN;
+        }
         n = gw_slcan_format(f, line, sizeof(line));
         if (n < 0)
                 return n;
-        /* Room kept for a recovery's commands. */
-        if ((size_t) n + 32 > sizeof(s->out) - s->out_len)
+        /* Room kept for a recovery's commands. When the buffer is that full, what it holds goes
+         * now; if the port does not take it all, its POLLOUT watch kicks the bus later. */
+        if ((size_t) n + 32 > sizeof(s->out) - s->out_len && out_flush(bus) < 0)
+                return 0;
+        if ((size_t) n + 32 > sizeof(s->out) - s->out_len) {
+                s->starved = true;
                 return -EAGAIN;
+        }
         out_append(s, line, (size_t) n);
         if (!s->quiet)
                 pend_push(s, CMD_FRAME, f);
-        if (out_flush(bus) < 0)
+        /* Written by slcan_flush() at the end of the burst; only a full buffer goes now. */
+        if (s->out_len > sizeof(s->out) / 2 && out_flush(bus) < 0)
                 return 0;
         update_deadline(bus);
         return 0;
+}
+
+static void slcan_flush(struct can_bus *bus)
+{
+        out_flush(bus);
 }
 
 static speed_t termios_speed(uint32_t baud)
@@ -665,6 +711,7 @@ const struct can_backend_ops can_slcan_ops = {
     .open = slcan_open,
     .close = slcan_close,
     .xmit = slcan_xmit,
+    .flush = slcan_flush,
     .enable_fd = slcan_enable_fd,
     .timeout = slcan_timeout,
 };

@@ -306,6 +306,7 @@ static int socketcan_open(struct can_bus *bus, const struct can_settings *set)
                 goto fail;
         can_bus_debug(bus, "socketcan: bound to ifindex %d%s", addr.can_ifindex,
                       s->fd_frames ? ", CAN FD frames" : "");
+        bus->up = true; /* the kernel queues frames from now on */
         return 0;
 fail:
         can_bus_debug(bus, "socketcan: %s", can_socketcan_strerror(r));
