@@ -99,6 +99,8 @@ static void attempt_ended(struct download *dl, int result, enum gw_error code, c
                 dl->done = true;
                 if (--d->n_downloads_left == 0)
                         gw_deploy_identify_phase(d);
+                else
+                        gw_deploy_changed(d->engine);
                 return;
         }
         if (dl->delta) {

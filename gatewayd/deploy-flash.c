@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "deploy-internal.h"
+#include "gw/access.h"
 #include "gw/flash.h"
 #include "gw/log.h"
 #include "gw/registry.h"
@@ -82,9 +83,18 @@ int gw_deploy_node_open(struct deployment *d, struct node_rt *n, const struct gw
         r = gw_flash_new(d->engine->env.loop, n->cfg->name, t, n->cfg->transport_opts, p, popts,
                          &n->flash);
         gw_options_free(popts);
-        if (r < 0)
+        if (r == -EACCES) {
+                /* The one thing the gateway's owner must fix on the gateway itself: say which
+                 * device node and how, here and in the node's status upstream. */
+                char why[448];
+
+                gw_access_explain(t, n->cfg->transport_opts, why, sizeof(why));
+                snprintf(n->message, sizeof(n->message), "cannot open %s link: %s",
+                         n->cfg->transport, why);
+        } else if (r < 0) {
                 snprintf(n->message, sizeof(n->message), "cannot open %s link: %s",
                          n->cfg->transport, strerror(-r));
+        }
         return r;
 }
 

@@ -69,7 +69,8 @@ struct node_rt {
         uint64_t t0, last_publish;
         int last_pct;
         enum gw_error error;
-        char message[320];
+        /* Room for a permission problem: the device node, its owner and mode, and the fix. */
+        char message[512];
 };
 
 struct download {
@@ -149,6 +150,8 @@ void gw_deploy_deployment_fail(struct deployment *d, enum gw_error code, const c
 void gw_deploy_deployment_finish(struct deployment *d);
 
 /* deploy-report.c */
+/* Tells the daemon that the deployment, its phase or a node changed (env.changed). */
+void gw_deploy_changed(struct gw_engine *e);
 void gw_deploy_publish(struct gw_engine *e, const char *suffix, char *payload, bool retain);
 void gw_deploy_publish_node(struct gw_engine *e, struct node_rt *n);
 void gw_deploy_node_set_state(struct node_rt *n, enum gw_node_state state);

@@ -481,6 +481,7 @@ static void deployment_start(struct gw_engine *e, struct gw_deploy_request *req)
         *req = (struct gw_deploy_request){0};
         d->phase = PHASE_MANIFEST;
         e->current = d;
+        gw_deploy_changed(e);
         gw_log_info("Deployment %s: received%s%s", d->id, d->manifest_url ? ", fetching " : "",
                     d->manifest_url ? d->manifest_url : " with an inline manifest");
 
@@ -511,8 +512,11 @@ static void engine_next(struct gw_engine *e)
 {
         struct gw_deploy_request req;
 
-        if (e->current || !e->has_pending)
+        if (e->current || !e->has_pending) {
+                /* Idle now, or still busy with the one that runs. */
+                gw_deploy_changed(e);
                 return;
+        }
         req = e->pending;
         e->pending = (struct gw_deploy_request){0};
         e->has_pending = false;
@@ -654,6 +658,57 @@ void gw_engine_shutdown(struct gw_engine *e)
 bool gw_engine_busy(const struct gw_engine *e)
 {
         return e->current != NULL || e->has_pending;
+}
+
+static const char *phase_to_string(enum phase p)
+{
+        switch (p) {
+        case PHASE_MANIFEST:
+                return "manifest";
+        case PHASE_DOWNLOAD:
+                return "download";
+        case PHASE_IDENTIFY:
+                return "identify";
+        case PHASE_FLASH:
+                return "flash";
+        case PHASE_DONE:
+                return "done";
+        }
+        return NULL;
+}
+
+void gw_engine_progress(const struct gw_engine *e, struct gw_engine_progress *ret)
+{
+        const struct deployment *d = e->current;
+
+        *ret = (struct gw_engine_progress){.queued = e->has_pending};
+        if (!d)
+                return;
+        ret->deployment = d->id;
+        ret->phase = phase_to_string(d->phase);
+        ret->n_nodes = d->n_nodes;
+        ret->reverting = d->halted;
+        for (size_t i = 0; i < d->n_nodes; i++) {
+                const struct node_rt *n = d->nodes[i];
+
+                if (n->active)
+                        ret->n_active++;
+                if (n->active || n->revert_queued)
+                        continue;
+                if (n->state == GW_NODE_SUCCESS || n->state == GW_NODE_FAILED ||
+                    n->state == GW_NODE_REVERTED)
+                        ret->n_ended++;
+                if (n->state == GW_NODE_FAILED || n->state == GW_NODE_REVERTED)
+                        ret->n_failed++;
+        }
+        if (d->m) {
+                ret->n_images = d->m->n_images;
+                for (size_t i = 0; d->downloads && i < d->m->n_images; i++)
+                        if (d->downloads[i].done)
+                                ret->n_images_ready++;
+                if (d->phase > PHASE_DOWNLOAD)
+                        ret->n_images_ready = ret->n_images;
+        }
 }
 
 int gw_engine_new(const struct gw_engine_env *env, struct gw_engine **ret)

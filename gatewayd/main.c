@@ -4,11 +4,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "daemon.h"
 #include "gw-config.h"
 #include "gw/log.h"
+#include "gw/systemd.h"
 
 #define DEFAULT_CONFIG "/etc/gatewayd/gatewayd.yaml"
 
@@ -27,7 +29,9 @@ static void usage(FILE *out)
                 "      --rotate-keys KEYS   apply a gatewayd/keys rotation to the state dir and\n"
                 "                           exit (signed by a threshold of the current keys and\n"
                 "                           of its own, version exactly one more)\n"
-                "  -l, --log TARGET         stderr, syslog or both (default stderr)\n"
+                "  -l, --log TARGET         stderr, syslog, both or journal (default: journal\n"
+                "                           when systemd connected stderr to the journal,\n"
+                "                           else stderr)\n"
                 "  -v, --verbose            debug logging (overrides log-level)\n"
                 "  -h, --help               this text\n"
                 "  -V, --version            print the version\n"
@@ -50,7 +54,7 @@ int main(int argc, char **argv)
             {},
         };
         const char *path = DEFAULT_CONFIG, *rotate = NULL;
-        unsigned targets = GW_LOG_STDERR;
+        unsigned targets = 0;
         struct gw_config *cfg = NULL;
         char *error = NULL;
         bool check = false, verbose = false;
@@ -75,8 +79,13 @@ int main(int argc, char **argv)
                                 targets = GW_LOG_SYSLOG;
                         else if (strcmp(optarg, "both") == 0)
                                 targets = GW_LOG_STDERR | GW_LOG_SYSLOG;
+                        else if (strcmp(optarg, "journal") == 0 && gw_sd_supported())
+                                targets = GW_LOG_JOURNAL;
                         else {
-                                fprintf(stderr, "gatewayd: --log takes stderr, syslog or both\n");
+                                fprintf(stderr, "gatewayd: --log takes stderr, syslog, both%s\n",
+                                        gw_sd_supported() ? " or journal"
+                                                          : " (built without libsystemd: no "
+                                                            "journal)");
                                 return 2;
                         }
                         break;
@@ -103,6 +112,12 @@ int main(int argc, char **argv)
                 fprintf(stderr, "gatewayd: --check-config and --rotate-keys exclude each other\n");
                 return 2;
         }
+        /* Started by systemd with stderr on the journal: native entries carry the deployment
+         * and node as fields (GW_DEPLOYMENT=, GW_NODE=). */
+        if (!targets)
+                targets = gw_sd_supported() && gw_sd_journal_stream_is(STDERR_FILENO)
+                              ? GW_LOG_JOURNAL
+                              : GW_LOG_STDERR;
         gw_log_open("gatewayd", targets);
 
         r = gw_config_load(path, &cfg, &error);

@@ -75,6 +75,7 @@ static void usage(FILE *out)
             "  -q, --quiet            no progress output\n"
             "  -v, --verbose          debug logging (protocol state changes)\n"
             "  -h, --help             this text\n"
+            "  -V, --version          print the version\n"
             "\n"
             "Before flashing, a protocol that can identify the node is asked what it runs:\n"
             "the answer is printed, the image is checked against it (a chip it was not\n"
@@ -656,11 +657,14 @@ int main(int argc, char **argv)
         gw_log_open("gwflash", GW_LOG_STDERR);
         if (!opts)
                 return 1;
+        /* Out-of-tree plugins installed for this build's plugin ABI, as gatewayd loads them when
+         * its configuration names no plugin-dir. */
+        (void) gw_plugin_load_dir(GW_PLUGIN_DIR);
         if (argc > 1 && strcmp(argv[1], "list") == 0) {
                 gw_options_free(opts);
                 return cmd_list(argc - 1, argv + 1);
         }
-        while ((c = getopt_long(argc, argv, "t:p:b:u:a:P:o:n:qvh", longopts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "t:p:b:u:a:P:o:n:qvhV", longopts, NULL)) != -1) {
                 switch (c) {
                 case 't':
                         transport = optarg;
