@@ -12,6 +12,7 @@
 #include "deploy.h"
 #include "gw/error.h"
 #include "gw/flash.h"
+#include "gw/log.h"
 #include "request.h"
 #include "status.h"
 
@@ -142,6 +143,12 @@ struct gw_engine {
         char *final_topic;
         char *final_json;
 };
+
+/* Messages about a deployment, and about a node (while it is in a deployment, about that too):
+ * the journal gets GW_DEPLOYMENT= and GW_NODE= (journalctl GW_DEPLOYMENT=ID). */
+#define gw_deploy_log(level, d, ...) gw_log_about((level), 0, (d)->id, NULL, __VA_ARGS__)
+#define gw_deploy_log_node(level, n, ...)                                                          \
+        gw_log_about((level), 0, (n)->dep ? (n)->dep->id : NULL, (n)->cfg->name, __VA_ARGS__)
 
 /* deploy.c */
 /* Fails the whole deployment: nodes not yet finished are marked failed with the same code. */

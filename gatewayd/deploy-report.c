@@ -82,8 +82,8 @@ void gw_deploy_node_set_state(struct node_rt *n, enum gw_node_state state)
 {
         if (n->state == state)
                 return;
-        gw_log_debug("%s: %s -> %s", n->cfg->name, gw_node_state_to_string(n->state),
-                     gw_node_state_to_string(state));
+        gw_deploy_log_node(LOG_DEBUG, n, "%s: %s -> %s", n->cfg->name,
+                           gw_node_state_to_string(n->state), gw_node_state_to_string(state));
         n->state = state;
         if (n->dep) {
                 gw_deploy_publish_node(n->dep->engine, n);
