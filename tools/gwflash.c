@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "gw-config.h"
+#include "gw/access.h"
 #include "gw/flash.h"
 #include "gw/log.h"
 #include "gw/loop.h"
@@ -837,6 +838,11 @@ int main(int argc, char **argv)
         }
         if (r < 0 && strcmp(t->name, "usb") == 0 && r != -EINVAL) {
                 explain_usb_error(r, t, opts);
+                goto out;
+        }
+        if (r == -EACCES) {
+                gw_access_explain(t, opts, why, sizeof(why));
+                gw_log_error("Cannot open %s link %s: %s", transport, label, why);
                 goto out;
         }
         if (r < 0) {
