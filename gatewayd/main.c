@@ -11,8 +11,10 @@
 #include "gw-config.h"
 #include "gw/log.h"
 #include "gw/systemd.h"
+#include "udev.h"
 
-#define DEFAULT_CONFIG "/etc/gatewayd/gatewayd.yaml"
+/* SYSCONFDIR/gatewayd/gatewayd.yaml: /etc/gatewayd/gatewayd.yaml for prefix /usr. */
+#define DEFAULT_CONFIG GW_CONFIG_FILE
 
 static void usage(FILE *out)
 {
@@ -20,6 +22,7 @@ static void usage(FILE *out)
                 "Usage: gatewayd [OPTIONS]\n"
                 "       gatewayd --check-config FILE\n"
                 "       gatewayd [-c FILE] --rotate-keys KEYS.yaml\n"
+                "       gatewayd [-c FILE] --udev-rules\n"
                 "\n"
                 "Gateway daemon: takes signed deployments over MQTT and flashes the nodes\n"
                 "behind this gateway (UART, USB, CAN).\n"
@@ -29,6 +32,9 @@ static void usage(FILE *out)
                 "      --rotate-keys KEYS   apply a gatewayd/keys rotation to the state dir and\n"
                 "                           exit (signed by a threshold of the current keys and\n"
                 "                           of its own, version exactly one more)\n"
+                "      --udev-rules         print udev rules giving group gatewayd the device\n"
+                "                           nodes of the configured nodes (for " GW_UDEV_LOCAL_RULES
+                ")\n"
                 "  -l, --log TARGET         stderr, syslog, both or journal (default: journal\n"
                 "                           when systemd connected stderr to the journal,\n"
                 "                           else stderr)\n"
@@ -47,6 +53,7 @@ int main(int argc, char **argv)
             {"config", required_argument, NULL, 'c'},
             {"check-config", required_argument, NULL, 'C'},
             {"rotate-keys", required_argument, NULL, 'R'},
+            {"udev-rules", no_argument, NULL, 'U'},
             {"log", required_argument, NULL, 'l'},
             {"verbose", no_argument, NULL, 'v'},
             {"help", no_argument, NULL, 'h'},
@@ -57,7 +64,7 @@ int main(int argc, char **argv)
         unsigned targets = 0;
         struct gw_config *cfg = NULL;
         char *error = NULL;
-        bool check = false, verbose = false;
+        bool check = false, verbose = false, udev = false;
         int c, r;
 
         while ((c = getopt_long(argc, argv, "c:l:vhV", longopts, NULL)) != -1) {
@@ -71,6 +78,9 @@ int main(int argc, char **argv)
                         break;
                 case 'R':
                         rotate = optarg;
+                        break;
+                case 'U':
+                        udev = true;
                         break;
                 case 'l':
                         if (strcmp(optarg, "stderr") == 0)
@@ -108,8 +118,9 @@ int main(int argc, char **argv)
                         argv[optind]);
                 return 2;
         }
-        if (check && rotate) {
-                fprintf(stderr, "gatewayd: --check-config and --rotate-keys exclude each other\n");
+        if ((check ? 1 : 0) + (rotate ? 1 : 0) + (udev ? 1 : 0) > 1) {
+                fprintf(stderr, "gatewayd: --check-config, --rotate-keys and --udev-rules exclude "
+                                "each other\n");
                 return 2;
         }
         /* Started by systemd with stderr on the journal: native entries carry the deployment
@@ -127,7 +138,14 @@ int main(int argc, char **argv)
                 return 1;
         }
         gw_log_set_max_level(verbose ? LOG_DEBUG : cfg->log_level);
-        if (rotate) {
+        if (udev) {
+                r = gw_udev_rules_write(cfg, "/sys", stdout);
+                if (r < 0)
+                        fprintf(stderr, "gatewayd: cannot write the rules: %s\n", strerror(-r));
+                else
+                        fprintf(stderr, "%d rule(s) for %zu node(s); install them as %s\n", r,
+                                cfg->n_nodes, GW_UDEV_LOCAL_RULES);
+        } else if (rotate) {
                 struct gw_manifest_error err = {0};
                 uint64_t version = 0;
 

@@ -10,19 +10,20 @@
 #include "gw/systemd.h"
 #include "service.h"
 
-/* The status is looked at again this often when no watchdog asks for more. */
-#define TICK_MAX_MS 5000
+/* The status is looked at again this often (what nobody reports: a broker that went away). */
+#define TICK_MS 5000
 /* A status line is short; longer ones are cut. */
 #define STATUS_MAX 256
 
 struct gw_service {
         struct gw_loop *loop;
         struct gw_source *ready_timer;
+        struct gw_source *watchdog_timer;
         struct gw_source *tick_timer;
         gw_service_tick_cb tick;
         void *userdata;
         uint64_t watchdog_usec;
-        uint64_t next_tick_us;
+        uint64_t next_watchdog_us;
         bool ready;
         bool failed; /* a notification failed once: said so, not again */
         char status[STATUS_MAX];
@@ -65,21 +66,26 @@ static int on_ready(struct gw_source *src, uint64_t now_ms, void *userdata)
         return 0;
 }
 
+static int on_watchdog(struct gw_source *src, uint64_t now_ms, void *userdata)
+{
+        struct gw_service *s = userdata;
+        uint64_t half = s->watchdog_usec / 2, now = gw_now_us();
+
+        notify(s, "WATCHDOG=1");
+        /* Keep the beat: the next one is due half a period after this one was, not after it
+         * ran; a loop that fell behind starts a fresh beat. */
+        s->next_watchdog_us += half;
+        if (s->next_watchdog_us <= now)
+                s->next_watchdog_us = now + half;
+        gw_source_set_time_us(src, s->next_watchdog_us);
+        return 0;
+}
+
 static int on_tick(struct gw_source *src, uint64_t now_ms, void *userdata)
 {
         struct gw_service *s = userdata;
-        uint64_t half = s->watchdog_usec ? s->watchdog_usec / 2 : (uint64_t) TICK_MAX_MS * 1000u;
-        uint64_t now = gw_now_us();
 
-        if (half > (uint64_t) TICK_MAX_MS * 1000u)
-                half = (uint64_t) TICK_MAX_MS * 1000u;
-        if (s->watchdog_usec)
-                notify(s, "WATCHDOG=1");
-        /* Keep the beat: the next one is due a period after this one was, not after it ran. */
-        s->next_tick_us += half;
-        if (s->next_tick_us <= now)
-                s->next_tick_us = now + half;
-        gw_source_set_time_us(src, s->next_tick_us);
+        gw_source_set_time(src, now_ms + TICK_MS);
         if (s->tick)
                 s->tick(s->userdata);
         return 0;
@@ -89,7 +95,7 @@ int gw_service_new(struct gw_loop *loop, gw_service_tick_cb tick, void *userdata
                    struct gw_service **ret)
 {
         struct gw_service *s = calloc(1, sizeof(*s));
-        uint64_t usec = 0, half;
+        uint64_t usec = 0;
         int r;
 
         if (!s)
@@ -110,15 +116,17 @@ int gw_service_new(struct gw_loop *loop, gw_service_tick_cb tick, void *userdata
         r = gw_loop_add_timer(loop, gw_now_ms(), on_ready, s, &s->ready_timer);
         if (r < 0)
                 goto fail;
-        half = s->watchdog_usec ? s->watchdog_usec / 2 : (uint64_t) TICK_MAX_MS * 1000u;
-        if (half > (uint64_t) TICK_MAX_MS * 1000u)
-                half = (uint64_t) TICK_MAX_MS * 1000u;
-        s->next_tick_us = gw_now_us() + half;
-        r = gw_loop_add_timer(loop, 0, on_tick, s, &s->tick_timer);
-        if (r >= 0)
-                r = gw_source_set_time_us(s->tick_timer, s->next_tick_us);
+        r = gw_loop_add_timer(loop, gw_now_ms() + TICK_MS, on_tick, s, &s->tick_timer);
         if (r < 0)
                 goto fail;
+        if (s->watchdog_usec) {
+                s->next_watchdog_us = gw_now_us() + s->watchdog_usec / 2;
+                r = gw_loop_add_timer(loop, 0, on_watchdog, s, &s->watchdog_timer);
+                if (r >= 0)
+                        r = gw_source_set_time_us(s->watchdog_timer, s->next_watchdog_us);
+                if (r < 0)
+                        goto fail;
+        }
         *ret = s;
         return 0;
 fail:
@@ -131,6 +139,7 @@ struct gw_service *gw_service_free(struct gw_service *s)
         if (!s)
                 return NULL;
         gw_source_free(s->ready_timer);
+        gw_source_free(s->watchdog_timer);
         gw_source_free(s->tick_timer);
         free(s);
         return NULL;

@@ -10,8 +10,8 @@
 
 struct gw_service;
 
-/* Called from the loop on every watchdog keep-alive, and at least every few seconds, so that a
- * status built from things nobody reports (a broker that went away) stays current. */
+/* Called from the loop every few seconds, so that a status built from things nobody reports (a
+ * broker that went away) stays current. */
 typedef void (*gw_service_tick_cb)(void *userdata);
 
 /* Arms the readiness timer (READY=1 goes out on the loop's first iteration) and, when systemd
