@@ -10,6 +10,12 @@
 # makes, against a real broker and a simulated node whose device node belongs to group gatewayd
 # as the udev rules would make it. A signed deployment must flash the node, SIGTERM must stop it
 # cleanly; removing and purging the package must work and take the state with it.
+#
+# The scratch root is a fresh minimal Debian 12 (debootstrap --variant=minbase from the
+# configured mirror, made once and kept in the build directory, GW_DEB_ROOT to use another),
+# overlaid for each run, and the packages are installed with apt, which must find every
+# dependency they declare; without debootstrap or the mirror it overlays this machine's own
+# root instead and installs with dpkg -i (the test says which).
 set -u
 
 : "${GW_SRC:?GW_SRC must name the source directory}"
@@ -80,6 +86,39 @@ else
                 "User=, with NOTIFY_SOCKET and WATCHDOG_USEC set as systemd sets them"
 fi
 
+# The base of the scratch root.
+base=${GW_DEB_ROOT:-$GW_BUILD/debootstrap-bookworm}
+if [ -x "$base/usr/bin/apt-get" ] && [ -f "$base/.gatewayd-ready" ]; then
+        mode=clean
+elif command -v debootstrap >/dev/null; then
+        rm -rf "$base"
+        mkdir -p "$base"
+        echo "  debootstrap --variant=minbase bookworm $base (once; kept for later runs)"
+        mirror=$(sed -n 's/^deb \(http[^ ]*\) bookworm main.*/\1/p' /etc/apt/sources.list 2>/dev/null | head -n 1)
+        [ -n "$mirror" ] || mirror=$(sed -n 's/^URIs: *\(http[^ ]*\/debian\)$/\1/p' \
+                /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
+        if timeout 600 debootstrap --variant=minbase bookworm "$base" "${mirror:-http://deb.debian.org/debian}" \
+                >"$work/debootstrap.log" 2>&1; then
+                touch "$base/.gatewayd-ready"
+                mode=clean
+        else
+                echo "NOTE: debootstrap cannot reach the mirror ($(tail -n 1 "$work/debootstrap.log")):" \
+                        "the scratch root overlays this machine's root instead"
+                rm -rf "$base"
+                mode=host
+        fi
+else
+        echo "NOTE: debootstrap is not installed: the scratch root overlays this machine's root"
+        mode=host
+fi
+if [ "$mode" = clean ]; then
+        echo "NOTE: scratch root: a fresh Debian 12 minbase ($base) under an overlay; packages installed with apt-get, dependencies from the mirror"
+        lower=$base
+else
+        echo "NOTE: scratch root: this machine's root under an overlay; packages installed with dpkg -i"
+        lower=/
+fi
+
 gw="gw-e2e-deb"
 prefix=gatewayd/$gw
 baud=921600
@@ -113,23 +152,36 @@ root=$work/root
 mkdir -p "$root" "$work/upper" "$work/ovl-work"
 cat >"$work/in-root.sh" <<'IN'
 set -u
-work=$1 root=$2 debs=$3 port=$4 pty=$5
-mount -t overlay overlay -o "lowerdir=/,upperdir=$work/upper,workdir=$work/ovl-work" "$root" || exit 90
+work=$1 root=$2 debs=$3 port=$4 pty=$5 lower=$6 mode=$7
+mount -t overlay overlay -o "lowerdir=$lower,upperdir=$work/upper,workdir=$work/ovl-work" "$root" || exit 90
+mkdir -p "$root$work" "$root/tmp/debs"
 mount --rbind /dev "$root/dev" && mount -t proc proc "$root/proc" && mount --rbind /sys "$root/sys" &&
-        mount -t tmpfs tmpfs "$root/run" && mount --bind "$work" "$root$work" || exit 91
+        mount -t tmpfs tmpfs "$root/run" && mount --bind "$work" "$root$work" &&
+        mount --bind "$debs" "$root/tmp/debs" || exit 91
 in_root() { chroot "$root" "$@"; }
 say() { echo "STEP $*"; }
 
 say install
-in_root dpkg -i "$debs"/gatewayd_*.deb "$debs"/gatewayd-tools_*.deb \
-        "$debs"/gatewayd-plugin-dev_*.deb >"$work/dpkg-install.log" 2>&1
+debs_in_root=$(cd "$debs" && ls gatewayd_*.deb gatewayd-tools_*.deb gatewayd-plugin-dev_*.deb | sed 's|^|/tmp/debs/|')
+if [ "$mode" = clean ]; then
+        cp /etc/resolv.conf "$root/etc/resolv.conf"
+        # shellcheck disable=SC2086
+        { in_root env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+                in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+                        --no-install-recommends $debs_in_root; } >"$work/dpkg-install.log" 2>&1
+else
+        # shellcheck disable=SC2086
+        in_root dpkg -i $debs_in_root >"$work/dpkg-install.log" 2>&1
+fi
 echo "RESULT install $?"
 echo "RESULT passwd $(in_root getent passwd gatewayd)"
 echo "RESULT group $(in_root getent group gatewayd)"
 echo "RESULT enabled $(readlink "$root/etc/systemd/system/multi-user.target.wants/gatewayd.service")"
 echo "RESULT status $(in_root dpkg-query -W -f='${Status}' gatewayd gatewayd-tools gatewayd-plugin-dev)"
 echo "RESULT version $(in_root /usr/sbin/gatewayd --version) / $(in_root /usr/bin/gwflash --version)"
-echo "RESULT plugindir $(in_root pkg-config --variable=plugindir gatewayd-plugin 2>/dev/null)"
+# The .pc file as a plugin's build reads it (pkg-config of this machine: minbase has none).
+pcdir=$(dirname "$(ls "$root"/usr/lib/*/pkgconfig/gatewayd-plugin.pc 2>/dev/null | head -n 1)")
+echo "RESULT plugindir $(PKG_CONFIG_LIBDIR=$pcdir pkg-config --variable=plugindir gatewayd-plugin 2>/dev/null)"
 
 # The integrator's part: the configuration, the release key, the node's device node.
 unit=$root/lib/systemd/system/gatewayd.service
@@ -184,13 +236,14 @@ echo "RESULT purge $? $(test -e "$root$state" && echo state-left || echo state-g
 IN
 pty=$(readlink -f "$work/node-1.tty")
 unshare -m --propagation private bash "$work/in-root.sh" "$work" "$root" "$debs" \
-        "$GW_BROKER_PORT" "$pty" >"$work/in-root.out" 2>&1 &
+        "$GW_BROKER_PORT" "$pty" "$lower" "$mode" >"$work/in-root.out" 2>&1 &
 nspid=$!
 GW_PIDS+=("$nspid")
 result() { sed -n "s/^RESULT $1 //p" "$work/in-root.out" | tail -n 1; }
 
-gw_wait_for 120 grep -q '^STEP run' "$work/in-root.out"
-check "dpkg -i of the three packages succeeds (maintainer scripts run)" test "$(result install)" = 0 ||
+gw_wait_for 300 grep -q '^STEP run' "$work/in-root.out"
+check "installing the three packages ($([ "$mode" = clean ] && echo "apt-get install" || echo "dpkg -i")) succeeds, maintainer scripts run" \
+        test "$(result install)" = 0 ||
         tail -n 20 "$work/dpkg-install.log"
 check "all three are installed ($(result status))" \
         test "$(result status)" = "install ok installedinstall ok installedinstall ok installed"
@@ -202,7 +255,7 @@ check "the unit is enabled (multi-user.target.wants -> $(result enabled))" \
         test "$(result enabled)" = /lib/systemd/system/gatewayd.service
 check "the installed tools answer --version ($(result version))" \
         test "$(result version)" = "gatewayd 0.1.0 / gwflash 0.1.0"
-check "pkg-config finds the plugin folder ($(result plugindir))" \
+check "gatewayd-plugin.pc names the plugin folder ($(result plugindir))" \
         grep -qE '^/usr/lib/[^/]+/gatewayd/plugins-[0-9]+$' <<<"$(result plugindir)"
 check "the integrator's configuration passes --check-config ($(result check))" \
         grep -q '^/etc/gatewayd/gatewayd.yaml: OK' <<<"$(result check)"
@@ -217,7 +270,7 @@ final=$(q final "$work/sub.log" "$prefix/deployments/deb1")
 check "a deployment to the installed gatewayd ends success (got $(q get "$final" state))" \
         test "$(q get "$final" state)" = success
 check "the node holds the image byte for byte" cmp -s "$work/www/fw.bin" "$work/node-1.out/fw-1.0.0.bin"
-check "keep-alives for the unit's WatchdogSec=30s are not due yet, and READY=1 came once" \
+check "READY=1 came once" \
         test "$(grep -c 'READY=1' "$work/notify.log")" -eq 1
 kill -TERM "$(cat "$work/gatewayd.pid")" 2>/dev/null
 gw_wait_for 60 grep -q '^RESULT purge' "$work/in-root.out"
