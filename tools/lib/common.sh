@@ -9,7 +9,7 @@ GW_PACKAGES=(meson ninja-build pkg-config gcc clang clang-format libclang-rt-14-
         python3 openssl faketime libusb-1.0-0-dev umockdev libumockdev-dev dfu-util
         libsystemd-dev scdoc)
 # Only the test suite needs these: the Debian package build (tests/integration/debian-package.sh).
-GW_TEST_PACKAGES=(build-essential dpkg-dev debhelper lintian)
+GW_TEST_PACKAGES=(build-essential dpkg-dev debhelper lintian debootstrap)
 
 gw_log() { printf '%s\n' "$*" >&2; }
 gw_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
