@@ -772,7 +772,8 @@ int gw_daemon_run(const struct gw_config *cfg)
                 gw_log_error_errno(r, "Main loop failed: %m");
         gw_mqtt_stop(d.mqtt, 2000);
 out:
-        gw_service_free(d.service);
+        /* Before the engine: its last state changes would no longer reach a status line. */
+        d.service = gw_service_free(d.service);
         gw_engine_free(d.engine);
         gw_inventory_free(d.inventory);
         gw_mqtt_free(d.mqtt);
