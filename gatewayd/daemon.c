@@ -24,6 +24,7 @@
 #include "inventory.h"
 #include "journal.h"
 #include "mqtt.h"
+#include "service.h"
 #include "status.h"
 #include "store.h"
 
@@ -43,6 +44,7 @@ struct daemon {
         struct gw_engine *engine;
         struct gw_inventory *inventory;
         struct gw_gateway_key *decrypt_key; /* decryption-key, or NULL */
+        struct gw_service *service;         /* systemd: readiness, watchdog, status */
         /* TRUST_KEYS as last looked at, to notice a gatewayd --rotate-keys run beside us. */
         struct stat keys_st;
         bool has_keys_st;
@@ -339,11 +341,11 @@ int gw_daemon_check(const struct gw_config *cfg)
         struct gw_trust *t = NULL;
         int r, ret = 0;
 
-        if (cfg->plugin_dir) {
-                r = gw_plugin_load_dir(cfg->plugin_dir);
-                if (r < 0)
-                        ret = r;
-        }
+        /* Without a plugin-dir, the one this build installs plugins into (a folder that does
+         * not exist simply holds none). */
+        r = gw_plugin_load_dir(cfg->plugin_dir ? cfg->plugin_dir : GW_PLUGIN_DIR);
+        if (r < 0)
+                ret = r;
         for (size_t i = 0; i < cfg->n_nodes; i++) {
                 const struct gw_node_config *n = &cfg->nodes[i];
                 const struct gw_transport_ops *t_ops = gw_transport_find(n->transport);
@@ -562,12 +564,56 @@ static void on_keys(struct daemon *d, const void *payload, size_t len, bool over
         publish_keys_status(d, "applied", GW_ERR_NONE, NULL);
 }
 
+/* The service's status line, from what the engine and the session say now. */
+static void status_update(void *userdata)
+{
+        struct daemon *d = userdata;
+        struct gw_engine_progress p;
+        char line[256];
+
+        if (!d->engine || d->stopping)
+                return;
+        gw_engine_progress(d->engine, &p);
+        if (!p.deployment)
+                snprintf(line, sizeof(line), "Idle: %zu node(s), broker %s:%u %s", d->cfg->n_nodes,
+                         d->cfg->mqtt.host, d->cfg->mqtt.port,
+                         d->mqtt && gw_mqtt_is_connected(d->mqtt) ? "connected" : "not connected");
+        else if (strcmp(p.phase, "manifest") == 0)
+                snprintf(line, sizeof(line), "Deployment %s: fetching and verifying the manifest",
+                         p.deployment);
+        else if (strcmp(p.phase, "download") == 0)
+                snprintf(line, sizeof(line),
+                         "Deployment %s: downloading, %zu of %zu image(s) ready", p.deployment,
+                         p.n_images_ready, p.n_images);
+        else if (strcmp(p.phase, "identify") == 0)
+                snprintf(line, sizeof(line), "Deployment %s: asking %zu node(s) what they run",
+                         p.deployment, p.n_active);
+        else
+                snprintf(line, sizeof(line), "Deployment %s: %s%zu of %zu nodes done, %zu busy%s",
+                         p.deployment, p.reverting ? "rolling back, " : "", p.n_ended, p.n_nodes,
+                         p.n_active, p.n_failed ? ", some failed" : "");
+        if (p.queued && strlen(line) + 32 < sizeof(line))
+                strcat(line, "; another one queued");
+        gw_service_set_status(d->service, line);
+}
+
 static int on_stop_signal(struct gw_source *s, int signo, void *userdata)
 {
         struct daemon *d = userdata;
+        struct gw_engine_progress p;
+        char line[256];
 
         if (d->stopping)
                 return 0;
+        gw_engine_progress(d->engine, &p);
+        if (p.deployment)
+                snprintf(line, sizeof(line),
+                         "Stopping (%s): deployment %s interrupted, node states journalled; it "
+                         "runs again after the restart",
+                         strsignal(signo), p.deployment);
+        else
+                snprintf(line, sizeof(line), "Stopping (%s)", strsignal(signo));
+        gw_service_stopping(d->service, line);
         d->stopping = true;
         gw_log_info("Received %s, shutting down", strsignal(signo));
         /* Nodes mid-flash get the protocol's abort and a failed status; the desired state is
@@ -598,6 +644,7 @@ static void mqtt_connected(void *userdata)
         struct daemon *d = userdata;
 
         gw_engine_connected(d->engine);
+        status_update(d);
         if (d->keys_status)
                 gw_mqtt_publish(d->mqtt, "keys/status", d->keys_status, 1, true);
 }
@@ -695,6 +742,7 @@ int gw_daemon_run(const struct gw_config *cfg)
             .userdata = &d,
             .inventory = d.inventory,
             .decrypt_key = d.decrypt_key,
+            .changed = status_update,
         };
         r = gw_engine_new(&env, &d.engine);
         if (r < 0) {
@@ -710,12 +758,22 @@ int gw_daemon_run(const struct gw_config *cfg)
         gw_log_info("gatewayd %s: gateway %s, %zu node(s), broker %s:%u, prefix %s", GW_VERSION,
                     cfg->gateway_id, cfg->n_nodes, cfg->mqtt.host, cfg->mqtt.port,
                     cfg->mqtt.prefix);
+        /* READY=1 goes out from the loop's first iteration: the configuration is checked, every
+         * part is wired and the loop runs. */
+        r = gw_service_new(d.loop, status_update, &d, &d.service);
+        if (r < 0) {
+                gw_log_error_errno(r, "Cannot set up the service notifications: %m");
+                goto out;
+        }
+        status_update(&d);
         gw_mqtt_start(d.mqtt);
         r = gw_loop_run(d.loop);
         if (r < 0)
                 gw_log_error_errno(r, "Main loop failed: %m");
         gw_mqtt_stop(d.mqtt, 2000);
 out:
+        /* Before the engine: its last state changes would no longer reach a status line. */
+        d.service = gw_service_free(d.service);
         gw_engine_free(d.engine);
         gw_inventory_free(d.inventory);
         gw_mqtt_free(d.mqtt);

@@ -94,8 +94,9 @@ static void on_identify_finished(void *userdata, int result, const char *reason)
                 return;
         }
         for (size_t i = 0; i < gw_options_count(n->identified); i++)
-                gw_log_debug("%s: identify: %s = %s", n->cfg->name,
-                             gw_options_key(n->identified, i), gw_options_value(n->identified, i));
+                gw_deploy_log_node(LOG_DEBUG, n, "%s: identify: %s = %s", n->cfg->name,
+                                   gw_options_key(n->identified, i),
+                                   gw_options_value(n->identified, i));
         hw = gw_options_new();
         r = hw ? gw_options_merge(hw, n->cfg->hardware) : -ENOMEM;
         if (r >= 0)

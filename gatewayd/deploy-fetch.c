@@ -93,18 +93,22 @@ static void attempt_ended(struct download *dl, int result, enum gw_error code, c
 
         gw_deploy_download_stop(dl);
         if (result == 0) {
-                gw_log_info("Deployment %s: image %s verified (%llu bytes, %llu fetched as %s)",
-                            d->id, img->name, (unsigned long long) img->size,
-                            (unsigned long long) dl->bytes, route(dl));
+                gw_deploy_log(LOG_INFO, d,
+                              "Deployment %s: image %s verified (%llu bytes, %llu fetched as %s)",
+                              d->id, img->name, (unsigned long long) img->size,
+                              (unsigned long long) dl->bytes, route(dl));
                 dl->done = true;
                 if (--d->n_downloads_left == 0)
                         gw_deploy_identify_phase(d);
+                else
+                        gw_deploy_changed(d->engine);
                 return;
         }
         if (dl->delta) {
-                gw_log_warning("Deployment %s: image %s: the delta failed (%s: %s); fetching the "
-                               "full image",
-                               d->id, img->name, gw_error_to_string(code), message);
+                gw_deploy_log(LOG_WARNING, d,
+                              "Deployment %s: image %s: the delta failed (%s: %s); fetching the "
+                              "full image",
+                              d->id, img->name, gw_error_to_string(code), message);
                 dl->delta = false;
                 dl->url_index = 0;
                 download_start(dl);
@@ -112,8 +116,9 @@ static void attempt_ended(struct download *dl, int result, enum gw_error code, c
         }
         /* A mirror may have what the first source did not. */
         if (dl->url_index < img->n_mirrors) {
-                gw_log_warning("Deployment %s: image %s: %s: %s; trying the next mirror", d->id,
-                               img->name, gw_error_to_string(code), message);
+                gw_deploy_log(LOG_WARNING, d,
+                              "Deployment %s: image %s: %s: %s; trying the next mirror", d->id,
+                              img->name, gw_error_to_string(code), message);
                 dl->url_index++;
                 /* On failure download_start() has already failed the deployment. */
                 download_start(dl);
@@ -301,8 +306,8 @@ static int download_start(struct download *dl)
             .finished = on_download_finished,
             .userdata = dl,
         };
-        gw_log_info("Deployment %s: fetching image %s (%s, %llu bytes) from %s", d->id, img->name,
-                    route(dl), (unsigned long long) p.max_bytes, url);
+        gw_deploy_log(LOG_INFO, d, "Deployment %s: fetching image %s (%s, %llu bytes) from %s",
+                      d->id, img->name, route(dl), (unsigned long long) p.max_bytes, url);
         r = gw_fetch_start(d->engine->env.fetcher, &p, &dl->fetch);
         free(url);
         if (r < 0) {

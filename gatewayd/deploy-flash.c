@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "deploy-internal.h"
+#include "gw/access.h"
 #include "gw/flash.h"
 #include "gw/log.h"
 #include "gw/registry.h"
@@ -82,9 +83,18 @@ int gw_deploy_node_open(struct deployment *d, struct node_rt *n, const struct gw
         r = gw_flash_new(d->engine->env.loop, n->cfg->name, t, n->cfg->transport_opts, p, popts,
                          &n->flash);
         gw_options_free(popts);
-        if (r < 0)
+        if (r == -EACCES) {
+                /* The one thing the gateway's owner must fix on the gateway itself: say which
+                 * device node and how, here and in the node's status upstream. */
+                char why[448];
+
+                gw_access_explain(t, n->cfg->transport_opts, why, sizeof(why));
+                snprintf(n->message, sizeof(n->message), "cannot open %s link: %s",
+                         n->cfg->transport, why);
+        } else if (r < 0) {
                 snprintf(n->message, sizeof(n->message), "cannot open %s link: %s",
                          n->cfg->transport, strerror(-r));
+        }
         return r;
 }
 
@@ -113,14 +123,16 @@ void gw_deploy_on_flash_resumed(void *userdata, uint64_t offset)
 
         n->resumed_from = offset;
         if (n->confirmed_at_start)
-                gw_log_info("%s: resuming at %llu of %llu bytes (%llu were confirmed before the "
-                            "interruption)",
-                            n->cfg->name, (unsigned long long) offset,
-                            (unsigned long long) n->total,
-                            (unsigned long long) n->confirmed_at_start);
+                gw_deploy_log_node(
+                    LOG_INFO, n,
+                    "%s: resuming at %llu of %llu bytes (%llu were confirmed before the "
+                    "interruption)",
+                    n->cfg->name, (unsigned long long) offset, (unsigned long long) n->total,
+                    (unsigned long long) n->confirmed_at_start);
         else
-                gw_log_info("%s: resuming at %llu of %llu bytes (the node kept them)", n->cfg->name,
-                            (unsigned long long) offset, (unsigned long long) n->total);
+                gw_deploy_log_node(
+                    LOG_INFO, n, "%s: resuming at %llu of %llu bytes (the node kept them)",
+                    n->cfg->name, (unsigned long long) offset, (unsigned long long) n->total);
         gw_deploy_publish_node(n->dep->engine, n);
 }
 
@@ -157,9 +169,10 @@ static void canary_ended(struct deployment *d, struct node_rt *n)
                 snprintf(d->message, sizeof(d->message), "%.64s (canary): %.319s", n->cfg->name,
                          n->message);
         }
-        gw_log_warning("Deployment %s: canary node %s did not take its image; the other nodes "
-                       "are not flashed",
-                       d->id, n->cfg->name);
+        gw_deploy_log(LOG_WARNING, d,
+                      "Deployment %s: canary node %s did not take its image; the other nodes "
+                      "are not flashed",
+                      d->id, n->cfg->name);
 }
 
 /* The node's job ended for good in this deployment (success, failed or reverted). */
@@ -186,8 +199,8 @@ static void node_failed(struct node_rt *n, enum gw_error code, const char *fmt, 
         va_start(ap, fmt);
         vsnprintf(n->message, sizeof(n->message), fmt, ap);
         va_end(ap);
-        gw_log_error("%s: %s %s: %s: %s", n->cfg->name, img->name, img->version,
-                     gw_error_to_string(code), n->message);
+        gw_deploy_log_node(LOG_ERR, n, "%s: %s %s: %s: %s", n->cfg->name, img->name, img->version,
+                           gw_error_to_string(code), n->message);
         if (d->m->policy.atomic && !d->cancelled) {
                 if (!d->error) {
                         d->error = code;
@@ -240,8 +253,8 @@ static void on_check_finished(void *userdata, int result, const char *reason)
                             v, img->version);
                 return;
         }
-        gw_log_info("%s: checked: it answers%s%s", n->cfg->name, v ? " with version " : "",
-                    v ? v : "");
+        gw_deploy_log_node(LOG_INFO, n, "%s: checked: it answers%s%s", n->cfg->name,
+                           v ? " with version " : "", v ? v : "");
         node_succeeded(n);
 }
 
@@ -280,7 +293,8 @@ static int on_retry_timer(struct gw_source *s, uint64_t now_ms, void *userdata)
                 node_failed(n, n->error, "%s", why);
                 return 0;
         }
-        gw_log_info("%s: attempt %u of %u", n->cfg->name, n->attempts + 1, n->cfg->retries + 1);
+        gw_deploy_log_node(LOG_INFO, n, "%s: attempt %u of %u", n->cfg->name, n->attempts + 1,
+                           n->cfg->retries + 1);
         r = flash_node(d, n);
         if (r == 1) {
                 gw_deploy_node_set_state(n, GW_NODE_SUCCESS);
@@ -314,9 +328,10 @@ static bool node_retry(struct node_rt *n, enum gw_error code, const char *why)
         n->bytes = 0;
         n->error = code;
         snprintf(n->message, sizeof(n->message), "%s", why);
-        gw_log_warning("%s: attempt %u of %u failed (%s): %s; trying again in %u ms", n->cfg->name,
-                       n->attempts, n->cfg->retries + 1, gw_error_to_string(code), why,
-                       RETRY_DELAY_MS);
+        gw_deploy_log_node(LOG_WARNING, n,
+                           "%s: attempt %u of %u failed (%s): %s; trying again in %u ms",
+                           n->cfg->name, n->attempts, n->cfg->retries + 1, gw_error_to_string(code),
+                           why, RETRY_DELAY_MS);
         return true;
 }
 
@@ -357,8 +372,9 @@ void gw_deploy_on_install_finished(void *userdata, int result, const char *reaso
 
                 n->reverting = false;
                 if (result < 0) {
-                        gw_log_error("%s: rolling back to %s %s failed: %s", n->cfg->name, im->name,
-                                     im->version, reason ? reason : strerror(-result));
+                        gw_deploy_log_node(LOG_ERR, n, "%s: rolling back to %s %s failed: %s",
+                                           n->cfg->name, im->name, im->version,
+                                           reason ? reason : strerror(-result));
                         if (!n->error)
                                 n->error = GW_ERR_FLASH_FAILED;
                         snprintf(n->message + strlen(n->message),
@@ -372,8 +388,8 @@ void gw_deploy_on_install_finished(void *userdata, int result, const char *reaso
                         gw_deploy_node_image_copy(&n->prev, &n->rb_prev);
                         gw_deploy_node_image_done(&n->incomplete);
                         gw_deploy_journal_node_write(d->engine, n);
-                        gw_log_info("%s: rolled back to %s %s", n->cfg->name, im->name,
-                                    im->version);
+                        gw_deploy_log_node(LOG_INFO, n, "%s: rolled back to %s %s", n->cfg->name,
+                                           im->name, im->version);
                         gw_deploy_node_set_state(n, GW_NODE_REVERTED);
                 }
                 node_ended(n);
@@ -398,8 +414,9 @@ void gw_deploy_on_install_finished(void *userdata, int result, const char *reaso
                 return;
         }
         gw_deploy_journal_node_installed(d->engine, n, img);
-        gw_log_info("%s: took %s %s (%llu bytes in %.1f s)", n->cfg->name, img->name, img->version,
-                    (unsigned long long) n->total, (double) (gw_now_ms() - n->t0) / 1000.0);
+        gw_deploy_log_node(LOG_INFO, n, "%s: took %s %s (%llu bytes in %.1f s)", n->cfg->name,
+                           img->name, img->version, (unsigned long long) n->total,
+                           (double) (gw_now_ms() - n->t0) / 1000.0);
         if (checks_after_install(n, img))
                 node_check_start(n);
         else
@@ -421,9 +438,11 @@ static int flash_node(struct deployment *d, struct node_rt *n)
          * (its link is open from the identify phase); else it is done (returns 1). */
         if (d->resumed && n->cur.known && !n->incomplete.known &&
             memcmp(n->cur.sha256, img->sha256, 32) == 0) {
-                gw_log_info("%s: took %s %s before the deployment was interrupted; not flashed "
-                            "again",
-                            n->cfg->name, img->name, img->version);
+                gw_deploy_log_node(
+                    LOG_INFO, n,
+                    "%s: took %s %s before the deployment was interrupted; not flashed "
+                    "again",
+                    n->cfg->name, img->name, img->version);
                 n->bytes = n->total = img->size;
                 if (!checks_after_install(n, img) || !n->flash)
                         return 1;
@@ -432,8 +451,9 @@ static int flash_node(struct deployment *d, struct node_rt *n)
                 return 0;
         }
         if (n->unchanged) {
-                gw_log_info("%s: already runs %s %s (its protocol says so); not flashed",
-                            n->cfg->name, img->name, img->version);
+                gw_deploy_log_node(LOG_INFO, n,
+                                   "%s: already runs %s %s (its protocol says so); not flashed",
+                                   n->cfg->name, img->name, img->version);
                 snprintf(n->message, sizeof(n->message), "already ran %.64s %.64s; not flashed",
                          img->name, img->version);
                 n->bytes = n->total = img->size;
@@ -503,7 +523,7 @@ static void flash_start_more(struct deployment *d)
                         /* -ENOEXEC: the protocol refuses the image for this board. */
                         n->error =
                             r == -ENOEXEC ? GW_ERR_NODE_INCOMPATIBLE : GW_ERR_NODE_UNREACHABLE;
-                        gw_log_error("%s: %s", n->cfg->name, n->message);
+                        gw_deploy_log_node(LOG_ERR, n, "%s: %s", n->cfg->name, n->message);
                         gw_deploy_node_set_state(n, GW_NODE_FAILED);
                         canary_ended(d, n);
                         if (d->m->policy.atomic && !d->error) {
@@ -533,11 +553,13 @@ void gw_deploy_flash_phase(struct deployment *d)
         for (size_t i = 0; i < d->n_nodes; i++)
                 d->nodes[i]->canary = i < d->canary_n;
         if (d->canary_n)
-                gw_log_info("Deployment %s: all images verified, flashing %zu canary node(s) "
-                            "first, then %zu more",
-                            d->id, d->canary_n, d->n_nodes - d->canary_n);
+                gw_deploy_log(LOG_INFO, d,
+                              "Deployment %s: all images verified, flashing %zu canary node(s) "
+                              "first, then %zu more",
+                              d->id, d->canary_n, d->n_nodes - d->canary_n);
         else
-                gw_log_info("Deployment %s: all images verified, flashing %zu node(s)", d->id,
-                            d->n_nodes);
+                gw_deploy_log(LOG_INFO, d,
+                              "Deployment %s: all images verified, flashing %zu node(s)", d->id,
+                              d->n_nodes);
         flash_start_more(d);
 }

@@ -12,6 +12,7 @@
 #include "deploy.h"
 #include "gw/error.h"
 #include "gw/flash.h"
+#include "gw/log.h"
 #include "request.h"
 #include "status.h"
 
@@ -77,7 +78,8 @@ struct node_rt {
         uint64_t t0, last_publish;
         int last_pct;
         enum gw_error error;
-        char message[320];
+        /* Room for a permission problem: the device node, its owner and mode, and the fix. */
+        char message[512];
 };
 
 struct download {
@@ -150,6 +152,12 @@ struct gw_engine {
         char *final_json;
 };
 
+/* Messages about a deployment, and about a node (while it is in a deployment, about that too):
+ * the journal gets GW_DEPLOYMENT= and GW_NODE= (journalctl GW_DEPLOYMENT=ID). */
+#define gw_deploy_log(level, d, ...) gw_log_about((level), 0, (d)->id, NULL, __VA_ARGS__)
+#define gw_deploy_log_node(level, n, ...)                                                          \
+        gw_log_about((level), 0, (n)->dep ? (n)->dep->id : NULL, (n)->cfg->name, __VA_ARGS__)
+
 /* deploy.c */
 /* Fails the whole deployment: nodes not yet finished are marked failed with the same code. */
 void gw_deploy_deployment_fail(struct deployment *d, enum gw_error code, const char *fmt, ...)
@@ -157,6 +165,8 @@ void gw_deploy_deployment_fail(struct deployment *d, enum gw_error code, const c
 void gw_deploy_deployment_finish(struct deployment *d);
 
 /* deploy-report.c */
+/* Tells the daemon that the deployment, its phase or a node changed (env.changed). */
+void gw_deploy_changed(struct gw_engine *e);
 void gw_deploy_publish(struct gw_engine *e, const char *suffix, char *payload, bool retain);
 void gw_deploy_publish_node(struct gw_engine *e, struct node_rt *n);
 void gw_deploy_node_set_state(struct node_rt *n, enum gw_node_state state);

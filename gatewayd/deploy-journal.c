@@ -69,7 +69,8 @@ int gw_deploy_journal_deployment(struct deployment *d, const char *state, const 
         r = gw_journal_write(gw_deploy_state_dir(d->engine), name, s, strlen(s));
         free(s);
         if (r < 0)
-                gw_log_warning_errno(r, "Deployment %s: cannot write the journal: %m", d->id);
+                gw_log_about(LOG_WARNING, r, d->id, NULL,
+                             "Deployment %s: cannot write the journal: %m", d->id);
         return r;
 }
 
@@ -282,14 +283,16 @@ void gw_deploy_journal_node_write(struct gw_engine *e, struct node_rt *n)
                                  json_integer((json_int_t) n->confirmed)) < 0) ||
             !(s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
                 json_decref(o);
-                gw_log_warning("%s: cannot record the installed image: out of memory, ignoring",
-                               n->cfg->name);
+                gw_deploy_log_node(LOG_WARNING, n,
+                                   "%s: cannot record the installed image: out of memory, ignoring",
+                                   n->cfg->name);
                 return;
         }
         json_decref(o);
         snprintf(name, sizeof(name), "nodes/%s.json", n->cfg->name);
         if (gw_journal_write(gw_deploy_state_dir(e), name, s, strlen(s)) < 0)
-                gw_log_warning("%s: cannot record the installed image, ignoring", n->cfg->name);
+                gw_deploy_log_node(LOG_WARNING, n,
+                                   "%s: cannot record the installed image, ignoring", n->cfg->name);
         free(s);
         free(n->installed_version);
         n->installed_version = n->cur.known ? strdup(n->cur.version) : NULL;
@@ -301,8 +304,9 @@ void gw_deploy_journal_node_installed(struct gw_engine *e, struct node_rt *n,
         struct node_image im = {0};
 
         if (gw_deploy_node_image_from_manifest(&im, img) < 0) {
-                gw_log_warning("%s: cannot record the installed image: out of memory, ignoring",
-                               n->cfg->name);
+                gw_deploy_log_node(LOG_WARNING, n,
+                                   "%s: cannot record the installed image: out of memory, ignoring",
+                                   n->cfg->name);
                 return;
         }
         /* Taking the image it already runs (a deployment run again after a crash) leaves what
@@ -323,8 +327,10 @@ void gw_deploy_journal_node_writing(struct gw_engine *e, struct node_rt *n,
 {
         n->confirmed = 0;
         if (gw_deploy_node_image_copy(&n->incomplete, im) < 0) {
-                gw_log_warning("%s: cannot record the image being written: out of memory, ignoring",
-                               n->cfg->name);
+                gw_deploy_log_node(
+                    LOG_WARNING, n,
+                    "%s: cannot record the image being written: out of memory, ignoring",
+                    n->cfg->name);
                 return;
         }
         gw_deploy_journal_node_write(e, n);

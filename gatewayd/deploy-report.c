@@ -75,15 +75,23 @@ void gw_deploy_publish_node(struct gw_engine *e, struct node_rt *n)
         gw_deploy_publish(e, topic, json, true);
 }
 
+void gw_deploy_changed(struct gw_engine *e)
+{
+        if (e->env.changed)
+                e->env.changed(e->env.userdata);
+}
+
 void gw_deploy_node_set_state(struct node_rt *n, enum gw_node_state state)
 {
         if (n->state == state)
                 return;
-        gw_log_debug("%s: %s -> %s", n->cfg->name, gw_node_state_to_string(n->state),
-                     gw_node_state_to_string(state));
+        gw_deploy_log_node(LOG_DEBUG, n, "%s: %s -> %s", n->cfg->name,
+                           gw_node_state_to_string(n->state), gw_node_state_to_string(state));
         n->state = state;
-        if (n->dep)
+        if (n->dep) {
                 gw_deploy_publish_node(n->dep->engine, n);
+                gw_deploy_changed(n->dep->engine);
+        }
 }
 
 void gw_deploy_publish_rejected(struct gw_engine *e, const char *id, enum gw_error code,

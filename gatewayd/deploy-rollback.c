@@ -47,11 +47,13 @@ bool gw_deploy_node_revert(struct node_rt *n)
         if (d->cancelled || !im->known)
                 return false;
         if (!gw_store_has(d->engine->env.store, im->sha256, im->size)) {
-                gw_log_warning("%s: previous image %s %s is not in the store, cannot roll back",
-                               n->cfg->name, im->name, im->version);
+                gw_deploy_log_node(LOG_WARNING, n,
+                                   "%s: previous image %s %s is not in the store, cannot roll back",
+                                   n->cfg->name, im->name, im->version);
                 return false;
         }
-        gw_log_info("%s: rolling back to %s %s", n->cfg->name, im->name, im->version);
+        gw_deploy_log_node(LOG_INFO, n, "%s: rolling back to %s %s", n->cfg->name, im->name,
+                           im->version);
         n->reverting = true;
         gw_deploy_node_set_active(n, true);
         /* The progress is the rollback's from its first report on, not what the node took of
@@ -71,8 +73,8 @@ bool gw_deploy_node_revert(struct node_rt *n)
                 r = gw_flash_install(n->flash, &n->reader, &cbs, n);
         }
         if (r < 0) {
-                gw_log_error("%s: rolling back to %s %s failed: %s", n->cfg->name, im->name,
-                             im->version, strerror(-r));
+                gw_deploy_log_node(LOG_ERR, n, "%s: rolling back to %s %s failed: %s", n->cfg->name,
+                                   im->name, im->version, strerror(-r));
                 gw_file_reader_close(&n->reader);
                 n->reverting = false;
                 if (!n->error)
@@ -89,8 +91,9 @@ void gw_deploy_deployment_halt(struct deployment *d)
         if (d->halted)
                 return;
         d->halted = true;
-        gw_log_warning("Deployment %s is atomic: rolling back the nodes that took their image",
-                       d->id);
+        gw_deploy_log(LOG_WARNING, d,
+                      "Deployment %s is atomic: rolling back the nodes that took their image",
+                      d->id);
         for (size_t i = 0; i < d->n_nodes; i++) {
                 struct node_rt *n = d->nodes[i];
 

@@ -115,7 +115,8 @@ void gw_deploy_deployment_finish(struct deployment *d)
         }
         if (d->interrupted) {
                 gw_deploy_journal_deployment(d, "interrupted", NULL);
-                gw_log_warning("Deployment %s interrupted; it runs again after the restart", d->id);
+                gw_deploy_log(LOG_WARNING, d,
+                              "Deployment %s interrupted; it runs again after the restart", d->id);
         } else {
                 /* The report goes into the journal with the verdict, before it is published: a
                  * cut in between and the restart publishes it (gw_deploy_journal_done()). */
@@ -123,10 +124,11 @@ void gw_deploy_deployment_finish(struct deployment *d)
                 gw_deploy_journal_deployment(d, d->error ? "failed" : "success", e->final_json);
                 gw_deploy_final_publish(e);
                 if (d->error)
-                        gw_log_error("Deployment %s failed: %s: %s", d->id,
-                                     gw_error_to_string(d->error), d->message);
+                        gw_deploy_log(LOG_ERR, d, "Deployment %s failed: %s: %s", d->id,
+                                      gw_error_to_string(d->error), d->message);
                 else
-                        gw_log_info("Deployment %s succeeded on %zu node(s)", d->id, d->n_nodes);
+                        gw_deploy_log(LOG_INFO, d, "Deployment %s succeeded on %zu node(s)", d->id,
+                                      d->n_nodes);
         }
         gw_deploy_publish_inventory(e);
         e->current = deployment_free(d);
@@ -140,7 +142,8 @@ static void deployment_reject(struct deployment *d, enum gw_error code, const ch
         char name[300];
         char *s = NULL;
 
-        gw_log_error("Deployment %s rejected: %s: %s", d->id, gw_error_to_string(code), message);
+        gw_deploy_log(LOG_ERR, d, "Deployment %s rejected: %s: %s", d->id, gw_error_to_string(code),
+                      message);
         if (d->sha_hex[0]) {
                 json_t *o =
                     json_pack("{s:s, s:s, s:s, s:s}", "id", d->id, "manifest_sha256", d->sha_hex,
@@ -303,9 +306,9 @@ static void manifest_report(void *userdata, const char *check, enum gw_error cod
 {
         struct deployment *d = userdata;
 
-        gw_log_debug("Deployment %s: check %s: %s%s%s", d->id, check,
-                     code ? gw_error_to_string(code) : "ok", detail ? ": " : "",
-                     detail ? detail : "");
+        gw_deploy_log(LOG_DEBUG, d, "Deployment %s: check %s: %s%s%s", d->id, check,
+                      code ? gw_error_to_string(code) : "ok", detail ? ": " : "",
+                      detail ? detail : "");
 }
 
 static void manifest_ready(struct deployment *d)
@@ -328,8 +331,9 @@ static void manifest_ready(struct deployment *d)
         }
         gw_hex(sha, 32, d->sha_hex);
         if (gw_deploy_journal_done(e, d->id, d->sha_hex, &final)) {
-                gw_log_info("Deployment %s with manifest %.12s was already done, ignoring", d->id,
-                            d->sha_hex);
+                gw_deploy_log(LOG_INFO, d,
+                              "Deployment %s with manifest %.12s was already done, ignoring", d->id,
+                              d->sha_hex);
                 /* Its report again, retained: the broker may never have had it (a cut between
                  * the journal and the publication), and it costs nothing when it has. */
                 if (final) {
@@ -388,9 +392,11 @@ static void manifest_ready(struct deployment *d)
         rollback = gw_deploy_rollback_recorded(e, d->id, d->sha_hex);
         d->resumed = rollback != NULL;
         if (rollback)
-                gw_log_info("Deployment %s runs again: it rolls back to what the nodes ran when it "
-                            "was first accepted",
-                            d->id);
+                gw_deploy_log(
+                    LOG_INFO, d,
+                    "Deployment %s runs again: it rolls back to what the nodes ran when it "
+                    "was first accepted",
+                    d->id);
         for (size_t i = 0; i < d->n_nodes; i++) {
                 const json_t *rec =
                     rollback ? json_object_get(rollback, d->nodes[i]->cfg->name) : NULL;
@@ -427,9 +433,10 @@ static void manifest_ready(struct deployment *d)
                 }
                 free(names);
         }
-        gw_log_info("Deployment %s accepted: manifest %s sequence %llu, %zu image(s), %zu node(s)",
-                    d->id, d->m->id, (unsigned long long) d->m->sequence, d->m->n_images,
-                    d->n_nodes);
+        gw_deploy_log(
+            LOG_INFO, d,
+            "Deployment %s accepted: manifest %s sequence %llu, %zu image(s), %zu node(s)", d->id,
+            d->m->id, (unsigned long long) d->m->sequence, d->m->n_images, d->n_nodes);
         /* One deadline for all downloads: a server that trickles each image just above the
          * minimum rate, or fails each mirror slowly, cannot stretch the deployment. */
         if (cfg->fetch_deadline)
@@ -469,7 +476,7 @@ static void deployment_start(struct gw_engine *e, struct gw_deploy_request *req)
         const struct gw_config *cfg = e->env.cfg;
 
         if (!d) {
-                gw_log_error("Deployment %s: out of memory", req->id);
+                gw_log_about(LOG_ERR, 0, req->id, NULL, "Deployment %s: out of memory", req->id);
                 gw_deploy_request_done(req);
                 return;
         }
@@ -481,8 +488,10 @@ static void deployment_start(struct gw_engine *e, struct gw_deploy_request *req)
         *req = (struct gw_deploy_request){0};
         d->phase = PHASE_MANIFEST;
         e->current = d;
-        gw_log_info("Deployment %s: received%s%s", d->id, d->manifest_url ? ", fetching " : "",
-                    d->manifest_url ? d->manifest_url : " with an inline manifest");
+        gw_deploy_changed(e);
+        gw_deploy_log(LOG_INFO, d, "Deployment %s: received%s%s", d->id,
+                      d->manifest_url ? ", fetching " : "",
+                      d->manifest_url ? d->manifest_url : " with an inline manifest");
 
         if (d->manifest_url) {
                 struct gw_fetch_params p = {
@@ -511,8 +520,11 @@ static void engine_next(struct gw_engine *e)
 {
         struct gw_deploy_request req;
 
-        if (e->current || !e->has_pending)
+        if (e->current || !e->has_pending) {
+                /* Idle now, or still busy with the one that runs. */
+                gw_deploy_changed(e);
                 return;
+        }
         req = e->pending;
         e->pending = (struct gw_deploy_request){0};
         e->has_pending = false;
@@ -562,12 +574,14 @@ static void on_deploy(struct gw_engine *e, const void *payload, size_t len, bool
         }
         if (e->current && same_request(e->current, &req)) {
                 /* The retained desired state comes again after a reconnect. */
-                gw_log_debug("Deployment %s is already running, ignoring", req.id);
+                gw_log_about(LOG_DEBUG, 0, req.id, NULL,
+                             "Deployment %s is already running, ignoring", req.id);
                 gw_deploy_request_done(&req);
                 return;
         }
         if (e->current) {
-                gw_log_info("Deployment %s queued behind %s", req.id, e->current->id);
+                gw_log_about(LOG_INFO, 0, req.id, NULL, "Deployment %s queued behind %s", req.id,
+                             e->current->id);
                 gw_deploy_request_done(&e->pending);
                 e->pending = req;
                 e->has_pending = true;
@@ -595,20 +609,22 @@ static void on_cancel(struct gw_engine *e, const void *payload, size_t len, bool
                 return;
         }
         if (e->has_pending && strcmp(e->pending.id, req.id) == 0) {
-                gw_log_info("Deployment %s cancelled before it started", req.id);
+                gw_log_about(LOG_INFO, 0, req.id, NULL, "Deployment %s cancelled before it started",
+                             req.id);
                 gw_deploy_publish_rejected(e, req.id, GW_ERR_CANCELLED,
                                            "cancelled before it started");
                 gw_deploy_request_done(&e->pending);
                 e->has_pending = false;
         } else if (e->current && strcmp(e->current->id, req.id) == 0) {
-                gw_log_info("Deployment %s: cancel requested", req.id);
+                gw_log_about(LOG_INFO, 0, req.id, NULL, "Deployment %s: cancel requested", req.id);
                 e->current->cancelled = true;
                 if (e->current->phase == PHASE_MANIFEST)
                         deployment_reject(e->current, GW_ERR_CANCELLED, "cancelled");
                 else
                         gw_deploy_deployment_fail(e->current, GW_ERR_CANCELLED, "cancelled");
         } else {
-                gw_log_info("Cancel for deployment %s, which is not running, ignoring", req.id);
+                gw_log_about(LOG_INFO, 0, req.id, NULL,
+                             "Cancel for deployment %s, which is not running, ignoring", req.id);
         }
         gw_cancel_request_done(&req);
 }
@@ -654,6 +670,57 @@ void gw_engine_shutdown(struct gw_engine *e)
 bool gw_engine_busy(const struct gw_engine *e)
 {
         return e->current != NULL || e->has_pending;
+}
+
+static const char *phase_to_string(enum phase p)
+{
+        switch (p) {
+        case PHASE_MANIFEST:
+                return "manifest";
+        case PHASE_DOWNLOAD:
+                return "download";
+        case PHASE_IDENTIFY:
+                return "identify";
+        case PHASE_FLASH:
+                return "flash";
+        case PHASE_DONE:
+                return "done";
+        }
+        return NULL;
+}
+
+void gw_engine_progress(const struct gw_engine *e, struct gw_engine_progress *ret)
+{
+        const struct deployment *d = e->current;
+
+        *ret = (struct gw_engine_progress){.queued = e->has_pending};
+        if (!d)
+                return;
+        ret->deployment = d->id;
+        ret->phase = phase_to_string(d->phase);
+        ret->n_nodes = d->n_nodes;
+        ret->reverting = d->halted;
+        for (size_t i = 0; i < d->n_nodes; i++) {
+                const struct node_rt *n = d->nodes[i];
+
+                if (n->active)
+                        ret->n_active++;
+                if (n->active || n->revert_queued)
+                        continue;
+                if (n->state == GW_NODE_SUCCESS || n->state == GW_NODE_FAILED ||
+                    n->state == GW_NODE_REVERTED)
+                        ret->n_ended++;
+                if (n->state == GW_NODE_FAILED || n->state == GW_NODE_REVERTED)
+                        ret->n_failed++;
+        }
+        if (d->m) {
+                ret->n_images = d->m->n_images;
+                for (size_t i = 0; d->downloads && i < d->m->n_images; i++)
+                        if (d->downloads[i].done)
+                                ret->n_images_ready++;
+                if (d->phase > PHASE_DOWNLOAD)
+                        ret->n_images_ready = ret->n_images;
+        }
 }
 
 int gw_engine_new(const struct gw_engine_env *env, struct gw_engine **ret)

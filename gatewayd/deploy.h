@@ -35,6 +35,23 @@ struct gw_engine_env {
         /* The gateway's key for encrypted images (decryption-key), or NULL: an encrypted image
          * then fails the deployment with decrypt-failed. Stays the caller's. */
         const struct gw_gateway_key *decrypt_key;
+        /* Called after the running deployment, its phase or one of its nodes changed state (and
+         * when a deployment ends): a cue to read gw_engine_progress() again. NULL: not told. */
+        void (*changed)(void *userdata);
+};
+
+/* What the engine is doing now, in counts, for a one-line status (systemd's STATUS=). */
+struct gw_engine_progress {
+        const char *deployment; /* the running deployment's id, NULL when idle; the engine's */
+        const char *phase;      /* "manifest", "download", "identify", "flash"; NULL when idle */
+        size_t n_nodes;         /* nodes the deployment writes */
+        size_t n_ended;         /* of those, ended: success, failed or reverted */
+        size_t n_failed;        /* of the ended, failed or reverted */
+        size_t n_active;        /* running a job now (identify, install, check, revert) */
+        size_t n_images;        /* images of the manifest */
+        size_t n_images_ready;  /* of those, in the store and verified */
+        bool reverting;         /* an atomic deployment failed and rolls its nodes back */
+        bool queued;            /* another desired state waits behind this one */
 };
 
 int gw_engine_new(const struct gw_engine_env *env, struct gw_engine **ret);
@@ -52,3 +69,5 @@ void gw_engine_message(struct gw_engine *e, const char *suffix, const void *payl
  * desired state runs it again after the restart. */
 void gw_engine_shutdown(struct gw_engine *e);
 bool gw_engine_busy(const struct gw_engine *e);
+/* Fills *ret (all zero and NULL when idle); strings stay valid until the engine runs again. */
+void gw_engine_progress(const struct gw_engine *e, struct gw_engine_progress *ret);

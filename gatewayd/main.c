@@ -4,13 +4,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "daemon.h"
 #include "gw-config.h"
 #include "gw/log.h"
+#include "gw/systemd.h"
+#include "udev.h"
 
-#define DEFAULT_CONFIG "/etc/gatewayd/gatewayd.yaml"
+/* SYSCONFDIR/gatewayd/gatewayd.yaml: /etc/gatewayd/gatewayd.yaml for prefix /usr. */
+#define DEFAULT_CONFIG GW_CONFIG_FILE
 
 static void usage(FILE *out)
 {
@@ -18,6 +22,7 @@ static void usage(FILE *out)
                 "Usage: gatewayd [OPTIONS]\n"
                 "       gatewayd --check-config FILE\n"
                 "       gatewayd [-c FILE] --rotate-keys KEYS.yaml\n"
+                "       gatewayd [-c FILE] --udev-rules\n"
                 "\n"
                 "Gateway daemon: takes signed deployments over MQTT and flashes the nodes\n"
                 "behind this gateway (UART, USB, CAN).\n"
@@ -27,7 +32,12 @@ static void usage(FILE *out)
                 "      --rotate-keys KEYS   apply a gatewayd/keys rotation to the state dir and\n"
                 "                           exit (signed by a threshold of the current keys and\n"
                 "                           of its own, version exactly one more)\n"
-                "  -l, --log TARGET         stderr, syslog or both (default stderr)\n"
+                "      --udev-rules         print udev rules giving group gatewayd the device\n"
+                "                           nodes of the configured nodes (for " GW_UDEV_LOCAL_RULES
+                ")\n"
+                "  -l, --log TARGET         stderr, syslog, both or journal (default: journal\n"
+                "                           when systemd connected stderr to the journal,\n"
+                "                           else stderr)\n"
                 "  -v, --verbose            debug logging (overrides log-level)\n"
                 "  -h, --help               this text\n"
                 "  -V, --version            print the version\n"
@@ -43,6 +53,7 @@ int main(int argc, char **argv)
             {"config", required_argument, NULL, 'c'},
             {"check-config", required_argument, NULL, 'C'},
             {"rotate-keys", required_argument, NULL, 'R'},
+            {"udev-rules", no_argument, NULL, 'U'},
             {"log", required_argument, NULL, 'l'},
             {"verbose", no_argument, NULL, 'v'},
             {"help", no_argument, NULL, 'h'},
@@ -50,10 +61,10 @@ int main(int argc, char **argv)
             {},
         };
         const char *path = DEFAULT_CONFIG, *rotate = NULL;
-        unsigned targets = GW_LOG_STDERR;
+        unsigned targets = 0;
         struct gw_config *cfg = NULL;
         char *error = NULL;
-        bool check = false, verbose = false;
+        bool check = false, verbose = false, udev = false;
         int c, r;
 
         while ((c = getopt_long(argc, argv, "c:l:vhV", longopts, NULL)) != -1) {
@@ -68,6 +79,9 @@ int main(int argc, char **argv)
                 case 'R':
                         rotate = optarg;
                         break;
+                case 'U':
+                        udev = true;
+                        break;
                 case 'l':
                         if (strcmp(optarg, "stderr") == 0)
                                 targets = GW_LOG_STDERR;
@@ -75,8 +89,13 @@ int main(int argc, char **argv)
                                 targets = GW_LOG_SYSLOG;
                         else if (strcmp(optarg, "both") == 0)
                                 targets = GW_LOG_STDERR | GW_LOG_SYSLOG;
+                        else if (strcmp(optarg, "journal") == 0 && gw_sd_supported())
+                                targets = GW_LOG_JOURNAL;
                         else {
-                                fprintf(stderr, "gatewayd: --log takes stderr, syslog or both\n");
+                                fprintf(stderr, "gatewayd: --log takes stderr, syslog, both%s\n",
+                                        gw_sd_supported() ? " or journal"
+                                                          : " (built without libsystemd: no "
+                                                            "journal)");
                                 return 2;
                         }
                         break;
@@ -99,10 +118,17 @@ int main(int argc, char **argv)
                         argv[optind]);
                 return 2;
         }
-        if (check && rotate) {
-                fprintf(stderr, "gatewayd: --check-config and --rotate-keys exclude each other\n");
+        if ((check ? 1 : 0) + (rotate ? 1 : 0) + (udev ? 1 : 0) > 1) {
+                fprintf(stderr, "gatewayd: --check-config, --rotate-keys and --udev-rules exclude "
+                                "each other\n");
                 return 2;
         }
+        /* Started by systemd with stderr on the journal: native entries carry the deployment
+         * and node as fields (GW_DEPLOYMENT=, GW_NODE=). */
+        if (!targets)
+                targets = gw_sd_supported() && gw_sd_journal_stream_is(STDERR_FILENO)
+                              ? GW_LOG_JOURNAL
+                              : GW_LOG_STDERR;
         gw_log_open("gatewayd", targets);
 
         r = gw_config_load(path, &cfg, &error);
@@ -112,7 +138,14 @@ int main(int argc, char **argv)
                 return 1;
         }
         gw_log_set_max_level(verbose ? LOG_DEBUG : cfg->log_level);
-        if (rotate) {
+        if (udev) {
+                r = gw_udev_rules_write(cfg, "/sys", stdout);
+                if (r < 0)
+                        fprintf(stderr, "gatewayd: cannot write the rules: %s\n", strerror(-r));
+                else
+                        fprintf(stderr, "%d rule(s) for %zu node(s); install them as %s\n", r,
+                                cfg->n_nodes, GW_UDEV_LOCAL_RULES);
+        } else if (rotate) {
                 struct gw_manifest_error err = {0};
                 uint64_t version = 0;
 

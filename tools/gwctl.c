@@ -22,13 +22,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "gw-config.h"
 #include "gw/log.h"
 #include "gw/loop.h"
 #include "gw/mosquitto-errno.h"
-
-#ifndef GWCTL_VERSION
-#define GWCTL_VERSION "unknown"
-#endif
 
 #define PREFIX_MAX         512u
 #define ID_MAX             128u
@@ -1592,7 +1589,8 @@ static const char common_help[] =
     "      --timeout SECONDS     give up after this long (exit 1)\n"
     "      --json                one JSON object per line on stdout, for scripts\n"
     "  -v, --verbose             debug logging\n"
-    "  -h, --help                help (also after a command)\n";
+    "  -h, --help                help (also after a command)\n"
+    "  -V, --version             print the version\n";
 
 static void usage(FILE *out)
 {
@@ -1820,7 +1818,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
                         help = true;
                         break;
                 case 'V':
-                        printf("gwctl %s\n", GWCTL_VERSION);
+                        printf("gwctl %s\n", GW_VERSION);
                         return 1;
                 default:
                         return -EINVAL;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "gw-config.h"
+#include "gw/access.h"
 #include "gw/flash.h"
 #include "gw/log.h"
 #include "gw/loop.h"
@@ -97,6 +98,7 @@ static void usage(FILE *out)
             "  -q, --quiet            no progress output\n"
             "  -v, --verbose          debug logging (protocol state changes)\n"
             "  -h, --help             this text\n"
+            "  -V, --version          print the version\n"
             "\n"
             "Before flashing, a protocol that can identify the node is asked what it runs:\n"
             "the answer is printed, the image is checked against it (a chip it was not\n"
@@ -703,11 +705,14 @@ int main(int argc, char **argv)
         gw_log_open("gwflash", GW_LOG_STDERR);
         if (!opts)
                 return 1;
+        /* Out-of-tree plugins installed for this build's plugin ABI, as gatewayd loads them when
+         * its configuration names no plugin-dir. */
+        (void) gw_plugin_load_dir(GW_PLUGIN_DIR);
         if (argc > 1 && strcmp(argv[1], "list") == 0) {
                 gw_options_free(opts);
                 return cmd_list(argc - 1, argv + 1);
         }
-        while ((c = getopt_long(argc, argv, "t:p:b:u:a:P:o:n:qvh", longopts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "t:p:b:u:a:P:o:n:qvhV", longopts, NULL)) != -1) {
                 switch (c) {
                 case 't':
                         transport = optarg;
@@ -881,6 +886,11 @@ int main(int argc, char **argv)
         }
         if (r < 0 && strcmp(t->name, "usb") == 0 && r != -EINVAL) {
                 explain_usb_error(r, t, opts);
+                goto out;
+        }
+        if (r == -EACCES) {
+                gw_access_explain(t, opts, why, sizeof(why));
+                gw_log_error("Cannot open %s link %s: %s", transport, label, why);
                 goto out;
         }
         if (r < 0) {

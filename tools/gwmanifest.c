@@ -16,6 +16,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
+#include "gw-config.h"
 #include "gw/codec.h"
 #include "gw/error.h"
 #include "gw/manifest.h"
@@ -2119,7 +2120,8 @@ static int help(FILE *f)
                 "                                          keys FILE: as a rotation of --trust)\n"
                 "  show [--json] FILE                      print a manifest\n"
                 "  keys-init --key A.pub... --threshold N [--version V] [--out KEYS.yaml]\n"
-                "                                          write a gatewayd/keys document\n\n"
+                "                                          write a gatewayd/keys document\n"
+                "  --version                               print the version\n\n"
                 "'%s COMMAND --help' describes each command. Exit status: 0 success,\n"
                 "1 invalid manifest or failure, 2 usage error.\n",
                 prog, prog);
@@ -2142,6 +2144,10 @@ int main(int argc, char **argv)
         if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
             strcmp(argv[1], "help") == 0)
                 return help(stdout);
+        if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+                printf("gwmanifest %s\n", GW_VERSION);
+                return EXIT_SUCCESS;
+        }
         for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
                 if (strcmp(argv[1], commands[i].name) == 0)
                         return commands[i].run(argc - 1, argv + 1);

@@ -59,7 +59,7 @@ static int dir_teardown(void **state)
 
 static void put(const char *path, const char *text, int flags)
 {
-        int fd = open(path, O_WRONLY | O_CLOEXEC | flags);
+        int fd = open(path, O_WRONLY | O_CLOEXEC | flags, 0644);
 
         assert_true(fd >= 0);
         assert_int_equal(write(fd, text, strlen(text)), (ssize_t) strlen(text));

@@ -7,15 +7,19 @@ GW_PACKAGES=(meson ninja-build pkg-config gcc clang clang-format libclang-rt-14-
         libserialport-dev libmosquitto-dev libssl-dev libyaml-dev libcmocka-dev
         libcurl4-openssl-dev libjansson-dev libzstd-dev zlib1g-dev mosquitto mosquitto-clients lrzsz socat
         python3 openssl faketime libusb-1.0-0-dev umockdev libumockdev-dev dfu-util
-        python3-can libcbor-dev python3-cbor2 openfpgaloader)
+        python3-can libcbor-dev python3-cbor2 openfpgaloader libsystemd-dev scdoc)
+# Only the test suite needs these: the Debian package build (tests/integration/debian-package.sh).
+GW_TEST_PACKAGES=(build-essential dpkg-dev debhelper lintian debootstrap)
 
 gw_log() { printf '%s\n' "$*" >&2; }
 gw_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# Installs the Debian packages the project needs when any is missing (run as root).
+# Installs the Debian packages the project needs when any is missing (run as root); with the
+# argument "test", also those only the test suite needs.
 gw_ensure_packages() {
-        local missing=() p
-        for p in "${GW_PACKAGES[@]}"; do
+        local missing=() p wanted=("${GW_PACKAGES[@]}")
+        [ "${1:-}" = test ] && wanted+=("${GW_TEST_PACKAGES[@]}")
+        for p in "${wanted[@]}"; do
                 dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
                         missing+=("$p")
         done
