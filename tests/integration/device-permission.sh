@@ -40,8 +40,13 @@ done
 ymodem_config 2
 watch_prefix
 
-# The unprivileged user reads the configuration and owns the state directory, nothing more.
+# The unprivileged user reads the configuration and owns the state directory, nothing more. It
+# runs copies of the programs: the build tree may sit under a directory only root may enter
+# (a clone in /root, or in a mktemp -d folder).
 chmod 755 "$work"
+mkdir -p "$work/bin"
+cp "$GWD" "$GW_BUILD/tools/gwflash" "$work/bin/"
+chmod 755 "$work/bin" "$work/bin/gatewayd" "$work/bin/gwflash"
 chmod 644 "$work/gatewayd.yaml" "$work/release.pub"
 chown "$uid:$gid" "$work/state"
 for n in 1 2; do
@@ -57,7 +62,7 @@ cannot_open() { ! as_user sh -c "exec 3<>'$1'" 2>/dev/null; }
 check "the test really cannot open it as $user" cannot_open "$denied"
 
 setpriv --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all \
-        "$GWD" -c "$work/gatewayd.yaml" 2>"$work/gatewayd.log" &
+        "$work/bin/gatewayd" -c "$work/gatewayd.yaml" 2>"$work/gatewayd.log" &
 gwpid=$!
 GW_PIDS+=("$gwpid")
 
@@ -108,7 +113,7 @@ check "gatewayd stops with status 0" test $? -eq 0
 # gwflash, run by the same user, says the same.
 head -c 1000 /dev/urandom >"$work/fw.bin"
 chmod 644 "$work/fw.bin"
-as_user timeout 20 "$GW_BUILD/tools/gwflash" --transport uart --port "$work/node-1.tty" \
+as_user timeout 20 "$work/bin/gwflash" --transport uart --port "$work/node-1.tty" \
         --baud "$baud" --protocol ymodem -q "$work/fw.bin" 2>"$work/gwflash.err"
 rc=$?
 check "gwflash exits 1 on the unreadable node (got $rc)" test $rc -eq 1
