@@ -90,6 +90,22 @@ int gw_options_set(struct gw_options *o, const char *key, const char *value)
         return 0;
 }
 
+int gw_options_set_kv(struct gw_options *o, const char *kv)
+{
+        const char *eq = kv ? strchr(kv, '=') : NULL;
+        char *key;
+        int r;
+
+        if (!eq || eq == kv)
+                return -EINVAL;
+        key = strndup(kv, (size_t) (eq - kv));
+        if (!key)
+                return -ENOMEM;
+        r = gw_options_set(o, key, eq + 1);
+        free(key);
+        return r;
+}
+
 int gw_options_merge(struct gw_options *dst, const struct gw_options *src)
 {
         if (!src)

@@ -433,14 +433,9 @@ int gw_plugin_link_options(const struct gw_protocol_ops *p, const struct gw_opti
 
         if (r >= 0 && p && p->version >= 5 && p->link_defaults)
                 for (size_t i = 0; p->link_defaults[i] && r >= 0; i++) {
-                        const char *kv = p->link_defaults[i], *eq = strchr(kv, '=');
-                        char key[64];
-
-                        if (!eq || eq == kv || (size_t) (eq - kv) >= sizeof(key))
-                                continue; /* a malformed default of the plugin's: ignored */
-                        memcpy(key, kv, (size_t) (eq - kv));
-                        key[eq - kv] = '\0';
-                        r = gw_options_set(o, key, eq + 1);
+                        r = gw_options_set_kv(o, p->link_defaults[i]);
+                        if (r == -EINVAL)
+                                r = 0; /* a malformed default of the plugin's: ignored */
                 }
         if (r >= 0)
                 r = gw_options_merge(o, topts);

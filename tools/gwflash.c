@@ -650,18 +650,6 @@ static void explain_usb_error(int r, const struct gw_transport_ops *t,
         }
 }
 
-static int add_kv(struct gw_options *o, const char *kv)
-{
-        const char *eq = strchr(kv, '=');
-        char key[128];
-
-        if (!eq || eq == kv || (size_t) (eq - kv) >= sizeof(key))
-                return -EINVAL;
-        memcpy(key, kv, (size_t) (eq - kv));
-        key[eq - kv] = '\0';
-        return gw_options_set(o, key, eq + 1);
-}
-
 int main(int argc, char **argv)
 {
         static const struct option longopts[] = {
@@ -743,7 +731,7 @@ int main(int argc, char **argv)
                         protocol = optarg;
                         break;
                 case 'o':
-                        if (add_kv(opts, optarg) < 0) {
+                        if (gw_options_set_kv(opts, optarg) < 0) {
                                 fprintf(stderr, "gwflash: --option wants KEY=VALUE, got '%s'\n",
                                         optarg);
                                 goto usage;

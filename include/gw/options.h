@@ -13,6 +13,9 @@ struct gw_options *gw_options_new(void);
 struct gw_options *gw_options_free(struct gw_options *o);
 /* Sets key to value (both copied), replacing an earlier value. 0 or -ENOMEM/-EINVAL. */
 int gw_options_set(struct gw_options *o, const char *key, const char *value);
+/* The same from one "key=value" string (everything after the first '=' is the value). 0,
+ * -EINVAL (no '=', or nothing before it), -ENOMEM. */
+int gw_options_set_kv(struct gw_options *o, const char *kv);
 /* Copies every pair of src into dst, replacing what dst had for the same key. */
 int gw_options_merge(struct gw_options *dst, const struct gw_options *src);
 size_t gw_options_count(const struct gw_options *o);

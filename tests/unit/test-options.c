@@ -115,13 +115,32 @@ static void test_bounded(void **state)
         gw_options_free(o);
 }
 
+/* "key=value" strings (gwflash -o, a protocol's link defaults): the value is everything after
+ * the first '='; no '=' or no key is refused, nothing set. */
+static void test_set_kv(void **state)
+{
+        struct gw_options *o = gw_options_new();
+
+        assert_non_null(o);
+        assert_int_equal(gw_options_set_kv(o, "parity=even"), 0);
+        assert_int_equal(gw_options_set_kv(o, "command=[\"a=b\"]"), 0);
+        assert_int_equal(gw_options_set_kv(o, "empty="), 0);
+        assert_string_equal(gw_options_get(o, "parity"), "even");
+        assert_string_equal(gw_options_get(o, "command"), "[\"a=b\"]");
+        assert_string_equal(gw_options_get(o, "empty"), "");
+        assert_int_equal(gw_options_set_kv(o, "=x"), -EINVAL);
+        assert_int_equal(gw_options_set_kv(o, "novalue"), -EINVAL);
+        assert_int_equal(gw_options_set_kv(o, NULL), -EINVAL);
+        assert_int_equal(gw_options_count(o), 3);
+        gw_options_free(o);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_parse_u64),
-            cmocka_unit_test(test_set_get_order),
-            cmocka_unit_test(test_typed_getters),
-            cmocka_unit_test(test_bounded),
+            cmocka_unit_test(test_parse_u64),     cmocka_unit_test(test_set_get_order),
+            cmocka_unit_test(test_typed_getters), cmocka_unit_test(test_bounded),
+            cmocka_unit_test(test_set_kv),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
