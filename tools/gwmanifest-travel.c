@@ -31,14 +31,15 @@ int gw_travel_read(const char *path, struct gw_travel_buf *ret)
         fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
                 return -errno;
-        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-                r = fd >= 0 && errno ? -errno : -EINVAL;
+        if (fstat(fd, &st) < 0)
+                r = -errno;
+        else if (!S_ISREG(st.st_mode))
+                r = -EINVAL;
+        else if ((uint64_t) st.st_size > IMAGE_MAX)
+                r = -EFBIG;
+        if (r < 0) {
                 close(fd);
-                return r ? r : -EINVAL;
-        }
-        if ((uint64_t) st.st_size > IMAGE_MAX) {
-                close(fd);
-                return -EFBIG;
+                return r;
         }
         p = malloc(st.st_size ? (size_t) st.st_size : 1);
         if (!p) {
@@ -73,21 +74,13 @@ void gw_travel_buf_done(struct gw_travel_buf *b)
         *b = (struct gw_travel_buf){0};
 }
 
-static int sha256(const void *data, size_t n, uint8_t ret[32])
+int gw_travel_sha256(const struct gw_travel_buf *b, uint8_t ret[static 32], char ret_hex[static 65])
 {
         unsigned int len = 0;
 
-        return EVP_Digest(data, n, ret, &len, EVP_sha256(), NULL) == 1 && len == 32 ? 0 : -EIO;
-}
-
-int gw_travel_sha256_hex(const struct gw_travel_buf *b, char ret[static 65])
-{
-        uint8_t d[32];
-        int r = sha256(b->data, b->len, d);
-
-        if (r < 0)
-                return r;
-        gw_hex(d, 32, ret);
+        if (EVP_Digest(b->data, b->len, ret, &len, EVP_sha256(), NULL) != 1 || len != 32)
+                return -EIO;
+        gw_hex(ret, 32, ret_hex);
         return 0;
 }
 
@@ -173,41 +166,4 @@ int gw_travel_encrypt(const struct gw_travel_buf *src, const uint8_t key[static 
         }
         *ret = (struct gw_travel_buf){.data = out, .len = src->len + 16};
         return 0;
-}
-
-int gw_travel_write(const char *path, const struct gw_travel_buf *b)
-{
-        char *tmp = NULL;
-        size_t done = 0;
-        int fd, r = 0;
-
-        if (asprintf(&tmp, "%s.tmp", path) < 0)
-                return -ENOMEM;
-        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (fd < 0) {
-                r = -errno;
-                free(tmp);
-                return r;
-        }
-        while (done < b->len) {
-                ssize_t n = write(fd, b->data + done, b->len - done);
-
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0) {
-                        r = n < 0 ? -errno : -EIO;
-                        break;
-                }
-                done += (size_t) n;
-        }
-        if (r == 0 && fsync(fd) < 0)
-                r = -errno;
-        if (close(fd) < 0 && r == 0)
-                r = -errno;
-        if (r == 0 && rename(tmp, path) < 0)
-                r = -errno;
-        if (r < 0)
-                unlink(tmp);
-        free(tmp);
-        return r;
 }

@@ -717,12 +717,13 @@ static int nonce_b64(uint8_t nonce[static GW_IMAGE_NONCE_SIZE], char ret[static 
 static int travel_emit(const char *path, const struct gw_travel_buf *blob, uint64_t *ret_size,
                        char ret_sha[static 65])
 {
-        int r = gw_travel_write(path, blob);
+        uint8_t sha[32];
+        int r = write_atomic(path, blob->data, blob->len, 0644);
 
         if (r < 0)
                 return r;
         *ret_size = blob->len;
-        return gw_travel_sha256_hex(blob, ret_sha);
+        return gw_travel_sha256(blob, sha, ret_sha);
 }
 
 /* Makes the blobs add-image was asked for, next to image: IMAGE.zst, IMAGE[.zst].enc,
@@ -730,7 +731,7 @@ static int travel_emit(const char *path, const struct gw_travel_buf *blob, uint6
 static int travel_make(const char *image, struct travel *t)
 {
         struct gw_travel_buf img = {0}, base = {0}, z = {0}, enc = {0}, d = {0}, denc = {0};
-        uint8_t key[GW_IMAGE_KEY_SIZE], img_sha[32], nonce[GW_IMAGE_NONCE_SIZE];
+        uint8_t key[GW_IMAGE_KEY_SIZE], img_sha[32], base_sha[32], nonce[GW_IMAGE_NONCE_SIZE];
         const struct gw_travel_buf *transfer = NULL;
         bool encrypt = t->n_encrypt_for > 0;
         char hex[65];
@@ -739,13 +740,7 @@ static int travel_make(const char *image, struct travel *t)
         r = gw_travel_read(image, &img);
         if (r < 0)
                 return fail_errno(r, image), r;
-        r = gw_travel_sha256_hex(&img, hex);
-        for (size_t i = 0; r >= 0 && i < 32; i++) {
-                unsigned v;
-
-                sscanf(hex + 2 * i, "%2x", &v);
-                img_sha[i] = (uint8_t) v;
-        }
+        r = gw_travel_sha256(&img, img_sha, hex);
         if (r >= 0 && encrypt) {
                 r = gw_image_key_new(key);
                 t->recipients = calloc(t->n_encrypt_for, sizeof(*t->recipients));
@@ -795,7 +790,7 @@ static int travel_make(const char *image, struct travel *t)
                         goto out;
                 }
                 t->base_size = base.len;
-                r = gw_travel_sha256_hex(&base, t->base_sha);
+                r = gw_travel_sha256(&base, base_sha, t->base_sha);
                 if (r >= 0 && strcmp(t->base_sha, hex) == 0) {
                         fprintf(stderr, "error: %s is the image itself: no delta to make\n",
                                 t->delta_from);
