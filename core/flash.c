@@ -267,6 +267,23 @@ static bool handle_result(struct gw_flash *f, int r)
         return false;
 }
 
+/* The link failed under a running operation (r: -EPIPE, the peer or device is gone;
+ * -ENETDOWN, a bus or adapter down; another -errno). A node that already has everything says so
+ * through the protocol's hangup(); otherwise the operation fails, "link lost". */
+static void link_failed(struct gw_flash *f, int r)
+{
+        if (r == -EPIPE && f->p->hangup) {
+                handle_result(f, f->p->hangup(f->ppriv));
+                if (!f->running)
+                        return;
+                flash_set_error(f, "link lost");
+        } else {
+                flash_set_error(f, "link lost: %s",
+                                r == -ENETDOWN ? "the CAN bus or adapter is down" : strerror(-r));
+        }
+        finish(f, r);
+}
+
 static int on_io(struct gw_source *s, int fd, short revents, void *userdata)
 {
         struct gw_flash *f = userdata;
@@ -290,17 +307,8 @@ static int on_io(struct gw_source *s, int fd, short revents, void *userdata)
 
                 if (n == -EAGAIN || n == 0)
                         break;
-                if (n == -EPIPE && f->p->hangup) {
-                        handle_result(f, f->p->hangup(f->ppriv));
-                        if (f->running) {
-                                flash_set_error(f, "link lost");
-                                finish(f, -EPIPE);
-                        }
-                        return 0;
-                }
                 if (n < 0) {
-                        flash_set_error(f, "link lost: %s", strerror((int) -n));
-                        finish(f, (int) n);
+                        link_failed(f, (int) n);
                         return 0;
                 }
                 if (handle_result(f, f->p->input(f->ppriv, buf, (size_t) n)))
@@ -324,15 +332,7 @@ static int on_frames(struct gw_source *s, int fd, short revents, void *userdata)
                 if (r == -EAGAIN || r == 0)
                         break;
                 if (r < 0) {
-                        if (r == -EPIPE && f->p->hangup) {
-                                handle_result(f, f->p->hangup(f->ppriv));
-                                if (!f->running)
-                                        return 0;
-                        }
-                        flash_set_error(f, "link lost: %s",
-                                        r == -ENETDOWN ? "the CAN bus or adapter is down"
-                                                       : strerror(-r));
-                        finish(f, r);
+                        link_failed(f, r);
                         return 0;
                 }
                 if (handle_result(f, f->p->frame(f->ppriv, &frame)))

@@ -641,8 +641,6 @@ static int parse_options(struct parser *p, const struct cnode *map, const char *
                         if (r >= 0)
                                 r = gw_options_set(o, key->value, list);
                         free(list);
-                        if (r == -ENOMEM)
-                                return r;
                         if (r < 0)
                                 return r;
                         continue;
