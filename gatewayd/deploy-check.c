@@ -2,20 +2,14 @@
  * every node that can identify is asked what it is and runs, checked against its image's
  * hardware map and anti-downgrade, and each image is checked by the node's protocol. */
 #include <errno.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "deploy-internal.h"
 #include "gw/flash.h"
 #include "gw/log.h"
 #include "gw/registry.h"
-#include "journal.h"
-#include "mqtt.h"
-#include "request.h"
 #include "status.h"
 
 bool gw_deploy_check_images(struct deployment *d)

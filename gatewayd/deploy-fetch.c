@@ -2,20 +2,11 @@
  * store, hashed and capped while it streams, mirrors tried in turn, one deadline for all. */
 #include <errno.h>
 #include <openssl/crypto.h>
-#include <jansson.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "deploy-internal.h"
-#include "gw/flash.h"
 #include "gw/log.h"
-#include "gw/registry.h"
-#include "journal.h"
-#include "mqtt.h"
-#include "request.h"
 #include "status.h"
 
 static int download_start(struct download *dl);

@@ -2,21 +2,15 @@
  * canaries first, each install checked by identify afterwards and tried again when the node's
  * retries say so; a failed node is rolled back (deploy-rollback.c). */
 #include <errno.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "deploy-internal.h"
 #include "gw/access.h"
 #include "gw/flash.h"
 #include "gw/log.h"
 #include "gw/registry.h"
-#include "journal.h"
-#include "mqtt.h"
-#include "request.h"
 #include "status.h"
 
 static int flash_node(struct deployment *d, struct node_rt *n);

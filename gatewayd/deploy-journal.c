@@ -6,17 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "deploy-internal.h"
-#include "gw/flash.h"
 #include "gw/log.h"
-#include "gw/registry.h"
 #include "journal.h"
-#include "mqtt.h"
-#include "request.h"
-#include "status.h"
 
 static int node_image_to_json(json_t *o, const char *prefix, const struct node_image *im);
 

@@ -1,20 +1,12 @@
 /* The deployment engine's reports upstream: node status, deployment progress and verdicts
  * (the final one kept and republished on every reconnect), and the inventory. */
-#include <errno.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "deploy-internal.h"
-#include "gw/flash.h"
 #include "gw/log.h"
-#include "gw/registry.h"
-#include "journal.h"
-#include "mqtt.h"
-#include "request.h"
 #include "status.h"
 
 void gw_deploy_publish(struct gw_engine *e, const char *suffix, char *payload, bool retain)

@@ -1,21 +1,12 @@
 /* The deployment engine's rollbacks: a node that failed, and in an atomic deployment every node
  * that took its image, is given the image it ran before (from the store, as its journal record
  * names it), no more at a time than policy.parallel allows. */
-#include <errno.h>
-#include <jansson.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "deploy-internal.h"
 #include "gw/flash.h"
 #include "gw/log.h"
-#include "gw/registry.h"
-#include "journal.h"
-#include "mqtt.h"
-#include "request.h"
 #include "status.h"
 
 void gw_deploy_revert_more(struct deployment *d)
