@@ -358,7 +358,5 @@ void gw_uds_keyprog_stop(struct gw_uds_keyprog *p)
                         ;
         }
         p->pid = 0;
-        if (p->out_fd > 0)
-                close(p->out_fd);
-        p->out_fd = -1;
+        close_fd(&p->out_fd);
 }

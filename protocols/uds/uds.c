@@ -200,7 +200,7 @@ struct uds {
         uint64_t armed; /* the deadline given to the host, 0 = none, UINT64_MAX = unknown */
 
         uint8_t *req;
-        size_t req_len, req_cap;
+        size_t req_len;
         uint8_t sid;       /* of the request in flight */
         bool awaiting;     /* a response to it is due */
         bool keepalive_tx; /* what ISO-TP sends is a TesterPresent without response */
@@ -208,8 +208,7 @@ struct uds {
         unsigned busy;     /* busyRepeatRequest in a row */
         unsigned repeats;  /* TransferData resent for want of an answer */
         bool session_open; /* a non-default session the ECU drops after S3 */
-        bool cancelling;
-        bool heard; /* a frame came from the ECU during this operation */
+        bool heard;        /* a frame came from the ECU during this operation */
 
         size_t did_index;
         uint8_t seed[GW_UDS_SEED_MAX];
@@ -635,6 +634,15 @@ static int step_security(struct uds *u)
         return request(u, UDS_SEED, r, sizeof(r));
 }
 
+/* A resumed download that cannot go on: the next one starts from the erase, once. */
+static void forget_resume(struct uds *u)
+{
+        u->restarted = true;
+        u->resumed = false;
+        u->resume_offset = 0;
+        u->offset = 0;
+}
+
 static int step_resume(struct uds *u)
 {
         uint8_t r[3] = {SID_READ_DID, (uint8_t) (u->resume_did >> 8), (uint8_t) u->resume_did};
@@ -691,16 +699,13 @@ static int step_erase(struct uds *u)
 
 static int step_download(struct uds *u)
 {
-        size_t a = u->alfid & 0x0f, s = u->alfid >> 4, n = 0;
+        static const struct params alfid_address_size = {.layout = PARAMS_ALFID_ADDRESS_SIZE};
         uint64_t from = u->resume_offset;
+        size_t n = 0;
 
         u->req[n++] = SID_DOWNLOAD;
         u->req[n++] = u->data_format;
-        u->req[n++] = u->alfid;
-        put_be(u->req + n, u->address + from, a);
-        n += a;
-        put_be(u->req + n, u->reader->size - from, s);
-        n += s;
+        n += put_params(u, &alfid_address_size, u->req + n, from, 0);
         debug(u, "uds: download of %" PRIu64 " bytes at 0x%" PRIx64 "%s", u->reader->size - from,
               u->address + from, u->resumed ? " (resumed)" : "");
         set_state(u, UDS_DOWNLOAD);
@@ -1078,10 +1083,7 @@ static int on_routine(struct uds *u, const uint8_t *rsp, size_t len)
         if (u->resumed && !u->restarted) {
                 /* The part kept may have been another image's: all of it again. */
                 debug(u, "uds: the check failed after a resumed download: starting over");
-                u->restarted = true;
-                u->resumed = false;
-                u->resume_offset = 0;
-                u->offset = 0;
+                forget_resume(u);
                 report_progress(u);
                 return step_erase(u);
         }
@@ -1250,10 +1252,7 @@ static int on_negative(struct uds *u, uint8_t nrc)
                 if (u->resumed) {
                         debug(u, "uds: the ECU refuses to resume (%s): starting over",
                               nrc_name(nrc));
-                        u->restarted = true;
-                        u->resumed = false;
-                        u->resume_offset = 0;
-                        u->offset = 0;
+                        forget_resume(u);
                         return step_erase(u);
                 }
                 break;
@@ -1452,8 +1451,7 @@ static int setup_link(struct uds *u)
                 return fail(u, r, "cannot set up ISO-TP: %s", strerror(-r));
         u->tp_ready = true;
         /* Room for the longest request whatever max-message says: ISO-TP refuses it. */
-        u->req_cap = u->tp.max_tx > REQUEST_MIN ? u->tp.max_tx : REQUEST_MIN;
-        u->req = malloc(u->req_cap);
+        u->req = malloc(u->tp.max_tx > REQUEST_MIN ? u->tp.max_tx : REQUEST_MIN);
         if (!u->req)
                 return fail(u, -ENOMEM, "out of memory");
         debug(u, "uds: %s ids 0x%" PRIx32 "/0x%" PRIx32 ", %s, frames of %u bytes",
@@ -1993,7 +1991,6 @@ static int uds_cancel(void *priv)
                 /* Stop sending; the ECU is told the download ends. */
                 gw_isotp_abort_send(&u->tp_conn);
                 timers_clear(u);
-                u->cancelling = true;
                 request(u, UDS_CANCEL_EXIT, exit_req, sizeof(exit_req));
                 return leave(u);
         default:

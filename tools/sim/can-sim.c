@@ -1014,8 +1014,6 @@ static void ecu_frame(struct sim *s, struct ecu *e, const struct gw_can_frame *f
                 len = d[0] & 0x0f;
                 off = 1;
                 if (len == 0 && n > 8) { /* CAN FD escape */
-                        if (n < 2)
-                                return;
                         len = d[1];
                         off = 2;
                 }
@@ -1034,8 +1032,6 @@ static void ecu_frame(struct sim *s, struct ecu *e, const struct gw_can_frame *f
                 len = ((size_t) (d[0] & 0x0f) << 8) | d[1];
                 off = 2;
                 if (len == 0) {
-                        if (n < 6)
-                                return;
                         len = (size_t) d[2] << 24 | (size_t) d[3] << 16 | (size_t) d[4] << 8 | d[5];
                         off = 6;
                 }

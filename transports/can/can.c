@@ -78,8 +78,6 @@ void can_bus_debug(struct can_bus *bus, const char *fmt, ...)
 
 /* ---- Settings ---------------------------------------------------------------------------- */
 
-static const uint32_t fd_lengths[] = {8, 12, 16, 20, 24, 32, 48, 64};
-
 static int get_id(const struct gw_options *opts, const char *key, bool extended, bool required,
                   uint32_t *ret, char *why, size_t why_size)
 {
@@ -107,18 +105,6 @@ static int get_id(const struct gw_options *opts, const char *key, bool extended,
         }
         *ret = (uint32_t) v;
         return 0;
-}
-
-static bool standard_baud(uint64_t baud)
-{
-        static const uint32_t rates[] = {9600,    19200,   38400,   57600,   115200,  230400,
-                                         460800,  500000,  576000,  921600,  1000000, 1152000,
-                                         1500000, 2000000, 2500000, 3000000, 3500000, 4000000};
-
-        for (size_t i = 0; i < sizeof(rates) / sizeof(rates[0]); i++)
-                if (rates[i] == baud)
-                        return true;
-        return false;
 }
 
 /* Reads a node's settings from opts; on a bad one -EINVAL with the reason in why. Pure. */
@@ -156,7 +142,7 @@ static int parse_settings(const struct gw_options *opts, struct can_settings *re
                 return -EINVAL;
         }
         if (gw_options_get_u64(opts, "baud", BAUD_DEFAULT, 1, 4000000, &v) < 0 ||
-            !standard_baud(v)) {
+            gw_slcan_termios_speed((uint32_t) v) == B0) {
                 snprintf(why, why_size,
                          "option baud: expected a standard serial rate from 9600 to 4000000");
                 return -EINVAL;
@@ -217,11 +203,7 @@ static int parse_settings(const struct gw_options *opts, struct can_settings *re
                 snprintf(why, why_size, "option tx-dl: above 8 needs fd: true");
                 return -EINVAL;
         }
-        r = -EINVAL;
-        for (size_t i = 0; i < sizeof(fd_lengths) / sizeof(fd_lengths[0]); i++)
-                if (fd_lengths[i] == v)
-                        r = 0;
-        if (r < 0) {
+        if (gw_can_len_to_dlc((unsigned) v) < 0) {
                 snprintf(why, why_size, "option tx-dl: expected 8, 12, 16, 20, 24, 32, 48 or 64");
                 return -EINVAL;
         }
@@ -503,7 +485,7 @@ void can_bus_kick(struct can_bus *bus)
         while (bus->txq_len > 0 && !bus->error) {
                 struct can_txq_entry *e = txq_at(bus, 0);
                 struct gw_can_frame f;
-                uint64_t now = 0, start, lead;
+                uint64_t now = 0, start, lead, cost = 0;
                 int r;
 
                 if (!e->link) {
@@ -515,7 +497,8 @@ void can_bus_kick(struct can_bus *bus)
                          * ours that comes late does not leave the bus idle: the adapter's
                          * queue still holds frames for it. */
                         now = can_now_ns();
-                        lead = can_pace_lead_ns(&bus->set, frame_cost_ns(bus, &e->f));
+                        cost = frame_cost_ns(bus, &e->f);
+                        lead = can_pace_lead_ns(&bus->set, cost);
                         if (now + lead < bus->pace_next_ns) {
                                 /* Back when half the lead is used: the adapter still holds
                                  * frames, and the next ones go together in one write. */
@@ -541,7 +524,7 @@ void can_bus_kick(struct can_bus *bus)
                          * frame; after a pause the schedule restarts from now. */
                         start =
                             bus->pace_next_ns + CAN_PACE_SLACK_NS < now ? now : bus->pace_next_ns;
-                        bus->pace_next_ns = start + frame_cost_ns(bus, &f);
+                        bus->pace_next_ns = start + cost;
                 }
         }
         if (sent && !bus->error && bus->ops->flush)

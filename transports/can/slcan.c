@@ -588,7 +588,7 @@ static void slcan_flush(struct can_bus *bus)
         out_flush(bus);
 }
 
-static speed_t termios_speed(uint32_t baud)
+speed_t gw_slcan_termios_speed(uint32_t baud)
 {
         static const struct {
                 uint32_t baud;
@@ -604,7 +604,7 @@ static speed_t termios_speed(uint32_t baud)
         for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
                 if (table[i].baud == baud)
                         return table[i].speed;
-        return B115200;
+        return B0;
 }
 
 /* The serial port, raw 8N1 without flow control, non-blocking. CDC-ACM adapters ignore the
@@ -633,7 +633,7 @@ static int open_port(struct can_bus *bus, const char *path, uint32_t baud)
         tio.c_iflag &= ~(tcflag_t) (IXON | IXOFF | IXANY);
         tio.c_cc[VMIN] = 1;
         tio.c_cc[VTIME] = 0;
-        cfsetspeed(&tio, termios_speed(baud));
+        cfsetspeed(&tio, gw_slcan_termios_speed(baud));
         if (tcsetattr(fd, TCSANOW, &tio) < 0) {
                 r = -errno;
                 can_bus_debug(bus, "slcan: cannot set the port up: %s", strerror(errno));
