@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 
 #include "mcuboot-image.h"
+#include "read.h"
 
 static uint16_t le16(const uint8_t *p)
 {
@@ -21,23 +22,6 @@ static uint32_t le32(const uint8_t *p)
 {
         return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16 |
                (uint32_t) p[3] << 24;
-}
-
-/* n bytes at off, exactly: -EIO when the reader ends first. */
-static int read_exact(const struct gw_reader *r, void *buf, size_t n, uint64_t off)
-{
-        size_t got = 0;
-
-        while (got < n) {
-                ssize_t k = r->pread(r->ctx, (uint8_t *) buf + got, n - got, off + got);
-
-                if (k < 0)
-                        return (int) k;
-                if (k == 0 || (size_t) k > n - got)
-                        return -EIO;
-                got += (size_t) k;
-        }
-        return 0;
 }
 
 static int bad(char *why, size_t why_size, const char *fmt, ...)
@@ -67,7 +51,7 @@ static int64_t walk_area(const struct gw_reader *r, uint64_t off, uint16_t magic
         if (off + 4 > r->size)
                 return bad(why, why_size, "the image ends before its TLV area (at %" PRIu64 ")",
                            off);
-        k = read_exact(r, h, 4, off);
+        k = gw_reader_read_exact(r, h, 4, off, NULL, 0);
         if (k < 0)
                 return k;
         if (le16(h) != magic)
@@ -86,7 +70,7 @@ static int64_t walk_area(const struct gw_reader *r, uint64_t off, uint16_t magic
                         return bad(why, why_size, "more than %d TLVs", GW_MCUBOOT_TLVS_MAX);
                 if (p + 4 > end)
                         return bad(why, why_size, "a TLV header crosses the end of its area");
-                k = read_exact(r, h, 4, p);
+                k = gw_reader_read_exact(r, h, 4, p, NULL, 0);
                 if (k < 0)
                         return k;
                 /* Older MCUboot has an 8-bit type and a pad byte (0): the same value. */
@@ -100,7 +84,7 @@ static int64_t walk_area(const struct gw_reader *r, uint64_t off, uint16_t magic
                                 return bad(why, why_size, "more than one SHA-256 TLV");
                         if (len != GW_MCUBOOT_HASH_LEN)
                                 return bad(why, why_size, "a SHA-256 TLV of %u bytes", len);
-                        k = read_exact(r, img->hash, GW_MCUBOOT_HASH_LEN, p + 4);
+                        k = gw_reader_read_exact(r, img->hash, GW_MCUBOOT_HASH_LEN, p + 4, NULL, 0);
                         if (k < 0)
                                 return k;
                         found = true;
@@ -126,7 +110,7 @@ int gw_mcuboot_parse(const struct gw_reader *reader, struct gw_mcuboot_image *re
         if (reader->size < GW_MCUBOOT_HEADER_SIZE)
                 return bad(why, why_size, "%" PRIu64 " bytes, shorter than an MCUboot header",
                            reader->size);
-        k = read_exact(reader, h, sizeof(h), 0);
+        k = gw_reader_read_exact(reader, h, sizeof(h), 0, NULL, 0);
         if (k < 0)
                 return k;
         if (le32(h) != GW_MCUBOOT_MAGIC)
@@ -186,7 +170,7 @@ int gw_mcuboot_digest(const struct gw_reader *reader, const struct gw_mcuboot_im
                 size_t n =
                     reader->size - off < sizeof(buf) ? (size_t) (reader->size - off) : sizeof(buf);
 
-                r = read_exact(reader, buf, n, off);
+                r = gw_reader_read_exact(reader, buf, n, off, NULL, 0);
                 if (r < 0)
                         goto out;
                 if (off < img->hashed) {

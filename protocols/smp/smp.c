@@ -15,6 +15,8 @@
 
 #include "gw/plugin.h"
 
+#include "read.h"
+
 #include "mcuboot-image.h"
 #include "smp-cbor.h"
 #include "smp-serial.h"
@@ -653,21 +655,10 @@ static size_t uploads_in_flight(const struct smp *s)
 
 static int read_image(struct smp *s, uint8_t *buf, size_t n, uint64_t off)
 {
-        size_t got = 0;
+        char why[128];
+        int r = gw_reader_read_exact(s->reader, buf, n, off, why, sizeof(why));
 
-        while (got < n) {
-                ssize_t k = s->reader->pread(s->reader->ctx, buf + got, n - got, off + got);
-
-                if (k < 0)
-                        return fail(s, (int) k, "reading the image at %" PRIu64 " failed: %s",
-                                    off + got, strerror((int) -k));
-                if (k == 0 || (size_t) k > n - got)
-                        return fail(s, -EIO,
-                                    "the image ended at %" PRIu64 ", before its size %" PRIu64,
-                                    off + got, s->reader->size);
-                got += (size_t) k;
-        }
-        return 0;
+        return r < 0 ? fail(s, r, "%s", why) : 0;
 }
 
 static int send_chunk(struct smp *s)

@@ -14,6 +14,8 @@
 #include "gw/options.h"
 #include "gw/plugin.h"
 
+#include "read.h"
+
 #include "stm32-chips.h"
 
 #define ACK  0x79
@@ -1168,21 +1170,12 @@ static int erase_done(struct stm32 *s)
 /* Reads the image block at offset into s->block, padded with 0xFF to len_padded. */
 static int read_block(struct stm32 *s, size_t len, size_t len_padded)
 {
-        size_t got = 0;
+        char why[128];
+        int r;
 
-        while (got < len) {
-                ssize_t n =
-                    s->reader->pread(s->reader->ctx, s->block + got, len - got, s->offset + got);
-
-                if (n < 0)
-                        return fail(s, (int) n, "reading the image at %" PRIu64 " failed: %s",
-                                    s->offset + got, strerror((int) -n));
-                if (n == 0 || (size_t) n > len - got)
-                        return fail(s, -EIO,
-                                    "the image ended at %" PRIu64 ", before its size %" PRIu64,
-                                    s->offset + got, s->size);
-                got += (size_t) n;
-        }
+        r = gw_reader_read_exact(s->reader, s->block, len, s->offset, why, sizeof(why));
+        if (r < 0)
+                return fail(s, r, "%s", why);
         memset(s->block + len, 0xff, len_padded - len);
         return 0;
 }

@@ -14,6 +14,8 @@
 
 #include "gw/plugin.h"
 
+#include "read.h"
+
 #include "isotp.h"
 #include "seedkey.h"
 
@@ -722,21 +724,10 @@ static void report_progress(struct uds *u)
 /* Reads len image bytes at off into buf. */
 static int read_image(struct uds *u, uint8_t *buf, size_t len, uint64_t off)
 {
-        size_t got = 0;
+        char why[128];
+        int r = gw_reader_read_exact(u->reader, buf, len, off, why, sizeof(why));
 
-        while (got < len) {
-                ssize_t n = u->reader->pread(u->reader->ctx, buf + got, len - got, off + got);
-
-                if (n < 0)
-                        return fail(u, (int) n, "reading the image at %" PRIu64 " failed: %s",
-                                    off + got, strerror((int) -n));
-                if (n == 0 || (size_t) n > len - got)
-                        return fail(u, -EIO,
-                                    "the image ended at %" PRIu64 ", before its size %" PRIu64,
-                                    off + got, u->reader->size);
-                got += (size_t) n;
-        }
-        return 0;
+        return r < 0 ? fail(u, r, "%s", why) : 0;
 }
 
 /* Sends the block at u->offset with u->counter; RequestTransferExit after the last. */

@@ -12,6 +12,7 @@
 #include "gw/plugin.h"
 
 #include "crc16.h"
+#include "read.h"
 
 #define SOH    0x01 /* a 128-byte block follows */
 #define STX    0x02 /* a 1024-byte block follows */
@@ -256,20 +257,12 @@ static int build_data(struct ymodem *y)
         uint64_t remaining = y->reader->size - y->offset;
         size_t block = block_len_for(remaining);
         size_t want = remaining < block ? (size_t) remaining : block;
-        size_t got = 0;
+        char why[128];
+        int r;
 
-        while (got < want) {
-                ssize_t n = y->reader->pread(y->reader->ctx, y->frame + 3 + got, want - got,
-                                             y->offset + got);
-                if (n < 0)
-                        return fail(y, (int) n, "reading the image at %" PRIu64 " failed: %s",
-                                    y->offset + got, strerror((int) -n));
-                if (n == 0 || (size_t) n > want - got)
-                        return fail(y, -EIO,
-                                    "the image ended at %" PRIu64 ", before its size %" PRIu64,
-                                    y->offset + got, y->reader->size);
-                got += (size_t) n;
-        }
+        r = gw_reader_read_exact(y->reader, y->frame + 3, want, y->offset, why, sizeof(why));
+        if (r < 0)
+                return fail(y, r, "%s", why);
         memset(y->frame + 3 + want, CPMEOF, block - want);
         y->payload_len = want;
         seal_block(y, y->seq, block);
