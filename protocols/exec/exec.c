@@ -24,6 +24,8 @@
 
 #include "gw/plugin.h"
 
+#include "proc.h"
+
 extern char **environ;
 
 /* Limits on what the configuration gives: a command line, its items, the environment added,
@@ -1012,15 +1014,14 @@ static void signal_group(struct exec *e, int sig)
                 debug(e, "exec: cannot signal process group %d: %m", (int) e->pid);
 }
 
-/* Kills and reaps the tool now, if it still runs: for done(), which must leave nothing. */
+/* Kills and reaps the tool now, if it still runs: for done(), which must leave nothing (a
+ * tool stuck in the kernel is waited for GW_PROC_REAP_MS, then left). */
 static void reap_now(struct exec *e)
 {
-        if (e->pid > 0) {
-                signal_group(e, SIGKILL);
-                while (waitpid(e->pid, NULL, 0) < 0 && errno == EINTR)
-                        ;
-                e->pid = 0;
-        }
+        if (e->pid > 0 && gw_proc_kill_reap(e->pid, true, GW_PROC_REAP_MS) == -ETIMEDOUT)
+                debug(e, "exec: %s (pid %d) did not die of SIGKILL within %u ms, left behind",
+                      e->tool, (int) e->pid, GW_PROC_REAP_MS);
+        e->pid = 0;
         if (e->out_fd >= 0) {
                 close(e->out_fd);
                 e->out_fd = -1;

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "proc.h"
 #include "seedkey.h"
 
 extern char **environ;
@@ -349,14 +350,8 @@ int gw_uds_keyprog_poll(struct gw_uds_keyprog *p, uint8_t *key, size_t key_size,
 
 void gw_uds_keyprog_stop(struct gw_uds_keyprog *p)
 {
-        if (p->pid > 0) {
-                int status;
-
-                kill(p->pid, SIGKILL);
-                /* SIGKILL cannot be caught: the wait is for the kernel to tear it down. */
-                while (waitpid(p->pid, &status, 0) < 0 && errno == EINTR)
-                        ;
-        }
+        /* SIGKILL cannot be caught: the wait is for the kernel to tear it down, bounded. */
+        gw_proc_kill_reap(p->pid, false, GW_PROC_REAP_MS);
         p->pid = 0;
         close_fd(&p->out_fd);
 }
