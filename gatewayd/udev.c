@@ -27,6 +27,16 @@ static bool rule_safe(const char *s)
         return true;
 }
 
+/* s as it may stand in a comment line: printable, or a placeholder (a newline in a value from
+ * the configuration must not end the comment and start a rule). */
+static const char *shown(const char *s)
+{
+        for (const char *p = s; p && *p; p++)
+                if ((unsigned char) *p < 0x20 || *p == 0x7f)
+                        return "(a value with control characters)";
+        return s ? s : "";
+}
+
 static int parse_ids(const char *s, size_t len, unsigned *vid, unsigned *pid)
 {
         char buf[16], *colon, *end;
@@ -78,7 +88,8 @@ static int usb_rules(const struct gw_node_config *n, FILE *out)
         int rules = 0;
 
         if (parse_ids(usb, strcspn(usb, ","), &vid, &pid) < 0) {
-                fprintf(out, "# node %s: cannot read usb: %s; see README.udev\n", n->name, usb);
+                fprintf(out, "# node %s: cannot read usb: %s; see README.udev\n", n->name,
+                        shown(usb));
                 return 0;
         }
         usb_part(usb, "serial", serial, sizeof(serial));
@@ -110,7 +121,7 @@ static int usb_rules(const struct gw_node_config *n, FILE *out)
                 unsigned dvid, dpid;
 
                 if (parse_ids(dfu, strlen(dfu), &dvid, &dpid) < 0) {
-                        fprintf(out, "# node %s: cannot read dfu-usb: %s\n", n->name, dfu);
+                        fprintf(out, "# node %s: cannot read dfu-usb: %s\n", n->name, shown(dfu));
                         return rules;
                 }
                 /* In DFU mode a board may report another serial: not compared. */
@@ -191,14 +202,15 @@ static int port_rules(const struct gw_node_config *n, const char *port, const ch
                         fprintf(out,
                                 "# node %s: %s is a pseudo-terminal (%s): udev does not manage "
                                 "it; give it to group gatewayd where it is made\n",
-                                n->name, port, real);
+                                n->name, shown(port), real);
                         free(real);
                         return 0;
                 }
                 snprintf(name, sizeof(name), "%s", base);
                 free(real);
                 if (!rule_safe(name)) {
-                        fprintf(out, "# node %s: %s: a name no rule can match\n", n->name, port);
+                        fprintf(out, "# node %s: %s: a name no rule can match\n", n->name,
+                                shown(port));
                         return 0;
                 }
                 if (tty_usb_parent(sysfs, name, usb, sizeof(usb)) &&
@@ -206,8 +218,8 @@ static int port_rules(const struct gw_node_config *n, const char *port, const ch
                     read_attr(usb, "idProduct", pid, sizeof(pid))) {
                         bool has_serial = read_attr(usb, "serial", serial, sizeof(serial));
 
-                        fprintf(out, "# node %s: %s (%s), USB adapter %s:%s%s%s\n", n->name, port,
-                                name, vid, pid, has_serial ? " serial " : "",
+                        fprintf(out, "# node %s: %s (%s), USB adapter %s:%s%s%s\n", n->name,
+                                shown(port), name, vid, pid, has_serial ? " serial " : "",
                                 has_serial ? serial : "");
                         fprintf(out,
                                 "SUBSYSTEM==\"tty\", ATTRS{idVendor}==\"%s\", "
@@ -218,7 +230,7 @@ static int port_rules(const struct gw_node_config *n, const char *port, const ch
                         fprintf(out, ", " ASSIGN "\n");
                         return 1;
                 }
-                fprintf(out, "# node %s: %s (%s)\n", n->name, port, name);
+                fprintf(out, "# node %s: %s (%s)\n", n->name, shown(port), name);
                 fprintf(out, "SUBSYSTEM==\"tty\", KERNEL==\"%s\", " ASSIGN "\n", name);
                 return 1;
         }
@@ -232,7 +244,8 @@ static int port_rules(const struct gw_node_config *n, const char *port, const ch
                 if (end && (size_t) (end - id) < sizeof(serial_id)) {
                         snprintf(serial_id, sizeof(serial_id), "%.*s", (int) (end - id), id);
                         if (rule_safe(serial_id)) {
-                                fprintf(out, "# node %s: %s (not attached now)\n", n->name, port);
+                                fprintf(out, "# node %s: %s (not attached now)\n", n->name,
+                                        shown(port));
                                 fprintf(out,
                                         "SUBSYSTEM==\"tty\", ENV{ID_SERIAL}==\"%s\", " ASSIGN "\n",
                                         serial_id);
@@ -241,14 +254,14 @@ static int port_rules(const struct gw_node_config *n, const char *port, const ch
                 }
         } else if (strncmp(port, "/dev/tty", 8) == 0 && !strchr(port + 5, '/') &&
                    rule_safe(port + 5)) {
-                fprintf(out, "# node %s: %s (not attached now)\n", n->name, port);
+                fprintf(out, "# node %s: %s (not attached now)\n", n->name, shown(port));
                 fprintf(out, "SUBSYSTEM==\"tty\", KERNEL==\"%s\", " ASSIGN "\n", port + 5);
                 return 1;
         }
         fprintf(out,
                 "# node %s: %s is not attached and its name does not say what it is: attach it "
                 "and run gatewayd --udev-rules again, or write a rule by hand (README.udev)\n",
-                n->name, port);
+                n->name, shown(port));
         return 0;
 }
 

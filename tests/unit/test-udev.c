@@ -238,11 +238,31 @@ static void test_unsafe_name(void **state)
         free(got);
 }
 
+/* A value from the configuration with a line break in it stays inside its comment: the text
+ * after the break must not become a rule of its own. */
+static void test_value_with_newline(void **state)
+{
+        char *got;
+        int rules = -1;
+
+        got = rules_for("{ type: usb, usb: \"zz\\nSUBSYSTEM==\\\"usb\\\", RUN+=\\\"/bin/x\\\"\" }",
+                        &rules);
+        assert_int_equal(rules, 0);
+        assert_null(strstr(got, "RUN+="));
+        assert_non_null(strstr(got, "cannot read usb: (a value with control characters)"));
+        free(got);
+        got = rules_for("{ type: uart, port: \"/dev/nothere\\nRUN+=\\\"/bin/x\\\"\" }", &rules);
+        assert_int_equal(rules, 0);
+        assert_null(strstr(got, "RUN+="));
+        free(got);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_vectors),
             cmocka_unit_test(test_unsafe_name),
+            cmocka_unit_test(test_value_with_newline),
         };
 
         return cmocka_run_group_tests_name("udev", tests, setup, teardown);
