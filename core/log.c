@@ -54,7 +54,7 @@ static int log_emit(int level, int error, const char *file, int line, const char
 {
         int r = error < 0 ? error : -error;
         bool to_stderr = log_targets & GW_LOG_STDERR;
-        char msg[2048];
+        char msg[GW_SD_MESSAGE_MAX];
         int saved = errno;
 
         if (level > log_max_level)

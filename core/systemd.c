@@ -59,17 +59,15 @@ int gw_sd_journal_send(int level, int error, const char *ident, const char *file
         /* Fields are bounded by what they are built from: the message is at most what log.c
          * formats, ids and names are at most 64 characters (config and manifest limits). */
         char prio[16], err[32], code_file[512], code_line[32], id[128], dep[160], nod[160];
-        char *msg;
+        char msg[sizeof("MESSAGE=") + GW_SD_MESSAGE_MAX];
         struct iovec iov[7];
-        size_t n = 0, len = strlen(message);
+        size_t n = 0;
         int r;
 
-        msg = malloc(len + sizeof("MESSAGE="));
-        if (!msg)
-                return -ENOMEM;
-        memcpy(msg, "MESSAGE=", 8);
-        memcpy(msg + 8, message, len + 1);
-        iov[n++] = (struct iovec){.iov_base = msg, .iov_len = len + 8};
+        iov[n++] = (struct iovec){
+            .iov_base = msg, .iov_len = (size_t) snprintf(msg, sizeof(msg), "MESSAGE=%s", message)};
+        if (iov[0].iov_len >= sizeof(msg))
+                iov[0].iov_len = sizeof(msg) - 1;
         snprintf(prio, sizeof(prio), "PRIORITY=%d", level & 7);
         iov[n++] = (struct iovec){.iov_base = prio, .iov_len = strlen(prio)};
         if (ident) {
@@ -91,7 +89,6 @@ int gw_sd_journal_send(int level, int error, const char *ident, const char *file
         snprintf(code_file, sizeof(code_file), "CODE_FILE=%s", file);
         snprintf(code_line, sizeof(code_line), "CODE_LINE=%d", line);
         r = sd_journal_sendv_with_location(code_file, code_line, func, iov, (int) n);
-        free(msg);
         return r < 0 ? r : 0;
 }
 

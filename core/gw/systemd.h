@@ -25,9 +25,13 @@ int gw_sd_watchdog_usec(uint64_t *ret_usec);
  * $JOURNAL_STREAM ("<st_dev>:<st_ino>") says: then logging natively with fields is better. */
 bool gw_sd_journal_stream_is(int fd);
 
-/* One journal entry: MESSAGE=message, PRIORITY=level, SYSLOG_IDENTIFIER=ident, CODE_FILE,
- * CODE_LINE, CODE_FUNC, ERRNO= when error != 0, GW_DEPLOYMENT= and GW_NODE= when given (NULL:
- * absent). Returns 0, -errno when journald cannot be reached, -EOPNOTSUPP without libsystemd. */
+/* The longest message a journal entry carries (log.c formats at most this much). */
+#define GW_SD_MESSAGE_MAX 2048
+
+/* One journal entry: MESSAGE=message (cut at GW_SD_MESSAGE_MAX), PRIORITY=level,
+ * SYSLOG_IDENTIFIER=ident, CODE_FILE, CODE_LINE, CODE_FUNC, ERRNO= when error != 0, GW_DEPLOYMENT=
+ * and GW_NODE= when given (NULL: absent). Returns 0, -errno when journald cannot be reached,
+ * -EOPNOTSUPP without libsystemd. */
 int gw_sd_journal_send(int level, int error, const char *ident, const char *file, int line,
                        const char *func, const char *deployment, const char *node,
                        const char *message);
