@@ -41,13 +41,13 @@ static void notify(struct gw_service *s, const char *what)
         s->failed = true;
 }
 
-static void send_status(struct gw_service *s)
+/* prefix ("READY=1\n", "STOPPING=1\n" or "") and the status line, which is then the one the
+ * service manager has. */
+static void send_with_status(struct gw_service *s, const char *prefix)
 {
-        char msg[STATUS_MAX + 16];
+        char msg[STATUS_MAX + 32];
 
-        if (strcmp(s->status, s->sent) == 0)
-                return;
-        snprintf(msg, sizeof(msg), "STATUS=%s", s->status);
+        snprintf(msg, sizeof(msg), "%sSTATUS=%s", prefix, s->status);
         notify(s, msg);
         memcpy(s->sent, s->status, sizeof(s->sent));
 }
@@ -55,13 +55,10 @@ static void send_status(struct gw_service *s)
 static int on_ready(struct gw_source *src, uint64_t now_ms, void *userdata)
 {
         struct gw_service *s = userdata;
-        char msg[STATUS_MAX + 32];
 
         s->ready_timer = gw_source_free(s->ready_timer);
         s->ready = true;
-        snprintf(msg, sizeof(msg), "READY=1\nSTATUS=%s", s->status);
-        notify(s, msg);
-        memcpy(s->sent, s->status, sizeof(s->sent));
+        send_with_status(s, "READY=1\n");
         gw_log_debug("Service manager told: ready (%s)", s->status);
         return 0;
 }
@@ -150,20 +147,16 @@ void gw_service_set_status(struct gw_service *s, const char *status)
         if (!s)
                 return;
         snprintf(s->status, sizeof(s->status), "%s", status);
-        if (s->ready)
-                send_status(s);
+        if (s->ready && strcmp(s->status, s->sent) != 0)
+                send_with_status(s, "");
 }
 
 void gw_service_stopping(struct gw_service *s, const char *status)
 {
-        char msg[STATUS_MAX + 32];
-
         if (!s)
                 return;
         snprintf(s->status, sizeof(s->status), "%s", status);
-        snprintf(msg, sizeof(msg), "STOPPING=1\nSTATUS=%s", s->status);
-        notify(s, msg);
-        memcpy(s->sent, s->status, sizeof(s->sent));
+        send_with_status(s, "STOPPING=1\n");
 }
 
 uint64_t gw_service_watchdog_usec(const struct gw_service *s)
