@@ -103,7 +103,6 @@ struct exec {
         struct cmdline vars;             /* "name=value": {name} in an item */
         regex_t progress;
         bool has_progress;
-        size_t progress_groups; /* 1: percent; 2: done and total */
         regex_t fact_re;
         bool has_fact_re;
         uint64_t timeout_ms;
@@ -118,7 +117,6 @@ struct exec {
         int error;
         const struct gw_reader *reader;
         struct gw_options *facts;
-        size_t n_facts;
         char image_path[PATH_MAX + 2]; /* what {image} is */
         char temp_path[PATH_MAX];      /* a private copy of an image without a file, or "" */
         char tool[TOOL_NAME_MAX + 1];  /* the tool's name, for messages */
@@ -549,7 +547,6 @@ static int parse_config(struct exec *e, const struct gw_options *opts)
                 r = compile(e, "progress", v, &e->progress, 1, 2, &e->has_progress);
                 if (r < 0)
                         return r;
-                e->progress_groups = e->progress.re_nsub;
         }
         v = gw_options_get(opts, "identify-pattern");
         if (v && e->identify_command.n == 0)
@@ -691,7 +688,7 @@ static void match_progress(struct exec *e, const char *line)
 
         if (regexec(&e->progress, line, 3, m, 0) != 0 || m[1].rm_so < 0)
                 return;
-        if (e->progress_groups == 1) {
+        if (e->progress.re_nsub == 1) {
                 int64_t p = parse_percent(line + m[1].rm_so, (size_t) (m[1].rm_eo - m[1].rm_so));
 
                 if (p < 0)
@@ -739,15 +736,13 @@ static void match_fact(struct exec *e, const char *line)
         key[kn] = '\0';
         memcpy(value, line + m[2].rm_so, vn);
         value[vn] = '\0';
-        if (!gw_options_get(e->facts, key) && e->n_facts >= FACTS_MAX) {
+        if (!gw_options_get(e->facts, key) && gw_options_count(e->facts) >= FACTS_MAX) {
                 debug(e, "exec: identify: more than %d facts, ignoring %s", FACTS_MAX, key);
                 return;
         }
         r = gw_options_set(e->facts, key, value);
         if (r < 0)
                 debug(e, "exec: identify: cannot keep %s: %s, ignoring", key, strerror(-r));
-        else
-                e->n_facts = gw_options_count(e->facts);
 }
 
 /* One line of output, printable ASCII only: progress, facts, the tail. */
