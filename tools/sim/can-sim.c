@@ -265,7 +265,7 @@ struct sim {
         /* the pty */
         int master;
         char slave[128];
-        bool link_made, connected;
+        bool connected;
         uint64_t hup_check_ns;
         int sigfd;
 
@@ -2569,7 +2569,6 @@ int main(int argc, char **argv)
         r = gw_sim_pty_open("can-sim", s.link, s.slave, sizeof(s.slave), &s.master);
         if (r < 0)
                 goto out;
-        s.link_made = s.link != NULL;
         for (size_t i = 0; i < s.n_ecus; i++)
                 vlog(&s, "ECU %s: requests 0x%x, responses 0x%x, flash 0x%08x+0x%x", s.ecus[i].name,
                      s.ecus[i].req_id, s.ecus[i].resp_id, s.ecus[i].flash_addr,
@@ -2584,8 +2583,7 @@ int main(int argc, char **argv)
         write_report(&s);
         write_dumps(&s);
 out:
-        if (s.link_made)
-                gw_sim_pty_unlink(s.link, s.slave);
+        gw_sim_pty_unlink(s.link, s.slave);
         if (s.trace)
                 fclose(s.trace);
         if (s.master >= 0)

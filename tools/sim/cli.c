@@ -54,3 +54,11 @@ int gw_sim_signalfd(const int *signals, size_t n)
                 return -errno;
         return fd;
 }
+
+struct timespec gw_sim_timeout(uint64_t at_ns, uint64_t now_ns)
+{
+        uint64_t left = at_ns > now_ns ? at_ns - now_ns : 0;
+
+        return (struct timespec){.tv_sec = (time_t) (left / 1000000000ULL),
+                                 .tv_nsec = (long) (left % 1000000000ULL)};
+}

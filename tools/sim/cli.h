@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /* "PROG: message\n" on stderr when verbose; nothing otherwise. */
 void gw_sim_log(bool verbose, const char *prog, const char *fmt, ...)
@@ -19,3 +20,7 @@ int gw_sim_parse_u64(const char *str, int base, uint64_t max, uint64_t *ret);
  * non-blocking signalfd delivering them, or -errno. SIGPIPE is ignored as well: a simulator
  * sees a peer that is gone as EPIPE. */
 int gw_sim_signalfd(const int *signals, size_t n);
+
+/* ppoll()'s timeout for an absolute deadline at_ns (gw_pace_now_ns() clock) at now_ns: what is
+ * left of it, 0 when it passed. */
+struct timespec gw_sim_timeout(uint64_t at_ns, uint64_t now_ns);

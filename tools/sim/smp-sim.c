@@ -175,7 +175,6 @@ struct sim {
         /* the line */
         int master;
         char slave[128];
-        bool link_made;
         bool connected;
         uint64_t hup_check_ns;
         struct gw_pace *pace;
@@ -1469,10 +1468,9 @@ static int run(struct sim *s)
                         p[np++] = (struct pollfd){.fd = gw_sim_control_poll_fd(&s->ctl),
                                                   .events = POLLIN};
                 }
+                /* Nothing due (UINT64_MAX): wait for input alone. */
                 now = gw_pace_now_ns();
-                at = at > now ? at - now : 0;
-                ts.tv_sec = (time_t) (at / 1000000000ULL);
-                ts.tv_nsec = (long) (at % 1000000000ULL);
+                ts = gw_sim_timeout(at, now);
                 if (ppoll(p, np, at == UINT64_MAX ? NULL : &ts, NULL) < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -1794,7 +1792,6 @@ int main(int argc, char **argv)
                 r = gw_sim_pty_open("smp-sim", s.link, s.slave, sizeof(s.slave), &s.master);
         if (r < 0)
                 goto out;
-        s.link_made = s.link != NULL;
         s.t_start_ns = gw_pace_now_ns();
         /* The device has been running for a while when a host comes: the application answers
          * from the ready line on. */
@@ -1813,8 +1810,7 @@ int main(int argc, char **argv)
         if (s.dump1_path && slot_dump(&s.slot1, s.dump1_path) < 0)
                 status = EXIT_FAILURE;
 out:
-        if (s.link_made)
-                gw_sim_pty_unlink(s.link, s.slave);
+        gw_sim_pty_unlink(s.link, s.slave);
         drop_queue(&s);
         if (s.master >= 0)
                 close(s.master);

@@ -139,7 +139,6 @@ struct sim {
         /* the line */
         int master;
         char slave[128];
-        bool link_made;
         bool connected, ever_connected;
         uint64_t connected_ns;
         uint64_t hup_check_ns;
@@ -774,10 +773,9 @@ static int run(struct sim *s)
                         p[np++] = (struct pollfd){.fd = gw_sim_control_poll_fd(&s->ctl),
                                                   .events = POLLIN};
                 }
+                /* Nothing due (UINT64_MAX): wait for input alone. */
                 now = gw_pace_now_ns();
-                at = at > now ? at - now : 0;
-                ts.tv_sec = (time_t) (at / 1000000000ULL);
-                ts.tv_nsec = (long) (at % 1000000000ULL);
+                ts = gw_sim_timeout(at, now);
                 if (ppoll(p, np, at == UINT64_MAX ? NULL : &ts, NULL) < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -1146,7 +1144,6 @@ int main(int argc, char **argv)
                 r = gw_sim_pty_open("stm32-sim", s.link, s.slave, sizeof(s.slave), &s.master);
         if (r < 0)
                 goto out;
-        s.link_made = s.link != NULL;
         /* The pty is raw and linked: a host may open it now. */
         fprintf(stderr,
                 "stm32-sim: ready on %s%s%s: chip 0x%03x (%s), %u KiB, bootloader %u.%u, "
@@ -1169,8 +1166,7 @@ int main(int argc, char **argv)
                 status = EXIT_FAILURE;
         }
 out:
-        if (s.link_made)
-                gw_sim_pty_unlink(s.link, s.slave);
+        gw_sim_pty_unlink(s.link, s.slave);
         if (s.master >= 0)
                 close(s.master);
         gw_sim_control_done(&s.ctl);

@@ -77,7 +77,6 @@ struct sim {
         /* the line */
         int master;
         char slave[128];
-        bool link_made;
         bool connected;
         uint64_t hup_check_ns;
         struct gw_pace *pace;
@@ -735,10 +734,9 @@ static int run(struct sim *s)
                         p[np++] = (struct pollfd){.fd = gw_sim_control_poll_fd(&s->ctl),
                                                   .events = POLLIN};
                 }
+                /* Nothing due (UINT64_MAX): wait for input alone. */
                 now = gw_pace_now_ns();
-                at = at > now ? at - now : 0;
-                ts.tv_sec = (time_t) (at / 1000000000ULL);
-                ts.tv_nsec = (long) (at % 1000000000ULL);
+                ts = gw_sim_timeout(at, now);
                 if (ppoll(p, np, at == UINT64_MAX ? NULL : &ts, NULL) < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -957,7 +955,6 @@ int main(int argc, char **argv)
                 r = gw_sim_pty_open("ymodem-sim", s.link, s.slave, sizeof(s.slave), &s.master);
         if (r < 0)
                 goto out;
-        s.link_made = s.link != NULL;
         vlog(&s, "serving %s%s%s at %u baud", s.slave, s.link ? " as " : "", s.link ? s.link : "",
              s.baud);
         if (!s.link)
@@ -976,8 +973,7 @@ int main(int argc, char **argv)
         else
                 status = s.failed ? EXIT_FAILURE : EXIT_SUCCESS;
 out:
-        if (s.link_made)
-                gw_sim_pty_unlink(s.link, s.slave);
+        gw_sim_pty_unlink(s.link, s.slave);
         if (s.fd >= 0)
                 close(s.fd);
         if (s.master >= 0)
