@@ -1,5 +1,5 @@
 /* SMP over console (see smp-serial.h): packets to lines and lines back to packets. Base64
- * through OpenSSL's EVP block coder, the CRC through the CRC-16/XMODEM the ymodem plugin has.
+ * through OpenSSL's EVP block coder, the CRC through protocols/common's CRC-16/XMODEM.
  * Everything here is fed by a device and so bounded: line length, packet length. */
 #include <errno.h>
 #include <stdlib.h>

@@ -1026,7 +1026,6 @@ static int plan(struct stm32 *s, uint64_t size)
         return 0;
 }
 
-/* Which erase the bootloader offers; -EOPNOTSUPP with the reason when none fits. */
 /* A command the operation needs and GET did not list, or NULL. */
 static const char *missing_command(const struct stm32 *s)
 {
