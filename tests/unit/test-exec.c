@@ -613,6 +613,19 @@ static void test_missing_tool(void **state)
         assert_string_equal(w.f.error, "cannot run gw-no-such-flasher-here: no such program in "
                                        "PATH");
         world_end(&w);
+        /* There, but not executable (no x bit: not even root may run it). */
+        {
+                const char *p = tool("not-executable", "exit 0");
+                char cmd[600], want[700];
+
+                assert_int_equal(chmod(p, 0644), 0);
+                snprintf(cmd, sizeof(cmd), "[\"%s\"]", p);
+                world_open(&w, opts_of("command", cmd, NULL));
+                assert_int_equal(install(&w), -EACCES);
+                snprintf(want, sizeof(want), "cannot run %s: %s", p, strerror(EACCES));
+                assert_string_equal(w.f.error, want);
+                world_end(&w);
+        }
 }
 
 /* A tool that prints nothing and hangs, with a child of its own: a timeout, on the virtual

@@ -2111,6 +2111,35 @@ static void test_check_upgrade(void **state)
 /* ---- cancel, hangup, options ------------------------------------------------------------------
  */
 
+static ssize_t failing_pread(void *ctx, void *buf, size_t n, uint64_t off)
+{
+        return -EIO;
+}
+
+/* An image the reader cannot give whole (an I/O error, or shorter than its size): the install
+ * fails saying so, and not a byte is uploaded. */
+static void test_reader_fails(void **state)
+{
+        struct world w;
+        int r;
+
+        world_start(&w, "", 2000);
+        w.reader.pread = failing_pread;
+        r = drive(&w, fake_link_install(&w.f, &w.reader));
+        assert_true(r < 0);
+        assert_true(w.f.error[0] != '\0');
+        assert_int_equal(w.m.uploads, 0);
+        world_end(&w);
+
+        world_start(&w, "", 2000);
+        w.mem.size = w.img.size / 2;
+        r = drive(&w, fake_link_install(&w.f, &w.reader));
+        assert_true(r < 0);
+        assert_true(w.f.error[0] != '\0');
+        assert_int_equal(w.m.uploads, 0);
+        world_end(&w);
+}
+
 static void test_cancel_and_hangup(void **state)
 {
         struct world w;
@@ -2246,7 +2275,8 @@ int main(void)
             cmocka_unit_test(test_cbor_indefinite),  cmocka_unit_test(test_packet_sizes),
             cmocka_unit_test(test_identify),         cmocka_unit_test(test_installed),
             cmocka_unit_test(test_check_upgrade),    cmocka_unit_test(test_cancel_and_hangup),
-            cmocka_unit_test(test_bad_options),      cmocka_unit_test(test_random_device),
+            cmocka_unit_test(test_reader_fails),     cmocka_unit_test(test_bad_options),
+            cmocka_unit_test(test_random_device),
         };
         struct CMUnitTest tests[N(fixed) + N(cbor_vectors) + N(flows) + N(refusals)];
         size_t n = 0;
