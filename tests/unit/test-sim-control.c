@@ -1,5 +1,6 @@
 /* The simulators' control channel (control.c): a FIFO made and removed, a regular file read from
- * its end, lines split across writes, overlong lines dropped, and the word splitter. */
+ * its end and re-read when due, lines split across writes, overlong lines dropped, and the word
+ * splitter. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -148,6 +149,37 @@ static void test_file_read_from_its_end(void **state)
         assert_int_equal(access(d->ctl, F_OK), 0); /* a file is never removed */
 }
 
+/* A regular file is re-read only when its re-read is due; a FIFO and a closed channel never need
+ * one. */
+static void test_file_reread_when_due(void **state)
+{
+        const uint64_t every = (uint64_t) GW_SIM_CONTROL_RECHECK_MS * 1000000u, t0 = 5000;
+        struct dir *d = *state;
+        struct gw_sim_control c = {0};
+        struct lines l = {0};
+
+        assert_true(gw_sim_control_reread(&c, t0, on_line, &l) == UINT64_MAX);
+        put(d->ctl, "", O_CREAT | O_TRUNC);
+        assert_int_equal(gw_sim_control_open(&c, d->ctl), 0);
+        put(d->ctl, "one\n", O_APPEND);
+        assert_true(gw_sim_control_reread(&c, t0, on_line, &l) == t0 + every);
+        assert_int_equal(l.n, 1);
+        assert_string_equal(l.got[0], "one");
+
+        put(d->ctl, "two\n", O_APPEND);
+        assert_true(gw_sim_control_reread(&c, t0 + every - 1, on_line, &l) == t0 + every);
+        assert_int_equal(l.n, 1);
+        assert_true(gw_sim_control_reread(&c, t0 + every, on_line, &l) == t0 + 2 * every);
+        assert_int_equal(l.n, 2);
+        assert_string_equal(l.got[1], "two");
+        gw_sim_control_done(&c);
+        unlink(d->ctl);
+
+        assert_int_equal(gw_sim_control_open(&c, d->ctl), 0); /* a FIFO */
+        assert_true(gw_sim_control_reread(&c, t0, on_line, &l) == UINT64_MAX);
+        gw_sim_control_done(&c);
+}
+
 static void test_open_refuses_other_kinds(void **state)
 {
         struct dir *d = *state;
@@ -202,6 +234,7 @@ int main(void)
                                             dir_teardown),
             cmocka_unit_test_setup_teardown(test_fifo_not_ours_is_kept, dir_setup, dir_teardown),
             cmocka_unit_test_setup_teardown(test_file_read_from_its_end, dir_setup, dir_teardown),
+            cmocka_unit_test_setup_teardown(test_file_reread_when_due, dir_setup, dir_teardown),
             cmocka_unit_test_setup_teardown(test_open_refuses_other_kinds, dir_setup, dir_teardown),
             cmocka_unit_test(test_words),
         };

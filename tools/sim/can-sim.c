@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
@@ -26,6 +25,7 @@
 #include "can-bits.h"
 #include "cli.h"
 #include "control.h"
+#include "loop.h"
 #include "pty.h"
 #include "gw/plugin.h"
 
@@ -49,7 +49,6 @@
 #define S3_MS            5000
 #define SECURITY_DELAY_S 10
 #define HUP_RECHECK_NS   (20 * NSEC_PER_MSEC)
-#define CTL_RECHECK_NS   (GW_SIM_CONTROL_RECHECK_MS * NSEC_PER_MSEC)
 #define PAD_BYTE         0xcc
 
 #define vlog(s, ...) gw_sim_log((s)->verbose, "can-sim", __VA_ARGS__)
@@ -270,7 +269,6 @@ struct sim {
         int sigfd;
 
         struct gw_sim_control ctl;
-        uint64_t ctl_check_ns;
 
         /* the bus */
         bool busy;
@@ -286,14 +284,6 @@ struct sim {
         struct nrc_fault nrc[ECU_MAX + 1][8]; /* [ECU_MAX]: any ECU */
         size_t n_nrc[ECU_MAX + 1];
 };
-
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * NSEC_PER_SEC + (uint64_t) ts.tv_nsec;
-}
 
 static uint32_t get_be32(const uint8_t *p)
 {
@@ -2029,7 +2019,7 @@ static int apply_command(struct sim *s, const char *cmd, const char *arg)
                 if (gw_sim_parse_u64(arg, 10, 60000, &v) < 0)
                         return -EINVAL;
                 adapter_drop_open(s, "reboot-adapter");
-                s->ad.mute_until_ns = now_ns() + v * NSEC_PER_MSEC;
+                s->ad.mute_until_ns = gw_sim_now_ns() + v * NSEC_PER_MSEC;
                 s->ad.len = 0;
         } else if (strcmp(cmd, "secret") == 0) {
                 char name[NAME_LEN];
@@ -2265,7 +2255,7 @@ static void pty_input(struct sim *s, short revents)
                 return;
         for (int i = 0; i < 16; i++) {
                 ssize_t n = read(s->master, buf, sizeof(buf));
-                uint64_t t = now_ns();
+                uint64_t t = gw_sim_now_ns();
 
                 if (n > 0) {
                         /* Everything due before these bytes arrived happens first. */
@@ -2280,71 +2270,40 @@ static void pty_input(struct sim *s, short revents)
                 if (s->connected)
                         vlog(s, "host closed the port");
                 s->connected = false;
-                s->hup_check_ns = now_ns() + HUP_RECHECK_NS;
+                s->hup_check_ns = gw_sim_now_ns() + HUP_RECHECK_NS;
                 return;
         }
 }
 
 static int run(struct sim *s)
 {
-        for (;;) {
-                struct pollfd p[3];
-                struct timespec ts;
-                uint64_t now, at;
-                size_t np = 0;
-                int imaster = -1, isig, ictl = -1;
+        const struct gw_sim_wait w = {
+            .sigfd = s->sigfd, .ctl = &s->ctl, .on_line = control_line, .userdata = s};
 
-                now = now_ns();
+        for (;;) {
+                uint64_t now, at;
+                uint32_t signo;
+                int r;
+
+                now = gw_sim_now_ns();
                 check_connected(s, now);
                 advance(s, now);
                 at = next_event(s);
                 if (!s->connected && s->hup_check_ns < at)
                         at = s->hup_check_ns;
-                if (gw_sim_control_rereads(&s->ctl)) {
-                        if (now >= s->ctl_check_ns) {
-                                gw_sim_control_read(&s->ctl, control_line, s);
-                                s->ctl_check_ns = now + CTL_RECHECK_NS;
-                        }
-                        if (s->ctl_check_ns < at)
-                                at = s->ctl_check_ns;
+                r = gw_sim_wait(&w, s->connected ? s->master : -1, POLLIN, at, &signo);
+                if (r < 0)
+                        return r;
+                if (signo == SIGUSR1) {
+                        write_report(s);
+                        write_dumps(s);
+                        continue;
                 }
-                if (s->connected) {
-                        imaster = (int) np;
-                        p[np++] = (struct pollfd){.fd = s->master, .events = POLLIN};
-                }
-                isig = (int) np;
-                p[np++] = (struct pollfd){.fd = s->sigfd, .events = POLLIN};
-                if (gw_sim_control_poll_fd(&s->ctl) >= 0) {
-                        ictl = (int) np;
-                        p[np++] = (struct pollfd){.fd = gw_sim_control_poll_fd(&s->ctl),
-                                                  .events = POLLIN};
-                }
-                now = now_ns();
-                at = at == NEVER ? NEVER : (at > now ? at - now : 0);
-                ts.tv_sec = (time_t) (at / NSEC_PER_SEC);
-                ts.tv_nsec = (long) (at % NSEC_PER_SEC);
-                if (ppoll(p, np, at == NEVER ? NULL : &ts, NULL) < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (p[isig].revents & POLLIN) {
-                        struct signalfd_siginfo si;
-
-                        if (read(s->sigfd, &si, sizeof(si)) == (ssize_t) sizeof(si)) {
-                                if (si.ssi_signo == SIGUSR1) {
-                                        write_report(s);
-                                        write_dumps(s);
-                                        continue;
-                                }
-                                vlog(s, "signal %u, exiting", si.ssi_signo);
-                        }
+                if (signo) {
+                        vlog(s, "signal %u, exiting", signo);
                         return 0;
                 }
-                if (ictl >= 0 && p[ictl].revents)
-                        gw_sim_control_read(&s->ctl, control_line, s);
-                if (imaster >= 0)
-                        pty_input(s, p[imaster].revents);
+                pty_input(s, (short) r);
         }
 }
 
@@ -2525,7 +2484,7 @@ int main(int argc, char **argv)
         int r, status = EXIT_FAILURE;
 
         s.ad.s_code = s.ad.y_code = -1;
-        s.seed = (uint64_t) now_ns();
+        s.seed = (uint64_t) gw_sim_now_ns();
         if (parse_args(&s, argc, argv, faults, &n_faults) < 0)
                 return 2;
         if (s.n_ecus == 0 && parse_ecu(&s, "ecu1,tx=0x7e0,rx=0x7e8") < 0)

@@ -21,6 +21,6 @@ int gw_sim_parse_u64(const char *str, int base, uint64_t max, uint64_t *ret);
  * sees a peer that is gone as EPIPE. */
 int gw_sim_signalfd(const int *signals, size_t n);
 
-/* ppoll()'s timeout for an absolute deadline at_ns (gw_pace_now_ns() clock) at now_ns: what is
+/* ppoll()'s timeout for an absolute deadline at_ns (gw_sim_now_ns() clock) at now_ns: what is
  * left of it, 0 when it passed. */
 struct timespec gw_sim_timeout(uint64_t at_ns, uint64_t now_ns);

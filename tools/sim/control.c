@@ -102,6 +102,18 @@ void gw_sim_control_read(struct gw_sim_control *c, void (*on_line)(char *line, v
         }
 }
 
+uint64_t gw_sim_control_reread(struct gw_sim_control *c, uint64_t now_ns,
+                               void (*on_line)(char *line, void *userdata), void *userdata)
+{
+        if (!gw_sim_control_rereads(c))
+                return UINT64_MAX;
+        if (now_ns >= c->reread_ns) {
+                gw_sim_control_read(c, on_line, userdata);
+                c->reread_ns = now_ns + (uint64_t) GW_SIM_CONTROL_RECHECK_MS * 1000000u;
+        }
+        return c->reread_ns;
+}
+
 int gw_sim_control_words(char *line, char **words, size_t max)
 {
         char *save = NULL, *w;

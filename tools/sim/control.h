@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* Longer lines are dropped whole. */
@@ -24,6 +25,7 @@ struct gw_sim_control {
         char line[GW_SIM_CONTROL_LINE_MAX];
         size_t len;
         bool overlong;
+        uint64_t reread_ns; /* regular file: when it is next read (CLOCK_MONOTONIC) */
 };
 
 /* Opens path: a FIFO (created, mode 0600, when nothing is there) or a regular file, of which only
@@ -43,6 +45,12 @@ bool gw_sim_control_rereads(const struct gw_sim_control *c);
  * the rest. Never blocks. Does nothing on a closed channel. */
 void gw_sim_control_read(struct gw_sim_control *c, void (*on_line)(char *line, void *userdata),
                          void *userdata);
+
+/* A regular file: reads it (as gw_sim_control_read()) when its re-read is due at now_ns, and
+ * returns when the next one is, GW_SIM_CONTROL_RECHECK_MS later. UINT64_MAX for a FIFO or a closed
+ * channel, which need no re-reading. */
+uint64_t gw_sim_control_reread(struct gw_sim_control *c, uint64_t now_ns,
+                               void (*on_line)(char *line, void *userdata), void *userdata);
 
 /* Splits line in place into words separated by blanks (space, tab, CR), stored in words[0..max).
  * Returns the number of words (0 for a blank line or a comment, one whose first word starts with

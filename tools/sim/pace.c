@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loop.h"
 #include "pace.h"
 
 #define NSEC_PER_SEC 1000000000ULL
@@ -32,14 +33,6 @@ struct gw_pace {
         uint64_t *due;
         size_t cap, head, len;
 };
-
-uint64_t gw_pace_now_ns(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * NSEC_PER_SEC + (uint64_t) ts.tv_nsec;
-}
 
 static uint64_t line_end(const struct gw_pace *p, const struct line *l)
 {
@@ -113,7 +106,7 @@ ssize_t gw_pace_write(struct gw_pace *p, int fd, const void *buf, size_t n)
         /* One call is one burst, back to back like a UART's FIFO: the anchor may restart only
          * here, never between its chunks, so a late wake-up is made up by the next chunk. */
         if (p->baud > 0)
-                line_advance(p, &p->tx, gw_pace_now_ns(), 0);
+                line_advance(p, &p->tx, gw_sim_now_ns(), 0);
         while (off < n) {
                 size_t k = n - off < WRITE_CHUNK ? n - off : WRITE_CHUNK;
                 ssize_t w;
@@ -166,7 +159,7 @@ ssize_t gw_pace_fill(struct gw_pace *p, int fd)
                 return errno == EWOULDBLOCK ? -EAGAIN : -errno;
         if (r == 0)
                 return -EIO; /* end of file: the other side is gone */
-        return (ssize_t) gw_pace_push(p, gw_pace_now_ns(), tmp, (size_t) r);
+        return (ssize_t) gw_pace_push(p, gw_sim_now_ns(), tmp, (size_t) r);
 }
 
 size_t gw_pace_take(struct gw_pace *p, uint64_t now_ns, void *buf, size_t n)

@@ -1,7 +1,8 @@
 /* Pacing a simulated serial line on a pseudo-terminal. A pty has no baud rate: bytes cross it
  * at memory speed. A simulator models the line with this: what it writes leaves at the line
- * rate (absolute deadlines, so there is no drift), and what it reads becomes available only
- * once the byte's line time has passed. Shared by every simulator in tools/sim. */
+ * rate (absolute deadlines on gw_sim_now_ns()'s clock, so there is no drift), and what it reads
+ * becomes available only once the byte's line time has passed. Shared by every simulator in
+ * tools/sim. */
 #pragma once
 
 #include <stddef.h>
@@ -9,9 +10,6 @@
 #include <sys/types.h>
 
 struct gw_pace;
-
-/* Monotonic time in nanoseconds. */
-uint64_t gw_pace_now_ns(void);
 
 /* A line at baud bits/s with bits_per_byte on the wire per byte (10 for 8N1, 11 for 8E1).
  * baud == 0 means no pacing at all. rx_capacity bounds the bytes held while they wait for

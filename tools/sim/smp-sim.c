@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
@@ -28,13 +27,13 @@
 
 #include "cli.h"
 #include "control.h"
+#include "loop.h"
 #include "pace.h"
 #include "pty.h"
 
 #define NSEC_PER_MSEC  1000000ULL
 #define NSEC_PER_USEC  1000ULL
 #define HUP_RECHECK_NS (20 * NSEC_PER_MSEC)
-#define CTL_RECHECK_NS (GW_SIM_CONTROL_RECHECK_MS * NSEC_PER_MSEC)
 #define RX_QUEUE       (64 * 1024)
 #define LINE_MAX_RX    127 /* what the device's line buffers take, marker and newline included */
 #define QUEUE_MAX      32
@@ -181,7 +180,6 @@ struct sim {
         int sigfd;
         FILE *report;
         struct gw_sim_control ctl;
-        uint64_t ctl_check_ns;
 
         /* receiving: a line, then the frame it belongs to */
         int marker;
@@ -537,7 +535,7 @@ static void flush_tx(struct sim *s)
         size_t n;
         ssize_t r;
 
-        if (s->tx_off == s->tx_len || gw_pace_now_ns() < s->tx_at_ns)
+        if (s->tx_off == s->tx_len || gw_sim_now_ns() < s->tx_at_ns)
                 return;
         n = s->tx_len - s->tx_off;
         if (n > 16)
@@ -902,7 +900,7 @@ answer:
                 s->last_upload_resumed_from = s->up.resumed_from;
                 /* From the first line of the first request to this answer's leaving. */
                 s->last_upload_ms =
-                    (gw_pace_now_ns() + t + s->turnaround_us * NSEC_PER_USEC - s->up.t0_ns) /
+                    (gw_sim_now_ns() + t + s->turnaround_us * NSEC_PER_USEC - s->up.t0_ns) /
                     NSEC_PER_MSEC;
                 vlog(s, "upload complete: %" PRIu64 " bytes (%" PRIu64 " this session)", s->up.size,
                      s->up.session_bytes);
@@ -1057,7 +1055,7 @@ static void reboot(struct sim *s, const char *why)
         }
         console_line(s, "I: Bootloader chainload address offset: 0xc000");
         console_line(s, "I: Jumping to the first image slot");
-        s->off_until_ns = gw_pace_now_ns() + t;
+        s->off_until_ns = gw_sim_now_ns() + t;
         /* What it printed leaves once it is up again. */
         s->tx_at_ns = s->off_until_ns;
 }
@@ -1077,7 +1075,7 @@ static void app_start(struct sim *s)
         vlog(s, "application %s up%s", in0.ok ? in0.version : "?", s->hung ? ", hung" : "");
         report_state(s, "boot");
         if (s->noise_ms)
-                s->next_noise_ns = gw_pace_now_ns() + s->noise_ms * NSEC_PER_MSEC;
+                s->next_noise_ns = gw_sim_now_ns() + s->noise_ms * NSEC_PER_MSEC;
 }
 
 /* ---- receiving ------------------------------------------------------------------------------ */
@@ -1362,7 +1360,7 @@ static int apply_command(struct sim *s, const char *cmd, const char *arg, const 
                 s->faults.silent = false;
                 s->hung = false;
         } else if (strcmp(cmd, "reset") == 0) {
-                s->reset_at_ns = gw_pace_now_ns();
+                s->reset_at_ns = gw_sim_now_ns();
         } else if (strcmp(cmd, "report") == 0) {
                 report_state(s, "state");
         } else {
@@ -1400,7 +1398,7 @@ static void line_input(struct sim *s, short revents)
                         if (s->connected)
                                 vlog(s, "host closed the port");
                         s->connected = false;
-                        s->hup_check_ns = gw_pace_now_ns() + HUP_RECHECK_NS;
+                        s->hup_check_ns = gw_sim_now_ns() + HUP_RECHECK_NS;
                 }
                 return;
         }
@@ -1421,15 +1419,17 @@ static void check_connected(struct sim *s, uint64_t now)
 
 static int run(struct sim *s)
 {
+        const struct gw_sim_wait w = {
+            .sigfd = s->sigfd, .ctl = &s->ctl, .on_line = control_line, .userdata = s};
+
         for (;;) {
-                struct pollfd p[3];
-                struct timespec ts;
                 uint64_t now, at;
                 uint8_t buf[1024];
-                size_t n, np = 0;
-                int imaster = -1, isig, ictl = -1;
+                uint32_t signo;
+                size_t n;
+                int r;
 
-                now = gw_pace_now_ns();
+                now = gw_sim_now_ns();
                 check_connected(s, now);
                 while ((n = gw_pace_take(s->pace, now, buf, sizeof(buf))) > 0) {
                         /* A device in reset or starting hears nothing; a hung one nothing. */
@@ -1446,52 +1446,19 @@ static int run(struct sim *s)
                         at = gw_pace_next_due(s->pace);
                 if (!s->connected && s->hup_check_ns < at)
                         at = s->hup_check_ns;
-                if (gw_sim_control_rereads(&s->ctl)) {
-                        if (now >= s->ctl_check_ns) {
-                                gw_sim_control_read(&s->ctl, control_line, s);
-                                s->ctl_check_ns = now + CTL_RECHECK_NS;
-                        }
-                        if (s->ctl_check_ns < at)
-                                at = s->ctl_check_ns;
+                r = gw_sim_wait(&w, s->connected ? s->master : -1,
+                                gw_pace_room(s->pace) > 0 ? POLLIN : 0, at, &signo);
+                if (r < 0)
+                        return r;
+                if (signo == SIGUSR1) {
+                        report_state(s, "state");
+                        continue;
                 }
-                if (s->connected) {
-                        imaster = (int) np;
-                        p[np++] = (struct pollfd){
-                            .fd = s->master,
-                            .events = gw_pace_room(s->pace) > 0 ? POLLIN : 0,
-                        };
-                }
-                isig = (int) np;
-                p[np++] = (struct pollfd){.fd = s->sigfd, .events = POLLIN};
-                if (gw_sim_control_poll_fd(&s->ctl) >= 0) {
-                        ictl = (int) np;
-                        p[np++] = (struct pollfd){.fd = gw_sim_control_poll_fd(&s->ctl),
-                                                  .events = POLLIN};
-                }
-                /* Nothing due (UINT64_MAX): wait for input alone. */
-                now = gw_pace_now_ns();
-                ts = gw_sim_timeout(at, now);
-                if (ppoll(p, np, at == UINT64_MAX ? NULL : &ts, NULL) < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (p[isig].revents & POLLIN) {
-                        struct signalfd_siginfo si;
-
-                        if (read(s->sigfd, &si, sizeof(si)) == (ssize_t) sizeof(si)) {
-                                if (si.ssi_signo == SIGUSR1) {
-                                        report_state(s, "state");
-                                        continue;
-                                }
-                                vlog(s, "signal %u, exiting", si.ssi_signo);
-                        }
+                if (signo) {
+                        vlog(s, "signal %u, exiting", signo);
                         return 0;
                 }
-                if (ictl >= 0 && p[ictl].revents)
-                        gw_sim_control_read(&s->ctl, control_line, s);
-                if (imaster >= 0)
-                        line_input(s, p[imaster].revents);
+                line_input(s, (short) r);
         }
 }
 
@@ -1792,7 +1759,7 @@ int main(int argc, char **argv)
                 r = gw_sim_pty_open("smp-sim", s.link, s.slave, sizeof(s.slave), &s.master);
         if (r < 0)
                 goto out;
-        s.t_start_ns = gw_pace_now_ns();
+        s.t_start_ns = gw_sim_now_ns();
         /* The device has been running for a while when a host comes: the application answers
          * from the ready line on. */
         app_start(&s);

@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
@@ -23,6 +22,7 @@
 
 #include "cli.h"
 #include "control.h"
+#include "loop.h"
 #include "pace.h"
 #include "pty.h"
 
@@ -32,7 +32,6 @@
 
 #define NSEC_PER_MSEC  1000000ULL
 #define HUP_RECHECK_NS (20 * NSEC_PER_MSEC)
-#define CTL_RECHECK_NS (GW_SIM_CONTROL_RECHECK_MS * NSEC_PER_MSEC)
 #define LINGER_NS      (2000 * NSEC_PER_MSEC)
 #define RX_QUEUE       (64 * 1024)
 #define COLLECT_MAX    (2 + 2 * 65536 + 1) /* the largest extended erase list */
@@ -146,7 +145,6 @@ struct sim {
         int sigfd;
 
         struct gw_sim_control ctl;
-        uint64_t ctl_check_ns;
         struct faults faults;
         uint64_t rx_count, tx_count, write_count; /* since each fault was armed */
         uint64_t drop_byte_at, drop_tx_at, nack_block_at;
@@ -181,7 +179,7 @@ static uint8_t xor_of(const uint8_t *p, size_t n, uint8_t x)
 /* Queues a reply to leave once delay_ns has passed (programming and erase time). */
 static void reply_after(struct sim *s, const uint8_t *buf, size_t n, uint64_t delay_ns)
 {
-        uint64_t at = gw_pace_now_ns() + delay_ns;
+        uint64_t at = gw_sim_now_ns() + delay_ns;
 
         if (s->faults.silent || n > sizeof(s->tx) - s->tx_len)
                 return;
@@ -217,7 +215,7 @@ static void flush_tx(struct sim *s)
         uint8_t out[TX_MAX];
         size_t n = 0;
 
-        if (s->tx_len == 0 || gw_pace_now_ns() < s->tx_at_ns)
+        if (s->tx_len == 0 || gw_sim_now_ns() < s->tx_at_ns)
                 return;
         for (size_t i = 0; i < s->tx_len; i++) {
                 s->tx_count++;
@@ -240,7 +238,7 @@ static void flush_tx(struct sim *s)
                         s->connected = false;
         }
         s->n.bytes_tx += n;
-        s->n.last_tx_ns = gw_pace_now_ns();
+        s->n.last_tx_ns = gw_sim_now_ns();
         s->tx_len = 0;
         s->tx_at_ns = 0;
 }
@@ -465,11 +463,11 @@ static void stage_done(struct sim *s)
                         ack(s);
                         s->n.go = true;
                         s->n.go_address = s->addr;
-                        s->n.go_ns = gw_pace_now_ns();
+                        s->n.go_ns = gw_sim_now_ns();
                         vlog(s, "GO 0x%08" PRIx32, s->addr);
                         s->state = s->after_go_stay ? DEV_READY : DEV_APP;
                         if (s->once)
-                                s->linger_until_ns = gw_pace_now_ns() + LINGER_NS;
+                                s->linger_until_ns = gw_sim_now_ns() + LINGER_NS;
                 } else {
                         if (!in_flash(s, s->addr, 4) || s->addr % 4 != 0) {
                                 nack(s, "write address");
@@ -700,7 +698,7 @@ static void line_input(struct sim *s, short revents)
                         if (s->connected)
                                 vlog(s, "host closed the port");
                         s->connected = false;
-                        s->hup_check_ns = gw_pace_now_ns() + HUP_RECHECK_NS;
+                        s->hup_check_ns = gw_sim_now_ns() + HUP_RECHECK_NS;
                 }
                 return;
         }
@@ -723,15 +721,17 @@ static void check_connected(struct sim *s, uint64_t now)
 
 static int run(struct sim *s)
 {
+        const struct gw_sim_wait w = {
+            .sigfd = s->sigfd, .ctl = &s->ctl, .on_line = control_line, .userdata = s};
+
         for (;;) {
-                struct pollfd p[3];
-                struct timespec ts;
                 uint64_t now, at;
                 uint8_t buf[1024];
-                size_t n, np = 0;
-                int imaster = -1, isig, ictl = -1;
+                uint32_t signo;
+                size_t n;
+                int r;
 
-                now = gw_pace_now_ns();
+                now = gw_sim_now_ns();
                 check_connected(s, now);
                 while ((n = gw_pace_take(s->pace, now, buf, sizeof(buf))) > 0)
                         for (size_t i = 0; i < n; i++)
@@ -751,47 +751,15 @@ static int run(struct sim *s)
                         at = s->hup_check_ns;
                 if (s->linger_until_ns && s->linger_until_ns < at)
                         at = s->linger_until_ns;
-                if (gw_sim_control_rereads(&s->ctl)) {
-                        if (now >= s->ctl_check_ns) {
-                                gw_sim_control_read(&s->ctl, control_line, s);
-                                s->ctl_check_ns = now + CTL_RECHECK_NS;
-                        }
-                        if (s->ctl_check_ns < at)
-                                at = s->ctl_check_ns;
-                }
-                if (s->connected) {
-                        imaster = (int) np;
-                        p[np++] = (struct pollfd){
-                            .fd = s->master,
-                            .events = gw_pace_room(s->pace) > 0 ? POLLIN : 0,
-                        };
-                }
-                isig = (int) np;
-                p[np++] = (struct pollfd){.fd = s->sigfd, .events = POLLIN};
-                if (gw_sim_control_poll_fd(&s->ctl) >= 0) {
-                        ictl = (int) np;
-                        p[np++] = (struct pollfd){.fd = gw_sim_control_poll_fd(&s->ctl),
-                                                  .events = POLLIN};
-                }
-                /* Nothing due (UINT64_MAX): wait for input alone. */
-                now = gw_pace_now_ns();
-                ts = gw_sim_timeout(at, now);
-                if (ppoll(p, np, at == UINT64_MAX ? NULL : &ts, NULL) < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (p[isig].revents & POLLIN) {
-                        struct signalfd_siginfo si;
-
-                        if (read(s->sigfd, &si, sizeof(si)) == (ssize_t) sizeof(si))
-                                vlog(s, "signal %u, exiting", si.ssi_signo);
+                r = gw_sim_wait(&w, s->connected ? s->master : -1,
+                                gw_pace_room(s->pace) > 0 ? POLLIN : 0, at, &signo);
+                if (r < 0)
+                        return r;
+                if (signo) {
+                        vlog(s, "signal %u, exiting", signo);
                         return 0;
                 }
-                if (ictl >= 0 && p[ictl].revents)
-                        gw_sim_control_read(&s->ctl, control_line, s);
-                if (imaster >= 0)
-                        line_input(s, p[imaster].revents);
+                line_input(s, (short) r);
         }
 }
 

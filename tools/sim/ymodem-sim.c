@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
@@ -23,6 +22,7 @@
 
 #include "cli.h"
 #include "control.h"
+#include "loop.h"
 #include "pace.h"
 #include "pty.h"
 
@@ -37,7 +37,6 @@
 #define PKT_MAX          (3 + 1024 + 2)
 #define MAX_RETRIES      10
 #define HUP_RECHECK_NS   (20 * NSEC_PER_MSEC)
-#define CTL_RECHECK_NS   (GW_SIM_CONTROL_RECHECK_MS * NSEC_PER_MSEC)
 #define LINGER_NS        (2000 * NSEC_PER_MSEC)
 #define NAME_MAX_LEN     255
 #define RX_QUEUE         (64 * 1024)
@@ -86,7 +85,6 @@ struct sim {
 
         /* run-time control */
         struct gw_sim_control ctl;
-        uint64_t ctl_check_ns;
 
         struct faults faults;
 
@@ -141,7 +139,7 @@ static uint16_t crc16(const uint8_t *p, size_t n)
 /* Replies go out once their time has come (flash programming, an injected delay). */
 static void reply_after(struct sim *s, const void *buf, size_t n, uint64_t delay_ns)
 {
-        uint64_t at = gw_pace_now_ns() + delay_ns;
+        uint64_t at = gw_sim_now_ns() + delay_ns;
 
         if (s->faults.silent)
                 return;
@@ -176,7 +174,7 @@ static void flush_tx(struct sim *s)
 {
         ssize_t r;
 
-        if (s->tx_len == 0 || gw_pace_now_ns() < s->tx_at_ns)
+        if (s->tx_len == 0 || gw_sim_now_ns() < s->tx_at_ns)
                 return;
         if (s->connected) {
                 r = gw_pace_write(s->pace, s->master, s->tx, s->tx_len);
@@ -262,7 +260,7 @@ static void finish_file(struct sim *s, const char *result, const char *reason)
         s->fd = -1;
         if (sha256_file(s->out_dirfd, s->name, sha) < 0)
                 sha[0] = '\0';
-        ms = (gw_pace_now_ns() - s->t_start_ns) / NSEC_PER_MSEC;
+        ms = (gw_sim_now_ns() - s->t_start_ns) / NSEC_PER_MSEC;
         if (strcmp(result, "ok") != 0)
                 s->failed = true;
 
@@ -298,7 +296,7 @@ static void reset_session(struct sim *s)
         s->blocks = 0;
         s->file_done = false;
         s->faults.silent = false;
-        s->next_c_ns = gw_pace_now_ns() + s->c_interval_ms * NSEC_PER_MSEC;
+        s->next_c_ns = gw_sim_now_ns() + s->c_interval_ms * NSEC_PER_MSEC;
 }
 
 /* Ends the session: the file in progress (if any) gets the result, then the next session may
@@ -313,7 +311,7 @@ static void end_session(struct sim *s, const char *result, const char *reason)
         s->sessions++;
         reset_session(s);
         if (s->once && s->linger_until_ns == 0)
-                s->linger_until_ns = gw_pace_now_ns() + LINGER_NS;
+                s->linger_until_ns = gw_sim_now_ns() + LINGER_NS;
 }
 
 static void abort_session(struct sim *s, const char *reason)
@@ -497,7 +495,7 @@ static void eot(struct sim *s)
         s->state = ST_HEADER;
         s->eots = 0;
         reply(s, 'C');
-        s->next_c_ns = gw_pace_now_ns() + s->c_interval_ms * NSEC_PER_MSEC;
+        s->next_c_ns = gw_sim_now_ns() + s->c_interval_ms * NSEC_PER_MSEC;
 }
 
 static void rx_byte(struct sim *s, uint8_t c, uint64_t now)
@@ -656,7 +654,7 @@ static void line_input(struct sim *s, short revents)
                         if (s->connected)
                                 vlog(s, "host closed the port");
                         s->connected = false;
-                        s->hup_check_ns = gw_pace_now_ns() + HUP_RECHECK_NS;
+                        s->hup_check_ns = gw_sim_now_ns() + HUP_RECHECK_NS;
                 }
                 return;
         }
@@ -680,15 +678,17 @@ static void check_connected(struct sim *s, uint64_t now)
 
 static int run(struct sim *s)
 {
+        const struct gw_sim_wait w = {
+            .sigfd = s->sigfd, .ctl = &s->ctl, .on_line = control_line, .userdata = s};
+
         for (;;) {
-                struct pollfd p[3];
-                struct timespec ts;
                 uint64_t now, at;
                 uint8_t buf[1024];
-                size_t n, np = 0;
-                int imaster = -1, isig, ictl = -1;
+                uint32_t signo;
+                size_t n;
+                int r;
 
-                now = gw_pace_now_ns();
+                now = gw_sim_now_ns();
                 check_connected(s, now);
                 /* Once a --once session is over, input is no longer heard. */
                 while ((n = gw_pace_take(s->pace, now, buf, sizeof(buf))) > 0)
@@ -712,49 +712,17 @@ static int run(struct sim *s)
                         at = gw_pace_next_due(s->pace);
                 if (!s->connected && s->hup_check_ns < at)
                         at = s->hup_check_ns;
-                if (gw_sim_control_rereads(&s->ctl)) {
-                        if (now >= s->ctl_check_ns) {
-                                gw_sim_control_read(&s->ctl, control_line, s);
-                                s->ctl_check_ns = now + CTL_RECHECK_NS;
-                        }
-                        if (s->ctl_check_ns < at)
-                                at = s->ctl_check_ns;
-                }
-                if (s->connected) {
-                        imaster = (int) np;
-                        p[np++] = (struct pollfd){
-                            .fd = s->master,
-                            .events = gw_pace_room(s->pace) > 0 ? POLLIN : 0,
-                        };
-                }
-                isig = (int) np;
-                p[np++] = (struct pollfd){.fd = s->sigfd, .events = POLLIN};
-                if (gw_sim_control_poll_fd(&s->ctl) >= 0) {
-                        ictl = (int) np;
-                        p[np++] = (struct pollfd){.fd = gw_sim_control_poll_fd(&s->ctl),
-                                                  .events = POLLIN};
-                }
-                /* Nothing due (UINT64_MAX): wait for input alone. */
-                now = gw_pace_now_ns();
-                ts = gw_sim_timeout(at, now);
-                if (ppoll(p, np, at == UINT64_MAX ? NULL : &ts, NULL) < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (p[isig].revents & POLLIN) {
-                        struct signalfd_siginfo si;
-
-                        if (read(s->sigfd, &si, sizeof(si)) == (ssize_t) sizeof(si))
-                                vlog(s, "signal %u, exiting", si.ssi_signo);
+                r = gw_sim_wait(&w, s->connected ? s->master : -1,
+                                gw_pace_room(s->pace) > 0 ? POLLIN : 0, at, &signo);
+                if (r < 0)
+                        return r;
+                if (signo) {
+                        vlog(s, "signal %u, exiting", signo);
                         if (s->fd >= 0)
                                 finish_file(s, "interrupted", "the simulator was stopped");
                         return 0;
                 }
-                if (ictl >= 0 && p[ictl].revents)
-                        gw_sim_control_read(&s->ctl, control_line, s);
-                if (imaster >= 0)
-                        line_input(s, p[imaster].revents);
+                line_input(s, (short) r);
         }
 }
 
@@ -966,7 +934,7 @@ int main(int argc, char **argv)
                 reset_session(&s);
                 s.faults.silent = silent;
         }
-        s.last_rx_ns = gw_pace_now_ns();
+        s.last_rx_ns = gw_sim_now_ns();
         r = run(&s);
         if (r < 0)
                 fprintf(stderr, "ymodem-sim: %s\n", strerror(-r));
