@@ -46,13 +46,6 @@ enum action {
         ACT_LINK_FAIL, /* the next write fails */
 };
 
-enum reader_mode {
-        READ_WHOLE,
-        READ_SHORT,     /* at most 100 bytes per call */
-        READ_FAIL,      /* -EIO past the first KiB */
-        READ_TRUNCATED, /* the image ends at half its declared size */
-};
-
 /* What the next write must be, after a command. */
 enum expect {
         EXPECT_ANY,
@@ -74,7 +67,7 @@ struct host {
         uint64_t size;
         uint32_t start;
         bool mass_allowed;
-        enum reader_mode reader_mode;
+        enum fuzz_read reader_mode;
 
         /* The phases written so far. */
         uint8_t cmd;
@@ -302,22 +295,8 @@ static int host_set_lines(void *ctx, unsigned mask, unsigned values)
 static ssize_t reader_pread(void *ctx, void *buf, size_t n, uint64_t off)
 {
         struct host *h = ctx;
-        size_t end;
 
-        fuzz_check(n >= 1 && off < h->size && n <= h->size - off);
-        if (h->reader_mode == READ_SHORT && n > 100)
-                n = 100;
-        if (h->reader_mode == READ_FAIL && off + n > 1024)
-                return -EIO;
-        end = (size_t) h->size;
-        if (h->reader_mode == READ_TRUNCATED)
-                end /= 2;
-        if (off >= end)
-                return 0;
-        if (n > end - off)
-                n = end - (size_t) off;
-        memcpy(buf, h->image + off, n);
-        return (ssize_t) n;
+        return fuzz_read_image(h->image, h->size, h->reader_mode, buf, n, off);
 }
 
 /* Checks what an op returned; true when the operation ended. */
@@ -455,7 +434,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         h.now = 1000;
         h.image = image;
         h.size = (data[SETUP_SIZE_LO] | (uint64_t) data[SETUP_SIZE_HI] << 8) % (IMAGE_MAX + 1);
-        h.reader_mode = (enum reader_mode)((modes >> 5) & 3);
+        h.reader_mode = (enum fuzz_read)((modes >> 5) & 3);
         h.mass_allowed = modes & 0x10;
         h.start = FLASH_BASE + (place & 0x0f) * 1024u;
         h.lines_fail = place & 0x10;

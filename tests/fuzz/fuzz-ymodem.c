@@ -51,13 +51,6 @@ enum action {
         ACT_LINK_FAIL, /* the next write fails */
 };
 
-enum reader_mode {
-        READ_WHOLE,     /* pread returns all it is asked for */
-        READ_SHORT,     /* at most 100 bytes per call */
-        READ_FAIL,      /* -EIO past the first KiB */
-        READ_TRUNCATED, /* the image ends at half its declared size */
-};
-
 struct host {
         struct gw_proto_host h;
         uint64_t now, deadline;
@@ -67,7 +60,7 @@ struct host {
 
         const uint8_t *image;
         uint64_t size;
-        enum reader_mode reader_mode;
+        enum fuzz_read reader_mode;
         char expect_name[NAME_LONG + 1];
 
         /* What the sender has told so far. */
@@ -229,23 +222,8 @@ __attribute__((format(printf, 2, 3))) static void host_set_error(void *ctx, cons
 static ssize_t reader_pread(void *ctx, void *buf, size_t n, uint64_t off)
 {
         struct host *h = ctx;
-        size_t end;
 
-        /* The sender asks for bytes inside the image only. */
-        fuzz_check(n >= 1 && off < h->size && n <= h->size - off);
-        if (h->reader_mode == READ_SHORT && n > 100)
-                n = 100;
-        if (h->reader_mode == READ_FAIL && off + n > 1024)
-                return -EIO;
-        end = (size_t) h->size;
-        if (h->reader_mode == READ_TRUNCATED)
-                end /= 2;
-        if (off >= end)
-                return 0;
-        if (n > end - off)
-                n = end - (size_t) off;
-        memcpy(buf, h->image + off, n);
-        return (ssize_t) n;
+        return fuzz_read_image(h->image, h->size, h->reader_mode, buf, n, off);
 }
 
 /* Checks what an op returned; true when the transfer ended. */
@@ -429,7 +407,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         h.now = 1000;
         h.image = image;
         h.size = (data[SETUP_SIZE_LO] | (uint64_t) data[SETUP_SIZE_HI] << 8) % (IMAGE_MAX + 1);
-        h.reader_mode = (enum reader_mode)((data[SETUP_MODES] >> 5) & 3);
+        h.reader_mode = (enum fuzz_read)((data[SETUP_MODES] >> 5) & 3);
         retries = data[SETUP_MODES] & 3;
 
         opts = gw_options_new();
