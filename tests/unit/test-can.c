@@ -178,6 +178,8 @@ static void test_check(void **state)
             {{"interface=can0", "tx-id=1", "rx-id=2", "bitrate=300000"}, 0, NULL},
             {{"interface=can0", "tx-id=1", "rx-id=2", "baud=115200"}, -EINVAL, "option baud"},
             {{"port=/dev/x", "tx-id=1", "rx-id=2", "baud=12345"}, -EINVAL, "option baud"},
+            /* A standard rate, but slower than any slcan adapter's port. */
+            {{"port=/dev/x", "tx-id=1", "rx-id=2", "baud=4800"}, -EINVAL, "option baud"},
             {{"port=/dev/x", "tx-id=1", "rx-id=2", "data-bitrate=2000000"},
              -EINVAL,
              "option data-bitrate: needs fd: true"},

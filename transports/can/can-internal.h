@@ -7,7 +7,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
-#include <termios.h>
 
 #include <linux/can.h>
 
@@ -165,8 +164,6 @@ extern struct can_slcan_timing can_slcan_timing;
  * when adapters have none. */
 int can_slcan_bitrate_code(uint32_t bitrate);
 int can_slcan_data_bitrate_code(uint32_t bitrate);
-/* slcan over a real UART: the termios speed of a standard serial rate, B0 for any other. */
-speed_t gw_slcan_termios_speed(uint32_t baud);
 
 /* SocketCAN's pure parts (socketcan.c), for the unit tests. */
 /* f as the kernel takes it: a struct can_frame (*ret_mtu = CAN_MTU) or struct canfd_frame

@@ -23,6 +23,7 @@
 
 #include "can-bits.h"
 #include "can-internal.h"
+#include "serial.h"
 
 #define BAUD_DEFAULT     115200
 #define BITRATE_DEFAULT  500000
@@ -141,8 +142,8 @@ static int parse_settings(const struct gw_options *opts, struct can_settings *re
                 snprintf(why, why_size, "option baud: only for an slcan adapter (port)");
                 return -EINVAL;
         }
-        if (gw_options_get_u64(opts, "baud", BAUD_DEFAULT, 1, 4000000, &v) < 0 ||
-            gw_slcan_termios_speed((uint32_t) v) == B0) {
+        if (gw_options_get_u64(opts, "baud", BAUD_DEFAULT, 9600, 4000000, &v) < 0 ||
+            gw_serial_speed((uint32_t) v) == B0) {
                 snprintf(why, why_size,
                          "option baud: expected a standard serial rate from 9600 to 4000000");
                 return -EINVAL;
@@ -960,7 +961,6 @@ static int enumerate_serial(const struct gw_plugin_services *svc, gw_link_enum_c
                 const char *name = sp_get_port_name(ports[i]);
                 char desc[256];
                 struct gw_link_info info = {.transport = "can"};
-                int vid = 0, pid = 0;
 
                 if (!name || (!strstr(name, "ttyACM") && !strstr(name, "ttyUSB")))
                         continue;
@@ -969,14 +969,7 @@ static int enumerate_serial(const struct gw_plugin_services *svc, gw_link_enum_c
                                                            : "");
                 info.path = name;
                 info.description = desc;
-                if (sp_get_port_transport(ports[i]) == SP_TRANSPORT_USB) {
-                        if (sp_get_port_usb_vid_pid(ports[i], &vid, &pid) == SP_OK && vid >= 0 &&
-                            vid <= 0xffff && pid >= 0 && pid <= 0xffff) {
-                                info.vid = (uint16_t) vid;
-                                info.pid = (uint16_t) pid;
-                        }
-                        info.serial = sp_get_port_usb_serial(ports[i]);
-                }
+                gw_serial_usb_ids(ports[i], &info);
                 r = cb(&info, userdata);
         }
         sp_free_port_list(ports);

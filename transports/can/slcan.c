@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "can-internal.h"
+#include "serial.h"
 #include "slcan.h"
 
 /* Frames written and not answered yet: bounds what the adapter buffers for us. */
@@ -588,25 +589,6 @@ static void slcan_flush(struct can_bus *bus)
         out_flush(bus);
 }
 
-speed_t gw_slcan_termios_speed(uint32_t baud)
-{
-        static const struct {
-                uint32_t baud;
-                speed_t speed;
-        } table[] = {
-            {9600, B9600},       {19200, B19200},     {38400, B38400},     {57600, B57600},
-            {115200, B115200},   {230400, B230400},   {460800, B460800},   {500000, B500000},
-            {576000, B576000},   {921600, B921600},   {1000000, B1000000}, {1152000, B1152000},
-            {1500000, B1500000}, {2000000, B2000000}, {2500000, B2500000}, {3000000, B3000000},
-            {3500000, B3500000}, {4000000, B4000000},
-        };
-
-        for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
-                if (table[i].baud == baud)
-                        return table[i].speed;
-        return B0;
-}
-
 /* The serial port, raw 8N1 without flow control, non-blocking. CDC-ACM adapters ignore the
  * rate; USB-serial bridges in front of a Lawicel-style controller need it. */
 static int open_port(struct can_bus *bus, const char *path, uint32_t baud)
@@ -633,7 +615,7 @@ static int open_port(struct can_bus *bus, const char *path, uint32_t baud)
         tio.c_iflag &= ~(tcflag_t) (IXON | IXOFF | IXANY);
         tio.c_cc[VMIN] = 1;
         tio.c_cc[VTIME] = 0;
-        cfsetspeed(&tio, gw_slcan_termios_speed(baud));
+        cfsetspeed(&tio, gw_serial_speed(baud));
         if (tcsetattr(fd, TCSANOW, &tio) < 0) {
                 r = -errno;
                 can_bus_debug(bus, "slcan: cannot set the port up: %s", strerror(errno));

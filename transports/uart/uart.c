@@ -20,6 +20,7 @@
 #include <libserialport.h>
 
 #include "gw/plugin.h"
+#include "serial.h"
 
 #define BAUD_MIN 50
 #define BAUD_MAX 16000000
@@ -229,28 +230,6 @@ static int open_sp(struct uart *u, const struct uart_settings *set)
         return 0;
 }
 
-static speed_t standard_speed(uint32_t baud)
-{
-        static const struct {
-                uint32_t baud;
-                speed_t speed;
-        } table[] = {
-            {50, B50},           {75, B75},           {110, B110},         {134, B134},
-            {150, B150},         {200, B200},         {300, B300},         {600, B600},
-            {1200, B1200},       {1800, B1800},       {2400, B2400},       {4800, B4800},
-            {9600, B9600},       {19200, B19200},     {38400, B38400},     {57600, B57600},
-            {115200, B115200},   {230400, B230400},   {460800, B460800},   {500000, B500000},
-            {576000, B576000},   {921600, B921600},   {1000000, B1000000}, {1152000, B1152000},
-            {1500000, B1500000}, {2000000, B2000000}, {2500000, B2500000}, {3000000, B3000000},
-            {3500000, B3500000}, {4000000, B4000000},
-        };
-
-        for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
-                if (table[i].baud == baud)
-                        return table[i].speed;
-        return B0;
-}
-
 #if defined(__linux__) && (defined(__x86_64__) || defined(__i386__) || defined(__aarch64__) ||     \
                            defined(__arm__) || defined(__riscv))
 /* The kernel's struct termios2 on architectures using asm-generic/termbits.h; glibc does not
@@ -293,7 +272,7 @@ static int open_termios(struct uart *u, const struct uart_settings *set, bool pt
 {
         static const tcflag_t csize[] = {[5] = CS5, [6] = CS6, [7] = CS7, [8] = CS8};
         struct termios tio;
-        speed_t speed = standard_speed(set->baud);
+        speed_t speed = gw_serial_speed(set->baud);
         int fd, r;
 
         fd = open(set->port, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
@@ -523,18 +502,10 @@ static int uart_enumerate(const struct gw_plugin_services *svc, gw_link_enum_cb 
                     .path = sp_get_port_name(ports[i]),
                     .description = sp_get_port_description(ports[i]),
                 };
-                int vid = 0, pid = 0;
 
                 if (!info.path)
                         continue;
-                if (sp_get_port_transport(ports[i]) == SP_TRANSPORT_USB) {
-                        if (sp_get_port_usb_vid_pid(ports[i], &vid, &pid) == SP_OK && vid >= 0 &&
-                            vid <= 0xffff && pid >= 0 && pid <= 0xffff) {
-                                info.vid = (uint16_t) vid;
-                                info.pid = (uint16_t) pid;
-                        }
-                        info.serial = sp_get_port_usb_serial(ports[i]);
-                }
+                gw_serial_usb_ids(ports[i], &info);
                 r = cb(&info, userdata);
         }
         sp_free_port_list(ports);
