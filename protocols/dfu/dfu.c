@@ -10,9 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <syslog.h>
 
 #include "gw/plugin.h"
+
+#include "debug.h"
 
 #include "dfu-desc.h"
 #include "dfu-file.h"
@@ -218,23 +219,12 @@ static const char *dev_state_name(unsigned s)
         return n ? n : "unknown";
 }
 
-static void debug(struct dfu *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void debug(struct dfu *d, const char *fmt, ...)
-{
-        va_list ap;
-
-        if (!d->host->logv)
-                return;
-        va_start(ap, fmt);
-        d->host->logv(d->host->ctx, LOG_DEBUG, fmt, ap);
-        va_end(ap);
-}
-
 static void set_state(struct dfu *d, enum dfu_state s)
 {
         if (d->state == s)
                 return;
-        debug(d, "dfu: %s -> %s", dfu_state_to_string(d->state), dfu_state_to_string(s));
+        gw_proto_debug(d->host, "dfu: %s -> %s", dfu_state_to_string(d->state),
+                       dfu_state_to_string(s));
         d->state = s;
 }
 
@@ -275,7 +265,7 @@ static int fail(struct dfu *d, int err, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
-        debug(d, "dfu: %s", msg);
+        gw_proto_debug(d->host, "dfu: %s", msg);
         if (d->host->set_error)
                 d->host->set_error(d->host->ctx, "%s", msg);
         d->error = err;
@@ -491,12 +481,13 @@ static int setup_device(struct dfu *d, bool claim)
         if (d->transfer_size_opt && d->xfer > d->transfer_size_opt)
                 d->xfer = (uint16_t) d->transfer_size_opt;
         d->dfuse = !d->runtime && d->func.bcd_dfu == GW_DFU_BCD_DFUSE;
-        debug(d,
-              "dfu: %04x:%04x interface %u alt %u (%s mode), DFU %x.%02x, attributes 0x%02x, "
-              "transfer size %u (declared %u), detach timeout %u ms",
-              info->vid, info->pid, d->interface, d->alt, d->runtime ? "run-time" : "DFU",
-              d->func.bcd_dfu >> 8, d->func.bcd_dfu & 0xff, d->func.attributes, d->xfer,
-              d->func.transfer_size, d->func.detach_timeout_ms);
+        gw_proto_debug(
+            d->host,
+            "dfu: %04x:%04x interface %u alt %u (%s mode), DFU %x.%02x, attributes 0x%02x, "
+            "transfer size %u (declared %u), detach timeout %u ms",
+            info->vid, info->pid, d->interface, d->alt, d->runtime ? "run-time" : "DFU",
+            d->func.bcd_dfu >> 8, d->func.bcd_dfu & 0xff, d->func.attributes, d->xfer,
+            d->func.transfer_size, d->func.detach_timeout_ms);
         if (d->dfuse) {
                 if (gw_dfuse_parse_layout(alt->name, &d->layout) < 0)
                         return fail(d, -EPROTO,
@@ -725,7 +716,7 @@ static int send_dfuse_command(struct dfu *d, enum dfu_command cmd, uint32_t addr
         d->buf[3] = (uint8_t) (addr >> 16);
         d->buf[4] = (uint8_t) (addr >> 24);
         d->cmd_address = addr;
-        debug(d, "dfu: DfuSe %s 0x%08" PRIx32, command_name(cmd), addr);
+        gw_proto_debug(d->host, "dfu: DfuSe %s 0x%08" PRIx32, command_name(cmd), addr);
         return send_dnload(d, cmd, 0, DFUSE_CMD_LEN);
 }
 
@@ -810,7 +801,7 @@ static int next_step(struct dfu *d)
         if (d->mass_erase && !d->mass_erased) {
                 /* ERASE without an address: the whole memory, in one (long) busy time. */
                 d->buf[0] = DFUSE_ERASE;
-                debug(d, "dfu: DfuSe mass erase");
+                gw_proto_debug(d->host, "dfu: DfuSe mass erase");
                 return send_dnload(d, CMD_MASS_ERASE, 0, 1);
         }
         r = next_erase(d, &page);
@@ -830,12 +821,13 @@ static int next_step(struct dfu *d)
         if (d->leave && d->pointer_known && d->pointer == d->address) {
                 /* The leave jumps to the address pointer: already the image's start (one
                  * run, erases before it), so no SET_ADDRESS and no wait for it. */
-                debug(d, "dfu: address pointer at 0x%08" PRIx32 " already, leaving", d->address);
+                gw_proto_debug(d->host, "dfu: address pointer at 0x%08" PRIx32 " already, leaving",
+                               d->address);
                 return send_end(d);
         }
         if (d->leave)
                 return send_dfuse_command(d, CMD_LEAVE_ADDRESS, d->address);
-        debug(d, "dfu: image written, staying in DFU mode (leave=false)");
+        gw_proto_debug(d->host, "dfu: image written, staying in DFU mode (leave=false)");
         return succeed(d);
 }
 
@@ -896,8 +888,9 @@ static int begin_download(struct dfu *d)
         d->run_open = false;
         d->run_blocks = 0;
         d->pointer_known = false;
-        debug(d, "dfu: downloading %" PRIu64 " bytes in %zu region%s, blocks of %u%s", d->total,
-              d->n_regions, d->n_regions == 1 ? "" : "s", d->xfer, d->dfuse ? " (DfuSe)" : "");
+        gw_proto_debug(
+            d->host, "dfu: downloading %" PRIu64 " bytes in %zu region%s, blocks of %u%s", d->total,
+            d->n_regions, d->n_regions == 1 ? "" : "s", d->xfer, d->dfuse ? " (DfuSe)" : "");
         report_progress(d);
         return next_step(d);
 }
@@ -935,7 +928,8 @@ static int next_upload(struct dfu *d)
                                     "the device sent %" PRIu64 " bytes without ending the upload "
                                     "with a short block: give a size",
                                     d->offset);
-                debug(d, "dfu: %" PRIu64 " bytes read, the size asked for", d->offset);
+                gw_proto_debug(d->host, "dfu: %" PRIu64 " bytes read, the size asked for",
+                               d->offset);
                 return send_abort(d, DFU_STATE_UPLOAD_END);
         }
         if (!d->dfuse)
@@ -962,11 +956,13 @@ static int begin_upload(struct dfu *d)
         d->up_reading = false;
         d->up_limit = d->writer->max ? d->writer->max : UPLOAD_LIMIT;
         if (d->dfuse)
-                debug(d, "dfu: uploading %" PRIu64 " bytes from 0x%08" PRIx32 " in blocks of %u",
-                      d->writer->max, d->address, d->xfer);
+                gw_proto_debug(d->host,
+                               "dfu: uploading %" PRIu64 " bytes from 0x%08" PRIx32
+                               " in blocks of %u",
+                               d->writer->max, d->address, d->xfer);
         else
-                debug(d, "dfu: uploading up to %" PRIu64 " bytes in blocks of %u", d->up_limit,
-                      d->xfer);
+                gw_proto_debug(d->host, "dfu: uploading up to %" PRIu64 " bytes in blocks of %u",
+                               d->up_limit, d->xfer);
         report_progress(d);
         return next_upload(d);
 }
@@ -1036,8 +1032,9 @@ static int upload_done(struct dfu *d, int status, const uint8_t *data, size_t le
                             "verify failed: the device read back %" PRIu64 " of the %" PRIu64
                             " bytes written",
                             d->offset, d->up_limit);
-        debug(d, "dfu: a short block of %zu bytes ended the upload after %" PRIu64 " bytes", n,
-              d->offset);
+        gw_proto_debug(d->host,
+                       "dfu: a short block of %zu bytes ended the upload after %" PRIu64 " bytes",
+                       n, d->offset);
         return finish_in_dfu_mode(d);
 }
 
@@ -1065,11 +1062,11 @@ static int recover(struct dfu *d, const struct gw_dfu_status *st)
                             dev_state_name(st->state), d->recoveries);
         d->recoveries++;
         if (st->state == GW_DFU_ERROR) {
-                debug(d, "dfu: device in dfuERROR (%s), clearing",
-                      gw_dfu_status_to_string(st->status));
+                gw_proto_debug(d->host, "dfu: device in dfuERROR (%s), clearing",
+                               gw_dfu_status_to_string(st->status));
                 return submit(d, DFU_STATE_CLEARING, REQ_OUT, DFU_CLRSTATUS, 0, NULL, 0);
         }
-        debug(d, "dfu: device in %s, aborting", dev_state_name(st->state));
+        gw_proto_debug(d->host, "dfu: device in %s, aborting", dev_state_name(st->state));
         return submit(d, DFU_STATE_ABORTING, REQ_OUT, DFU_ABORT, 0, NULL, 0);
 }
 
@@ -1077,8 +1074,8 @@ static int reenumerate(struct dfu *d, const char *why)
 {
         int r;
 
-        debug(d, "dfu: %s, waiting up to %" PRIu64 " ms for the board to come back", why,
-              d->reenumerate_timeout_ms);
+        gw_proto_debug(d->host, "dfu: %s, waiting up to %" PRIu64 " ms for the board to come back",
+                       why, d->reenumerate_timeout_ms);
         set_state(d, DFU_STATE_REENUMERATE);
         r = d->host->reopen(d->host->ctx, d->reenumerate_timeout_ms);
         if (r < 0)
@@ -1150,7 +1147,8 @@ static int verify_next_region(struct dfu *d)
         d->run_blocks = 0;
         d->up_reading = false;
         d->up_limit = g->size;
-        debug(d, "dfu: verifying %" PRIu32 " bytes%s", g->size, d->dfuse ? " (DfuSe)" : "");
+        gw_proto_debug(d->host, "dfu: verifying %" PRIu32 " bytes%s", g->size,
+                       d->dfuse ? " (DfuSe)" : "");
         return next_upload(d);
 }
 
@@ -1170,7 +1168,8 @@ static int verify_region_done(struct dfu *d)
 {
         if (++d->verify_region < d->n_regions)
                 return verify_next_region(d);
-        debug(d, "dfu: verified %" PRIu64 " bytes in %zu region(s)", d->total, d->n_regions);
+        gw_proto_debug(d->host, "dfu: verified %" PRIu64 " bytes in %zu region(s)", d->total,
+                       d->n_regions);
         d->verifying = false;
         d->verified = true;
         d->uploading = false;
@@ -1193,7 +1192,7 @@ static int finish_in_dfu_mode(struct dfu *d)
         r = d->host->reset(d->host->ctx);
         if (r < 0 && r != -ENODEV)
                 return fail(d, r, "resetting the board to leave DFU mode failed: %s", strerror(-r));
-        debug(d, "dfu: board reset to leave DFU mode");
+        gw_proto_debug(d->host, "dfu: board reset to leave DFU mode");
         return succeed(d);
 }
 
@@ -1203,7 +1202,7 @@ static int on_manifest_status(struct dfu *d, const struct gw_dfu_status *st)
                 return fail_status(d, st, "manifestation");
         switch (st->state) {
         case GW_DFU_IDLE:
-                debug(d, "dfu: manifestation complete");
+                gw_proto_debug(d->host, "dfu: manifestation complete");
                 if (d->verify && !d->verified)
                         return begin_verify(d);
                 return finish_in_dfu_mode(d);
@@ -1217,7 +1216,7 @@ static int on_manifest_status(struct dfu *d, const struct gw_dfu_status *st)
                 if (r < 0 && r != -ENODEV)
                         return fail(d, r, "resetting the device after manifestation failed: %s",
                                     strerror(-r));
-                debug(d, "dfu: manifestation complete, device reset");
+                gw_proto_debug(d->host, "dfu: manifestation complete, device reset");
                 return succeed(d);
         }
         default:
@@ -1239,9 +1238,9 @@ static int handle_done(struct dfu *d, int status, const uint8_t *data, size_t le
                     0)
                         return fail(d, -EBADMSG, "malformed DFU_GETSTATUS reply (%d bytes)",
                                     status);
-                debug(d, "dfu: status %s, state %s, poll %" PRIu32 " ms",
-                      gw_dfu_status_to_string(st.status), dev_state_name(st.state),
-                      st.poll_timeout_ms);
+                gw_proto_debug(d->host, "dfu: status %s, state %s, poll %" PRIu32 " ms",
+                               gw_dfu_status_to_string(st.status), dev_state_name(st.state),
+                               st.poll_timeout_ms);
         }
 
         switch (s) {
@@ -1275,7 +1274,7 @@ static int handle_done(struct dfu *d, int status, const uint8_t *data, size_t le
                 if (status == -EPIPE)
                         return get_status(d, DFU_STATE_STALLED);
                 if (status < 0 && d->cmd == CMD_END && status == -ENODEV && vanishing_expected(d)) {
-                        debug(d, "dfu: device gone after the final DNLOAD: done");
+                        gw_proto_debug(d->host, "dfu: device gone after the final DNLOAD: done");
                         return succeed(d);
                 }
                 if (status < 0)
@@ -1304,7 +1303,7 @@ static int handle_done(struct dfu *d, int status, const uint8_t *data, size_t le
 
         case DFU_STATE_MANIFEST:
                 if (status < 0 && is_lost(status) && vanishing_expected(d)) {
-                        debug(d, "dfu: device gone during manifestation: done");
+                        gw_proto_debug(d->host, "dfu: device gone during manifestation: done");
                         return succeed(d);
                 }
                 if (status < 0)
@@ -1333,7 +1332,8 @@ static int handle_done(struct dfu *d, int status, const uint8_t *data, size_t le
                 if (status < 0)
                         return fail(d, status, "DFU_ABORT after the upload failed: %s",
                                     strerror(-status));
-                debug(d, "dfu: uploaded %" PRIu64 " bytes, device back in dfuIDLE", d->offset);
+                gw_proto_debug(d->host, "dfu: uploaded %" PRIu64 " bytes, device back in dfuIDLE",
+                               d->offset);
                 if (d->verifying)
                         return verify_region_done(d);
                 return finish_in_dfu_mode(d);
@@ -1342,7 +1342,8 @@ static int handle_done(struct dfu *d, int status, const uint8_t *data, size_t le
                 return fail(d, -ECANCELED, "cancelled");
 
         default:
-                debug(d, "dfu: transfer completion in state %s, ignoring", dfu_state_to_string(s));
+                gw_proto_debug(d->host, "dfu: transfer completion in state %s, ignoring",
+                               dfu_state_to_string(s));
                 return result(d);
         }
 }
@@ -1350,7 +1351,7 @@ static int handle_done(struct dfu *d, int status, const uint8_t *data, size_t le
 /* init() touches neither the link nor the timer: a bad option is only explained. */
 static int bad_option(struct dfu *d, const char *key, const char *expected)
 {
-        debug(d, "dfu: option %s: expected %s", key, expected);
+        gw_proto_debug(d->host, "dfu: option %s: expected %s", key, expected);
         if (d->host->set_error)
                 d->host->set_error(d->host->ctx, "option %s: expected %s", key, expected);
         return -EINVAL;
@@ -1477,11 +1478,12 @@ static int open_file(struct dfu *d)
         if (r < 0)
                 return fail(d, r, "%s", why[0] ? why : strerror(-r));
         if (d->file.has_suffix)
-                debug(d,
-                      "dfu: DFU suffix: ids %04x:%04x, bcdDevice %04x, bcdDFU %04x, %u bytes; "
-                      "%" PRIu64 " bytes before it",
-                      d->file.suffix.vid, d->file.suffix.pid, d->file.suffix.bcd_device,
-                      d->file.suffix.bcd_dfu, d->file.suffix.length, d->file.payload_size);
+                gw_proto_debug(
+                    d->host,
+                    "dfu: DFU suffix: ids %04x:%04x, bcdDevice %04x, bcdDFU %04x, %u bytes; "
+                    "%" PRIu64 " bytes before it",
+                    d->file.suffix.vid, d->file.suffix.pid, d->file.suffix.bcd_device,
+                    d->file.suffix.bcd_dfu, d->file.suffix.length, d->file.payload_size);
         if (!d->file.dfuse) {
                 if (d->file.payload_size == 0)
                         return fail(d, -EINVAL, "the image is empty (a DFU suffix only)");
@@ -1498,8 +1500,8 @@ static int open_file(struct dfu *d)
                             "the DfuSe file holds images for alternate settings %u and %u; one "
                             "install writes one: split it",
                             d->file.elements[0].alt, d->file.elements[d->file.n_elements - 1].alt);
-        debug(d, "dfu: DfuSe file: %zu element(s), %" PRIu64 " bytes, for alt %u",
-              d->file.n_elements, d->file.elements_size, d->file.elements[0].alt);
+        gw_proto_debug(d->host, "dfu: DfuSe file: %zu element(s), %" PRIu64 " bytes, for alt %u",
+                       d->file.n_elements, d->file.elements_size, d->file.elements[0].alt);
         if (!d->alt_is_number && !d->alt_name[0]) {
                 d->alt_is_number = true;
                 d->alt_number = d->file.elements[0].alt;

@@ -18,12 +18,12 @@
 #include <sys/ioctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
-#include <syslog.h>
 #include <termios.h>
 #include <unistd.h>
 
 #include "gw/plugin.h"
 
+#include "debug.h"
 #include "proc.h"
 
 extern char **environ;
@@ -158,23 +158,12 @@ static const char *exec_state_to_string(enum exec_state s)
         return state_names[s];
 }
 
-static void debug(struct exec *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void debug(struct exec *e, const char *fmt, ...)
-{
-        va_list ap;
-
-        if (!e->host || !e->host->logv)
-                return;
-        va_start(ap, fmt);
-        e->host->logv(e->host->ctx, LOG_DEBUG, fmt, ap);
-        va_end(ap);
-}
-
 static void set_state(struct exec *e, enum exec_state s)
 {
         if (e->state == s)
                 return;
-        debug(e, "exec: %s -> %s", exec_state_to_string(e->state), exec_state_to_string(s));
+        gw_proto_debug(e->host, "exec: %s -> %s", exec_state_to_string(e->state),
+                       exec_state_to_string(s));
         e->state = s;
 }
 
@@ -199,7 +188,7 @@ static int fail(struct exec *e, int err, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
-        debug(e, "exec: %s", msg);
+        gw_proto_debug(e->host, "exec: %s", msg);
         if (e->host->set_error)
                 e->host->set_error(e->host->ctx, "%s", msg);
         e->error = err;
@@ -238,7 +227,7 @@ static int bad_option(struct exec *e, const char *key, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
-        debug(e, "exec: option %s: %s", key, msg);
+        gw_proto_debug(e->host, "exec: option %s: %s", key, msg);
         if (e->host->set_error)
                 e->host->set_error(e->host->ctx, "option %s: %s", key, msg);
         return -EINVAL;
@@ -737,12 +726,14 @@ static void match_fact(struct exec *e, const char *line)
         memcpy(value, line + m[2].rm_so, vn);
         value[vn] = '\0';
         if (!gw_options_get(e->facts, key) && gw_options_count(e->facts) >= FACTS_MAX) {
-                debug(e, "exec: identify: more than %d facts, ignoring %s", FACTS_MAX, key);
+                gw_proto_debug(e->host, "exec: identify: more than %d facts, ignoring %s",
+                               FACTS_MAX, key);
                 return;
         }
         r = gw_options_set(e->facts, key, value);
         if (r < 0)
-                debug(e, "exec: identify: cannot keep %s: %s, ignoring", key, strerror(-r));
+                gw_proto_debug(e->host, "exec: identify: cannot keep %s: %s, ignoring", key,
+                               strerror(-r));
 }
 
 /* One line of output, printable ASCII only: progress, facts, the tail. */
@@ -1006,7 +997,7 @@ static int spawn(struct exec *e, char *const *argv)
 static void signal_group(struct exec *e, int sig)
 {
         if (e->pid > 0 && killpg(e->pid, sig) < 0 && errno != ESRCH)
-                debug(e, "exec: cannot signal process group %d: %m", (int) e->pid);
+                gw_proto_debug(e->host, "exec: cannot signal process group %d: %m", (int) e->pid);
 }
 
 /* Kills and reaps the tool now, if it still runs: for done(), which must leave nothing (a
@@ -1014,8 +1005,9 @@ static void signal_group(struct exec *e, int sig)
 static void reap_now(struct exec *e)
 {
         if (e->pid > 0 && gw_proc_kill_reap(e->pid, true, GW_PROC_REAP_MS) == -ETIMEDOUT)
-                debug(e, "exec: %s (pid %d) did not die of SIGKILL within %u ms, left behind",
-                      e->tool, (int) e->pid, GW_PROC_REAP_MS);
+                gw_proto_debug(e->host,
+                               "exec: %s (pid %d) did not die of SIGKILL within %u ms, left behind",
+                               e->tool, (int) e->pid, GW_PROC_REAP_MS);
         e->pid = 0;
         if (e->out_fd >= 0) {
                 close(e->out_fd);
@@ -1060,11 +1052,11 @@ static int ended(struct exec *e, const siginfo_t *si)
 
         tail_text(e, tail, sizeof(tail));
         sep = tail[0] ? ": " : " (no output)";
-        debug(e,
-              "exec: %s ended (code %d, status %d) after %" PRIu64 " ms, %" PRIu64
-              " bytes and %" PRIu64 " lines of output",
-              e->tool, si->si_code, si->si_status, now_ms(e) - e->started, e->out_bytes,
-              e->out_lines);
+        gw_proto_debug(e->host,
+                       "exec: %s ended (code %d, status %d) after %" PRIu64 " ms, %" PRIu64
+                       " bytes and %" PRIu64 " lines of output",
+                       e->tool, si->si_code, si->si_status, now_ms(e) - e->started, e->out_bytes,
+                       e->out_lines);
         if (e->stop == STOP_CANCEL)
                 return fail(e, -ECANCELED, "cancelled");
         if (e->stop == STOP_TIMEOUT) {
@@ -1087,7 +1079,7 @@ static int ended(struct exec *e, const siginfo_t *si)
                 e->last_progress = UINT64_MAX;
                 report_progress(e, e->reader->size);
         }
-        debug(e, "exec: %s succeeded", e->tool);
+        gw_proto_debug(e->host, "exec: %s succeeded", e->tool);
         set_state(e, EXEC_DONE);
         e->host->set_deadline(e->host->ctx, 0);
         return GW_PROTO_DONE;
@@ -1103,8 +1095,9 @@ static int drain(struct exec *e)
                 return GW_PROTO_CONTINUE;
         }
         if (e->out_fd >= 0)
-                debug(e, "exec: the output of %s did not end %d ms after it exited, ignoring",
-                      e->tool, DRAIN_MS);
+                gw_proto_debug(e->host,
+                               "exec: the output of %s did not end %d ms after it exited, ignoring",
+                               e->tool, DRAIN_MS);
         if (e->line_len > 0)
                 end_line(e, false);
         reap_now(e);
@@ -1147,8 +1140,8 @@ static int check_exit(struct exec *e, int *ret)
 /* Ends the tool: SIGTERM to its process group now, SIGKILL after kill-timeout-ms. */
 static void stop(struct exec *e, enum stop_reason why)
 {
-        debug(e, "exec: stopping %s (process group %d): %s", e->tool, (int) e->pid,
-              why == STOP_TIMEOUT ? "timeout" : "cancelled");
+        gw_proto_debug(e->host, "exec: stopping %s (process group %d): %s", e->tool, (int) e->pid,
+                       why == STOP_TIMEOUT ? "timeout" : "cancelled");
         e->stop = why;
         signal_group(e, SIGTERM);
         e->deadline = now_ms(e) + e->kill_timeout_ms;
@@ -1301,7 +1294,7 @@ static void log_argv(struct exec *e, char *const *argv)
                         break;
                 used += (size_t) n;
         }
-        debug(e, "exec: running %s", line);
+        gw_proto_debug(e->host, "exec: running %s", line);
 }
 
 /* Runs c for op; GW_PROTO_CONTINUE or a failure. */
@@ -1331,7 +1324,7 @@ static int start(struct exec *e, enum exec_op op, const struct cmdline *c, const
                 return r;
         }
         cmdline_argv_free(argv);
-        debug(e, "exec: %s runs as process %d", e->tool, (int) e->pid);
+        gw_proto_debug(e->host, "exec: %s runs as process %d", e->tool, (int) e->pid);
         e->started = now_ms(e);
         e->deadline = e->started + e->timeout_ms;
         set_state(e, EXEC_RUNNING);
@@ -1346,7 +1339,7 @@ static void exec_done(void *priv)
         reap_now(e);
         if (e->temp_path[0]) {
                 if (unlink(e->temp_path) < 0)
-                        debug(e, "exec: cannot remove %s: %m", e->temp_path);
+                        gw_proto_debug(e->host, "exec: cannot remove %s: %m", e->temp_path);
                 e->temp_path[0] = '\0';
         }
         config_free(e);
@@ -1397,7 +1390,7 @@ static int exec_identify(void *priv, struct gw_options *ret)
                 return -EINVAL;
         if (e->identify_command.n == 0) {
                 /* Nothing to ask: the node reports nothing, and is not checked against it. */
-                debug(e, "exec: no identify-command: nothing to report");
+                gw_proto_debug(e->host, "exec: no identify-command: nothing to report");
                 set_state(e, EXEC_DONE);
                 return GW_PROTO_DONE;
         }
@@ -1433,8 +1426,9 @@ static int exec_timeout(void *priv)
                         stop(e, STOP_TIMEOUT);
                         break;
                 case EXEC_STOPPING:
-                        debug(e, "exec: %s outlived SIGTERM by %" PRIu64 " ms: SIGKILL", e->tool,
-                              e->kill_timeout_ms);
+                        gw_proto_debug(e->host,
+                                       "exec: %s outlived SIGTERM by %" PRIu64 " ms: SIGKILL",
+                                       e->tool, e->kill_timeout_ms);
                         signal_group(e, SIGKILL);
                         e->deadline = now + e->kill_timeout_ms;
                         set_state(e, EXEC_KILLING);

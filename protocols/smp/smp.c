@@ -11,10 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <syslog.h>
 
 #include "gw/plugin.h"
 
+#include "debug.h"
 #include "read.h"
 
 #include "mcuboot-image.h"
@@ -314,18 +314,6 @@ static bool rsp_failed(const struct gw_smp_rsp *rsp)
 
 /* ---- plumbing ------------------------------------------------------------------------------- */
 
-static void debug(struct smp *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void debug(struct smp *s, const char *fmt, ...)
-{
-        va_list ap;
-
-        if (!s->host->logv)
-                return;
-        va_start(ap, fmt);
-        s->host->logv(s->host->ctx, LOG_DEBUG, fmt, ap);
-        va_end(ap);
-}
-
 static uint64_t now(struct smp *s)
 {
         return s->host->now_ms(s->host->ctx);
@@ -335,7 +323,8 @@ static void set_state(struct smp *s, enum smp_state st)
 {
         if (s->state == st)
                 return;
-        debug(s, "smp: %s -> %s", smp_state_to_string(s->state), smp_state_to_string(st));
+        gw_proto_debug(s->host, "smp: %s -> %s", smp_state_to_string(s->state),
+                       smp_state_to_string(st));
         s->state = st;
 }
 
@@ -376,7 +365,7 @@ static int fail(struct smp *s, int err, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
-        debug(s, "smp: %s", msg);
+        gw_proto_debug(s->host, "smp: %s", msg);
         if (s->host->set_error)
                 s->host->set_error(s->host->ctx, "%s", msg);
         s->error = err;
@@ -475,7 +464,8 @@ static int send_request(struct smp *s, enum smp_cmd cmd, size_t body_len, uint64
         };
         if (ret)
                 *ret = p;
-        debug(s, "smp: -> %s seq %u, %zu bytes", c->name, seq, SMP_HDR_LEN + body_len);
+        gw_proto_debug(s->host, "smp: -> %s seq %u, %zu bytes", c->name, seq,
+                       SMP_HDR_LEN + body_len);
         return 0;
 }
 
@@ -632,10 +622,11 @@ static int plan_upload(struct smp *s)
                 return fail(s, -ENOMEM, "out of memory");
         s->chunk = p;
         wire = gw_smp_serial_encoded_size(s->packet_max);
-        debug(s,
-              "smp: buffer %" PRIu64 " x %" PRIu64 ": packets up to %zu bytes (%zu on the wire), "
-              "%zu data bytes a request (%zu in the first), window %zu",
-              s->buf_size, s->buf_count, s->packet_max, wire, room_later, room_first, s->window);
+        gw_proto_debug(
+            s->host,
+            "smp: buffer %" PRIu64 " x %" PRIu64 ": packets up to %zu bytes (%zu on the wire), "
+            "%zu data bytes a request (%zu in the first), window %zu",
+            s->buf_size, s->buf_count, s->packet_max, wire, room_later, room_first, s->window);
         return 0;
 }
 
@@ -744,7 +735,8 @@ static int start_upload(struct smp *s)
         s->acked = 0;
         s->first_answered = false;
         set_state(s, SMP_UPLOAD);
-        debug(s, "smp: uploading %" PRIu64 " bytes of %s into slot 1", s->reader->size, s->version);
+        gw_proto_debug(s->host, "smp: uploading %" PRIu64 " bytes of %s into slot 1",
+                       s->reader->size, s->version);
         report_progress(s);
         return fill_window(s);
 }
@@ -770,10 +762,10 @@ static int answer_upload(struct smp *s, const struct pending *p, const struct gw
                 describe_error(rsp, why, sizeof(why));
                 if (transient(rsp) && s->retries < s->retries_max) {
                         s->retries++;
-                        debug(s,
-                              "smp: upload at %" PRIu64 ": %s, resending from %" PRIu64 " (%" PRIu64
-                              "/%" PRIu64 ")",
-                              p->off, why, s->acked, s->retries, s->retries_max);
+                        gw_proto_debug(s->host,
+                                       "smp: upload at %" PRIu64 ": %s, resending from %" PRIu64
+                                       " (%" PRIu64 "/%" PRIu64 ")",
+                                       p->off, why, s->acked, s->retries, s->retries_max);
                         restart_window(s, s->acked);
                         return fill_window(s);
                 }
@@ -789,12 +781,15 @@ static int answer_upload(struct smp *s, const struct pending *p, const struct gw
                             rsp->off, s->reader->size);
         if (p->epoch != s->epoch) {
                 /* It moves nothing, but its place in the window is free again. */
-                debug(s, "smp: stale upload answer (off %" PRIu64 ") ignored", rsp->off);
+                gw_proto_debug(s->host, "smp: stale upload answer (off %" PRIu64 ") ignored",
+                               rsp->off);
                 return fill_window(s);
         }
         if (!s->first_answered && p->off == 0 && rsp->off > 0 && rsp->off != expected) {
-                debug(s, "smp: the node already holds %" PRIu64 " bytes of this image: resuming",
-                      rsp->off);
+                gw_proto_debug(s->host,
+                               "smp: the node already holds %" PRIu64
+                               " bytes of this image: resuming",
+                               rsp->off);
                 if (s->host->version >= 6 && s->host->resumed && rsp->off < s->reader->size)
                         s->host->resumed(s->host->ctx, rsp->off);
         }
@@ -808,10 +803,10 @@ static int answer_upload(struct smp *s, const struct pending *p, const struct gw
                             "the upload makes no progress: the node keeps asking for offset "
                             "%" PRIu64,
                             rsp->off);
-                debug(s,
-                      "smp: the node expects offset %" PRIu64 ", not %" PRIu64
-                      ": resending from there",
-                      rsp->off, expected);
+                gw_proto_debug(s->host,
+                               "smp: the node expects offset %" PRIu64 ", not %" PRIu64
+                               ": resending from there",
+                               rsp->off, expected);
                 if (rsp->off > s->acked)
                         s->rewinds = 0;
                 s->acked = rsp->off;
@@ -835,8 +830,9 @@ static int upload_done(struct smp *s, const struct gw_smp_rsp *rsp)
                 return fail(s, -EIO,
                             "hash mismatch after upload: the node says what it received does not "
                             "match the file's SHA-256");
-        debug(s, "smp: upload complete: %" PRIu64 " requests, %" PRIu64 " data bytes sent",
-              s->chunks_sent, s->bytes_sent);
+        gw_proto_debug(s->host,
+                       "smp: upload complete: %" PRIu64 " requests, %" PRIu64 " data bytes sent",
+                       s->chunks_sent, s->bytes_sent);
         return step(s, SMP_VERIFY, CMD_STATE_READ);
 }
 
@@ -848,10 +844,10 @@ static int upload_timeout(struct smp *s)
                             " tries (%" PRIu64 " of %" PRIu64 " bytes acknowledged)",
                             s->acked, s->retries + 1, s->acked, s->reader->size);
         s->retries++;
-        debug(s,
-              "smp: upload request unanswered, resending from %" PRIu64 " (%" PRIu64 "/%" PRIu64
-              ")",
-              s->acked, s->retries, s->retries_max);
+        gw_proto_debug(s->host,
+                       "smp: upload request unanswered, resending from %" PRIu64 " (%" PRIu64
+                       "/%" PRIu64 ")",
+                       s->acked, s->retries, s->retries_max);
         restart_window(s, s->acked);
         return fill_window(s);
 }
@@ -897,8 +893,10 @@ static int answer_params(struct smp *s, const struct pending *p, const struct gw
                 return GW_PROTO_CONTINUE;
         if (rsp_failed(rsp) || !rsp->have_buf_size) {
                 /* An mcumgr without the params command: the defaults. */
-                debug(s, "smp: no buffer parameters from the node, assuming %" PRIu64 " x %" PRIu64,
-                      s->buf_size, s->buf_count);
+                gw_proto_debug(s->host,
+                               "smp: no buffer parameters from the node, assuming %" PRIu64
+                               " x %" PRIu64,
+                               s->buf_size, s->buf_count);
         } else {
                 /* Larger than a frame can announce is no use: packets stop at 65533 bytes. */
                 if (rsp->buf_size < 64)
@@ -921,19 +919,21 @@ static int answer_state_before(struct smp *s, const struct node_state *ns)
         s->before = *ns;
         if (ns->have_active && slot_has(&ns->active, s->img.hash)) {
                 if (ns->active.confirmed || !s->confirm) {
-                        debug(s, "smp: the node already runs %s%s", s->version,
-                              ns->active.confirmed ? ", confirmed" : "");
+                        gw_proto_debug(s->host, "smp: the node already runs %s%s", s->version,
+                                       ns->active.confirmed ? ", confirmed" : "");
                         s->acked = s->reader->size;
                         report_progress(s);
                         return succeed(s);
                 }
-                debug(s, "smp: the node runs %s unconfirmed: confirming it", s->version);
+                gw_proto_debug(s->host, "smp: the node runs %s unconfirmed: confirming it",
+                               s->version);
                 s->acked = s->reader->size;
                 report_progress(s);
                 return step(s, SMP_CONFIRM, CMD_CONFIRM);
         }
         if (ns->have_slot1 && slot_has(&ns->slot1, s->img.hash) && ns->slot1.pending) {
-                debug(s, "smp: slot 1 already holds %s marked for test: resetting", s->version);
+                gw_proto_debug(s->host, "smp: slot 1 already holds %s marked for test: resetting",
+                               s->version);
                 s->acked = s->reader->size;
                 report_progress(s);
                 return step(s, SMP_RESET, CMD_RESET);
@@ -987,15 +987,16 @@ static int answer_state_reboot(struct smp *s, const struct node_state *ns)
         char a[96], b[96];
 
         if (ns->have_slot1 && ns->slot1.pending && slot_has(&ns->slot1, s->img.hash)) {
-                debug(s, "smp: slot 1 is still marked for test: the node has not reset yet");
+                gw_proto_debug(s->host,
+                               "smp: slot 1 is still marked for test: the node has not reset yet");
                 return GW_PROTO_CONTINUE;
         }
         if (!ns->have_active)
                 return fail(s, -EPROTO, "after the reset the node reports no running image");
         describe_slot(&ns->active, a, sizeof(a));
         if (slot_has(&ns->active, s->img.hash)) {
-                debug(s, "smp: the node runs %s after the reset (%s)", s->version,
-                      ns->active.confirmed ? "confirmed" : "not confirmed yet");
+                gw_proto_debug(s->host, "smp: the node runs %s after the reset (%s)", s->version,
+                               ns->active.confirmed ? "confirmed" : "not confirmed yet");
                 if (ns->active.confirmed || !s->confirm)
                         return step(s, SMP_CHECK, CMD_STATE_READ);
                 return step(s, SMP_CONFIRM, CMD_CONFIRM);
@@ -1030,8 +1031,9 @@ static int answer_state_check(struct smp *s, const struct node_state *ns)
         }
         if (s->confirm && !ns->active.confirmed)
                 return fail(s, -EIO, "the node runs %s but did not confirm it", s->version);
-        debug(s, "smp: the node runs %s%s", s->version,
-              ns->active.confirmed ? ", confirmed" : ", unconfirmed (the application confirms it)");
+        gw_proto_debug(s->host, "smp: the node runs %s%s", s->version,
+                       ns->active.confirmed ? ", confirmed"
+                                            : ", unconfirmed (the application confirms it)");
         return succeed(s);
 }
 
@@ -1153,7 +1155,7 @@ static int answer_reset(struct smp *s, const struct pending *p, const struct gw_
                 return GW_PROTO_CONTINUE;
         if (rsp_failed(rsp))
                 return fail_rsp(s, p, rsp);
-        debug(s, "smp: the node is resetting");
+        gw_proto_debug(s->host, "smp: the node is resetting");
         return start_reboot_wait(s);
 }
 
@@ -1181,7 +1183,8 @@ static int on_packet(void *userdata, const uint8_t *pkt, size_t len)
         int r;
 
         if (len < SMP_HDR_LEN) {
-                debug(s, "smp: a %zu-byte packet, shorter than the SMP header: dropped", len);
+                gw_proto_debug(s->host,
+                               "smp: a %zu-byte packet, shorter than the SMP header: dropped", len);
                 return 0;
         }
         op = pkt[0] & 7;
@@ -1189,12 +1192,13 @@ static int on_packet(void *userdata, const uint8_t *pkt, size_t len)
         group = (uint16_t) (pkt[4] << 8 | pkt[5]);
         seq = pkt[6];
         if (body != len - SMP_HDR_LEN) {
-                debug(s, "smp: header says %zu body bytes, the packet has %zu: dropped", body,
-                      len - SMP_HDR_LEN);
+                gw_proto_debug(s->host,
+                               "smp: header says %zu body bytes, the packet has %zu: dropped", body,
+                               len - SMP_HDR_LEN);
                 return 0;
         }
         if (op != OP_READ_RSP && op != OP_WRITE_RSP) {
-                debug(s, "smp: op %u is no response: dropped", op);
+                gw_proto_debug(s->host, "smp: op %u is no response: dropped", op);
                 return 0;
         }
         for (size_t i = 0; i < PENDING_MAX; i++)
@@ -1203,20 +1207,22 @@ static int on_packet(void *userdata, const uint8_t *pkt, size_t len)
                         break;
                 }
         if (!p) {
-                debug(s, "smp: answer seq %u matches no request in flight: ignored", seq);
+                gw_proto_debug(s->host, "smp: answer seq %u matches no request in flight: ignored",
+                               seq);
                 return 0;
         }
         c = &commands[p->cmd];
         if (group != c->group || pkt[7] != c->id || op != c->op + 1) {
-                debug(s, "smp: answer seq %u is for group %u id %u op %u, not %s: ignored", seq,
-                      group, pkt[7], op, c->name);
+                gw_proto_debug(s->host,
+                               "smp: answer seq %u is for group %u id %u op %u, not %s: ignored",
+                               seq, group, pkt[7], op, c->name);
                 return 0;
         }
         rsp = malloc(sizeof(*rsp));
         if (!rsp)
                 return fail(s, -ENOMEM, "out of memory");
         if (gw_smp_cbor_parse(pkt + SMP_HDR_LEN, body, rsp, why, sizeof(why)) < 0) {
-                debug(s, "smp: malformed answer to %s: %s: dropped", c->name, why);
+                gw_proto_debug(s->host, "smp: malformed answer to %s: %s: dropped", c->name, why);
                 free(rsp);
                 return 0;
         }
@@ -1226,7 +1232,7 @@ static int on_packet(void *userdata, const uint8_t *pkt, size_t len)
 
                 /* Answered: a resend of the same step keeps its own entry, for a late answer. */
                 p->used = false;
-                debug(s, "smp: <- %s seq %u", c->name, seq);
+                gw_proto_debug(s->host, "smp: <- %s seq %u", c->name, seq);
                 r = c->answer(s, &copy, rsp);
         }
         free(rsp);
@@ -1241,7 +1247,7 @@ static int on_packet(void *userdata, const uint8_t *pkt, size_t len)
 
 static int bad_option(struct smp *s, const char *key, const char *expected)
 {
-        debug(s, "smp: option %s: expected %s", key, expected);
+        gw_proto_debug(s->host, "smp: option %s: expected %s", key, expected);
         if (s->host->set_error)
                 s->host->set_error(s->host->ctx, "option %s: expected %s", key, expected);
         return -EINVAL;
@@ -1361,8 +1367,8 @@ static int smp_install(void *priv, const struct gw_reader *reader)
                 return r;
         if (small_buffer(s) < 0)
                 return fail(s, -ENOMEM, "out of memory");
-        debug(s, "smp: installing %s (%" PRIu64 " bytes) through img_mgmt", s->version,
-              reader->size);
+        gw_proto_debug(s->host, "smp: installing %s (%" PRIu64 " bytes) through img_mgmt",
+                       s->version, reader->size);
         /* With both given, the node's buffers need not be asked. */
         if (s->mtu_opt && s->window_opt)
                 return after_params(s);
@@ -1458,7 +1464,7 @@ static int smp_timeout(void *priv)
         }
         case SMP_RESET:
                 /* The node may reset before its answer leaves. */
-                debug(s, "smp: no answer to the reset: assuming the node went down");
+                gw_proto_debug(s->host, "smp: no answer to the reset: assuming the node went down");
                 return start_reboot_wait(s);
         case SMP_PARAMS:
         case SMP_STATE:
@@ -1481,8 +1487,8 @@ static int smp_timeout(void *priv)
                         return fail_silent(s, &commands[cmd]);
                 }
                 s->retries++;
-                debug(s, "smp: %s unanswered, resending (%" PRIu64 "/%" PRIu64 ")",
-                      commands[cmd].name, s->retries, s->retries_max);
+                gw_proto_debug(s->host, "smp: %s unanswered, resending (%" PRIu64 "/%" PRIu64 ")",
+                               commands[cmd].name, s->retries, s->retries_max);
                 r = send_simple(s, cmd, s->request_timeout_ms);
                 if (r < 0)
                         return r;
@@ -1584,7 +1590,7 @@ static int smp_installed(void *priv, const struct gw_reader *reader, const struc
         if (!hash || !confirmed || strcmp(confirmed, "true") != 0)
                 return 0;
         hex(img.hash, GW_MCUBOOT_HASH_LEN, want);
-        debug(s, "smp: the node runs %s, the image is %s", hash, want);
+        gw_proto_debug(s->host, "smp: the node runs %s, the image is %s", hash, want);
         return strcmp(hash, want) == 0 ? 1 : 0;
 }
 

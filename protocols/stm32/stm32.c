@@ -9,11 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <syslog.h>
 
 #include "gw/options.h"
 #include "gw/plugin.h"
 
+#include "debug.h"
 #include "read.h"
 
 #include "stm32-chips.h"
@@ -264,23 +264,12 @@ static const char *stm32_state_to_string(enum stm32_state st)
         return state_names[st];
 }
 
-static void debug(struct stm32 *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void debug(struct stm32 *s, const char *fmt, ...)
-{
-        va_list ap;
-
-        if (!s->host->logv)
-                return;
-        va_start(ap, fmt);
-        s->host->logv(s->host->ctx, LOG_DEBUG, fmt, ap);
-        va_end(ap);
-}
-
 static void set_state(struct stm32 *s, enum stm32_state st)
 {
         if (s->state == st)
                 return;
-        debug(s, "stm32: %s -> %s", stm32_state_to_string(s->state), stm32_state_to_string(st));
+        gw_proto_debug(s->host, "stm32: %s -> %s", stm32_state_to_string(s->state),
+                       stm32_state_to_string(st));
         s->state = st;
 }
 
@@ -312,7 +301,7 @@ static int fail(struct stm32 *s, int err, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
-        debug(s, "stm32: %s", msg);
+        gw_proto_debug(s->host, "stm32: %s", msg);
         if (s->host->set_error)
                 s->host->set_error(s->host->ctx, "%s", msg);
         s->error = err;
@@ -395,8 +384,8 @@ static int seq_run(struct stm32 *s)
                                     s->state == STM32_ENTRY ? "entry" : "exit");
                 if (r < 0)
                         return fail(s, r, "setting the modem lines failed: %s", strerror(-r));
-                debug(s, "stm32: lines dtr=%d rts=%d", !!(st->values & GW_LINE_DTR),
-                      !!(st->values & GW_LINE_RTS));
+                gw_proto_debug(s->host, "stm32: lines dtr=%d rts=%d", !!(st->values & GW_LINE_DTR),
+                               !!(st->values & GW_LINE_RTS));
         }
         return s->state == STM32_ENTRY ? after_entry(s) : after_exit(s);
 }
@@ -534,8 +523,8 @@ static int retry(struct stm32 *s, int err)
                 return fail(s, err, "%s: %s (after %" PRIu64 " retries)",
                             xfer_name(s, name, sizeof(name)), s->problem, s->attempts);
         s->attempts++;
-        debug(s, "stm32: %s: %s, retry %" PRIu64 "/%" PRIu64, xfer_name(s, name, sizeof(name)),
-              s->problem, s->attempts, s->retries_max);
+        gw_proto_debug(s->host, "stm32: %s: %s, retry %" PRIu64 "/%" PRIu64,
+                       xfer_name(s, name, sizeof(name)), s->problem, s->attempts, s->retries_max);
         /* Only after trouble can bytes be waiting that answer nothing we sent: a device in
          * step sends nothing unasked, so the normal path saves the flush. */
         flush_input(s);
@@ -578,7 +567,9 @@ static int on_garbage(struct stm32 *s, uint8_t c, const char *what)
         disarm(s);
         if (s->state == STM32_GO && s->x.cur == 1) {
                 /* Most likely its ACK, damaged: the device has jumped, nobody answers now. */
-                debug(s, "stm32: 0x%02x instead of GO's ACK: assuming the application started", c);
+                gw_proto_debug(
+                    s->host, "stm32: 0x%02x instead of GO's ACK: assuming the application started",
+                    c);
                 return go_done(s);
         }
         s->cmd_nacks = 0;
@@ -662,12 +653,13 @@ static int phase_timed_out(struct stm32 *s)
         s->resume = s->state;
         if (s->state == STM32_GO && s->x.cur == 1) {
                 /* The device may have jumped before its ACK left: it has the image. */
-                debug(s, "stm32: no ACK for GO's address, assuming the application started");
+                gw_proto_debug(s->host,
+                               "stm32: no ACK for GO's address, assuming the application started");
                 return go_done(s);
         }
         snprintf(s->problem, sizeof(s->problem), "no answer within %" PRIu64 " ms%s",
                  ph->timeout_ms, s->rx_len ? " (the reply stopped short)" : "");
-        debug(s, "stm32: %s: %s", xfer_name(s, name, sizeof(name)), s->problem);
+        gw_proto_debug(s->host, "stm32: %s: %s", xfer_name(s, name, sizeof(name)), s->problem);
         if (s->attempts >= s->retries_max)
                 return fail(s, -ETIMEDOUT, "%s: %s (after %" PRIu64 " retries)",
                             xfer_name(s, name, sizeof(name)), s->problem, s->attempts);
@@ -752,7 +744,7 @@ static int resync_byte(struct stm32 *s, uint8_t c)
         if (c != ACK && c != NACK)
                 return 0; /* late bytes of the reply that was cut short */
         disarm(s);
-        debug(s, "stm32: the device answered after %u filler bytes", s->resync_sent);
+        gw_proto_debug(s->host, "stm32: the device answered after %u filler bytes", s->resync_sent);
         /* More fillers may follow the one it answered: let their NACKs pass, then make sure
          * with single fillers that the device waits for a whole command. */
         if (s->resync_burst > 1)
@@ -811,8 +803,8 @@ static int start_command(struct stm32 *s, enum stm32_state st)
 static int synced(struct stm32 *s, uint8_t c)
 {
         disarm(s);
-        debug(s, "stm32: %s to 0x7F%s", c == ACK ? "ACK" : "NACK",
-              c == ACK ? "" : ": already synchronised");
+        gw_proto_debug(s->host, "stm32: %s to 0x7F%s", c == ACK ? "ACK" : "NACK",
+                       c == ACK ? "" : ": already synchronised");
         build_get(s);
         s->attempts = 0;
         s->problem[0] = '\0';
@@ -835,11 +827,11 @@ static int get_done(struct stm32 *s)
 
                 s->commands[c / 8] |= (uint8_t) (1u << (c % 8));
         }
-        debug(s, "stm32: bootloader %u.%u, %zu commands, erase %s", s->bl_version >> 4,
-              s->bl_version & 0xf, n,
-              has_command(s, CMD_EXT_ERASE) ? "extended"
-              : has_command(s, CMD_ERASE)   ? "legacy"
-                                            : "none");
+        gw_proto_debug(s->host, "stm32: bootloader %u.%u, %zu commands, erase %s",
+                       s->bl_version >> 4, s->bl_version & 0xf, n,
+                       has_command(s, CMD_EXT_ERASE) ? "extended"
+                       : has_command(s, CMD_ERASE)   ? "legacy"
+                                                     : "none");
         if (s->get_asked_again && s->op == OP_INSTALL && s->chip)
                 return start_install(s);
         if (s->op == OP_IDENTIFY) {
@@ -898,7 +890,8 @@ static int get_id_done(struct stm32 *s)
         s->pid = (uint16_t) (s->rx[2] << 8 | s->rx[3]);
         s->have_pid = true;
         resolve_chip(s);
-        debug(s, "stm32: chip id 0x%03x: %s", s->pid, s->chip ? s->chip->name : "unknown");
+        gw_proto_debug(s->host, "stm32: chip id 0x%03x: %s", s->pid,
+                       s->chip ? s->chip->name : "unknown");
         if (!s->chip && !s->id_asked_again) {
                 /* Its reply carries no checksum either: one more time before it counts. */
                 s->id_asked_again = true;
@@ -946,17 +939,21 @@ static int flash_size_known(struct stm32 *s, bool read)
                 goto out;
         kib = (uint32_t) s->rx[1] | (uint32_t) s->rx[2] << 8;
         if (kib == 0 || kib == 0xffff) {
-                debug(s, "stm32: flash size register reads 0x%04x, the table's size stands", kib);
+                gw_proto_debug(s->host,
+                               "stm32: flash size register reads 0x%04x, the table's size stands",
+                               kib);
         } else if (kib * 1024u > s->chip->flash_size) {
-                debug(s,
-                      "stm32: flash size register says %u KiB, more than the %u KiB of %s: "
-                      "the table's size stands",
-                      kib, s->chip->flash_size / 1024u, s->chip->name);
+                gw_proto_debug(
+                    s->host,
+                    "stm32: flash size register says %u KiB, more than the %u KiB of %s: "
+                    "the table's size stands",
+                    kib, s->chip->flash_size / 1024u, s->chip->name);
         } else if (!gw_stm32_size_fits_layout(s->chip, kib * 1024u)) {
-                debug(s, "stm32: flash size register says %u KiB, not a page boundary", kib);
+                gw_proto_debug(s->host,
+                               "stm32: flash size register says %u KiB, not a page boundary", kib);
         } else {
                 s->flash_size = kib * 1024u;
-                debug(s, "stm32: flash size register: %u KiB", kib);
+                gw_proto_debug(s->host, "stm32: flash size register: %u KiB", kib);
         }
 out:
         return s->op == OP_IDENTIFY ? finish_identify(s) : start_install(s);
@@ -977,8 +974,8 @@ static int rdp_refused(struct stm32 *s)
 {
         char name[64];
 
-        debug(s, "stm32: %s refused at its command byte: read protection",
-              xfer_name(s, name, sizeof(name)));
+        gw_proto_debug(s->host, "stm32: %s refused at its command byte: read protection",
+                       xfer_name(s, name, sizeof(name)));
         s->read_protected = true;
         if (s->op == OP_IDENTIFY)
                 return finish_identify(s);
@@ -1073,7 +1070,7 @@ static int start_install(struct stm32 *s)
         missing = missing_command(s);
         if (missing && !s->get_asked_again) {
                 /* GET's list carries no checksum: ask again before believing a line error. */
-                debug(s, "stm32: %s, asking GET again", missing);
+                gw_proto_debug(s->host, "stm32: %s, asking GET again", missing);
                 s->get_asked_again = true;
                 build_get(s);
                 return start_command(s, STM32_GET);
@@ -1083,9 +1080,10 @@ static int start_install(struct stm32 *s)
         r = check_legacy_pages(s);
         if (r < 0)
                 return r;
-        debug(s, "stm32: %" PRIu64 " bytes at 0x%08" PRIx32 ": %s pages %zu-%zu of %s", s->size,
-              s->start, s->mass_erase ? "mass erase, then" : "erasing", s->page_first,
-              s->page_first + s->page_count - 1, s->chip->name);
+        gw_proto_debug(s->host,
+                       "stm32: %" PRIu64 " bytes at 0x%08" PRIx32 ": %s pages %zu-%zu of %s",
+                       s->size, s->start, s->mass_erase ? "mass erase, then" : "erasing",
+                       s->page_first, s->page_first + s->page_count - 1, s->chip->name);
         s->page_next = 0;
         s->offset = 0;
         return erase_next(s);
@@ -1255,10 +1253,10 @@ static int write_done(struct stm32 *s)
                          * the flash for what the line may have done. */
                         if (s->rereads < VERIFY_REREADS) {
                                 s->rereads++;
-                                debug(s,
-                                      "stm32: read back 0x%02x at 0x%08" PRIx64
-                                      ", wrote 0x%02x: reading again",
-                                      s->rx[1 + i], s->start + s->offset + i, s->block[i]);
+                                gw_proto_debug(s->host,
+                                               "stm32: read back 0x%02x at 0x%08" PRIx64
+                                               ", wrote 0x%02x: reading again",
+                                               s->rx[1 + i], s->start + s->offset + i, s->block[i]);
                                 return xfer_start(s, STM32_VERIFY);
                         }
                         return fail(s, -EIO,
@@ -1291,7 +1289,7 @@ static int start_go(struct stm32 *s)
 
 static int go_done(struct stm32 *s)
 {
-        debug(s, "stm32: GO 0x%08" PRIx32 ": the application runs", s->start);
+        gw_proto_debug(s->host, "stm32: GO 0x%08" PRIx32 ": the application runs", s->start);
         if (s->exit.n > 0)
                 return seq_start(s, STM32_EXIT, &s->exit);
         return succeed(s);
@@ -1351,7 +1349,7 @@ static int finish_identify(struct stm32 *s)
 
 static int bad_option(struct stm32 *s, const char *key, const char *expected)
 {
-        debug(s, "stm32: option %s: expected %s", key, expected);
+        gw_proto_debug(s->host, "stm32: option %s: expected %s", key, expected);
         if (s->host->set_error)
                 s->host->set_error(s->host->ctx, "option %s: expected %s", key, expected);
         return -EINVAL;
@@ -1595,10 +1593,10 @@ static int stm32_input(void *priv, const uint8_t *buf, size_t n)
                         return r;
                 if (r > 0) {
                         if (i + 1 < n)
-                                debug(s,
-                                      "stm32: dropping %zu bytes received before the last "
-                                      "bytes sent",
-                                      n - i - 1);
+                                gw_proto_debug(s->host,
+                                               "stm32: dropping %zu bytes received before the last "
+                                               "bytes sent",
+                                               n - i - 1);
                         break;
                 }
         }
@@ -1664,8 +1662,8 @@ static int stm32_hangup(void *priv)
         if (s->state == STM32_FAILED)
                 return s->error;
         if (s->op == OP_INSTALL && (s->state == STM32_GO || s->state == STM32_EXIT)) {
-                debug(s, "stm32: link closed after the image was %s: done",
-                      s->verify ? "verified" : "written");
+                gw_proto_debug(s->host, "stm32: link closed after the image was %s: done",
+                               s->verify ? "verified" : "written");
                 return succeed(s);
         }
         return fail(s, -EPIPE, "link lost in state %s after %" PRIu64 " of %" PRIu64 " bytes",

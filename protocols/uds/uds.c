@@ -14,6 +14,7 @@
 
 #include "gw/plugin.h"
 
+#include "debug.h"
 #include "read.h"
 
 #include "isotp.h"
@@ -391,23 +392,12 @@ static const char *service_name(uint8_t sid)
         return services[sid].name ? services[sid].name : "an unknown service";
 }
 
-static void debug(struct uds *u, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void debug(struct uds *u, const char *fmt, ...)
-{
-        va_list ap;
-
-        if (!u->host->logv)
-                return;
-        va_start(ap, fmt);
-        u->host->logv(u->host->ctx, LOG_DEBUG, fmt, ap);
-        va_end(ap);
-}
-
 static void set_state(struct uds *u, enum uds_state s)
 {
         if (u->state == s)
                 return;
-        debug(u, "uds: %s -> %s", uds_state_to_string(u->state), uds_state_to_string(s));
+        gw_proto_debug(u->host, "uds: %s -> %s", uds_state_to_string(u->state),
+                       uds_state_to_string(s));
         u->state = s;
 }
 
@@ -470,7 +460,7 @@ static int fail(struct uds *u, int err, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(u->why, sizeof(u->why), fmt, ap);
         va_end(ap);
-        debug(u, "uds: %s", u->why);
+        gw_proto_debug(u->host, "uds: %s", u->why);
         if (u->host->set_error)
                 u->host->set_error(u->host->ctx, "%s", u->why);
         u->error = err;
@@ -561,7 +551,7 @@ static int send_request(struct uds *u)
         timer_set(u, T_RESPONSE, 0);
         if (gw_isotp_sending(&u->tp_conn))
                 gw_isotp_abort_send(&u->tp_conn); /* a TesterPresent still leaving */
-        debug(u, "uds: %s request, %zu bytes", service_name(u->sid), u->req_len);
+        gw_proto_debug(u->host, "uds: %s request, %zu bytes", service_name(u->sid), u->req_len);
         arm_keepalive(u);
         r = gw_isotp_send(&u->tp_conn, u->req, u->req_len, now(u));
         if (r < 0)
@@ -708,8 +698,8 @@ static int step_download(struct uds *u)
         u->req[n++] = SID_DOWNLOAD;
         u->req[n++] = u->data_format;
         n += put_params(u, &alfid_address_size, u->req + n, from, 0);
-        debug(u, "uds: download of %" PRIu64 " bytes at 0x%" PRIx64 "%s", u->reader->size - from,
-              u->address + from, u->resumed ? " (resumed)" : "");
+        gw_proto_debug(u->host, "uds: download of %" PRIu64 " bytes at 0x%" PRIx64 "%s",
+                       u->reader->size - from, u->address + from, u->resumed ? " (resumed)" : "");
         set_state(u, UDS_DOWNLOAD);
         u->req_len = n;
         return send_request(u);
@@ -784,7 +774,7 @@ static int step_check(struct uds *u)
 
                 if (r < 0)
                         return r;
-                debug(u, "uds: image CRC-32 0x%08" PRIx32, crc);
+                gw_proto_debug(u->host, "uds: image CRC-32 0x%08" PRIx32, crc);
         }
         u->req[n++] = SID_ROUTINE;
         u->req[n++] = ROUTINE_START;
@@ -844,7 +834,7 @@ static int on_simple(struct uds *u, const uint8_t *rsp, size_t len)
 static int on_session(struct uds *u, const uint8_t *rsp, size_t len)
 {
         if (u->state == UDS_RESET_POLL) {
-                debug(u, "uds: the ECU is back after the reset");
+                gw_proto_debug(u->host, "uds: the ECU is back after the reset");
                 return succeed(u);
         }
         u->session_open = true;
@@ -853,7 +843,8 @@ static int on_session(struct uds *u, const uint8_t *rsp, size_t len)
         if (len >= 6 && u->ecu_timing) {
                 uint64_t p2 = be16(rsp + 2), p2_star = (uint64_t) be16(rsp + 4) * 10u;
 
-                debug(u, "uds: the ECU's P2 %" PRIu64 " ms, P2* %" PRIu64 " ms", p2, p2_star);
+                gw_proto_debug(u->host, "uds: the ECU's P2 %" PRIu64 " ms, P2* %" PRIu64 " ms", p2,
+                               p2_star);
                 u->p2_us = p2 * 1000u;
                 u->p2_star_us = p2_star * 1000u;
         }
@@ -875,7 +866,7 @@ static bool all_zero(const uint8_t *p, size_t n)
 static int on_security(struct uds *u, const uint8_t *rsp, size_t len)
 {
         if (u->state == UDS_KEY) {
-                debug(u, "uds: security level %u unlocked", u->level);
+                gw_proto_debug(u->host, "uds: security level %u unlocked", u->level);
                 return step_resume(u);
         }
         if (len < 3)
@@ -886,7 +877,7 @@ static int on_security(struct uds *u, const uint8_t *rsp, size_t len)
         u->seed_len = len - 2;
         memcpy(u->seed, rsp + 2, u->seed_len);
         if (all_zero(u->seed, u->seed_len)) {
-                debug(u, "uds: a zero seed: level %u is unlocked already", u->level);
+                gw_proto_debug(u->host, "uds: a zero seed: level %u is unlocked already", u->level);
                 return step_resume(u);
         }
         return compute_key(u);
@@ -1044,8 +1035,9 @@ static int on_read_did(struct uds *u, const uint8_t *rsp, size_t len)
                 for (size_t i = 0; i < n; i++)
                         v = v << 8 | data[i];
                 if (v > 0 && v < u->reader->size) {
-                        debug(u, "uds: the ECU kept %" PRIu64 " bytes of the download: resuming",
-                              v);
+                        gw_proto_debug(
+                            u->host,
+                            "uds: the ECU kept %" PRIu64 " bytes of the download: resuming", v);
                         u->resume_offset = v;
                         u->resumed = true;
                         u->offset = v;
@@ -1053,8 +1045,9 @@ static int on_read_did(struct uds *u, const uint8_t *rsp, size_t len)
                                 u->host->resumed(u->host->ctx, v);
                         return step_download(u);
                 }
-                debug(u, "uds: resume point %" PRIu64 " of %" PRIu64 ": starting over", v,
-                      u->reader->size);
+                gw_proto_debug(u->host,
+                               "uds: resume point %" PRIu64 " of %" PRIu64 ": starting over", v,
+                               u->reader->size);
         }
         return step_erase(u);
 }
@@ -1073,7 +1066,8 @@ static int on_routine(struct uds *u, const uint8_t *rsp, size_t len)
                 return step_reset(u);
         if (u->resumed && !u->restarted) {
                 /* The part kept may have been another image's: all of it again. */
-                debug(u, "uds: the check failed after a resumed download: starting over");
+                gw_proto_debug(u->host,
+                               "uds: the check failed after a resumed download: starting over");
                 forget_resume(u);
                 report_progress(u);
                 return step_erase(u);
@@ -1109,13 +1103,15 @@ static int on_download(struct uds *u, const uint8_t *rsp, size_t len)
         if (u->max_block_opt && u->max_block_opt < cap)
                 cap = (size_t) u->max_block_opt;
         if (max > cap) {
-                debug(u, "uds: the ECU takes blocks of %" PRIu64 " bytes, sending %zu", max, cap);
+                gw_proto_debug(u->host,
+                               "uds: the ECU takes blocks of %" PRIu64 " bytes, sending %zu", max,
+                               cap);
                 max = cap;
         }
         u->block_data = (size_t) max - TRANSFER_HEADER;
         u->counter = 1;
         u->repeats = 0;
-        debug(u, "uds: blocks of %zu image bytes", u->block_data);
+        gw_proto_debug(u->host, "uds: blocks of %zu image bytes", u->block_data);
         report_progress(u);
         return step_transfer(u);
 }
@@ -1144,7 +1140,7 @@ static int on_reset(struct uds *u, const uint8_t *rsp, size_t len)
 static int on_tester(struct uds *u, const uint8_t *rsp, size_t len)
 {
         if (u->state == UDS_RESET_POLL) {
-                debug(u, "uds: the ECU is back after the reset");
+                gw_proto_debug(u->host, "uds: the ECU is back after the reset");
                 return succeed(u);
         }
         return result(u);
@@ -1166,12 +1162,13 @@ static int no_response(struct uds *u, int err, const char *why)
                 if (u->repeats >= u->transfer_retries)
                         break;
                 u->repeats++;
-                debug(u, "uds: TransferData %u: %s: sending it again (%u/%" PRIu64 ")", u->counter,
-                      why, u->repeats, u->transfer_retries);
+                gw_proto_debug(u->host,
+                               "uds: TransferData %u: %s: sending it again (%u/%" PRIu64 ")",
+                               u->counter, why, u->repeats, u->transfer_retries);
                 return send_request(u);
         case UDS_RESET:
                 /* Some ECUs reset before they answer. */
-                debug(u, "uds: no answer to ECUReset (%s): assuming it resets", why);
+                gw_proto_debug(u->host, "uds: no answer to ECUReset (%s): assuming it resets", why);
                 return step_reset_wait(u);
         case UDS_RESET_POLL:
                 if (t >= u->reset_deadline)
@@ -1213,8 +1210,9 @@ static int on_negative(struct uds *u, uint8_t nrc)
                                     "%s: the ECU answered requestCorrectlyReceivedResponsePending "
                                     "(0x78) more than %" PRIu64 " times in a row",
                                     service_name(u->sid), u->pending_max);
-                debug(u, "uds: %s: response pending (%u), waiting P2* %" PRIu64 " ms",
-                      service_name(u->sid), u->pending, u->p2_star_us / 1000);
+                gw_proto_debug(u->host,
+                               "uds: %s: response pending (%u), waiting P2* %" PRIu64 " ms",
+                               service_name(u->sid), u->pending, u->p2_star_us / 1000);
                 timer_set(u, T_RESPONSE, t + u->p2_star_us + u->margin_us);
                 return GW_PROTO_CONTINUE;
         }
@@ -1222,33 +1220,37 @@ static int on_negative(struct uds *u, uint8_t nrc)
         timer_set(u, T_RESPONSE, 0);
         if (nrc == NRC_BUSY && u->busy < u->busy_retries && u->state != UDS_CANCEL_EXIT) {
                 u->busy++;
-                debug(u, "uds: %s: busyRepeatRequest, again in %" PRIu64 " ms (%u/%" PRIu64 ")",
-                      service_name(u->sid), u->busy_delay_us / 1000, u->busy, u->busy_retries);
+                gw_proto_debug(
+                    u->host, "uds: %s: busyRepeatRequest, again in %" PRIu64 " ms (%u/%" PRIu64 ")",
+                    service_name(u->sid), u->busy_delay_us / 1000, u->busy, u->busy_retries);
                 timer_set(u, T_STEP, t + u->busy_delay_us);
                 return GW_PROTO_CONTINUE;
         }
         switch (u->state) {
         case UDS_IDENTIFY:
                 if (nrc == NRC_OUT_OF_RANGE && u->dids[u->did_index].optional) {
-                        debug(u, "uds: the ECU has no DID 0x%04x", u->dids[u->did_index].did);
+                        gw_proto_debug(u->host, "uds: the ECU has no DID 0x%04x",
+                                       u->dids[u->did_index].did);
                         u->did_index++;
                         return next_identify(u);
                 }
                 break;
         case UDS_RESUME_READ:
-                debug(u, "uds: no resume point (DID 0x%04x: %s): starting over", u->resume_did,
-                      nrc_name(nrc));
+                gw_proto_debug(u->host, "uds: no resume point (DID 0x%04x: %s): starting over",
+                               u->resume_did, nrc_name(nrc));
                 return step_erase(u);
         case UDS_DOWNLOAD:
                 if (u->resumed) {
-                        debug(u, "uds: the ECU refuses to resume (%s): starting over",
-                              nrc_name(nrc));
+                        gw_proto_debug(u->host,
+                                       "uds: the ECU refuses to resume (%s): starting over",
+                                       nrc_name(nrc));
                         forget_resume(u);
                         return step_erase(u);
                 }
                 break;
         case UDS_RESET_POLL:
-                debug(u, "uds: the ECU is back after the reset (it answered %s)", nrc_name(nrc));
+                gw_proto_debug(u->host, "uds: the ECU is back after the reset (it answered %s)",
+                               nrc_name(nrc));
                 return succeed(u);
         case UDS_CANCEL_EXIT:
                 return fail(u, -ECANCELED, "cancelled");
@@ -1274,26 +1276,27 @@ static void tp_received(void *ctx, const uint8_t *msg, size_t len)
         if (ended(u))
                 return;
         if (!u->awaiting) {
-                debug(u, "uds: a %zu-byte message with no request waiting, ignored", len);
+                gw_proto_debug(u->host, "uds: a %zu-byte message with no request waiting, ignored",
+                               len);
                 return;
         }
         if (msg[0] == SID_NEGATIVE) {
                 if (len < 3 || msg[1] != u->sid) {
-                        debug(u, "uds: a negative response not to %s, ignored",
-                              service_name(u->sid));
+                        gw_proto_debug(u->host, "uds: a negative response not to %s, ignored",
+                                       service_name(u->sid));
                         return;
                 }
                 on_negative(u, msg[2]);
                 return;
         }
         if (msg[0] != (uint8_t) (u->sid + POSITIVE_OFFSET)) {
-                debug(u, "uds: response 0x%02x while waiting for %s, ignored", msg[0],
-                      service_name(u->sid));
+                gw_proto_debug(u->host, "uds: response 0x%02x while waiting for %s, ignored",
+                               msg[0], service_name(u->sid));
                 return;
         }
         s = &services[u->sid];
         if (len < 1 + s->echo) {
-                debug(u, "uds: a %zu-byte %s response, ignored", len, s->name);
+                gw_proto_debug(u->host, "uds: a %zu-byte %s response, ignored", len, s->name);
                 return;
         }
         for (size_t i = 0; i < s->echo; i++) {
@@ -1303,7 +1306,8 @@ static void tp_received(void *ctx, const uint8_t *msg, size_t len)
                         want &= (uint8_t) ~SUPPRESS_RESPONSE;
                 if (msg[1 + i] != want) {
                         /* A late answer to an earlier request (a repeated block). */
-                        debug(u, "uds: a %s response for another request, ignored", s->name);
+                        gw_proto_debug(u->host, "uds: a %s response for another request, ignored",
+                                       s->name);
                         return;
                 }
         }
@@ -1322,7 +1326,7 @@ static void tp_sent(void *ctx, int result_code, const char *why)
         if (u->keepalive_tx) {
                 u->keepalive_tx = false;
                 if (result_code < 0)
-                        debug(u, "uds: TesterPresent not sent: %s", why);
+                        gw_proto_debug(u->host, "uds: TesterPresent not sent: %s", why);
                 return;
         }
         if (!u->awaiting)
@@ -1338,7 +1342,7 @@ static void tp_rx_failed(void *ctx, int error, const char *why)
 {
         struct uds *u = ctx;
 
-        debug(u, "uds: a message from the ECU was lost: %s", why);
+        gw_proto_debug(u->host, "uds: a message from the ECU was lost: %s", why);
 }
 
 __attribute__((format(printf, 2, 0))) static void tp_logv(void *ctx, const char *fmt, va_list ap)
@@ -1374,12 +1378,12 @@ static int send_keepalive(struct uds *u)
                 arm_keepalive(u);
                 return GW_PROTO_CONTINUE;
         }
-        debug(u, "uds: TesterPresent");
+        gw_proto_debug(u->host, "uds: TesterPresent");
         u->keepalive_tx = true;
         r = gw_isotp_send(&u->tp_conn, tp, sizeof(tp), now(u));
         if (r < 0) {
                 u->keepalive_tx = false;
-                debug(u, "uds: TesterPresent not sent: %s", strerror(-r));
+                gw_proto_debug(u->host, "uds: TesterPresent not sent: %s", strerror(-r));
         }
         arm_keepalive(u);
         return GW_PROTO_CONTINUE;
@@ -1445,9 +1449,9 @@ static int setup_link(struct uds *u)
         u->req = malloc(u->tp.max_tx > REQUEST_MIN ? u->tp.max_tx : REQUEST_MIN);
         if (!u->req)
                 return fail(u, -ENOMEM, "out of memory");
-        debug(u, "uds: %s ids 0x%" PRIx32 "/0x%" PRIx32 ", %s, frames of %u bytes",
-              info->bus ? info->bus : "CAN", info->tx_id, info->rx_id,
-              u->tp.fd ? "CAN FD" : "classic CAN", u->tp.tx_dl);
+        gw_proto_debug(u->host, "uds: %s ids 0x%" PRIx32 "/0x%" PRIx32 ", %s, frames of %u bytes",
+                       info->bus ? info->bus : "CAN", info->tx_id, info->rx_id,
+                       u->tp.fd ? "CAN FD" : "classic CAN", u->tp.tx_dl);
         return 0;
 }
 
@@ -1455,7 +1459,7 @@ static int setup_link(struct uds *u)
 
 static int bad_option(struct uds *u, const char *key, const char *expected)
 {
-        debug(u, "uds: option %s: expected %s", key, expected);
+        gw_proto_debug(u->host, "uds: option %s: expected %s", key, expected);
         if (u->host->set_error)
                 u->host->set_error(u->host->ctx, "option %s: expected %s", key, expected);
         return -EINVAL;
@@ -1908,7 +1912,8 @@ static int uds_install(void *priv, const struct gw_reader *reader)
         }
         if (setup_link(u) < 0)
                 return leave(u);
-        debug(u, "uds: installing %" PRIu64 " bytes at 0x%" PRIx64, reader->size, u->address);
+        gw_proto_debug(u->host, "uds: installing %" PRIu64 " bytes at 0x%" PRIx64, reader->size,
+                       u->address);
         step_extended(u);
         return leave(u);
 }

@@ -7,11 +7,11 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
-#include <syslog.h>
 
 #include "gw/plugin.h"
 
 #include "crc16.h"
+#include "debug.h"
 #include "read.h"
 
 #define SOH    0x01 /* a 128-byte block follows */
@@ -95,23 +95,12 @@ static const char *ymodem_state_to_string(enum ymodem_state s)
         return state_names[s];
 }
 
-static void debug(struct ymodem *y, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void debug(struct ymodem *y, const char *fmt, ...)
-{
-        va_list ap;
-
-        if (!y->host->logv)
-                return;
-        va_start(ap, fmt);
-        y->host->logv(y->host->ctx, LOG_DEBUG, fmt, ap);
-        va_end(ap);
-}
-
 static void set_state(struct ymodem *y, enum ymodem_state s)
 {
         if (y->state == s)
                 return;
-        debug(y, "ymodem: %s -> %s", ymodem_state_to_string(y->state), ymodem_state_to_string(s));
+        gw_proto_debug(y->host, "ymodem: %s -> %s", ymodem_state_to_string(y->state),
+                       ymodem_state_to_string(s));
         y->state = s;
 }
 
@@ -138,7 +127,7 @@ static int fail(struct ymodem *y, int err, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
-        debug(y, "ymodem: %s", msg);
+        gw_proto_debug(y->host, "ymodem: %s", msg);
         if (y->host->set_error)
                 y->host->set_error(y->host->ctx, "%s", msg);
         y->error = err;
@@ -303,9 +292,9 @@ static int resend(struct ymodem *y, bool timed_out)
                             ymodem_state_to_string(y->state), y->retries,
                             timed_out ? "timeout" : "rejected");
         y->retries++;
-        debug(y, "ymodem: %s: resending (%s, retry %" PRIu64 "/%" PRIu64 ")",
-              ymodem_state_to_string(y->state), timed_out ? "timeout" : "rejected", y->retries,
-              y->retries_max);
+        gw_proto_debug(y->host, "ymodem: %s: resending (%s, retry %" PRIu64 "/%" PRIu64 ")",
+                       ymodem_state_to_string(y->state), timed_out ? "timeout" : "rejected",
+                       y->retries, y->retries_max);
         return send_frame(y);
 }
 
@@ -443,7 +432,7 @@ static int result(const struct ymodem *y)
 /* init() touches neither the link nor the timer: a bad option is only explained. */
 static int bad_option(struct ymodem *y, const char *key, const char *expected)
 {
-        debug(y, "ymodem: option %s: expected %s", key, expected);
+        gw_proto_debug(y->host, "ymodem: option %s: expected %s", key, expected);
         if (y->host->set_error)
                 y->host->set_error(y->host->ctx, "option %s: expected %s", key, expected);
         return -EINVAL;
@@ -498,8 +487,8 @@ static int ymodem_install(void *priv, const struct gw_reader *reader)
         y->nak_at_start = false;
         set_state(y, YMODEM_WAIT_START);
         arm(y, state_timeout(y));
-        debug(y, "ymodem: sending %s, %" PRIu64 " bytes, waiting for the receiver", file_name(y),
-              reader->size);
+        gw_proto_debug(y->host, "ymodem: sending %s, %" PRIu64 " bytes, waiting for the receiver",
+                       file_name(y), reader->size);
         return GW_PROTO_CONTINUE;
 }
 
@@ -524,9 +513,10 @@ static int ymodem_input(void *priv, const uint8_t *buf, size_t n)
                         return r;
                 if (r > 0) {
                         if (i + 1 < n)
-                                debug(y,
-                                      "ymodem: dropping %zu bytes received before the last frame",
-                                      n - i - 1);
+                                gw_proto_debug(
+                                    y->host,
+                                    "ymodem: dropping %zu bytes received before the last frame",
+                                    n - i - 1);
                         break;
                 }
         }
@@ -571,7 +561,9 @@ static int ymodem_timeout(void *priv)
         }
         case YMODEM_WAIT_END_ACK:
                 /* lrzsz rb sometimes exits before its last ACK leaves. */
-                debug(y, "ymodem: no ACK for the end-of-batch block, assuming the receiver exited");
+                gw_proto_debug(
+                    y->host,
+                    "ymodem: no ACK for the end-of-batch block, assuming the receiver exited");
                 return succeed(y);
         default:
                 break;
@@ -604,7 +596,8 @@ static int ymodem_hangup(void *priv)
         if (y->state == YMODEM_DONE)
                 return GW_PROTO_DONE;
         if (y->state == YMODEM_WAIT_END_START || y->state == YMODEM_WAIT_END_ACK) {
-                debug(y, "ymodem: link closed after the receiver acknowledged EOT: done");
+                gw_proto_debug(y->host,
+                               "ymodem: link closed after the receiver acknowledged EOT: done");
                 return succeed(y);
         }
         if (y->state == YMODEM_FAILED)

@@ -11,7 +11,6 @@
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
-#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -23,6 +22,7 @@
 
 #include "can-bits.h"
 #include "can-internal.h"
+#include "debug.h"
 #include "serial.h"
 
 #define BAUD_DEFAULT     115200
@@ -45,25 +45,6 @@ uint64_t can_now_ns(void)
         return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
 }
 
-static void vdebug(const struct gw_plugin_services *svc, const char *fmt, va_list ap)
-    __attribute__((format(printf, 2, 0)));
-static void vdebug(const struct gw_plugin_services *svc, const char *fmt, va_list ap)
-{
-        if (svc && svc->logv)
-                svc->logv(svc->ctx, LOG_DEBUG, fmt, ap);
-}
-
-static void debug(const struct gw_plugin_services *svc, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void debug(const struct gw_plugin_services *svc, const char *fmt, ...)
-{
-        va_list ap;
-
-        va_start(ap, fmt);
-        vdebug(svc, fmt, ap);
-        va_end(ap);
-}
-
 void can_bus_debug(struct can_bus *bus, const char *fmt, ...)
 {
         char line[512];
@@ -74,7 +55,7 @@ void can_bus_debug(struct can_bus *bus, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(line, sizeof(line), fmt, ap);
         va_end(ap);
-        debug(bus->owner->svc, "can %s: %s", bus->name, line);
+        gw_transport_debug(bus->owner->svc, "can %s: %s", bus->name, line);
 }
 
 /* ---- Settings ---------------------------------------------------------------------------- */
@@ -678,16 +659,18 @@ static int bus_compatible(const struct can_bus *bus, const struct can_settings *
                 want = set->tx_burst;
         }
         if (what) {
-                debug(svc,
-                      "can %s: the bus is open with %s %u, this node says %u: nodes sharing "
-                      "a bus must agree",
-                      bus->name, what, have, want);
+                gw_transport_debug(
+                    svc,
+                    "can %s: the bus is open with %s %u, this node says %u: nodes sharing "
+                    "a bus must agree",
+                    bus->name, what, have, want);
                 return -EINVAL;
         }
         for (const struct can_link *o = bus->links; o; o = o->next)
                 if (o->info.rx_id == set->rx_id && o->info.extended == set->extended) {
-                        debug(svc, "can %s: another node on this bus already receives rx id 0x%x",
-                              bus->name, set->rx_id);
+                        gw_transport_debug(
+                            svc, "can %s: another node on this bus already receives rx id 0x%x",
+                            bus->name, set->rx_id);
                         return -EADDRINUSE;
                 }
         return 0;
@@ -710,24 +693,26 @@ static int can_open(void *priv, const struct gw_options *opts, const struct gw_p
         l->efd = -1;
         r = parse_settings(opts, &set, why, sizeof(why));
         if (r < 0) {
-                debug(svc, "%s", why);
+                gw_transport_debug(svc, "%s", why);
                 return r;
         }
         if (!svc || !svc->watch_fd || !svc->unwatch_fd) {
-                debug(svc, "can: needs a loop to watch its fds (services without watch_fd)");
+                gw_transport_debug(
+                    svc, "can: needs a loop to watch its fds (services without watch_fd)");
                 return -EINVAL;
         }
         if (set.port) {
                 if (stat(set.port, &st) < 0) {
                         r = -errno;
-                        debug(svc, "can %s: %s", set.port, strerror(errno));
+                        gw_transport_debug(svc, "can %s: %s", set.port, strerror(errno));
                         return r == -ENOTDIR ? -ENOENT : r;
                 }
                 if (!S_ISCHR(st.st_mode)) {
-                        debug(svc,
-                              "can %s: not a character device (an slcan adapter's serial "
-                              "port)",
-                              set.port);
+                        gw_transport_debug(
+                            svc,
+                            "can %s: not a character device (an slcan adapter's serial "
+                            "port)",
+                            set.port);
                         return -EINVAL;
                 }
                 rdev = st.st_rdev;
@@ -757,8 +742,8 @@ static int can_open(void *priv, const struct gw_options *opts, const struct gw_p
                 if (set.fd && !bus->set.fd) {
                         r = bus->ops->enable_fd ? bus->ops->enable_fd(bus) : -EINVAL;
                         if (r < 0) {
-                                debug(svc, "can %s: cannot carry CAN FD frames: %s", bus->name,
-                                      strerror(-r));
+                                gw_transport_debug(svc, "can %s: cannot carry CAN FD frames: %s",
+                                                   bus->name, strerror(-r));
                                 goto fail;
                         }
                         bus->set.fd = true;
@@ -776,11 +761,12 @@ static int can_open(void *priv, const struct gw_options *opts, const struct gw_p
         if (bus->ops->links_changed) {
                 r = bus->ops->links_changed(bus);
                 if (r < 0)
-                        debug(svc, "can %s: updating the receive filters: %s, ignoring", bus->name,
-                              strerror(-r));
+                        gw_transport_debug(svc,
+                                           "can %s: updating the receive filters: %s, ignoring",
+                                           bus->name, strerror(-r));
         }
-        debug(svc, "can %s: node tx 0x%x rx 0x%x joined (%u on the bus)", bus->name, set.tx_id,
-              set.rx_id, bus->n_links);
+        gw_transport_debug(svc, "can %s: node tx 0x%x rx 0x%x joined (%u on the bus)", bus->name,
+                           set.tx_id, set.rx_id, bus->n_links);
         return 0;
 fail:
         free(l->rx);
@@ -954,7 +940,7 @@ static int enumerate_serial(const struct gw_plugin_services *svc, gw_link_enum_c
         int r = 0;
 
         if (sp_list_ports(&ports) != SP_OK) {
-                debug(svc, "can: cannot list serial ports, ignoring");
+                gw_transport_debug(svc, "can: cannot list serial ports, ignoring");
                 return 0;
         }
         for (size_t i = 0; ports[i] && r == 0; i++) {

@@ -2,14 +2,14 @@
  * (exec runs an external flasher that opens its own cable). open() never fails; the link never
  * has input, and whatever is written to it is discarded. */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <syslog.h>
 #include <unistd.h>
 
 #include "gw/plugin.h"
+
+#include "debug.h"
 
 /* The longest port a node may name (PATH_MAX). */
 #define PORT_MAX 4096
@@ -19,19 +19,6 @@ struct none {
         int fd; /* an eventfd never signalled: the core polls it and never hears from it */
         size_t discarded;
 };
-
-static void debug(const struct gw_plugin_services *svc, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void debug(const struct gw_plugin_services *svc, const char *fmt, ...)
-{
-        va_list ap;
-
-        if (!svc || !svc->logv)
-                return;
-        va_start(ap, fmt);
-        svc->logv(svc->ctx, LOG_DEBUG, fmt, ap);
-        va_end(ap);
-}
 
 static int none_check(const struct gw_options *opts, char *why, size_t why_size)
 {
@@ -54,15 +41,16 @@ static int none_open(void *priv, const struct gw_options *opts,
         n->svc = svc;
         r = none_check(opts, why, sizeof(why));
         if (r < 0) {
-                debug(svc, "none: %s", why);
+                gw_transport_debug(svc, "none: %s", why);
                 return r;
         }
         /* Only fails when the process is out of fds or memory. */
         n->fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (n->fd < 0)
                 return -errno;
-        debug(svc, "none: a link to nothing%s%s", gw_options_get(opts, "port") ? " for " : "",
-              gw_options_get(opts, "port") ? gw_options_get(opts, "port") : "");
+        gw_transport_debug(svc, "none: a link to nothing%s%s",
+                           gw_options_get(opts, "port") ? " for " : "",
+                           gw_options_get(opts, "port") ? gw_options_get(opts, "port") : "");
         return 0;
 }
 
@@ -71,7 +59,7 @@ static void none_close(void *priv)
         struct none *n = priv;
 
         if (n->discarded)
-                debug(n->svc, "none: discarded %zu bytes written", n->discarded);
+                gw_transport_debug(n->svc, "none: discarded %zu bytes written", n->discarded);
         if (n->fd >= 0)
                 close(n->fd);
         n->fd = -1;

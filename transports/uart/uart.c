@@ -5,7 +5,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,13 +12,14 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
-#include <syslog.h>
 #include <termios.h>
 #include <unistd.h>
 
 #include <libserialport.h>
 
 #include "gw/plugin.h"
+
+#include "debug.h"
 #include "serial.h"
 
 #define BAUD_MIN 50
@@ -56,19 +56,6 @@ struct uart {
         int fd;
 };
 
-static void debug(const struct gw_plugin_services *svc, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void debug(const struct gw_plugin_services *svc, const char *fmt, ...)
-{
-        va_list ap;
-
-        if (!svc || !svc->logv)
-                return;
-        va_start(ap, fmt);
-        svc->logv(svc->ctx, LOG_DEBUG, fmt, ap);
-        va_end(ap);
-}
-
 /* The one place sp_return codes become negative errno values. */
 static int sp_to_errno(enum sp_return r)
 {
@@ -95,7 +82,7 @@ static void debug_sp_error(const struct gw_plugin_services *svc, const char *wha
 {
         char *msg = sp_last_error_message();
 
-        debug(svc, "%s failed: %s (%s)", what, strerror(-r), msg ? msg : "no details");
+        gw_transport_debug(svc, "%s failed: %s (%s)", what, strerror(-r), msg ? msg : "no details");
         sp_free_error_message(msg);
 }
 
@@ -280,7 +267,7 @@ static int open_termios(struct uart *u, const struct uart_settings *set, bool pt
                 return -errno;
         if (tcgetattr(fd, &tio) < 0) {
                 r = errno == ENOTTY ? -EINVAL : -errno;
-                debug(u->svc, "%s is not a terminal", set->port);
+                gw_transport_debug(u->svc, "%s is not a terminal", set->port);
                 goto fail;
         }
         cfmakeraw(&tio);
@@ -310,8 +297,8 @@ static int open_termios(struct uart *u, const struct uart_settings *set, bool pt
         if (speed == B0) {
                 r = set_custom_speed(fd, set->baud);
                 if (r < 0) {
-                        debug(u->svc, "%s: cannot set %u baud: %s", set->port, set->baud,
-                              strerror(-r));
+                        gw_transport_debug(u->svc, "%s: cannot set %u baud: %s", set->port,
+                                           set->baud, strerror(-r));
                         r = -EINVAL;
                         goto fail;
                 }
@@ -345,32 +332,33 @@ static int uart_open(void *priv, const struct gw_options *opts,
         u->fd = -1;
         r = parse_settings(opts, &set, why, sizeof(why));
         if (r < 0) {
-                debug(svc, "%s", why);
+                gw_transport_debug(svc, "%s", why);
                 return r;
         }
         if (stat(set.port, &st) < 0) {
                 r = -errno;
-                debug(svc, "%s: %s", set.port, strerror(errno));
+                gw_transport_debug(svc, "%s: %s", set.port, strerror(errno));
                 return r == -ENOTDIR ? -ENOENT : r;
         }
         if (!S_ISCHR(st.st_mode)) {
-                debug(svc, "%s is not a character device", set.port);
+                gw_transport_debug(svc, "%s is not a character device", set.port);
                 return -EINVAL;
         }
         if (!is_pty_slave(&st)) {
                 r = open_sp(u, &set);
                 if (r != -ENODEV) {
                         if (r >= 0)
-                                debug(svc, "%s: opened through libserialport, %u baud", set.port,
-                                      set.baud);
+                                gw_transport_debug(svc, "%s: opened through libserialport, %u baud",
+                                                   set.port, set.baud);
                         return r;
                 }
-                debug(svc, "%s: libserialport cannot drive it, using termios", set.port);
+                gw_transport_debug(svc, "%s: libserialport cannot drive it, using termios",
+                                   set.port);
         }
         r = open_termios(u, &set, is_pty_slave(&st));
         if (r >= 0)
-                debug(svc, "%s: %s opened through termios, %u baud", set.port,
-                      is_pty_slave(&st) ? "pseudo-terminal" : "tty", set.baud);
+                gw_transport_debug(svc, "%s: %s opened through termios, %u baud", set.port,
+                                   is_pty_slave(&st) ? "pseudo-terminal" : "tty", set.baud);
         return r;
 }
 
@@ -476,8 +464,9 @@ static int uart_set_lines(void *priv, unsigned mask, unsigned values)
                 if (ioctl(u->fd, (values & lines[i].line) ? TIOCMBIS : TIOCMBIC, &bits) < 0) {
                         int r = -errno;
 
-                        debug(u->svc, "setting %s: %s",
-                              lines[i].line == GW_LINE_DTR ? "DTR" : "RTS", strerror(errno));
+                        gw_transport_debug(u->svc, "setting %s: %s",
+                                           lines[i].line == GW_LINE_DTR ? "DTR" : "RTS",
+                                           strerror(errno));
                         /* A pty answers EINVAL or ENOTTY: either way it has no lines. */
                         return r == -EINVAL ? -ENOTTY : (r == -EIO ? -ENODEV : r);
                 }

@@ -3,17 +3,16 @@
  * and every hotplug watch, and its fds are handed to the loop through one of their services. */
 #include <errno.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
-#include <syslog.h>
 #include <time.h>
 
 #include <libusb.h>
 
+#include "debug.h"
 #include "usb.h"
 
 /* Linux usbfs refuses longer control transfers. */
@@ -102,19 +101,6 @@ static struct {
         bool opening;
         struct usb_link *opening_owner;
 } shared;
-
-static void debug(const struct gw_plugin_services *svc, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void debug(const struct gw_plugin_services *svc, const char *fmt, ...)
-{
-        va_list ap;
-
-        if (!svc || !svc->logv)
-                return;
-        va_start(ap, fmt);
-        svc->logv(svc->ctx, LOG_DEBUG, fmt, ap);
-        va_end(ap);
-}
 
 /* The one place libusb's codes become negative errno values. Errors are negative, transfer
  * statuses are not, so one function serves both. */
@@ -398,7 +384,8 @@ static void on_fd(void *userdata, int fd, short revents)
         /* Completions run their callbacks in here; they may remove watches, this one too. */
         r = libusb_handle_events_timeout_completed(shared.ctx, &zero, NULL);
         if (r < 0)
-                debug(watch_host(), "libusb event handling failed: %s", strerror(-gw_usb_errno(r)));
+                gw_transport_debug(watch_host(), "libusb event handling failed: %s",
+                                   strerror(-gw_usb_errno(r)));
 }
 
 /* Makes every watch follow its rule: the context's fds through the host link, a device fd
@@ -425,7 +412,8 @@ static int sync_watches(void)
                         continue;
                 r = want->watch_fd(want->ctx, w->fd, w->events, on_fd, NULL, &w->handle);
                 if (r < 0) {
-                        debug(want, "cannot watch libusb fd %d: %s", w->fd, strerror(-r));
+                        gw_transport_debug(want, "cannot watch libusb fd %d: %s", w->fd,
+                                           strerror(-r));
                         if (ret == 0)
                                 ret = r;
                         continue;
@@ -475,14 +463,14 @@ static int ctx_ref(const struct gw_plugin_services *svc)
         }
         r = libusb_init(&shared.ctx);
         if (r < 0) {
-                debug(svc, "libusb_init failed: %s", libusb_error_name(r));
+                gw_transport_debug(svc, "libusb_init failed: %s", libusb_error_name(r));
                 shared.ctx = NULL;
                 return gw_usb_errno(r);
         }
         /* Transfer timeouts must reach the loop as an fd (a timerfd on Linux): the services
          * offer no timer a transport could arm. */
         if (!libusb_pollfds_handle_timeouts(shared.ctx)) {
-                debug(svc, "this libusb cannot signal timeouts through an fd");
+                gw_transport_debug(svc, "this libusb cannot signal timeouts through an fd");
                 libusb_exit(shared.ctx);
                 shared.ctx = NULL;
                 return -EOPNOTSUPP;
@@ -553,8 +541,8 @@ static uint16_t read_langid(libusb_device_handle *h, const struct gw_plugin_serv
         r = libusb_get_string_descriptor(h, 0, 0, buf, sizeof(buf));
         /* Untrusted: bLength, bDescriptorType (3), then at least one 16-bit LANGID. */
         if (r < 4 || buf[1] != LIBUSB_DT_STRING || buf[0] < 4) {
-                debug(svc, "no string language table: %s",
-                      r < 0 ? libusb_error_name(r) : "malformed");
+                gw_transport_debug(svc, "no string language table: %s",
+                                   r < 0 ? libusb_error_name(r) : "malformed");
                 return 0;
         }
         return (uint16_t) (buf[2] | buf[3] << 8);
@@ -574,8 +562,8 @@ static void read_string(libusb_device_handle *h, uint16_t langid, uint8_t index,
                 return;
         r = libusb_get_string_descriptor(h, index, langid, raw, sizeof(raw));
         if (r < 2 || raw[1] != LIBUSB_DT_STRING) {
-                debug(svc, "cannot read string descriptor %u: %s", index,
-                      r < 0 ? libusb_error_name(r) : "malformed");
+                gw_transport_debug(svc, "cannot read string descriptor %u: %s", index,
+                                   r < 0 ? libusb_error_name(r) : "malformed");
                 return;
         }
         /* bLength may claim more than arrived: trust the smaller. */
@@ -625,7 +613,8 @@ static int desc_read(libusb_device *dev, libusb_device_handle *h, struct usb_des
         if (r < 0)
                 r = libusb_get_config_descriptor(dev, 0, &d->config);
         if (r < 0) {
-                debug(svc, "%s: no configuration descriptor: %s", d->path, libusb_error_name(r));
+                gw_transport_debug(svc, "%s: no configuration descriptor: %s", d->path,
+                                   libusb_error_name(r));
                 d->config = NULL;
         }
         for (uint8_t i = 0; d->config && i < d->config->bNumInterfaces; i++) {
@@ -636,8 +625,9 @@ static int desc_read(libusb_device *dev, libusb_device_handle *h, struct usb_des
                         struct gw_usb_alt *alt;
 
                         if (n == USB_ALTS_MAX) {
-                                debug(svc, "%s: more than %d alternate settings, ignoring the rest",
-                                      d->path, USB_ALTS_MAX);
+                                gw_transport_debug(
+                                    svc, "%s: more than %d alternate settings, ignoring the rest",
+                                    d->path, USB_ALTS_MAX);
                                 goto done;
                         }
                         alt = &d->alts[n];
@@ -722,8 +712,8 @@ static int scan(const struct gw_usb_match *m, bool strings, const struct gw_plug
                 if (strings || (m && !by_port && m->serial[0])) {
                         error = open_handle(list[i], NULL, &h);
                         if (error < 0)
-                                debug(svc, "%s (%04x:%04x): cannot open: %s", path, dd.idVendor,
-                                      dd.idProduct, strerror(-error));
+                                gw_transport_debug(svc, "%s (%04x:%04x): cannot open: %s", path,
+                                                   dd.idVendor, dd.idProduct, strerror(-error));
                 }
                 r = desc_read(list[i], h, d, svc);
                 if (h)
@@ -792,8 +782,8 @@ static int pick_one(libusb_device *dev, struct usb_desc *d, int error, void *use
                 return 0;
         }
         p->matches++;
-        debug(p->svc, "candidate %04x:%04x path %s serial %s (%s)", d->info.vid, d->info.pid,
-              d->path, d->info.serial ? d->info.serial : "-", d->node);
+        gw_transport_debug(p->svc, "candidate %04x:%04x path %s serial %s (%s)", d->info.vid,
+                           d->info.pid, d->path, d->info.serial ? d->info.serial : "-", d->node);
         if (!p->dev)
                 p->dev = libusb_ref_device(dev);
         return 0;
@@ -824,7 +814,7 @@ static int usb_open(void *priv, const struct gw_options *opts, const struct gw_p
         l->svc = svc;
         r = gw_usb_match_parse(opts, &m, &why);
         if (r < 0) {
-                debug(svc, "%s", why);
+                gw_transport_debug(svc, "%s", why);
                 return r;
         }
         r = ctx_ref(svc);
@@ -835,19 +825,21 @@ static int usb_open(void *priv, const struct gw_options *opts, const struct gw_p
                 goto fail;
         if (p.matches == 0) {
                 r = p.error < 0 ? p.error : -ENODEV;
-                debug(svc, "no device %04x:%04x%s%s%s%s found", m.vid, m.pid,
-                      m.serial[0] ? " serial " : "", m.serial, m.path[0] ? " path " : "", m.path);
+                gw_transport_debug(svc, "no device %04x:%04x%s%s%s%s found", m.vid, m.pid,
+                                   m.serial[0] ? " serial " : "", m.serial,
+                                   m.path[0] ? " path " : "", m.path);
                 goto fail;
         }
         if (p.matches > 1) {
-                debug(svc, "%u devices match %04x:%04x: tell them apart by serial or path",
-                      p.matches, m.vid, m.pid);
+                gw_transport_debug(svc,
+                                   "%u devices match %04x:%04x: tell them apart by serial or path",
+                                   p.matches, m.vid, m.pid);
                 r = -EEXIST;
                 goto fail;
         }
         r = open_handle(p.dev, l, &l->handle);
         if (r < 0) {
-                debug(svc, "cannot open the device: %s", strerror(-r));
+                gw_transport_debug(svc, "cannot open the device: %s", strerror(-r));
                 l->handle = NULL;
                 goto fail;
         }
@@ -872,8 +864,9 @@ static int usb_open(void *priv, const struct gw_options *opts, const struct gw_p
         libusb_unref_device(p.dev);
         /* The context's fds move to this link when it is the first that can watch. */
         (void) sync_watches();
-        debug(svc, "opened %04x:%04x path %s serial %s (%s)", l->desc.info.vid, l->desc.info.pid,
-              l->desc.path, l->desc.info.serial ? l->desc.info.serial : "-", l->desc.node);
+        gw_transport_debug(svc, "opened %04x:%04x path %s serial %s (%s)", l->desc.info.vid,
+                           l->desc.info.pid, l->desc.path,
+                           l->desc.info.serial ? l->desc.info.serial : "-", l->desc.node);
         return 0;
 fail:
         if (l->xfer)
@@ -952,7 +945,8 @@ static void usb_close(void *priv)
                 if (l->busy) {
                         /* Never came back: leave the transfer to its callback and the
                          * handle open, rather than free what libusb still uses. */
-                        debug(l->svc, "a cancelled transfer did not complete, leaking it");
+                        gw_transport_debug(l->svc,
+                                           "a cancelled transfer did not complete, leaking it");
                         l->xfer->user_data = NULL;
                         l->xfer = NULL;
                         l->busy = false;
@@ -995,15 +989,16 @@ static int usb_select_alt(void *priv, uint8_t interface, uint8_t alt)
         if (!claimed(l, interface)) {
                 r = gw_usb_errno(libusb_claim_interface(l->handle, interface));
                 if (r < 0) {
-                        debug(l->svc, "cannot claim interface %u: %s", interface, strerror(-r));
+                        gw_transport_debug(l->svc, "cannot claim interface %u: %s", interface,
+                                           strerror(-r));
                         return r == -ENOENT ? -EINVAL : r;
                 }
                 l->claimed[interface / 8] |= (uint8_t) (1u << (interface % 8));
         }
         r = gw_usb_errno(libusb_set_interface_alt_setting(l->handle, interface, alt));
         if (r < 0) {
-                debug(l->svc, "cannot select alt %u of interface %u: %s", alt, interface,
-                      strerror(-r));
+                gw_transport_debug(l->svc, "cannot select alt %u of interface %u: %s", alt,
+                                   interface, strerror(-r));
                 return r == -ENOENT ? -EINVAL : r;
         }
         return 0;
@@ -1045,7 +1040,7 @@ static int usb_control(void *priv, const struct gw_control_setup *setup, const v
                 (void) sync_watches();
                 if (r == -ENODEV)
                         l->gone = true;
-                debug(l->svc, "cannot submit a control transfer: %s", strerror(-r));
+                gw_transport_debug(l->svc, "cannot submit a control transfer: %s", strerror(-r));
                 return r;
         }
         return 0;
@@ -1063,7 +1058,7 @@ static int usb_reset(void *priv)
         r = libusb_reset_device(l->handle);
         if (r == LIBUSB_ERROR_NOT_FOUND || r == LIBUSB_ERROR_NO_DEVICE) {
                 /* It re-enumerated: the reset worked, this handle is dead; reopen finds it. */
-                debug(l->svc, "device re-enumerated after reset");
+                gw_transport_debug(l->svc, "device re-enumerated after reset");
                 l->gone = true;
                 return 0;
         }
@@ -1139,8 +1134,8 @@ static int LIBUSB_CALL on_hotplug(libusb_context *ctx, libusb_device *dev,
 
         (void) libusb_get_device_descriptor(dev, &dd);
         make_path(dev, path, sizeof(path));
-        debug(a->svc, "%04x:%04x at %s %s", dd.idVendor, dd.idProduct, path,
-              event == LIBUSB_HOTPLUG_EVENT_DEVICE_ARRIVED ? "arrived" : "left");
+        gw_transport_debug(a->svc, "%04x:%04x at %s %s", dd.idVendor, dd.idProduct, path,
+                           event == LIBUSB_HOTPLUG_EVENT_DEVICE_ARRIVED ? "arrived" : "left");
         a->changed(a->userdata);
         return 0; /* stay registered */
 }
@@ -1157,7 +1152,7 @@ static int usb_watch_attach(const struct gw_plugin_services *svc, void (*changed
         if (r < 0)
                 return r;
         if (!libusb_has_capability(LIBUSB_CAP_HAS_HOTPLUG)) {
-                debug(svc, "this libusb cannot report hotplug events");
+                gw_transport_debug(svc, "this libusb cannot report hotplug events");
                 ctx_unref();
                 return -EOPNOTSUPP;
         }
@@ -1175,7 +1170,7 @@ static int usb_watch_attach(const struct gw_plugin_services *svc, void (*changed
             LIBUSB_HOTPLUG_MATCH_ANY, LIBUSB_HOTPLUG_MATCH_ANY, LIBUSB_HOTPLUG_MATCH_ANY,
             on_hotplug, a, &a->cb));
         if (r < 0) {
-                debug(svc, "cannot register for hotplug events: %s", strerror(-r));
+                gw_transport_debug(svc, "cannot register for hotplug events: %s", strerror(-r));
                 free(a);
                 ctx_unref();
                 return r;
