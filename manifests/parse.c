@@ -502,6 +502,16 @@ static int parse_image(const struct ynode *n, const char *path, struct gw_manife
             {"url", true},         {"mirrors", false}, {"transfer", false}, {"delta", false},
             {"encryption", false}, {NULL, false},
         };
+        /* How the image travels, each section optional; check_travel() weighs them together. */
+        static const struct {
+                const char *key;
+                int (*parse)(const struct ynode *n, const char *path, struct gw_manifest_image *img,
+                             struct gw_manifest_error *err);
+        } travel[] = {
+            {"transfer", parse_transfer},
+            {"delta", parse_delta},
+            {"encryption", parse_encryption},
+        };
         char sub[GW_PATH_MAX];
         const struct ynode *v;
         int r;
@@ -567,24 +577,12 @@ static int parse_image(const struct ynode *n, const char *path, struct gw_manife
                 if (r < 0)
                         return r;
         }
-        v = gw_ynode_get(n, "transfer");
-        if (v) {
-                gw_path_key(sub, path, "transfer");
-                r = parse_transfer(v, sub, img, err);
-                if (r < 0)
-                        return r;
-        }
-        v = gw_ynode_get(n, "delta");
-        if (v) {
-                gw_path_key(sub, path, "delta");
-                r = parse_delta(v, sub, img, err);
-                if (r < 0)
-                        return r;
-        }
-        v = gw_ynode_get(n, "encryption");
-        if (v) {
-                gw_path_key(sub, path, "encryption");
-                r = parse_encryption(v, sub, img, err);
+        for (size_t i = 0; i < sizeof(travel) / sizeof(travel[0]); i++) {
+                v = gw_ynode_get(n, travel[i].key);
+                if (!v)
+                        continue;
+                gw_path_key(sub, path, travel[i].key);
+                r = travel[i].parse(v, sub, img, err);
                 if (r < 0)
                         return r;
         }
